@@ -1,0 +1,199 @@
+"""The provider interface, and the outcome taxonomy that decides failover.
+
+Every answer of every provider is mapped to exactly one outcome::
+
+    Outcome
+    ├── ACCEPTED     the provider took the message (2xx with a message id)  -> stop: success
+    ├── REJECTED     invalid number, blocked content, opted out              -> stop: failed, healthy
+    ├── UNROUTABLE   this provider cannot reach that destination             -> next provider, healthy
+    ├── THROTTLED    429 / rate-limit code; paused until Retry-After         -> next provider, healthy
+    ├── AUTH         401/403, bad credentials, misconfigured account         -> next provider, opens breaker
+    ├── TRANSIENT    5xx, refused, reset, malformed reply                    -> next provider, unhealthy
+    └── TIMEOUT      no answer in time: the SMS may have gone out            -> rule's on_timeout, unhealthy
+
+A provider is one small class: implement :meth:`Provider.send` (or, for an
+HTTP API, :meth:`HttpProvider.build_request` and :meth:`HttpProvider.parse_response`).
+It must never retry on its own: the router is the only retry loop, and nested
+retries multiply.  It must never raise for a provider's answer: map it to a
+:class:`Reply`.  Network errors and timeouts may propagate; the router
+classifies them (timeout -> TIMEOUT, connection errors -> TRANSIENT).
+"""
+
+from __future__ import annotations
+
+import abc
+import email.utils
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import aiohttp
+import attrs
+from multidict import CIMultiDictProxy
+
+from smsroute.message import Encoding, Outcome
+
+if TYPE_CHECKING:
+    from smsroute.config import ProviderConfig
+
+__all__ = [
+    "HttpProvider",
+    "HttpRequest",
+    "OutboundSMS",
+    "Outcome",
+    "Provider",
+    "Reply",
+    "classify_status",
+    "parse_retry_after",
+]
+
+
+@attrs.frozen(slots=True)
+class OutboundSMS:
+    """One message as handed to one provider: already validated and normalised.
+
+    ``to`` is E.164; ``attempt`` counts every provider tried for this message so
+    far, this one included (Twilio's ``Attempt`` field exists for exactly this);
+    ``status_callback`` is the URL the provider should post receipts to, or None.
+    """
+
+    message_id: str
+    to: str
+    country: str
+    text: str
+    sender: str | None
+    encoding: Encoding
+    segments: int
+    category: str
+    attempt: int = 1
+    status_callback: str | None = None
+
+
+@attrs.frozen(slots=True)
+class Reply:
+    """A provider's answer, classified.
+
+    ``detail`` is a short explanation safe for logs: never the number, the text
+    or a credential.  ``retry_after`` is in seconds when the provider said when
+    to come back.
+    """
+
+    outcome: Outcome
+    provider_message_id: str | None = None
+    status_code: int | None = None
+    error_code: str | None = None
+    detail: str | None = None
+    retry_after: float | None = None
+
+
+class Provider(abc.ABC):
+    """One configured account at one SMS provider.
+
+    Subclasses set ``type_name`` (the config's ``type:``) and declare the
+    options they read from the provider's config section; the loader rejects
+    any other key with a "did you mean".
+    """
+
+    type_name: ClassVar[str]
+    #: Options the config must give for this type (besides the common keys).
+    required_options: ClassVar[frozenset[str]] = frozenset()
+    #: Options the config may give for this type.
+    optional_options: ClassVar[frozenset[str]] = frozenset()
+    #: Options whose values are secrets: never shown in errors or logs.
+    secret_options: ClassVar[frozenset[str]] = frozenset()
+    #: Where the real API lives when the config gives no ``base_url``.
+    default_base_url: ClassVar[str] = ""
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.base_url = (config.base_url or self.default_base_url).rstrip("/")
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Type-specific checks of a provider's config section: a list of (key, problem).
+
+        ``options`` is the whole section as written (common keys such as
+        ``from`` included).  The loader has already checked that required
+        options are present and no unknown key is given; override to check values.
+        """
+        return []
+
+    @abc.abstractmethod
+    async def send(self, sms: OutboundSMS, session: aiohttp.ClientSession) -> Reply:
+        """Send one message and classify the answer.  Never retry."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release anything the provider holds (the HTTP session is the router's)."""
+
+
+@attrs.frozen(slots=True)
+class HttpRequest:
+    """One HTTP request an :class:`HttpProvider` wants made."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    data: Mapping[str, str] | None = None
+    json: Any = None
+
+
+class HttpProvider(Provider):
+    """A provider reached by one HTTP request per message.
+
+    Implement :meth:`build_request` and :meth:`parse_response`, both pure, so
+    they are tested without a network; :meth:`send` does the I/O.
+    """
+
+    @abc.abstractmethod
+    def build_request(self, sms: OutboundSMS) -> HttpRequest:
+        """The HTTP request that sends ``sms``."""
+
+    @abc.abstractmethod
+    def parse_response(self, status: int, headers: CIMultiDictProxy[str], body: bytes) -> Reply:
+        """Classify the provider's answer.  Must not raise on garbage: return TRANSIENT."""
+
+    async def send(self, sms: OutboundSMS, session: aiohttp.ClientSession) -> Reply:
+        req = self.build_request(sms)
+        async with session.request(
+            req.method, req.url, headers=req.headers, data=req.data, json=req.json
+        ) as resp:
+            body = await resp.read()
+            return self.parse_response(resp.status, resp.headers, body)
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def classify_status(status: int) -> Outcome:
+    """The outcome an HTTP status means when the body says nothing more specific.
+
+    401/403 and 404 (a wrong account or endpoint) are AUTH: the provider is
+    unusable as configured; 408 and 5xx are TRANSIENT; 429 THROTTLED; any other
+    4xx means the provider refused this request as written: REJECTED.
+    """
+    if 200 <= status < 300:
+        return Outcome.ACCEPTED
+    if status == 429:
+        return Outcome.THROTTLED
+    if status in (401, 403, 404):
+        return Outcome.AUTH
+    if status == 408 or status >= 500:
+        return Outcome.TRANSIENT
+    if 400 <= status < 500:
+        return Outcome.REJECTED
+    return Outcome.TRANSIENT

@@ -1,0 +1,182 @@
+"""Twilio Programmable Messaging: the Messages resource of API 2010-04-01.
+
+Wire format (checked against twilio/twilio-oai ``spec/json/twilio_api_v2010.json``
+in tests/test_twilio_conformance.py, and by running the official ``twilio`` SDK
+against :class:`smsroute.testing.FakeTwilio`):
+
+- ``POST {base}/2010-04-01/Accounts/{AccountSid}/Messages.json``, HTTP Basic
+  (Account SID or API key SID : auth token or key secret), form body with
+  ``To``, ``From`` or ``MessagingServiceSid``, ``Body``, and optionally
+  ``StatusCallback``, ``ValidityPeriod``, ``Attempt``.
+- Success: HTTP 201, JSON message resource with ``sid`` (``SM...``).
+- Failure: JSON ``{"code", "message", "more_info", "status"}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from multidict import CIMultiDictProxy
+
+from smsroute.config import ProviderConfig
+from smsroute.message import Outcome
+from smsroute.numbers import scrub
+from smsroute.providers.base import (
+    HttpProvider,
+    HttpRequest,
+    OutboundSMS,
+    Reply,
+    classify_status,
+    parse_retry_after,
+)
+
+# Twilio error code -> outcome.  Sources: Twilio's error dictionary
+# (https://www.twilio.com/docs/api/errors/<code>), as collected in
+# shared/reference/providers-wire.md section 1 "Errors".
+ERROR_OUTCOMES: Mapping[int, Outcome] = {
+    # The request as written can never succeed: do not fail over.
+    21211: Outcome.REJECTED,  # invalid 'To' phone number
+    21214: Outcome.REJECTED,  # 'To' phone number cannot be reached
+    21602: Outcome.REJECTED,  # message body is required
+    21604: Outcome.REJECTED,  # 'To' phone number is required
+    21610: Outcome.REJECTED,  # recipient replied STOP: opted out
+    21614: Outcome.REJECTED,  # 'To' is not a mobile number
+    21617: Outcome.REJECTED,  # body exceeds 1600 characters
+    # This account cannot reach this destination; another provider may.
+    21408: Outcome.UNROUTABLE,  # permission to send to this region is not enabled
+    21612: Outcome.UNROUTABLE,  # this To/From pair cannot be routed
+    21401: Outcome.UNROUTABLE,  # invalid 'From' phone number
+    21601: Outcome.UNROUTABLE,  # 'From' is not a valid SMS-capable number
+    21606: Outcome.UNROUTABLE,  # 'From' is not a valid, SMS-capable number for this account
+    21608: Outcome.UNROUTABLE,  # trial accounts: unverified 'To'
+    21609: Outcome.UNROUTABLE,  # invalid StatusCallback for 'From'
+    21603: Outcome.UNROUTABLE,  # 'From' phone number is required (misconfigured sender)
+    # Slow down.
+    20429: Outcome.THROTTLED,  # too many requests
+    21611: Outcome.THROTTLED,  # 'From' number's queue exceeds 10 hours of messages
+    # The account is unusable as configured.
+    20003: Outcome.AUTH,  # authentication failed
+    20005: Outcome.AUTH,  # account not active
+    20404: Outcome.AUTH,  # resource not found: wrong account SID in the URL
+    30002: Outcome.AUTH,  # account suspended
+    # Twilio's own trouble.
+    20500: Outcome.TRANSIENT,  # internal server error
+    20503: Outcome.TRANSIENT,  # service unavailable
+}
+
+
+def _basic_auth(username: str, password: str) -> str:
+    """The ``Authorization`` value of HTTP Basic (RFC 7617, UTF-8).
+
+    Built by hand: ``aiohttp.BasicAuth`` is deprecated in recent aiohttp (a
+    DeprecationWarning per use), and its replacement ``aiohttp.encode_basic_auth``
+    is missing from older releases that this package still supports.
+    """
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+
+
+class TwilioProvider(HttpProvider):
+    """Twilio's Messages API.
+
+    Config (besides the common keys)::
+
+        twilio-main:
+          type: twilio
+          account_sid: ${TWILIO_ACCOUNT_SID}
+          auth_token: ${TWILIO_AUTH_TOKEN}
+          from: "+15005550006"              # or messaging_service_sid: MG...
+    """
+
+    type_name = "twilio"
+    required_options = frozenset({"account_sid", "auth_token"})
+    optional_options = frozenset({"messaging_service_sid", "api_key_sid", "validity_period"})
+    secret_options = frozenset({"auth_token"})
+    default_base_url = "https://api.twilio.com"
+
+    def __init__(self, config: ProviderConfig) -> None:
+        super().__init__(config)
+        opts = config.options
+        self.account_sid = str(opts["account_sid"])
+        username = str(opts.get("api_key_sid") or self.account_sid)
+        self.url = f"{self.base_url}/2010-04-01/Accounts/{self.account_sid}/Messages.json"
+        self.messaging_service_sid = opts.get("messaging_service_sid")
+        self.validity_period = opts.get("validity_period")
+        self._headers = {
+            "Authorization": _basic_auth(username, str(opts["auth_token"])),
+            "Accept": "application/json",
+        }
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        sid = str(options.get("account_sid", ""))
+        if sid and not sid.startswith("AC"):
+            problems.append(("account_sid", "a Twilio Account SID starts with 'AC'"))
+        mss = options.get("messaging_service_sid")
+        if mss is not None and not str(mss).startswith("MG"):
+            problems.append(("messaging_service_sid", "a Messaging Service SID starts with 'MG'"))
+        vp = options.get("validity_period")
+        if vp is not None and (
+            isinstance(vp, bool) or not isinstance(vp, int) or not 1 <= vp <= 36000
+        ):
+            problems.append(("validity_period", "validity_period is whole seconds from 1 to 36000"))
+        return problems
+
+    def build_request(self, sms: OutboundSMS) -> HttpRequest:
+        form = {"To": sms.to, "Body": sms.text}
+        if self.messaging_service_sid and not sms.sender:
+            form["MessagingServiceSid"] = str(self.messaging_service_sid)
+        elif sms.sender:
+            form["From"] = sms.sender
+        if sms.status_callback:
+            form["StatusCallback"] = sms.status_callback
+        if self.validity_period is not None:
+            form["ValidityPeriod"] = str(self.validity_period)
+        form["Attempt"] = str(sms.attempt)
+        return HttpRequest("POST", self.url, self._headers, data=form)
+
+    def parse_response(self, status: int, headers: CIMultiDictProxy[str], body: bytes) -> Reply:
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            if status >= 500 or 200 <= status < 300:
+                return Reply(
+                    Outcome.TRANSIENT,
+                    status_code=status,
+                    detail=f"malformed reply: HTTP {status} without a JSON object",
+                )
+            return Reply(
+                classify_status(status),
+                status_code=status,
+                detail=f"HTTP {status} without a JSON body",
+                retry_after=parse_retry_after(headers.get("Retry-After")),
+            )
+        if 200 <= status < 300:
+            sid = doc.get("sid")
+            if not isinstance(sid, str) or not sid:
+                return Reply(
+                    Outcome.TRANSIENT,
+                    status_code=status,
+                    detail="malformed reply: success without a message sid",
+                )
+            return Reply(Outcome.ACCEPTED, provider_message_id=sid, status_code=status)
+        code = doc.get("code")
+        outcome = ERROR_OUTCOMES.get(code) if isinstance(code, int) else None
+        if outcome is None:
+            outcome = classify_status(status)
+        message = doc.get("message")
+        detail = f"Twilio {code}" if code is not None else f"HTTP {status}"
+        if isinstance(message, str) and message:
+            detail += f": {scrub(message[:200])}"
+        return Reply(
+            outcome,
+            status_code=status,
+            error_code=str(code) if code is not None else None,
+            detail=detail,
+            retry_after=parse_retry_after(headers.get("Retry-After")),
+        )

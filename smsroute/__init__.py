@@ -1,0 +1,78 @@
+"""smsroute: send SMS through several providers, routed by YAML rules, with
+circuit breakers, failover by outcome class, and Prometheus metrics.
+
+The whole public API is here::
+
+    from smsroute import Router, Message
+
+    async with Router.from_yaml("config/routing.yaml") as router:
+        result = await router.send(Message(to="+49 151 23456789", text="Code 123456", category="otp"))
+        print(result.status, result.provider, result.attempts)
+"""
+
+__version__ = "0.1.0"
+
+from smsroute.breaker import BreakerState, CircuitBreaker
+from smsroute.clock import Clock, ManualClock, SystemClock
+from smsroute.config import Config, load_config, parse_config
+from smsroute.errors import (
+    ConfigError,
+    ConfigProblem,
+    InvalidMessage,
+    InvalidNumber,
+    SendFailed,
+    SmsrouteError,
+)
+from smsroute.instrument import (
+    AttemptFinished,
+    BreakerTransition,
+    ConfigReloaded,
+    Event,
+    Failover,
+    Hook,
+    LoggingHook,
+    MessageFinished,
+    RateLimitWait,
+)
+from smsroute.message import Attempt, Message, Outcome, SendResult
+from smsroute.numbers import Destination, NumberType, mask, normalize
+from smsroute.router import RoutePlan, Router
+from smsroute.selection import Candidate
+
+__all__ = [
+    "Attempt",
+    "AttemptFinished",
+    "BreakerState",
+    "BreakerTransition",
+    "Candidate",
+    "CircuitBreaker",
+    "Clock",
+    "Config",
+    "ConfigError",
+    "ConfigProblem",
+    "ConfigReloaded",
+    "Destination",
+    "Event",
+    "Failover",
+    "Hook",
+    "InvalidMessage",
+    "InvalidNumber",
+    "LoggingHook",
+    "ManualClock",
+    "Message",
+    "MessageFinished",
+    "NumberType",
+    "Outcome",
+    "RateLimitWait",
+    "RoutePlan",
+    "Router",
+    "SendFailed",
+    "SendResult",
+    "SmsrouteError",
+    "SystemClock",
+    "__version__",
+    "load_config",
+    "mask",
+    "normalize",
+    "parse_config",
+]

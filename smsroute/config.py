@@ -1,0 +1,867 @@
+"""The routing config: YAML in, typed and validated objects out.
+
+Everything is checked at load time, every problem is reported with
+file:line:column and a field path, and the hot path only ever sees the typed
+objects below.  The keys are a contract (see ``config/schema.json``); new
+keys may be added, existing ones keep their meaning.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import attrs
+
+from smsroute import yamlsource
+from smsroute.errors import ConfigError, ConfigProblem
+from smsroute.numbers import NumberType
+from smsroute.units import parse_duration, parse_fraction, parse_rate
+from smsroute.yamlsource import Located, format_path
+
+Strategy = Literal["priority", "weighted", "cheapest", "fastest", "score"]
+STRATEGIES: tuple[Strategy, ...] = ("priority", "weighted", "cheapest", "fastest", "score")
+OnTimeout = Literal["failover", "stop"]
+BreakerScope = Literal["provider", "provider_country"]
+
+# The keys each section accepts.  tests/test_schema.py keeps config/schema.json in step.
+TOP_KEYS = frozenset({"version", "defaults", "providers", "rules", "categories"})
+DEFAULTS_KEYS = frozenset(
+    {
+        "default_region",
+        "deadline",
+        "max_attempts",
+        "max_segments",
+        "breaker",
+        "breaker_scope",
+        "max_rate_wait",
+        "webhook_url",
+        "currency",
+    }
+)
+BREAKER_KEYS = frozenset(
+    {
+        "window",
+        "min_calls",
+        "failure_rate",
+        "consecutive_failures",
+        "open_for",
+        "max_open_for",
+        "half_open_probes",
+    }
+)
+PROVIDER_COMMON_KEYS = frozenset(
+    {
+        "type",
+        "base_url",
+        "timeout",
+        "rate_limit",
+        "burst",
+        "max_concurrency",
+        "prices",
+        "currency",
+        "from",
+        "breaker",
+        "breaker_scope",
+        "status_callback",
+    }
+)
+RULE_KEYS = frozenset(
+    {
+        "name",
+        "match",
+        "strategy",
+        "providers",
+        "weights",
+        "on_timeout",
+        "max_attempts",
+        "deadline",
+        "score_weights",
+        "latency_buffer",
+    }
+)
+MATCH_KEYS = frozenset({"country", "prefix", "number_type", "category", "sender", "tags"})
+SCORE_WEIGHT_KEYS = frozenset({"price", "success", "latency"})
+CATEGORY_KEYS = frozenset({"on_timeout"})
+
+
+@attrs.frozen(slots=True)
+class BreakerSettings:
+    """How a circuit breaker trips and recovers (see :mod:`smsroute.breaker`).
+
+    ``window`` is a count of calls when ``window_seconds`` is None, otherwise
+    the window is the last ``window_seconds`` of calls.
+    """
+
+    window: int = 50
+    window_seconds: float | None = None
+    min_calls: int = 10
+    failure_rate: float = 0.5
+    consecutive_failures: int | None = 5
+    open_for: float = 30.0
+    max_open_for: float = 300.0
+    half_open_probes: int = 2
+
+
+@attrs.frozen(slots=True)
+class PriceTable:
+    """Price per segment by destination country (ISO code), with a default."""
+
+    prices: Mapping[str, float] = attrs.field(factory=dict)
+    default: float | None = None
+    currency: str = "USD"
+
+    def price_for(self, country: str) -> float | None:
+        """Price of one segment to ``country``, or None when unknown."""
+        return self.prices.get(country, self.default)
+
+
+@attrs.frozen(slots=True)
+class ProviderConfig:
+    """One provider account as configured.  ``options`` are the adapter's own keys."""
+
+    name: str
+    type: str
+    base_url: str | None = None
+    timeout: float = 5.0
+    rate_limit: float | None = None
+    burst: int | None = None
+    max_concurrency: int | None = None
+    prices: PriceTable = attrs.field(factory=PriceTable)
+    sender: str | None = None
+    breaker: BreakerSettings = attrs.field(factory=BreakerSettings)
+    breaker_scope: BreakerScope = "provider"
+    status_callback: str | None = None
+    options: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+
+
+@attrs.frozen(slots=True)
+class Match:
+    """What a rule matches.  Each field given narrows the match; within a field,
+    any listed value matches (for ``tags``: the message carries any of them)."""
+
+    countries: frozenset[str] | None = None
+    prefixes: tuple[str, ...] | None = None
+    number_types: frozenset[NumberType] | None = None
+    categories: frozenset[str] | None = None
+    senders: frozenset[str] | None = None
+    tags: frozenset[str] | None = None
+
+    @property
+    def is_catch_all(self) -> bool:
+        """True when the rule matches every message."""
+        return all(
+            v is None
+            for v in (
+                self.countries,
+                self.prefixes,
+                self.number_types,
+                self.categories,
+                self.senders,
+                self.tags,
+            )
+        )
+
+
+@attrs.frozen(slots=True)
+class ScoreWeights:
+    """Weights of the ``score`` strategy; they need not sum to one."""
+
+    price: float = 1.0
+    success: float = 1.0
+    latency: float = 1.0
+
+
+@attrs.frozen(slots=True)
+class Rule:
+    """One routing rule: a match, and how to order its providers into a plan."""
+
+    name: str
+    match: Match
+    providers: tuple[str, ...]
+    strategy: Strategy = "priority"
+    weights: Mapping[str, float] = attrs.field(factory=dict)
+    on_timeout: OnTimeout | None = None
+    max_attempts: int | None = None
+    deadline: float | None = None
+    score_weights: ScoreWeights = attrs.field(factory=ScoreWeights)
+    latency_buffer: float = 0.2
+
+
+@attrs.frozen(slots=True)
+class Defaults:
+    """Settings that apply to every message unless a rule or provider overrides them."""
+
+    default_region: str | None = None
+    deadline: float = 10.0
+    max_attempts: int = 3
+    max_segments: int = 10
+    breaker: BreakerSettings = attrs.field(factory=BreakerSettings)
+    breaker_scope: BreakerScope = "provider"
+    max_rate_wait: float = 1.0
+    webhook_url: str | None = None
+    currency: str = "USD"
+
+
+@attrs.frozen(slots=True)
+class Category:
+    """A message category and what a timeout means for it."""
+
+    name: str
+    on_timeout: OnTimeout
+
+
+_DEFAULT_CATEGORIES = {
+    "otp": Category("otp", "failover"),
+    "transactional": Category("transactional", "failover"),
+    "marketing": Category("marketing", "stop"),
+}
+
+
+@attrs.frozen(slots=True)
+class Config:
+    """A whole validated config.  Build one with :func:`load_config` or :func:`parse_config`."""
+
+    defaults: Defaults
+    providers: Mapping[str, ProviderConfig]
+    rules: tuple[Rule, ...]
+    categories: Mapping[str, Category]
+    source: str = "<config>"
+    version: int = 1
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the YAML config at ``path``; raise :class:`ConfigError` on any problem."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    f"cannot read config: {exc.strerror}",
+                    file=str(p),
+                    line=None,
+                    column=None,
+                    path="",
+                )
+            ]
+        ) from None
+    return parse_config(text, file=str(p), environ=environ)
+
+
+def parse_config(
+    text: str, *, file: str = "<config>", environ: Mapping[str, str] | None = None
+) -> Config:
+    """Validate YAML ``text``.  ``file`` is used in messages and to resolve price files."""
+    located = yamlsource.load(text, file, environ)
+    return _Loader(located).load()
+
+
+T = TypeVar("T")
+_MISSING: Any = object()
+
+
+class _Loader:
+    def __init__(self, located: Located) -> None:
+        self.src = located
+        self.problems: list[ConfigProblem] = []
+        self.base_dir = Path(located.file).parent if located.file != "<config>" else Path.cwd()
+
+    # -- reporting -----------------------------------------------------------------
+
+    def error(self, path: yamlsource.Path, message: str, *, at_key: bool = False) -> None:
+        self.problems.append(self.src.problem(path, message, at_key=at_key))
+
+    def mapping(
+        self,
+        value: Any,
+        path: yamlsource.Path,
+        allowed: frozenset[str],
+        *,
+        what: str,
+    ) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.error(path, f"{what} must be a mapping, got {_kind(value)}")
+            return {}
+        for key in value:
+            if key not in allowed:
+                hint = difflib.get_close_matches(key, sorted(allowed), n=1)
+                suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+                self.error(
+                    (*path, key),
+                    f"unknown key '{key}' in {what}{suggestion} "
+                    f"(allowed: {', '.join(sorted(allowed))})",
+                    at_key=True,
+                )
+        return value
+
+    def field(
+        self,
+        section: Mapping[str, Any],
+        path: yamlsource.Path,
+        key: str,
+        parse: Callable[[Any], T],
+        default: T,
+    ) -> T:
+        if key not in section or section[key] is None:
+            return default
+        try:
+            return parse(section[key])
+        except (ValueError, TypeError) as exc:
+            self.error((*path, key), str(exc))
+            return default
+
+    # -- sections ------------------------------------------------------------------
+
+    def load(self) -> Config:
+        root = self.src.value
+        if root is None:
+            self.error((), "the config is empty: it needs at least 'providers' and 'rules'")
+            raise ConfigError(self.problems)
+        top = self.mapping(root, (), TOP_KEYS, what="the config")
+        version = self.field(top, (), "version", _int_in(1, 1), 1)
+        defaults = self.defaults(top.get("defaults"))
+        categories = self.categories(top.get("categories"))
+        providers = self.providers(top.get("providers"), defaults)
+        rules = self.rules(top.get("rules"), providers, categories)
+        if self.problems:
+            raise ConfigError(self.problems)
+        return Config(
+            defaults=defaults,
+            providers=providers,
+            rules=rules,
+            categories=categories,
+            source=self.src.file,
+            version=version,
+        )
+
+    def defaults(self, value: Any) -> Defaults:
+        path: yamlsource.Path = ("defaults",)
+        d = self.mapping(value, path, DEFAULTS_KEYS, what="defaults")
+        base = Defaults()
+        return Defaults(
+            default_region=self.field(d, path, "default_region", _region, None),
+            deadline=self.field(d, path, "deadline", _positive_duration, base.deadline),
+            max_attempts=self.field(d, path, "max_attempts", _int_in(1, 100), base.max_attempts),
+            max_segments=self.field(d, path, "max_segments", _int_in(1, 255), base.max_segments),
+            breaker=self.breaker(d.get("breaker"), (*path, "breaker"), base.breaker),
+            breaker_scope=self.field(d, path, "breaker_scope", _breaker_scope, "provider"),
+            max_rate_wait=self.field(d, path, "max_rate_wait", parse_duration, base.max_rate_wait),
+            webhook_url=self.field(d, path, "webhook_url", _url, None),
+            currency=self.field(d, path, "currency", _currency, base.currency),
+        )
+
+    def breaker(self, value: Any, path: yamlsource.Path, base: BreakerSettings) -> BreakerSettings:
+        b = self.mapping(value, path, BREAKER_KEYS, what="breaker")
+        window, window_seconds = base.window, base.window_seconds
+        if b.get("window") is not None:
+            raw = b["window"]
+            if isinstance(raw, int) and not isinstance(raw, bool):
+                if raw < 1:
+                    self.error((*path, "window"), "window must be at least 1 call")
+                else:
+                    window, window_seconds = raw, None
+            else:
+                try:
+                    window_seconds = _positive_duration(raw)
+                except ValueError:
+                    self.error(
+                        (*path, "window"),
+                        f"window is a number of calls (50) or a duration (60s), got {raw!r}",
+                    )
+        consecutive = base.consecutive_failures
+        if "consecutive_failures" in b:
+            consecutive = self.field(b, path, "consecutive_failures", _int_in(1, 1_000_000), None)
+        settings = BreakerSettings(
+            window=window,
+            window_seconds=window_seconds,
+            min_calls=self.field(b, path, "min_calls", _int_in(1, 1_000_000), base.min_calls),
+            failure_rate=self.field(b, path, "failure_rate", parse_fraction, base.failure_rate),
+            consecutive_failures=consecutive,
+            open_for=self.field(b, path, "open_for", _positive_duration, base.open_for),
+            max_open_for=self.field(b, path, "max_open_for", _positive_duration, base.max_open_for),
+            half_open_probes=self.field(
+                b, path, "half_open_probes", _int_in(1, 1000), base.half_open_probes
+            ),
+        )
+        if settings.max_open_for < settings.open_for:
+            self.error((*path, "max_open_for"), "max_open_for must be at least open_for")
+        return settings
+
+    def categories(self, value: Any) -> dict[str, Category]:
+        out = dict(_DEFAULT_CATEGORIES)
+        if value is None:
+            return out
+        path: yamlsource.Path = ("categories",)
+        if isinstance(value, list):
+            for i, name in enumerate(value):
+                if not isinstance(name, str) or not name:
+                    self.error((*path, i), f"a category name must be a string, got {name!r}")
+                    continue
+                out.setdefault(name, Category(name, "failover"))
+            return out
+        cats = self.mapping(
+            value,
+            path,
+            frozenset(value) if isinstance(value, dict) else frozenset(),
+            what="categories",
+        )
+        for name, body in cats.items():
+            c = self.mapping(body, (*path, name), CATEGORY_KEYS, what=f"category '{name}'")
+            default = out.get(name, Category(name, "failover")).on_timeout
+            on_timeout = self.field(c, (*path, name), "on_timeout", _on_timeout, default)
+            out[name] = Category(name, on_timeout)
+        return out
+
+    def providers(self, value: Any, defaults: Defaults) -> dict[str, ProviderConfig]:
+        from smsroute.providers import load_provider_class, provider_types
+
+        path: yamlsource.Path = ("providers",)
+        if value is None:
+            self.error((), "the config has no 'providers' section: declare at least one provider")
+            return {}
+        if not isinstance(value, dict) or not value:
+            self.error(path, "providers must be a non-empty mapping of name -> settings")
+            return {}
+        known_types = provider_types()
+        out: dict[str, ProviderConfig] = {}
+        for name, body in value.items():
+            ppath = (*path, name)
+            if not isinstance(body, dict):
+                self.error(ppath, f"provider '{name}' must be a mapping, got {_kind(body)}")
+                continue
+            type_name = body.get("type")
+            if not isinstance(type_name, str):
+                self.error(
+                    ppath, f"provider '{name}' needs a 'type' ({', '.join(sorted(known_types))})"
+                )
+                continue
+            if type_name not in known_types:
+                hint = difflib.get_close_matches(type_name, sorted(known_types), n=1)
+                suggestion = f"did you mean '{hint[0]}'? " if hint else ""
+                self.error(
+                    (*ppath, "type"),
+                    f"unknown provider type '{type_name}': {suggestion}"
+                    f"known types: {', '.join(sorted(known_types))} "
+                    f"(third-party adapters register under the entry point group "
+                    f"'smsroute.providers')",
+                )
+                continue
+            try:
+                cls = load_provider_class(type_name)
+            except Exception as exc:  # an installed third-party adapter is broken
+                self.error((*ppath, "type"), f"cannot load provider type '{type_name}': {exc}")
+                continue
+            allowed = PROVIDER_COMMON_KEYS | cls.required_options | cls.optional_options
+            self.mapping(body, ppath, allowed, what=f"provider '{name}' (type {type_name})")
+            for option in sorted(cls.required_options):
+                if body.get(option) in (None, ""):
+                    self.error(
+                        ppath,
+                        f"provider '{name}' (type {type_name}) needs '{option}'",
+                    )
+            options = {
+                k: v for k, v in body.items() if k in cls.required_options | cls.optional_options
+            }
+            for option, problem in cls.check_options(body):
+                self.error((*ppath, option), problem)
+            currency = self.field(body, ppath, "currency", _currency, defaults.currency)
+            out[name] = ProviderConfig(
+                name=name,
+                type=type_name,
+                base_url=self.field(body, ppath, "base_url", _url, None),
+                timeout=self.field(body, ppath, "timeout", _positive_duration, 5.0),
+                rate_limit=self.field(body, ppath, "rate_limit", parse_rate, None),
+                burst=self.field(body, ppath, "burst", _int_in(1, 1_000_000), None),
+                max_concurrency=self.field(
+                    body, ppath, "max_concurrency", _int_in(1, 100_000), None
+                ),
+                prices=self.prices(body.get("prices"), (*ppath, "prices"), currency),
+                sender=self.field(body, ppath, "from", _sender, None),
+                breaker=self.breaker(body.get("breaker"), (*ppath, "breaker"), defaults.breaker),
+                breaker_scope=self.field(
+                    body, ppath, "breaker_scope", _breaker_scope, defaults.breaker_scope
+                ),
+                status_callback=self.field(body, ppath, "status_callback", _url, None),
+                options=options,
+            )
+        return out
+
+    def prices(self, value: Any, path: yamlsource.Path, currency: str) -> PriceTable:
+        if value is None:
+            return PriceTable(currency=currency)
+        if isinstance(value, str):
+            return self.price_file(value, path, currency)
+        if not isinstance(value, dict):
+            self.error(
+                path, "prices must be a mapping {COUNTRY: price, default: price} or a file path"
+            )
+            return PriceTable(currency=currency)
+        return self.price_mapping(value, path, currency, self.src)
+
+    def price_mapping(
+        self, value: dict[str, Any], path: yamlsource.Path, currency: str, src: Located
+    ) -> PriceTable:
+        prices: dict[str, float] = {}
+        default: float | None = None
+        for key, raw in value.items():
+            if key == "currency":
+                try:
+                    currency = _currency(raw)
+                except ValueError as exc:
+                    self.problems.append(src.problem((*path, key), str(exc)))
+                continue
+            if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < 0:
+                self.problems.append(
+                    src.problem((*path, key), f"a price must be a non-negative number, got {raw!r}")
+                )
+                continue
+            if key == "default":
+                default = float(raw)
+            elif isinstance(key, str) and len(key) == 2 and key.isalpha() and key.isupper():
+                prices[key] = float(raw)
+            else:
+                self.problems.append(
+                    src.problem(
+                        (*path, key),
+                        f"price keys are ISO country codes like DE or 'default', got '{key}'",
+                        at_key=True,
+                    )
+                )
+        return PriceTable(prices=prices, default=default, currency=currency)
+
+    def price_file(self, ref: str, path: yamlsource.Path, currency: str) -> PriceTable:
+        file = Path(ref)
+        if not file.is_absolute():
+            file = self.base_dir / file
+            if not file.exists():
+                file = Path.cwd() / ref
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            self.error(path, f"cannot read price file '{ref}': {exc.strerror}")
+            return PriceTable(currency=currency)
+        try:
+            located = yamlsource.load(text, str(file))
+        except ConfigError as exc:
+            self.problems.extend(exc.problems)
+            return PriceTable(currency=currency)
+        value = located.value
+        if isinstance(value, dict) and isinstance(value.get("prices"), dict):
+            if "currency" in value:
+                try:
+                    currency = _currency(value["currency"])
+                except ValueError as e:
+                    self.problems.append(located.problem(("currency",), str(e)))
+            return self.price_mapping(value["prices"], ("prices",), currency, located)
+        if isinstance(value, dict):
+            return self.price_mapping(value, (), currency, located)
+        self.problems.append(located.problem((), "a price file must be a mapping"))
+        return PriceTable(currency=currency)
+
+    def rules(
+        self,
+        value: Any,
+        providers: Mapping[str, ProviderConfig],
+        categories: Mapping[str, Category],
+    ) -> tuple[Rule, ...]:
+        path: yamlsource.Path = ("rules",)
+        if value is None:
+            self.error((), "the config has no 'rules' section: add at least a catch-all rule")
+            return ()
+        if not isinstance(value, list) or not value:
+            self.error(path, "rules must be a non-empty list")
+            return ()
+        out: list[Rule] = []
+        names: set[str] = set()
+        for i, body in enumerate(value):
+            rpath = (*path, i)
+            r = self.mapping(body, rpath, RULE_KEYS, what="a rule")
+            if not isinstance(body, dict):
+                continue
+            name = r.get("name", f"rule-{i + 1}")
+            if not isinstance(name, str) or not name:
+                self.error((*rpath, "name"), "a rule's name must be a non-empty string")
+                name = f"rule-{i + 1}"
+            if name in names:
+                self.error((*rpath, "name"), f"rule name '{name}' is used twice")
+            names.add(name)
+            provider_names = self.rule_providers(
+                r.get("providers"), (*rpath, "providers"), providers
+            )
+            strategy: Strategy = self.field(r, rpath, "strategy", _strategy, "priority")
+            weights = self.weights(r.get("weights"), (*rpath, "weights"), provider_names)
+            if strategy == "weighted" and not weights:
+                self.error(
+                    rpath,
+                    f"rule '{name}' uses strategy 'weighted' but gives no 'weights' "
+                    "(e.g. weights: {provider-a: 70, provider-b: 30})",
+                )
+            sw = self.mapping(
+                r.get("score_weights"),
+                (*rpath, "score_weights"),
+                SCORE_WEIGHT_KEYS,
+                what="score_weights",
+            )
+            swp = (*rpath, "score_weights")
+            out.append(
+                Rule(
+                    name=name,
+                    match=self.match(r.get("match"), (*rpath, "match"), categories),
+                    providers=provider_names,
+                    strategy=strategy,
+                    weights=weights,
+                    on_timeout=self.field(r, rpath, "on_timeout", _on_timeout, None),
+                    max_attempts=self.field(r, rpath, "max_attempts", _int_in(1, 100), None),
+                    deadline=self.field(r, rpath, "deadline", _positive_duration, None),
+                    score_weights=ScoreWeights(
+                        price=self.field(sw, swp, "price", _non_negative, 1.0),
+                        success=self.field(sw, swp, "success", _non_negative, 1.0),
+                        latency=self.field(sw, swp, "latency", _non_negative, 1.0),
+                    ),
+                    latency_buffer=self.field(r, rpath, "latency_buffer", parse_fraction, 0.2),
+                )
+            )
+        if out and not any(rule.match.is_catch_all for rule in out):
+            self.error(
+                path,
+                "no catch-all rule: the last rule should have no 'match' so every message "
+                "has a route (e.g. '- name: default\\n  providers: [...]')",
+            )
+        else:
+            for i, rule in enumerate(out[:-1]):
+                if rule.match.is_catch_all:
+                    self.error(
+                        (*path, i),
+                        f"rule '{rule.name}' matches every message, so the rules after it "
+                        "can never match: move it to the end",
+                    )
+        return tuple(out)
+
+    def rule_providers(
+        self, value: Any, path: yamlsource.Path, providers: Mapping[str, ProviderConfig]
+    ) -> tuple[str, ...]:
+        if value is None:
+            self.error(path, "a rule needs 'providers': a list of provider names")
+            return ()
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            self.error(path, "providers must be a non-empty list of provider names")
+            return ()
+        out: list[str] = []
+        for j, name in enumerate(value):
+            if not isinstance(name, str):
+                self.error((*path, j), f"a provider name must be a string, got {name!r}")
+                continue
+            if providers and name not in providers:
+                hint = difflib.get_close_matches(name, sorted(providers), n=1)
+                suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+                self.error(
+                    (*path, j),
+                    f"unknown provider '{name}'{suggestion} "
+                    f"(declared: {', '.join(sorted(providers))})",
+                )
+                continue
+            if name in out:
+                self.error((*path, j), f"provider '{name}' is listed twice")
+                continue
+            out.append(name)
+        return tuple(out)
+
+    def weights(
+        self, value: Any, path: yamlsource.Path, provider_names: tuple[str, ...]
+    ) -> dict[str, float]:
+        if value is None:
+            return {}
+        w = self.mapping(value, path, frozenset(provider_names), what="weights")
+        out: dict[str, float] = {}
+        for name, raw in w.items():
+            if name not in provider_names:
+                continue
+            if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < 0:
+                self.error((*path, name), f"a weight must be a non-negative number, got {raw!r}")
+                continue
+            out[name] = float(raw)
+        if out and not any(out.values()):
+            self.error(path, "at least one weight must be positive")
+        return out
+
+    def match(self, value: Any, path: yamlsource.Path, categories: Mapping[str, Category]) -> Match:
+        m = self.mapping(value, path, MATCH_KEYS, what="match")
+
+        def strings(key: str, check: Callable[[str], str]) -> list[str] | None:
+            raw = m.get(key)
+            if raw is None:
+                return None
+            items = [raw] if isinstance(raw, str | int) else raw
+            if not isinstance(items, list) or not items:
+                self.error((*path, key), f"{key} must be a value or a non-empty list of values")
+                return None
+            out: list[str] = []
+            for j, item in enumerate(items):
+                where = (*path, key, j) if isinstance(raw, list) else (*path, key)
+                try:
+                    out.append(check(item))
+                except (ValueError, TypeError) as exc:
+                    self.error(where, str(exc))
+            return out
+
+        def category(name: Any) -> str:
+            if name not in categories:
+                hint = difflib.get_close_matches(str(name), sorted(categories), n=1)
+                suggestion = f"did you mean '{hint[0]}'? " if hint else ""
+                raise ValueError(
+                    f"unknown category '{name}': {suggestion}declare it under 'categories' "
+                    f"(known: {', '.join(sorted(categories))})"
+                )
+            return str(name)
+
+        countries = strings("country", _region)
+        prefixes = strings("prefix", _prefix)
+        number_types = strings("number_type", _number_type)
+        cats = strings("category", category)
+        senders = strings("sender", _nonempty("sender"))
+        tags = strings("tags", _nonempty("tag"))
+        return Match(
+            countries=frozenset(countries) if countries is not None else None,
+            prefixes=tuple(prefixes) if prefixes is not None else None,
+            number_types=(
+                frozenset(NumberType(t) for t in number_types) if number_types is not None else None
+            ),
+            categories=frozenset(cats) if cats is not None else None,
+            senders=frozenset(senders) if senders is not None else None,
+            tags=frozenset(tags) if tags is not None else None,
+        )
+
+
+# -- value parsers: each raises ValueError with the sentence a user reads ------------
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _int_in(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number from {low} to {high}, got {value!r}")
+        if not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _non_negative(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"expected a non-negative number, got {value!r}")
+    return float(value)
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"expected a duration greater than zero, got {value!r}")
+    return seconds
+
+
+def _region(value: Any) -> str:
+    import phonenumbers
+
+    if not isinstance(value, str) or value.upper() not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(f"expected an ISO 3166 country code like US or DE, got {value!r}")
+    return value.upper()
+
+
+def _prefix(value: Any) -> str:
+    # YAML reads an unquoted +4915 as the integer 4915: put the plus back.
+    text = f"+{value}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+    text = text.strip()
+    if not text.startswith("+") or not text[1:].isdigit() or len(text) < 2:
+        raise ValueError(f"expected an E.164 prefix like +4915, got {value!r}")
+    return text
+
+
+def _number_type(value: Any) -> str:
+    names = [t.value for t in NumberType]
+    if value not in names:
+        hint = difflib.get_close_matches(str(value), names, n=1)
+        suggestion = f"did you mean '{hint[0]}'? " if hint else ""
+        raise ValueError(f"unknown number_type {value!r}: {suggestion}known: {', '.join(names)}")
+    return str(value)
+
+
+def _nonempty(what: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"a {what} must be a non-empty string, got {value!r}")
+        return value
+
+    return parse
+
+
+def _choice(options: tuple[str, ...], what: str) -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        if value not in options:
+            hint = difflib.get_close_matches(str(value), options, n=1)
+            suggestion = f"did you mean '{hint[0]}'? " if hint else ""
+            raise ValueError(
+                f"unknown {what} {value!r}: {suggestion}choose one of {', '.join(options)}"
+            )
+        return value
+
+    return parse
+
+
+_strategy: Callable[[Any], Strategy] = _choice(STRATEGIES, "strategy")
+_on_timeout: Callable[[Any], OnTimeout] = _choice(("failover", "stop"), "on_timeout")
+_breaker_scope: Callable[[Any], BreakerScope] = _choice(
+    ("provider", "provider_country"), "breaker_scope"
+)
+
+
+def _url(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value
+
+
+def _currency(value: Any) -> str:
+    if not isinstance(value, str) or len(value) != 3 or not value.isalpha():
+        raise ValueError(f"expected an ISO 4217 currency code like USD, got {value!r}")
+    return value.upper()
+
+
+def _sender(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"'from' must be a phone number, short code or sender ID, got {value!r}")
+    return value
+
+
+__all__ = [
+    "BreakerSettings",
+    "Category",
+    "Config",
+    "Defaults",
+    "Match",
+    "PriceTable",
+    "ProviderConfig",
+    "Rule",
+    "ScoreWeights",
+    "format_path",
+    "load_config",
+    "parse_config",
+]

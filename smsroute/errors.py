@@ -1,0 +1,107 @@
+"""Exceptions a user of smsroute can cause, and can catch.
+
+    SmsrouteError
+    ├── ConfigError        a config file is wrong: file, line, column and field path
+    ├── InvalidNumber      a destination is not a valid phone number
+    ├── InvalidMessage     a text is empty, too long, or names an unknown category
+    └── SendFailed         raised by ``SendResult.raise_for_status()`` only
+
+Provider failures never raise out of ``Router.send``: they are outcomes in the
+result (see ``smsroute.providers.base``).  The default text of every exception
+here is free of phone numbers, message text and secrets.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from smsroute.message import SendResult
+
+
+class SmsrouteError(Exception):
+    """Base class of every exception smsroute raises on purpose."""
+
+
+class ConfigError(SmsrouteError):
+    """A configuration file (or mapping) is invalid.
+
+    ``problems`` holds every problem found, each a :class:`ConfigProblem`;
+    ``file``, ``line``, ``column`` and ``path`` describe the first one, so the
+    common case of a single mistake reads naturally::
+
+        try:
+            Router.from_yaml("routing.yaml")
+        except ConfigError as e:
+            print(e)   # routing.yaml:12:5: rules[1].providers[0]: unknown provider 'twillio' ...
+    """
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        if not problems:
+            raise ValueError("ConfigError needs at least one problem")
+        self.problems = tuple(problems)
+        first = problems[0]
+        self.file = first.file
+        self.line = first.line
+        self.column = first.column
+        self.path = first.path
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class ConfigProblem:
+    """One problem in a config file, located by file:line:column and field path."""
+
+    __slots__ = ("column", "file", "line", "message", "path")
+
+    def __init__(
+        self, message: str, *, file: str, line: int | None, column: int | None, path: str
+    ) -> None:
+        self.message = message
+        self.file = file
+        self.line = line
+        self.column = column
+        self.path = path
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        field = f"{self.path}: " if self.path else ""
+        return f"{where}: {field}{self.message}"
+
+    def __repr__(self) -> str:
+        return f"ConfigProblem({str(self)!r})"
+
+    def as_dict(self) -> dict[str, object]:
+        """The problem as plain data (for ``smsroute check --json``)."""
+        return {
+            "file": self.file,
+            "line": self.line,
+            "column": self.column,
+            "path": self.path,
+            "message": self.message,
+        }
+
+
+class InvalidNumber(SmsrouteError, ValueError):
+    """A destination is not a phone number we can send to.
+
+    The message says why (too short, unknown country code, needs a +country
+    prefix, ...) and shows the number masked.
+    """
+
+
+class InvalidMessage(SmsrouteError, ValueError):
+    """A message cannot be sent as written: empty text, too many segments,
+    an unknown category, and so on.  Raised before any provider is called."""
+
+
+class SendFailed(SmsrouteError):
+    """Raised by :meth:`SendResult.raise_for_status` when a send failed."""
+
+    def __init__(self, result: SendResult) -> None:
+        self.result = result
+        tried = ", ".join(f"{a.provider}={a.outcome.value}" for a in result.attempts) or "none"
+        super().__init__(f"message {result.message_id} failed: {result.reason} (attempts: {tried})")

@@ -1,0 +1,96 @@
+"""The events the router emits.  Each is small, frozen and free of private data:
+no phone number (only its country), no text, no secret."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+
+from smsroute.message import Outcome
+
+
+@attrs.frozen(slots=True)
+class AttemptFinished:
+    """One provider was tried for one message."""
+
+    message_id: str
+    provider: str
+    country: str
+    outcome: Outcome
+    latency: float
+    attempt: int
+    status_code: int | None = None
+    error_code: str | None = None
+    skipped: bool = False
+
+
+@attrs.frozen(slots=True)
+class MessageFinished:
+    """``send()`` returned; ``status`` is final for this send."""
+
+    message_id: str
+    category: str
+    country: str
+    status: str
+    duration: float
+    provider: str | None
+    segments: int
+    cost: float | None
+    currency: str | None
+    reason: str | None
+    rule: str | None
+
+
+@attrs.frozen(slots=True)
+class Failover:
+    """The router moved from one provider to the next for one message."""
+
+    message_id: str
+    from_provider: str
+    to_provider: str
+    reason: str
+
+
+@attrs.frozen(slots=True)
+class BreakerTransition:
+    """A circuit breaker changed state.  ``country`` is None for a provider-wide breaker."""
+
+    provider: str
+    country: str | None
+    from_state: str
+    to_state: str
+
+    @property
+    def scope(self) -> str:
+        """``provider`` or ``provider_country``."""
+        return "provider" if self.country is None else "provider_country"
+
+
+@attrs.frozen(slots=True)
+class RateLimitWait:
+    """The router waited for a provider's rate limit (or skipped it: ``waited`` False)."""
+
+    provider: str
+    seconds: float
+    waited: bool
+
+
+@attrs.frozen(slots=True)
+class ConfigReloaded:
+    """``router.reload()`` ran; ``result`` is ``success`` or ``error``."""
+
+    source: str
+    result: str
+    error: str | None = None
+
+
+Event = (
+    AttemptFinished
+    | MessageFinished
+    | Failover
+    | BreakerTransition
+    | RateLimitWait
+    | ConfigReloaded
+)
+Hook = Callable[[Event], None]

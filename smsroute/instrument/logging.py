@@ -1,0 +1,67 @@
+"""A hook that writes every event as one structured log line (numbers never appear)."""
+
+from __future__ import annotations
+
+import logging
+
+import attrs
+
+from smsroute.instrument.events import (
+    AttemptFinished,
+    BreakerTransition,
+    ConfigReloaded,
+    Event,
+    Failover,
+    MessageFinished,
+    RateLimitWait,
+)
+from smsroute.message import Outcome
+
+_NAMES = {
+    AttemptFinished: "attempt_finished",
+    MessageFinished: "message_finished",
+    Failover: "failover",
+    BreakerTransition: "breaker_transition",
+    RateLimitWait: "ratelimit_wait",
+    ConfigReloaded: "config_reloaded",
+}
+
+
+class LoggingHook:
+    """Log events to ``logger`` (default ``smsroute.events``) as ``event key=value ...``.
+
+    The fields also go into the record's ``extra`` as ``smsroute_event`` and
+    ``smsroute_fields`` for JSON formatters.  Failures, failovers and breaker
+    changes log at WARNING; the rest at DEBUG.
+    """
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.logger = logger or logging.getLogger("smsroute.events")
+
+    def __call__(self, event: Event) -> None:
+        level = self._level(event)
+        if not self.logger.isEnabledFor(level):
+            return
+        name = _NAMES.get(type(event), type(event).__name__)
+        fields = {
+            k: (v.value if isinstance(v, Outcome) else v)
+            for k, v in attrs.asdict(event, recurse=False).items()
+        }
+        text = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        self.logger.log(
+            level,
+            "%s %s",
+            name,
+            text,
+            extra={"smsroute_event": name, "smsroute_fields": fields},
+        )
+
+    @staticmethod
+    def _level(event: Event) -> int:
+        if isinstance(event, Failover | BreakerTransition):
+            return logging.WARNING
+        if isinstance(event, ConfigReloaded):
+            return logging.INFO if event.result == "success" else logging.ERROR
+        if isinstance(event, MessageFinished) and event.status != "accepted":
+            return logging.WARNING
+        return logging.DEBUG

@@ -1,0 +1,146 @@
+"""The data that flows through smsroute: messages in, results out.
+
+``Message`` is what a user hands to :meth:`Router.send`; ``SendResult`` is what
+comes back, with one :class:`Attempt` per provider tried.  ``Outcome`` is the
+taxonomy every provider answer is mapped to (see ``smsroute.providers.base``).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import attrs
+
+from smsroute.errors import SendFailed
+
+#: Categories every config knows; a config may declare more.
+BUILTIN_CATEGORIES = ("otp", "transactional", "marketing")
+
+Encoding = Literal["GSM-7", "UCS-2"]
+SendStatus = Literal["accepted", "failed"]
+
+
+class Outcome(enum.Enum):
+    """What one attempt at one provider came to.  Decides what the router does next.
+
+    ========== ======================================== ============= ==================
+    outcome    example                                  next provider counts against health
+    ========== ======================================== ============= ==================
+    accepted   201 with a message id                    stop: success success
+    rejected   invalid number, blocked, opted out       stop: failed  no
+    unroutable provider cannot reach that country       yes           no
+    throttled  429, Retry-After                         yes (paused)  no
+    auth       401/403, bad credentials                 yes           yes: opens breaker
+    transient  5xx, refused, reset, malformed reply     yes           yes
+    timeout    no answer in time: may have been sent    per rule      yes
+    ========== ======================================== ============= ==================
+    """
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    UNROUTABLE = "unroutable"
+    THROTTLED = "throttled"
+    AUTH = "auth"
+    TRANSIENT = "transient"
+    TIMEOUT = "timeout"
+
+    @property
+    def is_health_failure(self) -> bool:
+        """Whether this outcome says the provider is unwell (feeds breakers)."""
+        return self in _HEALTH_FAILURES
+
+
+_HEALTH_FAILURES = frozenset({Outcome.AUTH, Outcome.TRANSIENT, Outcome.TIMEOUT})
+
+
+def _tags(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+@attrs.frozen(slots=True)
+class Message:
+    """One SMS to send.
+
+    >>> Message(to="+49 151 23456789", text="Your code is 123456", category="otp")
+
+    ``to`` may be written in any format phonenumbers understands; a number
+    without ``+country`` uses the config's ``default_region``.  ``category`` is
+    ``otp``, ``transactional``, ``marketing`` or one the config declares.
+    ``tags`` can be matched by rules; ``metadata`` is carried through untouched.
+    """
+
+    to: str
+    text: str
+    sender: str | None = None
+    category: str = "transactional"
+    tags: tuple[str, ...] = attrs.field(default=(), converter=_tags)
+    metadata: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        # Never show the number or the text: reprs end up in logs and tracebacks.
+        from smsroute.numbers import mask
+
+        return (
+            f"Message(to={mask(self.to)!r}, text=<{len(self.text)} chars>, "
+            f"sender={self.sender!r}, category={self.category!r}, tags={self.tags!r})"
+        )
+
+
+@attrs.frozen(slots=True)
+class Attempt:
+    """One try at one provider, as recorded in :attr:`SendResult.attempts`.
+
+    ``latency`` is seconds from sending the request to its outcome (0.0 when the
+    router skipped the provider without calling it, e.g. locally rate-limited).
+    ``detail`` is a short, privacy-safe explanation from the adapter.
+    """
+
+    provider: str
+    outcome: Outcome
+    latency: float
+    status_code: int | None = None
+    error_code: str | None = None
+    detail: str | None = None
+    provider_message_id: str | None = None
+    retry_after: float | None = None
+
+
+@attrs.frozen(slots=True)
+class SendResult:
+    """The outcome of :meth:`Router.send`.
+
+    ``status`` is ``"accepted"`` when a provider took the message, else
+    ``"failed"`` with ``reason`` saying why.  ``attempts`` lists every provider
+    tried in order.  ``cost`` is the configured price per segment of the
+    accepting provider times ``segments`` (None when the price is unknown).
+    ``last_resort`` is true when every provider's breaker was open and the
+    router tried the one reopening soonest anyway.
+    """
+
+    message_id: str
+    status: SendStatus
+    provider: str | None
+    provider_message_id: str | None
+    attempts: tuple[Attempt, ...]
+    segments: int
+    encoding: Encoding
+    cost: float | None = None
+    currency: str | None = None
+    reason: str | None = None
+    rule: str | None = None
+    last_resort: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when a provider accepted the message."""
+        return self.status == "accepted"
+
+    def raise_for_status(self) -> SendResult:
+        """Raise :class:`SendFailed` if the send failed; return ``self`` otherwise."""
+        if self.status != "accepted":
+            raise SendFailed(self)
+        return self

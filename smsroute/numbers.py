@@ -1,0 +1,149 @@
+"""Phone numbers: E.164 normalisation with phonenumbers, and masking for logs."""
+
+from __future__ import annotations
+
+import enum
+import functools
+import re
+
+import attrs
+import phonenumbers
+from phonenumbers import NumberParseException, PhoneNumberType
+
+from smsroute.errors import InvalidNumber
+
+
+class NumberType(enum.Enum):
+    """The kind of line a number belongs to, as rules name it."""
+
+    MOBILE = "mobile"
+    FIXED_LINE = "fixed_line"
+    FIXED_LINE_OR_MOBILE = "fixed_line_or_mobile"
+    TOLL_FREE = "toll_free"
+    PREMIUM_RATE = "premium_rate"
+    SHARED_COST = "shared_cost"
+    VOIP = "voip"
+    PERSONAL_NUMBER = "personal_number"
+    PAGER = "pager"
+    UAN = "uan"
+    VOICEMAIL = "voicemail"
+    UNKNOWN = "unknown"
+
+
+_TYPES = {
+    PhoneNumberType.MOBILE: NumberType.MOBILE,
+    PhoneNumberType.FIXED_LINE: NumberType.FIXED_LINE,
+    PhoneNumberType.FIXED_LINE_OR_MOBILE: NumberType.FIXED_LINE_OR_MOBILE,
+    PhoneNumberType.TOLL_FREE: NumberType.TOLL_FREE,
+    PhoneNumberType.PREMIUM_RATE: NumberType.PREMIUM_RATE,
+    PhoneNumberType.SHARED_COST: NumberType.SHARED_COST,
+    PhoneNumberType.VOIP: NumberType.VOIP,
+    PhoneNumberType.PERSONAL_NUMBER: NumberType.PERSONAL_NUMBER,
+    PhoneNumberType.PAGER: NumberType.PAGER,
+    PhoneNumberType.UAN: NumberType.UAN,
+    PhoneNumberType.VOICEMAIL: NumberType.VOICEMAIL,
+}
+
+_PARSE_REASONS = {
+    NumberParseException.INVALID_COUNTRY_CODE: (
+        "has no valid country code: write it as +<country code><number>, "
+        "or configure defaults.default_region"
+    ),
+    NumberParseException.NOT_A_NUMBER: "is not a phone number",
+    NumberParseException.TOO_SHORT_AFTER_IDD: "is too short after the international prefix",
+    NumberParseException.TOO_SHORT_NSN: "is too short",
+    NumberParseException.TOO_LONG: "is too long",
+}
+
+_POSSIBLE_REASONS = {
+    phonenumbers.ValidationResult.INVALID_COUNTRY_CODE: "has an unknown country code",
+    phonenumbers.ValidationResult.TOO_SHORT: "is too short for its country",
+    phonenumbers.ValidationResult.TOO_LONG: "is too long for its country",
+    phonenumbers.ValidationResult.INVALID_LENGTH: "has a length no number of its country has",
+    phonenumbers.ValidationResult.IS_POSSIBLE_LOCAL_ONLY: (
+        "is too short: it looks like a local number without its area or mobile prefix"
+    ),
+}
+
+
+@attrs.frozen(slots=True)
+class Destination:
+    """A validated destination: E.164 form, ISO country and line type."""
+
+    e164: str
+    country: str
+    number_type: NumberType
+
+    @property
+    def masked(self) -> str:
+        """The number safe for logs: ``+49151******89``."""
+        return mask(self.e164)
+
+
+def mask(number: str) -> str:
+    """Mask a phone number for logs and errors, keeping a prefix and the last two digits.
+
+    >>> mask("+4915123456789")
+    '+49151*******89'
+    """
+    digits = [c for c in number if c.isdigit()]
+    if len(digits) <= 4:
+        return "*" * len(digits)
+    keep_head = min(5, max(1, len(digits) - 6))
+    head = "".join(digits[:keep_head])
+    tail = "".join(digits[-2:])
+    stars = "*" * (len(digits) - keep_head - 2)
+    return ("+" if number.lstrip().startswith("+") else "") + head + stars + tail
+
+
+@functools.lru_cache(maxsize=8192)
+def normalize(raw: str, default_region: str | None = None) -> Destination:
+    """Parse ``raw`` into a :class:`Destination`, or raise :class:`InvalidNumber` saying why.
+
+    ``default_region`` (an ISO code) is used for numbers written without
+    ``+country``.  Results are cached: the same recipient is common (OTP retries,
+    reminders) and parsing is the costliest step before the network.
+
+    >>> normalize("(415) 555-0100", "US").e164
+    '+14155550100'
+    """
+    if not isinstance(raw, str) or not raw.strip():
+        raise InvalidNumber("destination number is empty")
+    try:
+        parsed = phonenumbers.parse(raw, default_region)
+    except NumberParseException as exc:
+        reason = _PARSE_REASONS.get(exc.error_type, "cannot be parsed")
+        raise InvalidNumber(f"number {mask(raw)} {reason}") from None
+    possible = phonenumbers.is_possible_number_with_reason(parsed)
+    if possible != phonenumbers.ValidationResult.IS_POSSIBLE:
+        reason = _POSSIBLE_REASONS.get(possible, "is not possible")
+        raise InvalidNumber(f"number {mask(raw)} {reason}")
+    country = phonenumbers.region_code_for_number(parsed)
+    kind = phonenumbers.number_type(parsed)
+    if country is None or kind == PhoneNumberType.UNKNOWN:
+        raise InvalidNumber(
+            f"number {mask(raw)} is not a valid number in any numbering plan "
+            f"(country code +{parsed.country_code})"
+        )
+    e164 = f"+{parsed.country_code}{phonenumbers.national_significant_number(parsed)}"
+    return Destination(e164=e164, country=country, number_type=_TYPES.get(kind, NumberType.UNKNOWN))
+
+
+_DIGIT_RUN = re.compile(r"\+?\d[\d ()./-]{5,}\d")
+
+
+def scrub(text: str) -> str:
+    """Mask anything that looks like a phone number inside free text.
+
+    Providers quote the number back in their error messages; those messages
+    go into attempts and logs, so they are scrubbed first.
+
+    >>> scrub("The 'To' number +15005550001 is not a valid phone number.")
+    "The 'To' number +15005****01 is not a valid phone number."
+    """
+
+    def hide(m: re.Match[str]) -> str:
+        found = m.group(0)
+        return mask(found) if sum(c.isdigit() for c in found) >= 7 else found
+
+    return _DIGIT_RUN.sub(hide, text)

@@ -1,0 +1,130 @@
+"""Strategies that order a rule's providers into a plan.
+
+    priority   as listed
+    weighted   first pick at random by weight, the rest by weight
+    cheapest   price per segment to the destination x segments; unknown prices last
+    fastest    lowest recent latency, picked at random among those within
+               ``latency_buffer`` of the best (so the fastest is not flooded)
+    score      weighted sum of price, success rate and latency, each scaled to [0, 1]
+
+Providers whose breaker refuses calls are skipped; when every provider is
+refused, the one that reopens soonest is kept as a last resort.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import attrs
+
+from smsroute.config import Rule
+
+
+@attrs.frozen(slots=True)
+class Candidate:
+    """One provider in a plan, as :meth:`Router.explain` shows it.
+
+    ``price`` is what this message would cost there (price per segment x
+    segments), or None when unknown.  ``score`` is the composite score in
+    [0, 1] (higher is better) from the rule's ``score_weights``.  ``skipped``
+    says why the provider will not be tried, or is None.
+    """
+
+    provider: str
+    price: float | None
+    breaker: str
+    score: float
+    skipped: str | None = None
+    latency: float | None = None
+    success_rate: float | None = None
+
+
+@attrs.frozen(slots=True)
+class Option:
+    """What a strategy knows of one provider."""
+
+    provider: str
+    price: float | None
+    latency: float | None
+    success_rate: float | None
+    breaker: str
+    available: bool
+    reopen_at: float | None = None
+
+
+def score(
+    rule: Rule, option: Option, best_price: float | None, best_latency: float | None
+) -> float:
+    """Composite score in [0, 1] of ``option`` against the best price and latency on offer."""
+    w = rule.score_weights
+    total = w.price + w.success + w.latency
+    if total <= 0:
+        return 0.0
+    if option.price is None:
+        price_part = 0.0
+    elif not option.price or not best_price:
+        price_part = 1.0 if not option.price else 0.0
+    else:
+        price_part = best_price / option.price
+    success_part = 1.0 if option.success_rate is None else option.success_rate
+    if option.latency is None or not best_latency:
+        latency_part = 1.0
+    else:
+        latency_part = min(1.0, best_latency / option.latency)
+    return (w.price * price_part + w.success * success_part + w.latency * latency_part) / total
+
+
+def order(rule: Rule, options: Sequence[Option], rng: random.Random) -> list[Option]:
+    """The available options in the order ``rule.strategy`` tries them."""
+    ready = [o for o in options if o.available]
+    if len(ready) <= 1:
+        return ready
+    strategy = rule.strategy
+    if strategy == "priority":
+        return ready
+    if strategy == "cheapest":
+        return sorted(ready, key=lambda o: (o.price is None, o.price or 0.0))
+    if strategy == "weighted":
+        return _weighted(rule, ready, rng)
+    if strategy == "fastest":
+        return _fastest(rule, ready, rng)
+    best_price, best_latency = _bests(ready)
+    return sorted(ready, key=lambda o: -score(rule, o, best_price, best_latency))
+
+
+def _bests(options: Sequence[Option]) -> tuple[float | None, float | None]:
+    prices = [o.price for o in options if o.price is not None]
+    latencies = [o.latency for o in options if o.latency is not None]
+    return (min(prices) if prices else None, min(latencies) if latencies else None)
+
+
+def _weighted(rule: Rule, ready: list[Option], rng: random.Random) -> list[Option]:
+    weights = [rule.weights.get(o.provider, 0.0) for o in ready]
+    total = sum(weights)
+    if total <= 0:
+        return ready
+    point = rng.random() * total
+    first = len(ready) - 1
+    for i, w in enumerate(weights):
+        point -= w
+        if point < 0 and w > 0:
+            first = i
+            break
+    rest = sorted(
+        (o for i, o in enumerate(ready) if i != first),
+        key=lambda o: -rule.weights.get(o.provider, 0.0),
+    )
+    return [ready[first], *rest]
+
+
+def _fastest(rule: Rule, ready: list[Option], rng: random.Random) -> list[Option]:
+    # No data yet reads as fastest: a new or recovered provider gets traffic to measure.
+    def latency(o: Option) -> float:
+        return 0.0 if o.latency is None else o.latency
+
+    by_latency = sorted(ready, key=latency)
+    limit = latency(by_latency[0]) * (1.0 + rule.latency_buffer)
+    near = [o for o in by_latency if latency(o) <= limit]
+    first = near[rng.randrange(len(near))] if len(near) > 1 else by_latency[0]
+    return [first, *(o for o in by_latency if o is not first)]

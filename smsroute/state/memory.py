@@ -1,0 +1,73 @@
+"""Breakers, health and rate limiters kept in this process's memory.
+
+State is keyed by provider name (and country, for per-country breakers), so
+it survives a config reload: a provider that was failing before the reload is
+still known to be failing after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from smsroute.breaker import CircuitBreaker, TransitionHook
+from smsroute.clock import Clock
+from smsroute.config import ProviderConfig
+from smsroute.health import Health
+from smsroute.ratelimit import TokenBucket
+
+
+class MemoryState:
+    """All live provider state for one router."""
+
+    def __init__(self, clock: Clock, on_transition: TransitionHook | None = None) -> None:
+        self.clock = clock
+        self.on_transition = on_transition
+        self._breakers: dict[tuple[str, str | None], CircuitBreaker] = {}
+        self._health: dict[tuple[str, str | None], Health] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+        self._slots: dict[str, tuple[int, asyncio.Semaphore]] = {}
+
+    def breaker(self, provider: ProviderConfig, country: str | None) -> CircuitBreaker:
+        """The breaker for ``provider`` (per country when its scope is provider_country)."""
+        key = (provider.name, country if provider.breaker_scope == "provider_country" else None)
+        breaker = self._breakers.get(key)
+        if breaker is None:
+            breaker = CircuitBreaker(
+                provider.breaker, self.clock, key=key, on_transition=self.on_transition
+            )
+            self._breakers[key] = breaker
+        elif breaker.settings is not provider.breaker:
+            breaker.settings = provider.breaker  # a reload changed the settings
+        return breaker
+
+    def breakers(self) -> list[CircuitBreaker]:
+        """Every breaker created so far."""
+        return list(self._breakers.values())
+
+    def health(self, provider: str, country: str | None = None) -> Health:
+        """Rolling health of ``provider`` overall, or towards one ``country``."""
+        key = (provider, country)
+        health = self._health.get(key)
+        if health is None:
+            health = self._health[key] = Health()
+        return health
+
+    def bucket(self, provider: ProviderConfig) -> TokenBucket:
+        """The token bucket of ``provider`` (unlimited when it has no rate_limit)."""
+        bucket = self._buckets.get(provider.name)
+        if bucket is None:
+            bucket = TokenBucket(provider.rate_limit, provider.burst, self.clock)
+            self._buckets[provider.name] = bucket
+        elif bucket.rate != provider.rate_limit:
+            bucket.rate = provider.rate_limit
+        return bucket
+
+    def slots(self, provider: ProviderConfig) -> asyncio.Semaphore | None:
+        """The concurrency cap of ``provider``, or None when uncapped."""
+        if provider.max_concurrency is None:
+            return None
+        entry = self._slots.get(provider.name)
+        if entry is None or entry[0] != provider.max_concurrency:
+            entry = (provider.max_concurrency, asyncio.Semaphore(provider.max_concurrency))
+            self._slots[provider.name] = entry
+        return entry[1]

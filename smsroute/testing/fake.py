@@ -1,0 +1,272 @@
+"""The machinery every fake provider shares: a real aiohttp server on 127.0.0.1,
+a record of what it received, and a script of faults.
+
+A fake is used like this (``FakeTwilio`` shown; every fake has the same script)::
+
+    async with FakeTwilio() as fake:
+        config = {... "base_url": fake.url, "account_sid": fake.account_sid, ...}
+        fake.fail(503, times=2)      # the next two requests get 503
+        fake.hang()                   # then every request hangs...
+        fake.heal()                   # ...until healed
+        assert len(fake.messages) == 1
+
+Faults apply in the order they were scripted; the first one that matches a
+request (by ``country`` when given) takes it and uses up one of its ``times``.
+``latency`` delays every answer and is not used up.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+import attrs
+import phonenumbers
+from aiohttp import web
+
+
+@attrs.frozen(slots=True)
+class ReceivedMessage:
+    """A message a fake accepted, as it arrived on the wire."""
+
+    provider_message_id: str
+    to: str
+    sender: str | None
+    text: str
+    fields: Mapping[str, Any]
+    received_at: float  # time.monotonic() when accepted
+    status_callback: str | None = None
+
+
+@attrs.define(slots=True)
+class Fault:
+    """One scripted fault: ``kind`` is fail, hang, drop, throttle or garbage."""
+
+    kind: str
+    status: int = 0
+    code: Any = None
+    retry_after: float | None = None
+    times: int | None = None
+    country: str | None = None
+
+
+@attrs.frozen(slots=True)
+class Incoming:
+    """A request as a fake read it, before any check: the raw fields and the destination."""
+
+    fields: Mapping[str, Any]
+    to: str | None
+
+
+def country_of(number: str | None) -> str | None:
+    """ISO country of an E.164 number, or None when it cannot be told."""
+    if not number:
+        return None
+    try:
+        return phonenumbers.region_code_for_number(phonenumbers.parse(number, None))
+    except phonenumbers.NumberParseException:
+        return None
+
+
+class FakeProvider(abc.ABC):
+    """Base class of the fake provider servers in :mod:`smsroute.testing`."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        #: Every message the fake accepted, in order.
+        self.messages: list[ReceivedMessage] = []
+        #: How many requests reached the send endpoint, faults included.
+        self.requests = 0
+        #: Requests being handled right now, and the most there ever were at once.
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._faults: list[Fault] = []
+        self._latency = 0.0
+        self._release = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._counter = 0
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """Base URL to put in the provider's ``base_url``."""
+        if self._runner is None:
+            raise RuntimeError("the fake is not started: use 'async with' or await start()")
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Listen on ``host``:``port`` (a free port when 0)."""
+        app = web.Application(client_max_size=1024**2)
+        self.add_routes(app)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        server = site._server
+        if not isinstance(server, asyncio.Server):
+            raise RuntimeError("aiohttp did not start a TCP server")
+        self.port = server.sockets[0].getsockname()[1]
+        self._runner = runner
+
+    async def stop(self) -> None:
+        """Stop listening; hung requests are released."""
+        self._release.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeProvider:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- the fault script --------------------------------------------------------------
+
+    def fail(
+        self, status: int, code: Any = None, times: int | None = None, *, country: str | None = None
+    ) -> None:
+        """Answer ``status`` with the provider's error body for ``code`` (or its usual code)."""
+        self._faults.append(Fault("fail", status=status, code=code, times=times, country=country))
+
+    def hang(self, times: int | None = None, *, country: str | None = None) -> None:
+        """Never answer (until :meth:`heal` or the client gives up)."""
+        self._faults.append(Fault("hang", times=times, country=country))
+
+    def drop(self, times: int | None = None, *, country: str | None = None) -> None:
+        """Close the connection without answering."""
+        self._faults.append(Fault("drop", times=times, country=country))
+
+    def throttle(
+        self, retry_after: float = 1.0, times: int | None = None, *, country: str | None = None
+    ) -> None:
+        """Answer 429 with ``Retry-After`` and the provider's throttling body."""
+        self._faults.append(
+            Fault("throttle", status=429, retry_after=retry_after, times=times, country=country)
+        )
+
+    def garbage(self, times: int | None = None, *, country: str | None = None) -> None:
+        """Answer 200 with a body that is not the provider's format."""
+        self._faults.append(Fault("garbage", status=200, times=times, country=country))
+
+    def latency(self, seconds: float) -> None:
+        """Delay every answer by ``seconds``."""
+        self._latency = seconds
+
+    def heal(self) -> None:
+        """Remove every fault and the latency; release hung requests."""
+        self._faults.clear()
+        self._latency = 0.0
+        self._release.set()
+        self._release = asyncio.Event()
+
+    def _take_fault(self, incoming: Incoming) -> Fault | None:
+        country = None
+        for fault in self._faults:
+            if fault.country is not None:
+                if country is None:
+                    country = country_of(incoming.to) or "?"
+                if fault.country != country:
+                    continue
+            if fault.times is not None:
+                fault.times -= 1
+                if fault.times <= 0:
+                    self._faults.remove(fault)
+            return fault
+        return None
+
+    # -- what a subclass provides ------------------------------------------------------
+
+    @abc.abstractmethod
+    def add_routes(self, app: web.Application) -> None:
+        """Register the provider's endpoints; the send endpoint calls :meth:`handle_send`."""
+
+    @abc.abstractmethod
+    async def read(self, request: web.Request) -> Incoming:
+        """Read the request's fields and destination, checking nothing yet."""
+
+    @abc.abstractmethod
+    def check(self, request: web.Request, incoming: Incoming) -> web.Response | None:
+        """Auth and field checks as the provider does them: an error answer, or None."""
+
+    @abc.abstractmethod
+    def accept(
+        self, request: web.Request, incoming: Incoming, message_id: str
+    ) -> tuple[web.Response, ReceivedMessage]:
+        """The provider's success answer and the record of the accepted message."""
+
+    @abc.abstractmethod
+    def error_response(self, status: int, code: Any) -> web.Response:
+        """The provider's error answer for HTTP ``status`` and error ``code`` (None: usual)."""
+
+    def throttle_response(self, retry_after: float | None) -> web.Response:
+        """The provider's answer when throttling (a 429 with Retry-After by default)."""
+        resp = self.error_response(429, None)
+        if retry_after is not None:
+            resp.headers["Retry-After"] = f"{retry_after:g}"
+        return resp
+
+    def garbage_response(self) -> web.Response:
+        """A 200 answer no client can parse."""
+        return web.Response(
+            status=200, text="<html><body>502 Bad Gateway</body></html>", content_type="text/html"
+        )
+
+    def new_message_id(self) -> str:
+        """A fresh provider message id (subclasses give it the provider's shape)."""
+        self._counter += 1
+        return f"{self._counter:032x}"
+
+    # -- the request path -----------------------------------------------------------------
+
+    async def handle_send(self, request: web.Request) -> web.StreamResponse:
+        """Read, apply latency and faults, check, accept: in that order."""
+        self.requests += 1
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await self._handle(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        incoming = await self.read(request)
+        if self._latency:
+            await asyncio.sleep(self._latency)
+        fault = self._take_fault(incoming)
+        if fault is not None:
+            if fault.kind == "hang":
+                await self._release.wait()
+                return self.error_response(503, None)
+            if fault.kind == "drop":
+                assert request.transport is not None
+                request.transport.close()
+                raise asyncio.CancelledError
+            if fault.kind == "throttle":
+                return self.throttle_response(fault.retry_after)
+            if fault.kind == "garbage":
+                return self.garbage_response()
+            return self.error_response(fault.status, fault.code)
+        refusal = self.check(request, incoming)
+        if refusal is not None:
+            return refusal
+        response, record = self.accept(request, incoming, self.new_message_id())
+        self.messages.append(record)
+        return response
+
+    @staticmethod
+    def now() -> float:
+        """The timestamp recorded on accepted messages."""
+        return time.monotonic()

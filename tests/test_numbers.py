@@ -1,0 +1,67 @@
+"""Destination numbers: E.164 normalisation, clear errors, masking."""
+
+from __future__ import annotations
+
+import pytest
+
+from smsroute import InvalidNumber, NumberType, mask, normalize
+from smsroute.numbers import scrub
+
+
+def test_international_number_with_spaces_is_normalised() -> None:
+    d = normalize("+49 151 23456789")
+    assert (d.e164, d.country, d.number_type) == ("+4915123456789", "DE", NumberType.MOBILE)
+
+
+def test_national_number_uses_default_region() -> None:
+    assert normalize("(415) 555-0100", "US").e164 == "+14155550100"
+
+
+def test_national_number_without_default_region_says_what_to_do() -> None:
+    with pytest.raises(InvalidNumber, match="default_region"):
+        normalize("(415) 555-0100")
+
+
+def test_too_short_number_says_too_short() -> None:
+    with pytest.raises(InvalidNumber, match="too short"):
+        normalize("+4915")
+
+
+def test_unassigned_range_is_invalid_with_country_code() -> None:
+    with pytest.raises(InvalidNumber, match=r"not a valid number.*\+1"):
+        normalize("+1 555 000 0000")
+
+
+def test_text_is_not_a_number() -> None:
+    with pytest.raises(InvalidNumber):
+        normalize("call me maybe")
+
+
+def test_empty_number_is_refused() -> None:
+    with pytest.raises(InvalidNumber, match="empty"):
+        normalize("   ")
+
+
+def test_error_text_masks_the_number() -> None:
+    with pytest.raises(InvalidNumber) as info:
+        normalize("+1 555 000 0000")
+    assert "5550000000" not in str(info.value).replace(" ", "")
+    assert "*" in str(info.value)
+
+
+def test_fixed_line_number_type_is_known() -> None:
+    assert normalize("+49 30 901820").number_type is NumberType.FIXED_LINE
+
+
+def test_mask_keeps_prefix_and_last_two_digits() -> None:
+    assert mask("+4915123456789") == "+49151******89"
+
+
+def test_scrub_masks_numbers_inside_provider_messages() -> None:
+    text = scrub("The 'To' number +15005550001 is not a valid phone number.")
+    assert "15005550001" not in text
+    assert text.endswith("is not a valid phone number.")
+
+
+def test_scrub_leaves_short_codes_and_error_codes_alone() -> None:
+    assert scrub("error 21211 at step 3") == "error 21211 at step 3"
