@@ -8,7 +8,7 @@ import re
 
 import attrs
 import phonenumbers
-from phonenumbers import NumberParseException, PhoneNumberType
+from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, NumberParseException, PhoneNumberType
 
 from smsroute.errors import InvalidNumber
 
@@ -96,7 +96,28 @@ def mask(number: str) -> str:
     return ("+" if number.lstrip().startswith("+") else "") + head + stars + tail
 
 
-@functools.lru_cache(maxsize=8192)
+_E164 = re.compile(r"\+([1-9]\d{6,14})")
+
+
+def _parse_e164(digits: str) -> phonenumbers.PhoneNumber | None:
+    """A PhoneNumber from E.164 digits without phonenumbers' general parser.
+
+    Most numbers reach the router already in E.164; parsing them by hand
+    (country code, then national number) is about twice as fast as
+    ``phonenumbers.parse`` and gives the same object.  National numbers with
+    a leading zero (Italy) take the general parser, which records the zero.
+    """
+    for length in (1, 2, 3):
+        code = int(digits[:length])
+        if code in COUNTRY_CODE_TO_REGION_CODE:
+            national = digits[length:]
+            if not national or national[0] == "0":
+                return None
+            return phonenumbers.PhoneNumber(country_code=code, national_number=int(national))
+    return None
+
+
+@functools.lru_cache(maxsize=16384)
 def normalize(raw: str, default_region: str | None = None) -> Destination:
     """Parse ``raw`` into a :class:`Destination`, or raise :class:`InvalidNumber` saying why.
 
@@ -109,23 +130,35 @@ def normalize(raw: str, default_region: str | None = None) -> Destination:
     """
     if not isinstance(raw, str) or not raw.strip():
         raise InvalidNumber("destination number is empty")
-    try:
-        parsed = phonenumbers.parse(raw, default_region)
-    except NumberParseException as exc:
-        reason = _PARSE_REASONS.get(exc.error_type, "cannot be parsed")
-        raise InvalidNumber(f"number {mask(raw)} {reason}") from None
-    possible = phonenumbers.is_possible_number_with_reason(parsed)
-    if possible != phonenumbers.ValidationResult.IS_POSSIBLE:
-        reason = _POSSIBLE_REASONS.get(possible, "is not possible")
-        raise InvalidNumber(f"number {mask(raw)} {reason}")
-    country = phonenumbers.region_code_for_number(parsed)
-    kind = phonenumbers.number_type(parsed)
-    if country is None or kind == PhoneNumberType.UNKNOWN:
-        raise InvalidNumber(
-            f"number {mask(raw)} is not a valid number in any numbering plan "
-            f"(country code +{parsed.country_code})"
+    m = _E164.fullmatch(raw)
+    parsed = _parse_e164(m.group(1)) if m else None
+    # number_type() finds the region and checks the number against its plan:
+    # UNKNOWN means invalid, and only then is the slower "why" worked out.
+    kind = phonenumbers.number_type(parsed) if parsed is not None else PhoneNumberType.UNKNOWN
+    if parsed is None or kind == PhoneNumberType.UNKNOWN:
+        # Not plain valid E.164: the general parser knows every leniency
+        # (national prefixes, punctuation, default region).
+        try:
+            parsed = phonenumbers.parse(raw, default_region)
+        except NumberParseException as exc:
+            reason = _PARSE_REASONS.get(exc.error_type, "cannot be parsed")
+            raise InvalidNumber(f"number {mask(raw)} {reason}") from None
+        kind = phonenumbers.number_type(parsed)
+    if kind == PhoneNumberType.UNKNOWN:
+        possible = phonenumbers.is_possible_number_with_reason(parsed)
+        why = _POSSIBLE_REASONS.get(possible) or (
+            f"is not a valid number in any numbering plan (country code +{parsed.country_code})"
         )
-    e164 = f"+{parsed.country_code}{phonenumbers.national_significant_number(parsed)}"
+        raise InvalidNumber(f"number {mask(raw)} {why}")
+    code = parsed.country_code or 0
+    regions = COUNTRY_CODE_TO_REGION_CODE.get(code, ())
+    country = regions[0] if len(regions) == 1 else phonenumbers.region_code_for_number(parsed)
+    if not country or country == "001":
+        raise InvalidNumber(
+            f"number {mask(raw)} is not a number in a country's plan (country code +{code}): "
+            "SMS routing needs a destination country"
+        )
+    e164 = f"+{code}{phonenumbers.national_significant_number(parsed)}"
     return Destination(e164=e164, country=country, number_type=_TYPES.get(kind, NumberType.UNKNOWN))
 
 

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import random
-import uuid
+import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
@@ -340,7 +340,7 @@ class Router:
         rule = p.rule
         country = p.destination.country
         emit = self._emit if self._hooks else None
-        message_id = uuid.uuid4().hex
+        message_id = secrets.token_hex(16)
         ordered, _, last_resort = self._plan(rt, p)
         deadline_at = t0 + (rule.deadline or defaults.deadline)
         max_attempts = rule.max_attempts or defaults.max_attempts

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import phonenumbers
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smsroute import InvalidNumber, NumberType, mask, normalize
 from smsroute.numbers import scrub
@@ -65,3 +68,28 @@ def test_scrub_masks_numbers_inside_provider_messages() -> None:
 
 def test_scrub_leaves_short_codes_and_error_codes_alone() -> None:
     assert scrub("error 21211 at step 3") == "error 21211 at step 3"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.from_regex(r"\+[1-9][0-9]{6,14}", fullmatch=True))
+def test_fast_e164_path_agrees_with_phonenumbers(raw: str) -> None:
+    try:
+        parsed = phonenumbers.parse(raw, None)
+    except phonenumbers.NumberParseException:
+        with pytest.raises(InvalidNumber):
+            normalize(raw)
+        return
+    valid = phonenumbers.is_valid_number(parsed)
+    region = phonenumbers.region_code_for_number(parsed)
+    try:
+        d = normalize(raw)
+    except InvalidNumber:
+        assert not valid or region in (None, "001")
+        return
+    assert valid
+    assert d.e164 == phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    assert d.country == region
+
+
+def test_italian_leading_zero_survives() -> None:
+    assert normalize("+39 06 6982 0000").e164 == "+390669820000"

@@ -12,8 +12,12 @@ from smsroute.numbers import NumberType, normalize
 from smsroute.rules import RuleIndex, Subject, matches
 
 
-def subject(number: str, category: str = "transactional", sender: str | None = None,
-            tags: tuple[str, ...] = ()) -> Subject:
+def subject(
+    number: str,
+    category: str = "transactional",
+    sender: str | None = None,
+    tags: tuple[str, ...] = (),
+) -> Subject:
     return Subject(normalize(number), category, sender, tags)
 
 
@@ -62,8 +66,16 @@ def test_catch_all_takes_the_rest() -> None:
 
 
 countries = ["DE", "FR", "GB", "US", "NL", "ES", "IT"]
-numbers = ["+4915123456789", "+33612345678", "+447911123456", "+14155550100",
-           "+31612345678", "+34612345678", "+393123456789", "+4917612345678"]
+numbers = [
+    "+4915123456789",
+    "+33612345678",
+    "+447911123456",
+    "+14155550100",
+    "+31612345678",
+    "+34612345678",
+    "+393123456789",
+    "+4917612345678",
+]
 
 
 @settings(max_examples=100, deadline=None)
