@@ -65,15 +65,30 @@ async def main() -> None:
             show("plain send", await router.send(Message(to="(415) 555-0100", text="Hello")))
 
             a.fail(503, times=1)
-            show("primary answers 503", await router.send(Message(to="+4915123456789", text="Code 123456", category="otp")))
-            show("cheapest for DE marketing", await router.send(Message(to="+4915123456789", text="Sale", category="marketing")))
+            show(
+                "primary answers 503",
+                await router.send(Message(to="+4915123456789", text="Code 123456", category="otp")),
+            )
+            show(
+                "cheapest for DE marketing",
+                await router.send(Message(to="+4915123456789", text="Sale", category="marketing")),
+            )
 
             a.fail(400, 21211, times=1)
-            show("invalid number (rejected)", await router.send(Message(to="+14155550100", text="Hi")))
+            show(
+                "invalid number (rejected)",
+                await router.send(Message(to="+14155550100", text="Hi")),
+            )
 
             a.hang()
-            show("primary hangs, otp", await router.send(Message(to="+14155550100", text="Code 1", category="otp")))
-            show("primary hangs, marketing", await router.send(Message(to="+14155550100", text="Sale", category="marketing")))
+            show(
+                "primary hangs, otp",
+                await router.send(Message(to="+14155550100", text="Code 1", category="otp")),
+            )
+            show(
+                "primary hangs, marketing",
+                await router.send(Message(to="+14155550100", text="Sale", category="marketing")),
+            )
             a.heal()
 
             print(f"\nprimary accepted {len(a.messages)} messages, backup {len(b.messages)}")

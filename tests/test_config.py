@@ -70,7 +70,11 @@ def test_unknown_key_suggests_the_right_one_with_position() -> None:
 
 
 def test_rule_naming_unknown_provider_points_at_it() -> None:
-    err = problem_of(GOOD.replace("    providers: [tw]\n  - name: default", "    providers: [twx]\n  - name: default"))
+    err = problem_of(
+        GOOD.replace(
+            "    providers: [tw]\n  - name: default", "    providers: [twx]\n  - name: default"
+        )
+    )
     assert (err.line, err.column) == (18, 17)
     assert err.path == "rules[0].providers[0]"
     assert "unknown provider 'twx'; did you mean 'tw'?" in str(err)
@@ -85,9 +89,7 @@ def test_config_without_catch_all_rule_is_refused_at_load() -> None:
 
 
 def test_catch_all_before_other_rules_is_refused() -> None:
-    text = GOOD.replace(
-        "rules:\n", "rules:\n  - name: everything\n    providers: [tw]\n"
-    )
+    text = GOOD.replace("rules:\n", "rules:\n  - name: everything\n    providers: [tw]\n")
     err = problem_of(text)
     assert "rule 'everything' matches every message" in str(err)
 
@@ -153,7 +155,11 @@ def test_duplicate_key_is_refused() -> None:
 
 
 def test_weighted_rule_needs_weights() -> None:
-    err = problem_of(GOOD.replace("    match: {country: [DE]", "    strategy: weighted\n    match: {country: [DE]"))
+    err = problem_of(
+        GOOD.replace(
+            "    match: {country: [DE]", "    strategy: weighted\n    match: {country: [DE]"
+        )
+    )
     assert "gives no 'weights'" in str(err)
 
 
@@ -163,7 +169,10 @@ def test_unknown_category_in_match_suggests_declared_ones() -> None:
 
 
 def test_declared_category_can_be_matched() -> None:
-    text = GOOD.replace("category: otp", "category: alerts") + "categories:\n  alerts: {on_timeout: stop}\n"
+    text = (
+        GOOD.replace("category: otp", "category: alerts")
+        + "categories:\n  alerts: {on_timeout: stop}\n"
+    )
     config = parse_config(text, environ={"TOKEN": "x"})
     assert config.categories["alerts"].on_timeout == "stop"
     assert config.categories["marketing"].on_timeout == "stop"
@@ -183,7 +192,9 @@ def test_bad_country_code_in_match() -> None:
 
 def test_price_file_is_read_relative_to_the_config(tmp_path: Path) -> None:
     (tmp_path / "prices").mkdir()
-    (tmp_path / "prices" / "tw.yaml").write_text("currency: EUR\nprices: {DE: 0.07, default: 0.1}\n")
+    (tmp_path / "prices" / "tw.yaml").write_text(
+        "currency: EUR\nprices: {DE: 0.07, default: 0.1}\n"
+    )
     cfg = tmp_path / "routing.yaml"
     cfg.write_text(GOOD.replace("prices: {DE: 0.079, default: 0.05}", "prices: prices/tw.yaml"))
     config = load_config(cfg, environ={"TOKEN": "x"})
@@ -212,8 +223,10 @@ def test_empty_config_is_refused() -> None:
 
 def test_shipped_example_config_loads() -> None:
     env = {
-        "TWILIO_ACCOUNT_SID": "AC1", "TWILIO_AUTH_TOKEN": "t",
-        "TWILIO_BACKUP_ACCOUNT_SID": "AC2", "TWILIO_BACKUP_AUTH_TOKEN": "t",
+        "TWILIO_ACCOUNT_SID": "AC1",
+        "TWILIO_AUTH_TOKEN": "t",
+        "TWILIO_BACKUP_ACCOUNT_SID": "AC2",
+        "TWILIO_BACKUP_AUTH_TOKEN": "t",
         "TWILIO_BACKUP_MESSAGING_SERVICE_SID": "MG1",
     }
     config = load_config(ROOT / "config" / "routing.yaml", environ=env)
@@ -228,7 +241,9 @@ def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize(("text", "rate"), [("100/s", 100.0), ("6000/m", 100.0), ("1/2s", 0.5), (7, 7.0)])
+@pytest.mark.parametrize(
+    ("text", "rate"), [("100/s", 100.0), ("6000/m", 100.0), ("1/2s", 0.5), (7, 7.0)]
+)
 def test_rates(text: object, rate: float) -> None:
     assert parse_rate(text) == rate
 

@@ -12,7 +12,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_quickstart_runs_without_credentials_and_shows_failover() -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "quickstart.py")],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     lines = {line.split("  ")[0]: line for line in done.stdout.splitlines() if line}
     assert "[primary:transient -> backup:accepted]" in lines["primary answers 503"]

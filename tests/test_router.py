@@ -33,8 +33,14 @@ OTP = Message(to="+4915123456789", text="Your code is 123456", category="otp")
 MARKETING = Message(to="+4915123456789", text="Sale!", category="marketing")
 
 
-def two_provider_config(a: FakeTwilio, b: FakeTwilio, *, extra_defaults: str = "",
-                        a_extra: dict[str, object] | None = None, rule_extra: str = "") -> str:
+def two_provider_config(
+    a: FakeTwilio,
+    b: FakeTwilio,
+    *,
+    extra_defaults: str = "",
+    a_extra: dict[str, object] | None = None,
+    rule_extra: str = "",
+) -> str:
     return f"""
 defaults:
   default_region: US
@@ -68,9 +74,12 @@ def outcomes(result: object) -> list[tuple[str, Outcome]]:
 # -- outcome classes ---------------------------------------------------------------------
 
 
-async def test_accepted_by_primary(router: Router, twilio_a: FakeTwilio, twilio_b: FakeTwilio) -> None:
+async def test_accepted_by_primary(
+    router: Router, twilio_a: FakeTwilio, twilio_b: FakeTwilio
+) -> None:
     result = await router.send(OTP)
-    assert result.ok and result.status == "accepted"
+    assert result.ok
+    assert result.status == "accepted"
     assert result.provider == "primary"
     assert result.provider_message_id == twilio_a.messages[0].provider_message_id
     assert result.provider_message_id.startswith("SM")
@@ -81,14 +90,16 @@ async def test_accepted_by_primary(router: Router, twilio_a: FakeTwilio, twilio_
     assert twilio_b.requests == 0
 
 
-async def test_rejected_number_never_fails_over(router: Router, twilio_a: FakeTwilio,
-                                               twilio_b: FakeTwilio) -> None:
+async def test_rejected_number_never_fails_over(
+    router: Router, twilio_a: FakeTwilio, twilio_b: FakeTwilio
+) -> None:
     twilio_a.fail(400, 21211)
     result = await router.send(OTP)
     assert result.status == "failed"
     assert outcomes(result) == [("primary", Outcome.REJECTED)]
     assert result.attempts[0].error_code == "21211"
-    assert result.reason is not None and result.reason.startswith("rejected by primary")
+    assert result.reason is not None
+    assert result.reason.startswith("rejected by primary")
     assert twilio_b.requests == 0
     with pytest.raises(SendFailed, match="rejected by primary"):
         result.raise_for_status()
@@ -107,7 +118,10 @@ async def test_unroutable_fails_over_without_hurting_health(twilio_b: FakeTwilio
         async with Router(config) as router:
             for _ in range(5):
                 result = await router.send(OTP)
-                assert outcomes(result) == [("primary", Outcome.UNROUTABLE), ("secondary", Outcome.ACCEPTED)]
+                assert outcomes(result) == [
+                    ("primary", Outcome.UNROUTABLE),
+                    ("secondary", Outcome.ACCEPTED),
+                ]
             assert result.attempts[0].error_code == "21408"
             assert router.breaker_states()[("primary", None)] is BreakerState.CLOSED
             assert router.state.health("primary").success_rate == 1.0
@@ -141,7 +155,9 @@ async def test_auth_failure_fails_over_and_opens_breaker_at_once(
     assert router.breaker_states()[("primary", None)] is BreakerState.OPEN
 
 
-async def test_wrong_credentials_are_auth_failures(twilio_a: FakeTwilio, twilio_b: FakeTwilio) -> None:
+async def test_wrong_credentials_are_auth_failures(
+    twilio_a: FakeTwilio, twilio_b: FakeTwilio
+) -> None:
     text = two_provider_config(twilio_a, twilio_b).replace(twilio_a.auth_token, "wrong-token")
     async with Router(make_config(text)) as router:
         result = await router.send(OTP)
@@ -160,8 +176,11 @@ async def test_wrong_credentials_are_auth_failures(twilio_a: FakeTwilio, twilio_
     ids=["503", "500", "garbage", "drop"],
 )
 async def test_transient_failures_fail_over_to_the_secondary(
-    router: Router, twilio_a: FakeTwilio, twilio_b: FakeTwilio,
-    fault: Callable[[FakeTwilio], None], detail: str,
+    router: Router,
+    twilio_a: FakeTwilio,
+    twilio_b: FakeTwilio,
+    fault: Callable[[FakeTwilio], None],
+    detail: str,
 ) -> None:
     fault(twilio_a)
     results = [await router.send(OTP) for _ in range(5)]
@@ -207,7 +226,9 @@ async def test_timeout_on_marketing_stops_to_avoid_a_duplicate(
 async def test_rule_can_choose_failover_on_timeout_for_marketing(
     twilio_a: FakeTwilio, twilio_b: FakeTwilio
 ) -> None:
-    config = make_config(two_provider_config(twilio_a, twilio_b, rule_extra="    on_timeout: failover"))
+    config = make_config(
+        two_provider_config(twilio_a, twilio_b, rule_extra="    on_timeout: failover")
+    )
     twilio_a.hang()
     async with Router(config) as router:
         result = await router.send(MARKETING)
@@ -215,7 +236,9 @@ async def test_rule_can_choose_failover_on_timeout_for_marketing(
 
 
 async def test_overall_deadline_bounds_the_send(twilio_a: FakeTwilio, twilio_b: FakeTwilio) -> None:
-    config = make_config(two_provider_config(twilio_a, twilio_b, extra_defaults="  deadline: 400ms"))
+    config = make_config(
+        two_provider_config(twilio_a, twilio_b, extra_defaults="  deadline: 400ms")
+    )
     twilio_a.hang()
     twilio_b.hang()
     loop = asyncio.get_running_loop()
@@ -228,7 +251,9 @@ async def test_overall_deadline_bounds_the_send(twilio_a: FakeTwilio, twilio_b: 
     assert [a.outcome for a in result.attempts] == [Outcome.TIMEOUT, Outcome.TIMEOUT]
 
 
-async def test_max_attempts_limits_providers_called(twilio_a: FakeTwilio, twilio_b: FakeTwilio) -> None:
+async def test_max_attempts_limits_providers_called(
+    twilio_a: FakeTwilio, twilio_b: FakeTwilio
+) -> None:
     config = make_config(two_provider_config(twilio_a, twilio_b, rule_extra="    max_attempts: 1"))
     twilio_a.fail(503)
     async with Router(config) as router:
@@ -244,7 +269,8 @@ async def test_every_provider_failing_gives_a_failed_result_not_an_exception(
     twilio_a.fail(503)
     twilio_b.fail(500)
     result = await router.send(OTP)
-    assert result.status == "failed" and not result.ok
+    assert result.status == "failed"
+    assert not result.ok
     assert "every provider of rule 'default' failed" in (result.reason or "")
 
 
@@ -306,7 +332,8 @@ async def test_all_breakers_open_tries_the_soonest_to_reopen_as_last_resort(
     assert plan.providers == ("primary",)  # reopens at 30 (secondary too, but later on ties: first)
     twilio_a.heal()
     result = await router.send(OTP)
-    assert result.ok and result.last_resort
+    assert result.ok
+    assert result.last_resort
     assert result.provider == "primary"
     twilio_a.fail(503)
     failed = await router.send(OTP)
@@ -334,7 +361,9 @@ async def test_rate_limited_provider_is_skipped_when_the_wait_is_too_long(
     twilio_a: FakeTwilio, twilio_b: FakeTwilio, clock: ManualClock
 ) -> None:
     text = two_provider_config(
-        twilio_a, twilio_b, extra_defaults="  max_rate_wait: 0s",
+        twilio_a,
+        twilio_b,
+        extra_defaults="  max_rate_wait: 0s",
         a_extra={"rate_limit": "2/s", "burst": 2},
     )
     async with Router(make_config(text), clock=clock) as router:
@@ -375,7 +404,9 @@ async def test_bad_number_raises_before_any_provider_is_called(
     assert twilio_a.requests == 0
 
 
-async def test_national_number_uses_the_configs_default_region(router: Router, twilio_a: FakeTwilio) -> None:
+async def test_national_number_uses_the_configs_default_region(
+    router: Router, twilio_a: FakeTwilio
+) -> None:
     result = await router.send(Message(to="(415) 555-0100", text="hi"))
     assert result.ok
     assert twilio_a.messages[0].to == "+14155550100"
@@ -399,7 +430,8 @@ async def test_unknown_category_is_refused(router: Router) -> None:
 
 async def test_message_repr_hides_number_and_text() -> None:
     text = repr(Message(to="+4915123456789", text="Your code is 123456"))
-    assert "4915123456789" not in text and "123456" not in text.replace("+49151", "")
+    assert "4915123456789" not in text
+    assert "123456" not in text.replace("+49151", "")
 
 
 async def test_message_ids_are_unique(router: Router) -> None:
@@ -410,7 +442,9 @@ async def test_message_ids_are_unique(router: Router) -> None:
 async def test_status_callback_is_sent_when_webhook_url_is_configured(
     twilio_a: FakeTwilio, twilio_b: FakeTwilio
 ) -> None:
-    text = two_provider_config(twilio_a, twilio_b, extra_defaults="  webhook_url: https://hooks.example.com/sms")
+    text = two_provider_config(
+        twilio_a, twilio_b, extra_defaults="  webhook_url: https://hooks.example.com/sms"
+    )
     async with Router(make_config(text)) as router:
         await router.send(OTP)
     assert twilio_a.messages[0].status_callback == "https://hooks.example.com/sms/primary/status"
@@ -421,8 +455,9 @@ async def test_no_status_callback_without_webhook_url(router: Router, twilio_a: 
     assert "StatusCallback" not in twilio_a.messages[0].fields
 
 
-async def test_attempt_number_counts_providers_tried(router: Router, twilio_a: FakeTwilio,
-                                                      twilio_b: FakeTwilio) -> None:
+async def test_attempt_number_counts_providers_tried(
+    router: Router, twilio_a: FakeTwilio, twilio_b: FakeTwilio
+) -> None:
     twilio_a.fail(503)
     await router.send(OTP)
     assert twilio_b.messages[0].fields["Attempt"] == "2"
@@ -431,7 +466,9 @@ async def test_attempt_number_counts_providers_tried(router: Router, twilio_a: F
 # -- explain -----------------------------------------------------------------------------
 
 
-async def test_explain_does_no_io(router: Router, twilio_a: FakeTwilio, twilio_b: FakeTwilio) -> None:
+async def test_explain_does_no_io(
+    router: Router, twilio_a: FakeTwilio, twilio_b: FakeTwilio
+) -> None:
     plan = router.explain(OTP)
     assert (plan.rule, plan.strategy, plan.country) == ("default", "priority", "DE")
     assert plan.providers == ("primary", "secondary")
@@ -450,10 +487,14 @@ async def test_explain_price_counts_segments(router: Router) -> None:
 # -- hooks ---------------------------------------------------------------------------------
 
 
-async def test_hooks_see_failover_and_finish_events(twilio_a: FakeTwilio, twilio_b: FakeTwilio) -> None:
+async def test_hooks_see_failover_and_finish_events(
+    twilio_a: FakeTwilio, twilio_b: FakeTwilio
+) -> None:
     seen: list[Event] = []
     twilio_a.fail(503)
-    async with Router(make_config(two_provider_config(twilio_a, twilio_b)), hooks=[seen.append]) as router:
+    async with Router(
+        make_config(two_provider_config(twilio_a, twilio_b)), hooks=[seen.append]
+    ) as router:
         await router.send(OTP)
     failovers = [e for e in seen if isinstance(e, Failover)]
     assert [(f.from_provider, f.to_provider, f.reason) for f in failovers] == [
@@ -465,23 +506,32 @@ async def test_hooks_see_failover_and_finish_events(twilio_a: FakeTwilio, twilio
     ]
 
 
-async def test_a_failing_hook_does_not_break_sending(twilio_a: FakeTwilio, twilio_b: FakeTwilio) -> None:
+async def test_a_failing_hook_does_not_break_sending(
+    twilio_a: FakeTwilio, twilio_b: FakeTwilio
+) -> None:
     def broken(event: Event) -> None:
         raise RuntimeError("hook bug")
 
-    async with Router(make_config(two_provider_config(twilio_a, twilio_b)), hooks=[broken]) as router:
+    async with Router(
+        make_config(two_provider_config(twilio_a, twilio_b)), hooks=[broken]
+    ) as router:
         assert (await router.send(OTP)).ok
 
 
 # -- reload ------------------------------------------------------------------------------------
 
 
-async def test_reload_swaps_the_config(tmp_path: Path, twilio_a: FakeTwilio, twilio_b: FakeTwilio) -> None:
+async def test_reload_swaps_the_config(
+    tmp_path: Path, twilio_a: FakeTwilio, twilio_b: FakeTwilio
+) -> None:
     path = tmp_path / "routing.yaml"
     path.write_text(two_provider_config(twilio_a, twilio_b))
     async with Router.from_yaml(path) as router:
-        path.write_text(two_provider_config(twilio_a, twilio_b).replace(
-            "providers: [primary, secondary]", "providers: [secondary, primary]"))
+        path.write_text(
+            two_provider_config(twilio_a, twilio_b).replace(
+                "providers: [primary, secondary]", "providers: [secondary, primary]"
+            )
+        )
         router.reload()
         assert (await router.send(OTP)).provider == "secondary"
 
@@ -494,7 +544,9 @@ async def test_reload_with_a_bad_config_keeps_the_old_one(
     path.write_text(good)
     async with Router.from_yaml(path) as router:
         bad = tmp_path / "bad.yaml"
-        bad.write_text(good.replace("providers: [primary, secondary]", "providers: [primary, nope]"))
+        bad.write_text(
+            good.replace("providers: [primary, secondary]", "providers: [primary, nope]")
+        )
         with pytest.raises(ConfigError) as info:
             router.reload(bad)
         assert info.value.file == str(bad)
@@ -503,8 +555,9 @@ async def test_reload_with_a_bad_config_keeps_the_old_one(
         assert (await router.send(OTP)).provider == "primary"
 
 
-async def test_breaker_state_survives_a_reload(tmp_path: Path, twilio_a: FakeTwilio,
-                                               twilio_b: FakeTwilio) -> None:
+async def test_breaker_state_survives_a_reload(
+    tmp_path: Path, twilio_a: FakeTwilio, twilio_b: FakeTwilio
+) -> None:
     path = tmp_path / "routing.yaml"
     path.write_text(two_provider_config(twilio_a, twilio_b))
     async with Router.from_yaml(path) as router:

@@ -22,7 +22,7 @@ import asyncio
 import time
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import attrs
 import phonenumbers
@@ -121,7 +121,7 @@ class FakeProvider(abc.ABC):
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> FakeProvider:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
