@@ -1,0 +1,206 @@
+"""Router.send against raw aiohttp, on the same fake Twilio server in another process.
+
+    python bench/bench_send.py [--messages 20000] [--concurrency 64] [--rounds 3]
+
+Both clients do the same wire work per message: a form-encoded POST with Basic
+auth to Twilio's Messages endpoint, read the body, decode the JSON, take the
+sid.  The router also validates and normalises the number, counts segments,
+matches a rule, orders providers, consults the breaker and token bucket, and
+builds a SendResult.  Client CPU per message is process CPU time in this
+process (the server runs elsewhere) divided by messages.  Rounds alternate
+raw / router so drift on a shared machine hits both; the ratio of medians is
+what counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from smsroute import Message, Router, parse_config
+
+
+def start_fake() -> tuple[subprocess.Popen[str], dict[str, str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smsroute.testing", "twilio"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    info = json.loads(proc.stdout.readline())
+    return proc, info
+
+
+def numbers(n: int, seed: int = 1) -> list[str]:
+    """Distinct valid German mobile numbers: every send parses a number it has not seen."""
+    rng = random.Random(seed)
+    return [f"+49151{rng.randrange(10**8):08d}" for _ in range(n)]
+
+
+async def run(concurrency: int, items: list[str], one: Callable[[str], Awaitable[None]]) -> None:
+    it = iter(items)
+
+    async def worker() -> None:
+        for number in it:
+            await one(number)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def raw_round(
+    info: dict[str, str], items: list[str], concurrency: int
+) -> tuple[float, float]:
+    url = f"{info['url']}/2010-04-01/Accounts/{info['account_sid']}/Messages.json"
+    headers = {
+        "Authorization": "Basic "
+        + base64.b64encode(f"{info['account_sid']}:{info['auth_token']}".encode()).decode(),
+        "Accept": "application/json",
+    }
+    ok = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
+
+        async def one(number: str) -> None:
+            nonlocal ok
+            form = {"To": number, "Body": "Your code is 123456", "From": "+15005550006"}
+            async with session.post(url, data=form, headers=headers) as resp:
+                doc = json.loads(await resp.read())
+                if resp.status == 201 and doc.get("sid"):
+                    ok += 1
+
+        await run(concurrency, items[:concurrency], one)  # warm the connection pool
+        ok = 0
+        cpu, wall = time.process_time(), time.perf_counter()
+        await run(concurrency, items, one)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    assert ok == len(items), f"raw: {ok}/{len(items)} accepted"
+    return cpu, wall
+
+
+def router_config(info: dict[str, str], hooks_note: str = "") -> str:
+    return f"""
+defaults: {{max_attempts: 2}}
+providers:
+  twilio:
+    type: twilio
+    base_url: {info["url"]}
+    account_sid: {info["account_sid"]}
+    auth_token: {info["auth_token"]}
+    from: "+15005550006"
+    prices: {{DE: 0.079, default: 0.05}}
+rules:
+  - name: otp-de
+    match: {{country: DE, category: otp}}
+    providers: [twilio]
+  - name: default
+    providers: [twilio]
+"""
+
+
+async def router_round(
+    info: dict[str, str], items: list[str], concurrency: int, **router_kwargs: Any
+) -> tuple[float, float]:
+    config = parse_config(router_config(info))
+    ok = 0
+    async with Router(config, **router_kwargs) as router:
+
+        async def one(number: str) -> None:
+            nonlocal ok
+            result = await router.send(
+                Message(to=number, text="Your code is 123456", category="otp")
+            )
+            if result.ok:
+                ok += 1
+
+        await run(concurrency, items[:concurrency], one)
+        ok = 0
+        cpu, wall = time.process_time(), time.perf_counter()
+        await run(concurrency, items, one)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    assert ok == len(items), f"router: {ok}/{len(items)} accepted"
+    return cpu, wall
+
+
+def explain_rate(rules: int, seconds: float = 2.0) -> float:
+    countries = ["DE", "FR", "GB", "US", "NL", "ES", "IT", "PL", "SE", "AT"]
+    body = [
+        f"  - name: r{i}\n    match: {{country: {countries[i % len(countries)]}, "
+        f"category: {['otp', 'marketing', 'transactional'][i % 3]}, tags: [t{i}]}}\n"
+        f"    providers: [a, b]"
+        for i in range(rules - 1)
+    ]
+    text = (
+        "providers:\n"
+        "  a: {type: twilio, account_sid: AC1, auth_token: x, prices: {default: 0.05}}\n"
+        "  b: {type: twilio, account_sid: AC2, auth_token: y, prices: {DE: 0.04}}\n"
+        "rules:\n" + "\n".join(body) + "\n  - name: default\n    providers: [a, b]\n"
+    )
+    router = Router(parse_config(text))
+    msgs = [Message(to=n, text="hi", category="otp") for n in numbers(1000, seed=2)]
+    for m in msgs:
+        router.explain(m)  # the number cache is warm for both sizes alike
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for m in msgs:
+            router.explain(m)
+        count += len(msgs)
+    return count / (time.perf_counter() - start)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    proc, info = start_fake()
+    try:
+        raw_cpu, raw_wall, r_cpu, r_wall = [], [], [], []
+        for i in range(args.rounds):
+            items = numbers(args.messages, seed=100 + i)
+            c, w = await raw_round(info, items, args.concurrency)
+            raw_cpu.append(c)
+            raw_wall.append(w)
+            c, w = await router_round(info, items, args.concurrency)
+            r_cpu.append(c)
+            r_wall.append(w)
+            print(
+                f"round {i + 1}: raw {raw_cpu[-1]:.2f}s cpu {raw_wall[-1]:.2f}s wall | "
+                f"router {r_cpu[-1]:.2f}s cpu {r_wall[-1]:.2f}s wall",
+                flush=True,
+            )
+    finally:
+        proc.terminate()
+        proc.wait()
+
+    n = args.messages
+    raw_c, rt_c = statistics.median(raw_cpu) / n, statistics.median(r_cpu) / n
+    raw_w, rt_w = statistics.median(raw_wall), statistics.median(r_wall)
+    print()
+    print(
+        f"messages {n}, concurrency {args.concurrency}, rounds {args.rounds}, cores {os.cpu_count()}"
+    )
+    print(f"raw aiohttp : {raw_c * 1e6:7.1f} us CPU/msg  {n / raw_w:8.0f} msg/s")
+    print(f"Router.send : {rt_c * 1e6:7.1f} us CPU/msg  {n / rt_w:8.0f} msg/s")
+    print(f"ratio       : CPU/msg {rt_c / raw_c:.3f}x   throughput {(n / rt_w) / (n / raw_w):.3f}x")
+    e10, e1000 = explain_rate(10), explain_rate(1000)
+    print(
+        f"explain     : {e10:8.0f}/s with 10 rules, {e1000:8.0f}/s with 1000 rules "
+        f"(cost ratio {e10 / e1000:.2f}x)"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
