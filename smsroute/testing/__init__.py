@@ -10,6 +10,21 @@ provider's real wire format on 127.0.0.1, and a clock that never sleeps.
 
 from smsroute.clock import ManualClock
 from smsroute.testing.fake import FakeProvider, Fault, Incoming, ReceivedMessage
+from smsroute.testing.infobip import FakeInfobip
+from smsroute.testing.plivo import FakePlivo
+from smsroute.testing.telnyx import FakeTelnyx
 from smsroute.testing.twilio import FakeTwilio
+from smsroute.testing.vonage import FakeVonage
 
-__all__ = ["FakeProvider", "FakeTwilio", "Fault", "Incoming", "ManualClock", "ReceivedMessage"]
+__all__ = [
+    "FakeInfobip",
+    "FakePlivo",
+    "FakeProvider",
+    "FakeTelnyx",
+    "FakeTwilio",
+    "FakeVonage",
+    "Fault",
+    "Incoming",
+    "ManualClock",
+    "ReceivedMessage",
+]
