@@ -13,7 +13,16 @@ import json
 import signal
 import sys
 
-from smsroute.testing import FakeInfobip, FakePlivo, FakeTelnyx, FakeTwilio, FakeVonage
+from smsroute.testing import (
+    FakeBandwidth,
+    FakeInfobip,
+    FakeMessageBird,
+    FakePlivo,
+    FakeSinch,
+    FakeTelnyx,
+    FakeTwilio,
+    FakeVonage,
+)
 from smsroute.testing.fake import FakeProvider
 
 FAKES: dict[str, type[FakeProvider]] = {
@@ -22,6 +31,9 @@ FAKES: dict[str, type[FakeProvider]] = {
     "plivo": FakePlivo,
     "telnyx": FakeTelnyx,
     "infobip": FakeInfobip,
+    "sinch": FakeSinch,
+    "bandwidth": FakeBandwidth,
+    "messagebird": FakeMessageBird,
 }
 
 
