@@ -1,0 +1,669 @@
+"""A generic HTTP adapter: an SMS API declared entirely in YAML.
+
+For the local aggregator nobody wrote an adapter for.  The request (method,
+URL, auth, headers, query, form or JSON body) is built from templates over
+the message's fields, and the answer is classified by tables the config
+gives: which HTTP statuses and which values in the body mean which outcome,
+and where the message id is.  No vendor publishes anything to check this
+against: tests/test_http_adapter.py runs it against a small aggregator
+written in the test, in a JSON and a form variant.
+
+Config (besides the common keys; see config/http-aggregator.yaml)::
+
+    aggregator:
+      type: http
+      base_url: https://sms.example.net
+      method: POST                          # GET, POST, PUT or PATCH (default POST)
+      url: /api/v1/messages                 # a path under base_url, or a whole URL
+      auth: {kind: bearer, token: ${AGGREGATOR_TOKEN}}
+      json:                                 # or form: {...}; or only query: {...}
+        to: "{to}"
+        from: "{sender}"
+        text: "{text}"
+        callback: "{status_callback}"       # left out when no webhook is configured
+      id_path: data.messages[0].id          # where the message id is in a success
+      code_path: error.code                 # a value in the body that decides...
+      code_outcomes: {INVALID_NUMBER: rejected, NO_ROUTE: unroutable}
+      detail_path: error.message            # the provider's own explanation
+      status_outcomes: {402: auth, 5xx: transient}
+
+Templates
+    ``{field}`` is replaced by one of :data:`TEMPLATE_FIELDS`; write ``{{`` and
+    ``}}`` for literal braces.  Only plain names: no attribute or index access,
+    conversions or format specs, so a template can never reach into Python
+    objects.  A value that is exactly one placeholder keeps the field's type in
+    a JSON body (``"{segments}"`` sends a number) and is left out of a body,
+    query or headers when the field has no value (``sender``,
+    ``status_callback``).  Values placed in the URL are percent-encoded.
+
+auth
+    ``{kind: basic, username, password}``, ``{kind: bearer, token}``,
+    ``{kind: header, name, value}`` or ``{kind: query, name, value}``.
+    Credentials are kept out of errors, replies and reprs, and are masked in
+    any provider message that echoes them.
+
+Classifying an answer
+    1. ``code_path`` names a value in the JSON body; when ``code_outcomes``
+       maps it (compared as text), that outcome wins whatever the HTTP status
+       (for APIs that answer 200 with an error inside).
+    2. Else ``status_outcomes``: an exact status (``404``) before a class
+       (``4xx``).
+    3. Else the usual meaning of the status (:func:`classify_status`: 2xx
+       accepted, 429 throttled, 401/403/404 auth, 408/5xx transient, other 4xx
+       rejected).
+    An accepted answer must carry a message id at ``id_path`` (a string or an
+    integer), or it is a malformed reply (TRANSIENT).  ``Retry-After`` is read
+    on every answer that is not accepted.  Paths are dotted names and ``[n]``
+    indexes (negative from the end): ``data.messages[0].id``, ``[0].status``.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import json
+import re
+import string
+from collections.abc import Callable, Mapping
+from typing import Any, TypeAlias
+from urllib.parse import quote, urlencode
+
+import attrs
+from multidict import CIMultiDictProxy
+
+from smsroute.config import ProviderConfig
+from smsroute.message import Outcome
+from smsroute.numbers import scrub
+from smsroute.providers.base import (
+    HttpProvider,
+    HttpRequest,
+    OutboundSMS,
+    Reply,
+    classify_status,
+    parse_retry_after,
+)
+
+__all__ = ["TEMPLATE_FIELDS", "HttpApiProvider", "JsonPath", "Template", "compile_options"]
+
+#: The fields a template may name, and what they hold.
+TEMPLATE_FIELDS: Mapping[str, str] = {
+    "to": "destination in E.164, with the plus: +4915123456789",
+    "to_digits": "destination in E.164 without the plus: 4915123456789",
+    "text": "the message text",
+    "sender": "the sender ('from' of the provider or the message); no value when neither gives one",
+    "message_id": "smsroute's id of this message (the same across failover)",
+    "status_callback": "URL for delivery receipts; no value when no webhook is configured",
+    "country": "ISO country of the destination: DE",
+    "encoding": "GSM-7 or UCS-2",
+    "segments": "number of SMS parts (a number)",
+    "category": "otp, transactional, marketing or a category the config declares",
+    "attempt": "which provider of this message this is: 1, 2, ... (a number)",
+}
+
+METHODS = ("GET", "POST", "PUT", "PATCH")
+AUTH_KINDS: Mapping[str, tuple[str, ...]] = {
+    "basic": ("username", "password"),
+    "bearer": ("token",),
+    "header": ("name", "value"),
+    "query": ("name", "value"),
+}
+OUTCOMES: tuple[str, ...] = tuple(o.value for o in Outcome)
+
+_FORMATTER = string.Formatter()
+_PATH = re.compile(r"(?:[A-Za-z0-9_\-]+|\[-?\d+\])(?:\.[A-Za-z0-9_\-]+|\[-?\d+\])*")
+_PATH_STEP = re.compile(r"([A-Za-z0-9_\-]+)|\[(-?\d+)\]")
+_STATUS_KEY = re.compile(r"([1-5])(\d\d|xx)", re.IGNORECASE)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_MISSING: Any = object()
+
+Value = str | int | None
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    hint = difflib.get_close_matches(word, sorted(choices), n=1)
+    return f"did you mean '{hint[0]}'? " if hint else ""
+
+
+# -- templates ----------------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class Template:
+    """A string with ``{field}`` placeholders, parsed once at load time.
+
+    >>> t = Template.parse("Code for {to}: {{literal}}")
+    >>> t.render({"to": "+4915123456789"})
+    'Code for +4915123456789: {literal}'
+    """
+
+    source: str
+    #: (literal text, then a field name or None), in order.
+    parts: tuple[tuple[str, str | None], ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Template:
+        """Parse ``text``; ``ValueError`` with a sentence for anything but plain ``{field}``."""
+        try:
+            parsed = list(_FORMATTER.parse(text))
+        except ValueError as exc:
+            raise ValueError(f"{exc} (write a literal brace as '{{{{' or '}}}}')") from None
+        parts: list[tuple[str, str | None]] = []
+        for literal, field, spec, conversion in parsed:
+            if field is None:
+                parts.append((literal, None))
+                continue
+            shown = "{" + field + (f"!{conversion}" if conversion else "")
+            shown += (f":{spec}" if spec else "") + "}"
+            if field == "" or field.isdigit():
+                raise ValueError(f"placeholder '{shown}' names no field: write e.g. {{to}}")
+            if not field.isidentifier():
+                raise ValueError(
+                    f"'{shown}': only plain field names are allowed, no attribute or index "
+                    "access (write e.g. {to})"
+                )
+            if field not in TEMPLATE_FIELDS:
+                raise ValueError(
+                    f"unknown template field '{{{field}}}': {_did_you_mean(field, TEMPLATE_FIELDS)}"
+                    f"fields: {', '.join(TEMPLATE_FIELDS)}"
+                )
+            if conversion or spec:
+                raise ValueError(f"'{shown}': conversions and format specs are not supported")
+            parts.append((literal, field))
+        return cls(text, tuple(parts))
+
+    @property
+    def only_field(self) -> str | None:
+        """The field name when the template is exactly one placeholder, else None."""
+        if len(self.parts) == 1 and self.parts[0][0] == "":
+            return self.parts[0][1]
+        return None
+
+    def render(
+        self, values: Mapping[str, Value], escape: Callable[[str], str] | None = None
+    ) -> str:
+        """The text with every placeholder replaced (a field without a value gives '')."""
+        out: list[str] = []
+        for literal, field in self.parts:
+            out.append(literal)
+            if field is not None:
+                value = values[field]
+                if value is not None:
+                    text = str(value)
+                    out.append(escape(text) if escape else text)
+        return "".join(out)
+
+    def value(self, values: Mapping[str, Value]) -> Value:
+        """Like :meth:`render`, but a lone placeholder gives the field's own value (or None)."""
+        field = self.only_field
+        if field is not None:
+            return values[field]
+        return self.render(values)
+
+
+def _scalar_template(value: Any, what: str) -> Template:
+    if isinstance(value, bool):
+        return Template(str(value).lower(), ((str(value).lower(), None),))
+    if isinstance(value, int | float):
+        return Template(str(value), ((str(value), None),))
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string or a number, got {_kind(value)}")
+    return Template.parse(value)
+
+
+def _flat_templates(value: Any, option: str) -> tuple[tuple[str, Template], ...]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{option} must be a mapping of name -> template, got {_kind(value)}")
+    out: list[tuple[str, Template]] = []
+    for key, item in value.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"{option}: names must be non-empty strings")
+        if option == "headers" and not _HEADER_NAME.fullmatch(key):
+            raise ValueError(f"headers: '{key}' is not a valid HTTP header name")
+        if isinstance(item, dict | list):
+            hint = " (use json: for a nested body)" if option == "form" else ""
+            raise ValueError(f"{option}.{key} must be a string or a number{hint}")
+        try:
+            out.append((key, _scalar_template(item, f"{option}.{key}")))
+        except ValueError as exc:
+            raise ValueError(f"{option}.{key}: {exc}") from None
+    return tuple(out)
+
+
+# A JSON body template: the YAML structure with every string replaced by a Template.
+JsonTemplate: TypeAlias = (
+    Template | Mapping[str, "JsonTemplate"] | list["JsonTemplate"] | int | float | bool | None
+)
+
+
+def _json_template(value: Any, where: str) -> JsonTemplate:
+    if isinstance(value, str):
+        try:
+            return Template.parse(value)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    if isinstance(value, dict):
+        return {str(k): _json_template(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_template(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    raise ValueError(
+        f"{where}: a JSON body holds strings, numbers, booleans, null, lists, mappings"
+    )
+
+
+def _render_json(node: JsonTemplate, values: Mapping[str, Value]) -> Any:
+    if isinstance(node, Template):
+        return node.value(values)
+    if isinstance(node, Mapping):
+        out: dict[str, Any] = {}
+        for key, child in node.items():
+            rendered = _render_json(child, values)
+            if rendered is None and isinstance(child, Template):
+                continue  # a lone placeholder without a value: leave the key out
+            out[key] = rendered
+        return out
+    if isinstance(node, list):
+        return [_render_json(child, values) for child in node]
+    return node
+
+
+# -- paths into a JSON answer ----------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class JsonPath:
+    """A dotted path into a JSON document: ``data.messages[0].id``.
+
+    >>> JsonPath.parse("data.messages[0].id").find({"data": {"messages": [{"id": "m1"}]}})
+    'm1'
+    """
+
+    source: str
+    steps: tuple[str | int, ...]
+
+    @classmethod
+    def parse(cls, text: Any) -> JsonPath:
+        """Parse ``text``; ``ValueError`` with a sentence when it is not a path."""
+        if not isinstance(text, str) or not _PATH.fullmatch(text):
+            raise ValueError(
+                f"expected a path like data.messages[0].id (names with letters, digits, "
+                f"'_' or '-', joined by '.', and [n] indexes), got {text!r}"
+            )
+        steps: list[str | int] = []
+        for m in _PATH_STEP.finditer(text):
+            steps.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
+        return cls(text, tuple(steps))
+
+    def find(self, document: Any) -> Any:
+        """The value at this path, or ``None`` when any step is missing."""
+        node = document
+        for step in self.steps:
+            if isinstance(step, str) and isinstance(node, dict):
+                node = node.get(step, _MISSING)
+            elif isinstance(node, list) and (isinstance(step, int) or step.isdigit()):
+                index = int(step)
+                node = node[index] if -len(node) <= index < len(node) else _MISSING
+            else:
+                return None
+            if node is _MISSING:
+                return None
+        return node
+
+
+def _as_text(value: Any) -> str | None:
+    """A scalar of a JSON answer as text, for comparing with a config's keys."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    return None
+
+
+# -- the compiled config -----------------------------------------------------------------------
+
+
+def _outcome(value: Any, where: str) -> Outcome:
+    if isinstance(value, str) and value in OUTCOMES:
+        return Outcome(value)
+    raise ValueError(
+        f"{where}: unknown outcome {value!r}: {_did_you_mean(str(value), OUTCOMES)}"
+        f"choose one of {', '.join(OUTCOMES)}"
+    )
+
+
+@attrs.frozen(slots=True)
+class Spec:
+    """An ``http`` provider section, parsed: what :class:`HttpApiProvider` runs."""
+
+    method: str
+    url: Template
+    headers: tuple[tuple[str, Template], ...]
+    query: tuple[tuple[str, Template], ...]
+    form: tuple[tuple[str, Template], ...] | None
+    json: JsonTemplate
+    id_path: JsonPath
+    code_path: JsonPath | None
+    detail_path: JsonPath | None
+    status_outcomes: Mapping[int, Outcome]
+    class_outcomes: Mapping[int, Outcome]
+    code_outcomes: Mapping[str, Outcome]
+    #: Headers and query parameters carrying the credentials, and the secrets themselves.
+    auth_headers: Mapping[str, str] = attrs.field(repr=False)
+    auth_query: tuple[tuple[str, str], ...] = attrs.field(repr=False)
+    secrets: tuple[str, ...] = attrs.field(repr=False)
+
+
+def _auth(
+    value: Any,
+) -> tuple[dict[str, str], tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """(headers, query parameters, secrets) of an ``auth`` section.
+
+    Messages never quote a value: they may be credentials.
+    """
+    if value is None:
+        return {}, (), ()
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"auth must be a mapping like {{kind: bearer, token: ${{TOKEN}}}}, got {_kind(value)}"
+        )
+    kind = value.get("kind")
+    if not isinstance(kind, str) or kind not in AUTH_KINDS:
+        if kind is None:
+            raise ValueError(f"auth needs 'kind': one of {', '.join(AUTH_KINDS)}")
+        raise ValueError(
+            f"unknown auth kind {kind!r}: {_did_you_mean(str(kind), AUTH_KINDS)}"
+            f"choose one of {', '.join(AUTH_KINDS)}"
+        )
+    keys = AUTH_KINDS[kind]
+    extra = sorted(set(value) - {"kind", *keys})
+    if extra:
+        raise ValueError(
+            f"auth kind {kind} takes {', '.join(keys)}; unknown key(s): {', '.join(extra)}"
+        )
+    fields: dict[str, str] = {}
+    for key in keys:
+        item = value.get(key)
+        if isinstance(item, int) and not isinstance(item, bool):
+            item = str(item)
+        if not isinstance(item, str) or not item:
+            raise ValueError(f"auth kind {kind} needs '{key}' (a non-empty string)")
+        fields[key] = item
+    if kind == "basic":
+        raw = f"{fields['username']}:{fields['password']}".encode()
+        token = base64.b64encode(raw).decode("ascii")
+        return {"Authorization": f"Basic {token}"}, (), (fields["password"], token)
+    if kind == "bearer":
+        return {"Authorization": f"Bearer {fields['token']}"}, (), (fields["token"],)
+    if not (kind == "query" or _HEADER_NAME.fullmatch(fields["name"])):
+        raise ValueError(f"auth: '{fields['name']}' is not a valid HTTP header name")
+    if kind == "header":
+        return {fields["name"]: fields["value"]}, (), (fields["value"],)
+    return {}, ((fields["name"], fields["value"]),), (fields["value"],)
+
+
+def _status_outcomes(value: Any) -> tuple[dict[int, Outcome], dict[int, Outcome]]:
+    if value is None:
+        return {}, {}
+    if not isinstance(value, dict):
+        raise ValueError("status_outcomes must be a mapping like {404: auth, 5xx: transient}")
+    exact: dict[int, Outcome] = {}
+    classes: dict[int, Outcome] = {}
+    for key, name in value.items():
+        m = _STATUS_KEY.fullmatch(str(key))
+        if m is None:
+            raise ValueError(
+                f"status_outcomes: '{key}' is not an HTTP status (100 to 599) or a class like 4xx"
+            )
+        outcome = _outcome(name, f"status_outcomes.{key}")
+        if m.group(2).lower() == "xx":
+            classes[int(m.group(1))] = outcome
+        else:
+            exact[int(str(key))] = outcome
+    return exact, classes
+
+
+def _code_outcomes(value: Any) -> dict[str, Outcome]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not value:
+        raise ValueError("code_outcomes must be a mapping of body value -> outcome")
+    return {str(k): _outcome(v, f"code_outcomes.{k}") for k, v in value.items()}
+
+
+def compile_options(
+    options: Mapping[str, Any], base_url: str | None
+) -> tuple[Spec | None, list[tuple[str, str]]]:
+    """Parse an ``http`` provider section: (the spec or None, the problems as (key, sentence))."""
+    problems: list[tuple[str, str]] = []
+
+    def take(key: str, parse: Callable[[Any], Any], default: Any = None) -> Any:
+        if options.get(key) is None:
+            return default
+        try:
+            return parse(options[key])
+        except ValueError as exc:
+            problems.append((key, str(exc)))
+            return _MISSING
+
+    def method(value: Any) -> str:
+        if not isinstance(value, str) or value.upper() not in METHODS:
+            raise ValueError(f"method is one of {', '.join(METHODS)}, got {value!r}")
+        return value.upper()
+
+    def url(value: Any) -> Template:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"url must be a path like /api/send or a whole URL, got {value!r}")
+        template = Template.parse(value)
+        if value.startswith("/"):
+            if not base_url:
+                raise ValueError(f"url '{value}' is a path: give base_url, or a whole URL here")
+            prefix = base_url.rstrip("/")
+            literal, field = template.parts[0]
+            return Template(prefix + value, ((prefix + literal, field), *template.parts[1:]))
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(
+                f"url must start with '/' (under base_url) or http(s)://, got {value!r}"
+            )
+        return template
+
+    def json_body(value: Any) -> JsonTemplate:
+        if not isinstance(value, dict | list):
+            raise ValueError(f"json must be a mapping or a list (the body), got {_kind(value)}")
+        return _json_template(value, "json")
+
+    spec_method = take("method", method, "POST")
+    spec_url = take("url", url)
+    if options.get("url") is None:
+        problems.append(("url", "an http provider needs 'url': a path under base_url or a URL"))
+    headers = take("headers", lambda v: _flat_templates(v, "headers"), ())
+    query = take("query", lambda v: _flat_templates(v, "query"), ())
+    form = take("form", lambda v: _flat_templates(v, "form"))
+    json_tpl = take("json", json_body)
+    if options.get("form") is not None and options.get("json") is not None:
+        problems.append(("json", "give either form: or json: as the body, not both"))
+    if spec_method == "GET":
+        for key in ("form", "json"):
+            if options.get(key) is not None:
+                problems.append((key, "a GET request has no body: put the fields in query:"))
+    id_path = take("id_path", JsonPath.parse)
+    if options.get("id_path") is None:
+        problems.append(("id_path", "an http provider needs 'id_path': where the message id is"))
+    code_path = take("code_path", JsonPath.parse)
+    detail_path = take("detail_path", JsonPath.parse)
+    status = take("status_outcomes", _status_outcomes, ({}, {}))
+    codes = take("code_outcomes", _code_outcomes, {})
+    if options.get("code_outcomes") is not None and options.get("code_path") is None:
+        problems.append(("code_outcomes", "code_outcomes needs code_path: where the code is"))
+    auth = take("auth", _auth, ({}, (), ()))
+    if problems:
+        return None, problems
+    spec = Spec(
+        method=spec_method,
+        url=spec_url,
+        headers=headers,
+        query=query,
+        form=form,
+        json=json_tpl,
+        id_path=id_path,
+        code_path=code_path,
+        detail_path=detail_path,
+        status_outcomes=status[0],
+        class_outcomes=status[1],
+        code_outcomes=codes,
+        auth_headers=auth[0],
+        auth_query=auth[1],
+        secrets=auth[2],
+    )
+    return spec, []
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _values(sms: OutboundSMS) -> dict[str, Value]:
+    return {
+        "to": sms.to,
+        "to_digits": sms.to.lstrip("+"),
+        "text": sms.text,
+        "sender": sms.sender,
+        "message_id": sms.message_id,
+        "status_callback": sms.status_callback,
+        "country": sms.country,
+        "encoding": sms.encoding,
+        "segments": sms.segments,
+        "category": sms.category,
+        "attempt": sms.attempt,
+    }
+
+
+def _url_escape(text: str) -> str:
+    return quote(text, safe="")
+
+
+# -- the adapter ---------------------------------------------------------------------------
+
+
+class HttpApiProvider(HttpProvider):
+    """Any HTTP SMS API, declared in the provider's config section (see the module doc)."""
+
+    type_name = "http"
+    required_options = frozenset({"url", "id_path"})
+    optional_options = frozenset(
+        {
+            "method",
+            "auth",
+            "headers",
+            "query",
+            "form",
+            "json",
+            "code_path",
+            "code_outcomes",
+            "detail_path",
+            "status_outcomes",
+        }
+    )
+    secret_options = frozenset({"auth"})
+
+    def __init__(self, config: ProviderConfig) -> None:
+        super().__init__(config)
+        spec, problems = compile_options(config.options, config.base_url)
+        if spec is None:
+            raise ValueError(
+                f"provider '{config.name}' (type http): "
+                + "; ".join(f"{key}: {problem}" for key, problem in problems)
+            )
+        self.spec = spec
+        self._headers = {"Accept": "application/json", **spec.auth_headers}
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+        base_url = options.get("base_url")
+        _, problems = compile_options(options, base_url if isinstance(base_url, str) else None)
+        # The loader itself reports a missing required option.
+        return [
+            (key, problem)
+            for key, problem in problems
+            if key not in cls.required_options or options.get(key) is not None
+        ]
+
+    def build_request(self, sms: OutboundSMS) -> HttpRequest:
+        spec = self.spec
+        values = _values(sms)
+        url = spec.url.render(values, _url_escape)
+        params = [(k, v) for k, t in spec.query if (v := t.value(values)) is not None]
+        params += spec.auth_query
+        if params:
+            url += ("&" if "?" in url else "?") + urlencode([(k, str(v)) for k, v in params])
+        headers = dict(self._headers)
+        for name, template in spec.headers:
+            value = template.value(values)
+            if value is not None:
+                headers[name] = str(value)
+        headers.update(spec.auth_headers)  # a header template never overrides the credentials
+        if spec.form is not None:
+            form = {k: str(v) for k, t in spec.form if (v := t.value(values)) is not None}
+            return HttpRequest(spec.method, url, headers, data=form)
+        if spec.json is not None:
+            return HttpRequest(spec.method, url, headers, json=_render_json(spec.json, values))
+        return HttpRequest(spec.method, url, headers)
+
+    def _unsecret(self, text: str) -> str:
+        # Some APIs quote the credential they refused: never let it into a reply.
+        for secret in self.spec.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def parse_response(self, status: int, headers: CIMultiDictProxy[str], body: bytes) -> Reply:
+        spec = self.spec
+        try:
+            doc: Any = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            doc = _MISSING
+        is_json = isinstance(doc, dict | list)
+        found_code = _as_text(spec.code_path.find(doc)) if is_json and spec.code_path else None
+        outcome = spec.code_outcomes.get(found_code) if found_code is not None else None
+        code = self._unsecret(found_code)[:100] if found_code is not None else None
+        if outcome is None:
+            outcome = spec.status_outcomes.get(status) or spec.class_outcomes.get(status // 100)
+        if outcome is None:
+            outcome = classify_status(status)
+        if outcome is Outcome.ACCEPTED:
+            if not is_json:
+                return Reply(
+                    Outcome.TRANSIENT,
+                    status_code=status,
+                    detail=f"malformed reply: HTTP {status} without a JSON body",
+                )
+            found = spec.id_path.find(doc)
+            if isinstance(found, bool) or not isinstance(found, str | int) or found == "":
+                return Reply(
+                    Outcome.TRANSIENT,
+                    status_code=status,
+                    error_code=code,
+                    detail=f"malformed reply: success without a message id at '{spec.id_path.source}'",
+                )
+            return Reply(
+                Outcome.ACCEPTED,
+                provider_message_id=str(found),
+                status_code=status,
+                error_code=code,
+            )
+        if not is_json:
+            detail = f"HTTP {status} without a JSON body"
+        else:
+            detail = f"code {code}" if code is not None else f"HTTP {status}"
+            said = _as_text(spec.detail_path.find(doc)) if spec.detail_path else None
+            if said:
+                # Providers quote the number back in their messages.
+                detail += f": {scrub(self._unsecret(said)[:200])}"
+        return Reply(
+            outcome,
+            status_code=status,
+            error_code=code,
+            detail=detail,
+            retry_after=parse_retry_after(headers.get("Retry-After")),
+        )
