@@ -18,11 +18,40 @@ the Application named by ``applicationId``, set in the Bandwidth App.  So a
 status callback cannot be passed on; ``check_options`` says so when a
 ``status_callback`` is configured for a Bandwidth provider.  Only HTTP Basic
 credentials are supported, not OAuth2 client credentials.
+
+Webhooks (spec ``components.callbacks.statusCallback`` / ``inboundCallback``,
+schemas ``statusCallback`` / ``inboundCallback``; dev.bandwidth.com/docs/messaging/webhooks):
+
+- Set the Application's ``OutboundCallbackUrl`` to our status URL and its
+  ``InboundCallbackUrl`` to our inbound URL.  Bandwidth POSTs JSON, a JSON
+  **array** of events (the spec models one object: both are accepted).  Status
+  events: ``message-sending``, ``message-sent``, ``message-delivered``,
+  ``message-failed`` (with ``errorCode``), ``message-read`` (RBM only);
+  inbound: ``message-received``.  Each carries the message, whose ``tag`` is
+  the client reference: the adapter sends our message id there, and Bandwidth
+  echoes it in every callback, so receipts correlate without a callback URL of
+  their own.
+- Messaging callbacks are not signed.  Their protection is HTTP Basic auth
+  (RFC 7617): the Application's ``OutboundCallbackCreds`` / ``InboundCallbackCreds``
+  (``UserId``, ``Password``; dev.bandwidth.com/docs/account/applications), which
+  Bandwidth sends in ``Authorization``.  Give the same pair here as
+  ``callback_username`` / ``callback_password``: then a request without them, or
+  with others, is refused (403; compared in constant time).  Without them,
+  callbacks are accepted unauthenticated.  There is no timestamp, so no
+  staleness check; a replay of a genuine callback is a duplicate and is
+  processed once.
+- Bandwidth retries for 24 h until it gets a 2xx; the default 200 answers it.
+  An event of the other kind (an inbound message at the status URL, as with an
+  Application that has one callback URL for all events) is answered 200 and
+  ignored.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import datetime
+import hmac
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -30,13 +59,17 @@ from typing import Any
 from multidict import CIMultiDictProxy
 
 from smsroute.config import ProviderConfig
-from smsroute.message import Outcome
+from smsroute.message import DeliveryStatus, Outcome
 from smsroute.numbers import scrub
 from smsroute.providers.base import (
     HttpProvider,
     HttpRequest,
+    Inbound,
     OutboundSMS,
+    Receipt,
     Reply,
+    WebhookError,
+    WebhookRequest,
     classify_status,
     parse_retry_after,
 )
@@ -67,6 +100,137 @@ FIELD_OUTCOMES: Mapping[str, Outcome] = {
 
 PRIORITIES = ("default", "high")
 
+# -- callbacks -------------------------------------------------------------------------------
+
+# Status callback ``type`` -> ours.  Source: spec ``statusCallbackTypeEnum`` and the
+# mapping in shared/reference/providers-wire.md section 9 "Delivery receipt";
+# ``message-failed`` is refined by its errorCode (below).  ``message-read`` is RBM only.
+RECEIPT_STATUSES: Mapping[str, DeliveryStatus] = {
+    "message-sending": "queued",
+    "message-sent": "sent",
+    "message-delivered": "delivered",
+    "message-read": "delivered",
+    "message-failed": "failed",
+}
+#: Inbound callback types (spec ``inboundCallbackTypeEnum``); only message-received is an SMS.
+INBOUND_TYPES = frozenset(
+    {"message-received", "requested-location-response", "suggestion-response"}
+)
+
+# Delivery error codes (``errorCode`` of message-failed).  Source: Bandwidth's
+# "Message Delivery Codes" (Bandwidth/bandwidth.github.io messaging/errors/codes.md,
+# now dev.bandwidth.com/docs/messaging/errors): 4 digits; first 4 = client error
+# ("repeating the request will produce the same result"), 5 = service failure, 9 =
+# ambiguous; second digit 0-4 = detected by Bandwidth (never handed to a carrier),
+# 7 = reported by the carrier, 1/2/5 = Bandwidth server, 6 = carrier service failure.
+#
+# Retryable: this account, sender or route is the problem, or the failure is
+# temporary, so another provider might deliver.
+RETRYABLE_RECEIPT_ERRORS = frozenset(
+    {
+        4001,  # service not allowed for this account
+        4302,  # malformed From number
+        4360,  # expired before Bandwidth could send it
+        4401,  # Bandwidth cannot route the message
+        4403,  # messaging forbidden on the From number
+        4405,  # From number unallocated
+        4407,  # From number not associated with the account
+        4420,  # no route to the destination carrier (configuration)
+        4421,  # account not permitted to send to this destination
+        4431,  # account not provisioned for short codes
+        4432,  # account not enabled for this country
+        4433,  # account not enabled for toll-free
+        4451,  # invalid user id
+        4452,  # invalid application id
+        4470,  # blocked downstream as spam
+        4481,  # From number blacklisted
+        4493,  # sender not authorized on the account
+        4701,  # destination unreachable / SMS service unavailable (carrier)
+        4702,  # subscriber unavailable: handset off, SIM full, barred (carrier)
+        4730,  # no route to the destination carrier, or no roaming route
+        4740,  # carrier rejected the source address
+        4750,  # carrier rejected the message, no reason given
+        4770,  # carrier rejected as spam
+        4780,  # carrier P2P volume violation
+        4790,  # short code restriction at the carrier
+        4791,  # short code campaign not allowed
+        4792,  # short code not provisioned at the carrier
+        4793,  # short code expired at the carrier
+        4795,  # toll-free number not verified
+    }
+)
+# Permanent: the number's fault (or the recipient's wish): no provider will do better.
+PERMANENT_RECEIPT_ERRORS = frozenset(
+    {
+        4303,  # malformed To number
+        4350,  # malformed for destination: the To number is invalid
+        4404,  # messaging forbidden on the To number
+        4406,  # To number unallocated
+        4408,  # To number not associated with an account
+        4434,  # messaging to this toll-free number forbidden
+        4482,  # To number blacklisted
+        4492,  # emergency number
+        4700,  # carrier: messaging not supported by the carrier or handset
+        4720,  # carrier: invalid destination address (not in the numbering plan, a landline)
+        4721,  # carrier: number on the deactivation list
+        4775,  # carrier: the recipient opted out
+    }
+)
+
+
+def receipt_status(kind: str, error_code: int | None) -> DeliveryStatus:
+    """Our status of a status callback: message-failed is ``failed`` when Bandwidth
+    never handed the message to a carrier (4xxx with second digit 0-4, 51xx, 52xx)
+    and ``undelivered`` when a carrier had it (47xx, 55xx, 56xx, 9xxx)."""
+    status = RECEIPT_STATUSES.get(kind, "unknown")
+    if status != "failed" or error_code is None:
+        return status
+    head, second = divmod(error_code // 100, 10)
+    if (head == 4 and second <= 4) or (head == 5 and second in (1, 2)):
+        return "failed"
+    return "undelivered"
+
+
+def receipt_retryable(error_code: int | None) -> bool | None:
+    """Whether another provider might deliver where ``error_code`` failed (None: unknown)."""
+    if error_code is None:
+        return None
+    if error_code in RETRYABLE_RECEIPT_ERRORS or 5000 <= error_code < 6000:
+        return True  # 5xxx: service failures, "a retry may yield a different result"
+    if error_code in PERMANENT_RECEIPT_ERRORS:
+        return False
+    return None  # 9902 (receipt timed out: may have been delivered), 9999, 4301, ...
+
+
+def _time(value: Any) -> datetime.datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
+
+
+def _events(request: WebhookRequest) -> list[tuple[str, Mapping[str, Any], Mapping[str, Any]]]:
+    """(type, event, event.message) of each event in a callback body; 400 if malformed
+    (every event is checked before any is used: one bad event fails the whole body)."""
+    doc = request.json()
+    events = doc if isinstance(doc, list) else [doc]  # an array; the spec shows one object
+    parsed: list[tuple[str, Mapping[str, Any], Mapping[str, Any]]] = []
+    for event in events:
+        if not isinstance(event, dict):
+            raise WebhookError(400, "Bandwidth callback whose events are not JSON objects")
+        kind = event.get("type")
+        message = event.get("message")
+        if not isinstance(kind, str) or not kind or not isinstance(message, dict):
+            raise WebhookError(400, "Bandwidth callback event without type and message")
+        message_id = message.get("id")
+        if not isinstance(message_id, str) or not message_id:
+            raise WebhookError(400, "Bandwidth callback event without message.id")
+        parsed.append((kind, event, message))
+    return parsed
+
 
 class BandwidthProvider(HttpProvider):
     """Bandwidth's Messaging API v2.
@@ -82,15 +246,20 @@ class BandwidthProvider(HttpProvider):
           from: "+19195551234"            # a number of that application, or a sender ID
           priority: high                  # optional: default or high
 
+          callback_username: smsroute     # the Application's callback credentials:
+          callback_password: ${BANDWIDTH_CALLBACK_PASSWORD}   # Basic auth on webhooks
+
     Delivery receipts go to the application's callback URL (set in the
     Bandwidth App), never to a per-message ``status_callback``.
     """
 
     type_name = "bandwidth"
     required_options = frozenset({"account_id", "username", "password", "application_id"})
-    optional_options = frozenset({"priority"})
-    secret_options = frozenset({"password"})
+    optional_options = frozenset({"priority", "callback_username", "callback_password"})
+    secret_options = frozenset({"password", "callback_password"})
     default_base_url = "https://messaging.bandwidth.com"
+    #: Our message id travels as the message's ``tag``, which every callback echoes.
+    echoes_message_id = True
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
@@ -104,6 +273,12 @@ class BandwidthProvider(HttpProvider):
             "Authorization": "Basic " + base64.b64encode(credentials).decode("ascii"),
             "Accept": "application/json",
         }
+        user, password = opts.get("callback_username"), opts.get("callback_password")
+        self._callback_credentials = (
+            (str(user).encode(), str(password).encode())
+            if user is not None and password is not None
+            else None
+        )
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -120,6 +295,23 @@ class BandwidthProvider(HttpProvider):
                     "message, so remove status_callback here",
                 )
             )
+        user, password = options.get("callback_username"), options.get("callback_password")
+        if (user is None) != (password is None):
+            missing = "callback_password" if password is None else "callback_username"
+            problems.append(
+                (
+                    missing,
+                    "callback_username and callback_password go together: the Basic auth "
+                    "credentials set on the Bandwidth Application for its callbacks",
+                )
+            )
+        for key, value in (("callback_username", user), ("callback_password", password)):
+            if value is not None and (not isinstance(value, str | int) or not str(value)):
+                problems.append((key, f"{key} is a non-empty string"))
+        if user is not None and ":" in str(user):
+            problems.append(
+                ("callback_username", "a Basic auth user id cannot contain ':' (RFC 7617)")
+            )
         return problems
 
     def build_request(self, sms: OutboundSMS) -> HttpRequest:
@@ -127,12 +319,86 @@ class BandwidthProvider(HttpProvider):
             "applicationId": self.application_id,
             "to": [sms.to],
             "text": sms.text,
+            "tag": sms.message_id,  # echoed in every callback of this message
         }
         if sms.sender:
             message["from"] = sms.sender
         if self.priority is not None:
             message["priority"] = self.priority
         return HttpRequest("POST", self.url, self._headers, json=message)
+
+    # -- webhooks ------------------------------------------------------------------------
+
+    webhook_methods = {"status": frozenset({"POST"}), "inbound": frozenset({"POST"})}
+
+    def verify_webhook(self, kind: str, request: WebhookRequest, now: float) -> None:
+        expected = self._callback_credentials
+        if expected is None:
+            return  # no callback credentials configured: accepted (see the module doc)
+        scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() != "basic" or not token.strip():
+            raise WebhookError(403, "missing Basic Authorization")
+        try:
+            user, sep, password = base64.b64decode(token.strip(), validate=True).partition(b":")
+        except (binascii.Error, ValueError):
+            raise WebhookError(403, "Authorization is not Basic credentials") from None
+        # Both compared, whatever the first gives: no early exit to time.
+        user_ok = hmac.compare_digest(user, expected[0])
+        password_ok = hmac.compare_digest(password, expected[1])
+        if not (sep and user_ok and password_ok):
+            raise WebhookError(403, "Basic credentials do not match callback_username/password")
+
+    def parse_receipts(self, request: WebhookRequest) -> list[Receipt]:
+        receipts = []
+        for kind, event, message in _events(request):
+            if kind in INBOUND_TYPES:
+                continue  # an inbound event at the status URL: not a receipt
+            raw_code = event.get("errorCode")
+            if isinstance(raw_code, str) and raw_code.isdigit():
+                raw_code = int(raw_code)
+            code = (
+                raw_code if isinstance(raw_code, int) and not isinstance(raw_code, bool) else None
+            )
+            tag = message.get("tag")
+            receipts.append(
+                Receipt(
+                    provider_message_id=message["id"],
+                    status=receipt_status(kind, code),
+                    error_code=str(code) if code is not None else None,
+                    at=_time(event.get("eventTime")) or _time(event.get("time")),
+                    retryable=receipt_retryable(code),
+                    message_id=tag if isinstance(tag, str) and tag else None,
+                )
+            )
+        return receipts
+
+    def parse_inbound(self, request: WebhookRequest) -> list[Inbound]:
+        messages = []
+        for kind, event, message in _events(request):
+            if kind != "message-received":
+                continue  # a status event at the inbound URL, or an RBM-only response
+            sender = message.get("from")
+            # The event's "to" is our number that received it (one event per owned
+            # recipient of a group message); message.to lists every recipient.
+            recipient = event.get("to")
+            if not isinstance(recipient, str) or not recipient:
+                owners = message.get("to")
+                recipient = owners[0] if isinstance(owners, list) and owners else None
+            if not isinstance(sender, str) or not sender or not isinstance(recipient, str):
+                raise WebhookError(400, "Bandwidth message-received without from and to")
+            text = message.get("text")
+            if text is not None and not isinstance(text, str):
+                raise WebhookError(400, "Bandwidth message-received whose text is not a string")
+            messages.append(
+                Inbound(
+                    sender=sender,
+                    recipient=recipient,
+                    text=text or "",  # an MMS may carry media and no text
+                    provider_message_id=message["id"],
+                    at=_time(event.get("time")),
+                )
+            )
+        return messages
 
     def parse_response(self, status: int, headers: CIMultiDictProxy[str], body: bytes) -> Reply:
         try:

@@ -22,18 +22,19 @@ classifies them (timeout -> TIMEOUT, connection errors -> TRANSIENT).
 from __future__ import annotations
 
 import abc
+import datetime
 import email.utils
 import json
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import aiohttp
 import attrs
 from multidict import CIMultiDictProxy
 
-from smsroute.message import Encoding, Outcome
+from smsroute.message import DeliveryStatus, Encoding, Outcome
 
 if TYPE_CHECKING:
     from smsroute.config import ProviderConfig
@@ -41,10 +42,14 @@ if TYPE_CHECKING:
 __all__ = [
     "HttpProvider",
     "HttpRequest",
+    "Inbound",
     "OutboundSMS",
     "Outcome",
     "Provider",
+    "Receipt",
     "Reply",
+    "WebhookError",
+    "WebhookRequest",
     "classify_status",
     "parse_retry_after",
 ]
@@ -88,6 +93,85 @@ class Reply:
     retry_after: float | None = None
 
 
+class WebhookError(Exception):
+    """A webhook request we refuse: ``status`` is 400 (malformed), 403 (bad or
+    missing signature) or 404 (this provider has no webhook of that kind).
+    The message is safe to log: no number, text or secret."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@attrs.frozen(slots=True)
+class WebhookRequest:
+    """A webhook call as a provider made it: ``url`` is the public URL it called
+    (the one it signed), ``body`` the raw bytes."""
+
+    method: str
+    url: str
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+    @property
+    def query(self) -> dict[str, str]:
+        """The URL's query parameters (the last value of a repeated one)."""
+        return dict(parse_qsl(urlsplit(self.url).query, keep_blank_values=True))
+
+    def form(self) -> dict[str, str]:
+        """The body as ``application/x-www-form-urlencoded`` parameters."""
+        try:
+            text = self.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise WebhookError(400, "body is not UTF-8 form data") from None
+        return dict(parse_qsl(text, keep_blank_values=True))
+
+    def params(self) -> dict[str, str]:
+        """Query parameters for GET, form parameters (over the query's) for POST."""
+        if self.method.upper() == "GET":
+            return self.query
+        return {**self.query, **self.form()}
+
+    def json(self) -> Any:
+        """The body parsed as JSON; :class:`WebhookError` 400 when it is not."""
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            raise WebhookError(400, "body is not valid JSON") from None
+
+
+@attrs.frozen(slots=True)
+class Receipt:
+    """One delivery receipt as an adapter reads it, before correlation.
+
+    ``message_id`` is ours when the provider echoes it (a client reference, or
+    the ``smsroute_id`` the router adds to callback URLs).  ``retryable`` says
+    whether another provider might deliver where this one failed.
+    ``event_id`` distinguishes two genuine events with the same status; None
+    when the provider gives no such id (duplicates are then judged by content).
+    """
+
+    provider_message_id: str
+    status: DeliveryStatus
+    error_code: str | None = None
+    at: datetime.datetime | None = None
+    retryable: bool | None = None
+    message_id: str | None = None
+    event_id: str | None = None
+
+
+@attrs.frozen(slots=True)
+class Inbound:
+    """One inbound message as an adapter reads it."""
+
+    sender: str
+    recipient: str
+    text: str
+    provider_message_id: str | None = None
+    at: datetime.datetime | None = None
+
+
 class Provider(abc.ABC):
     """One configured account at one SMS provider.
 
@@ -105,6 +189,9 @@ class Provider(abc.ABC):
     secret_options: ClassVar[frozenset[str]] = frozenset()
     #: Where the real API lives when the config gives no ``base_url``.
     default_base_url: ClassVar[str] = ""
+    #: True when the adapter sends our message id and receipts echo it back
+    #: (a client reference); otherwise the router puts it in the callback URL.
+    echoes_message_id: ClassVar[bool] = False
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
@@ -128,6 +215,37 @@ class Provider(abc.ABC):
     async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release anything the provider holds (the HTTP session is the router's)."""
 
+    # -- webhooks: receipts and inbound messages --------------------------------------
+    #: HTTP methods the provider uses to call each webhook kind.
+    webhook_methods: ClassVar[Mapping[str, frozenset[str]]] = {
+        "status": frozenset({"POST"}),
+        "inbound": frozenset({"POST"}),
+    }
+
+    def verify_webhook(self, kind: str, request: WebhookRequest, now: float) -> None:  # noqa: B027
+        """Check the request's signature; raise :class:`WebhookError` 403 if it is
+        forged, stale or unsigned while a secret is configured.
+
+        ``now`` is the current Unix time (for timestamp tolerances).  The default
+        accepts everything: adapters with a signature scheme override it.
+        """
+
+    def parse_receipts(self, request: WebhookRequest) -> list[Receipt]:
+        """The delivery receipts in a status webhook (raise WebhookError 400 if malformed)."""
+        raise WebhookError(404, f"provider type {self.type_name} does not take delivery receipts")
+
+    def parse_inbound(self, request: WebhookRequest) -> list[Inbound]:
+        """The messages in an inbound webhook (raise WebhookError 400 if malformed)."""
+        raise WebhookError(404, f"provider type {self.type_name} does not take inbound messages")
+
+    def webhook_response(self, kind: str) -> tuple[int, str, bytes]:
+        """What to answer an accepted webhook: (status, content type, body).
+
+        A plain 200 by default; providers that read the answer (Twilio reads
+        TwiML from inbound answers) override it.
+        """
+        return 200, "text/plain", b"ok"
+
 
 @attrs.frozen(slots=True)
 class HttpRequest:
@@ -135,9 +253,9 @@ class HttpRequest:
 
     method: str
     url: str
-    headers: Mapping[str, str]
-    data: Mapping[str, str] | None = None
-    json: Any = None
+    headers: Mapping[str, str] = attrs.field(repr=False)  # credentials live here
+    data: Mapping[str, str] | None = attrs.field(default=None, repr=False)
+    json: Any = attrs.field(default=None, repr=False)
 
 
 class HttpProvider(Provider):

@@ -24,10 +24,40 @@ request validated by the SDK's ``SmsRequest`` model):
   "description", "action", "violations": [{"property", "violation"}],
   "resources"}``; older endpoints answer ``{"requestError": {"serviceException":
   {"messageId", "text"}}}``, which is understood as well.
+
+Webhooks (the SDK's ``SmsDeliveryResult``/``SmsDeliveryReport`` and
+``SmsInboundMessageResult``/``SmsInboundMessage`` models; Infobip's "Receive
+outbound SMS message report" and "Receive inbound SMS messages" webhooks):
+
+- Delivery reports: POST JSON ``{"results": [{"bulkId", "messageId", "to",
+  "sender", "sentAt", "doneAt", "messageCount", "mccMnc", "callbackData",
+  "price", "status": {"groupId", "groupName", "id", "name", "description"},
+  "error": {"groupId", "groupName", "id", "name", "description", "permanent"},
+  "platform", "campaignReferenceId"}]}``, up to 100 results per request.
+  ``callbackData`` is our message id (``echoes_message_id``).
+- Inbound: POST JSON ``{"results": [{"messageId", "from", "to", "text",
+  "cleanText", "keyword", "receivedAt", "smsCount", "price", "callbackData"}],
+  "messageCount", "pendingMessageCount"}`` (format ``MO_JSON_2``).
+- Authenticity: **Infobip signs neither webhook.**  The per-message webhook URL
+  this adapter sends (``webhooks.delivery.url``) carries no credential at all.
+  Infobip's Subscriptions Management can attach security settings to a
+  notification profile: type ``BASIC`` (username and password, documented in
+  the Subscriptions API "Create security settings"), ``HMAC`` and ``OAUTH``
+  (whose wire format Infobip does not document where we could read it: not
+  supported).  With ``callback_username`` and ``callback_password``
+  configured, a request without that HTTP Basic ``Authorization`` gets 403; use
+  them only with reports and inbound messages delivered through such a
+  subscription.  Without them every request is accepted: protect the endpoint
+  otherwise (a secret path in ``status_callback``, an IP allow-list, or
+  Infobip's mutual TLS).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import datetime
+import hmac
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -35,13 +65,17 @@ from typing import Any
 from multidict import CIMultiDictProxy
 
 from smsroute.config import ProviderConfig
-from smsroute.message import Outcome
+from smsroute.message import DeliveryStatus, Outcome
 from smsroute.numbers import scrub
 from smsroute.providers.base import (
     HttpProvider,
     HttpRequest,
+    Inbound,
     OutboundSMS,
+    Receipt,
     Reply,
+    WebhookError,
+    WebhookRequest,
     classify_status,
     parse_retry_after,
 )
@@ -112,6 +146,25 @@ _GROUP_FALLBACK = {
 }
 
 
+# Delivery report status group -> ours.  Source: Infobip's "Response status and error
+# codes" (infobip.com/docs/essentials/api-essentials/response-status-and-error-codes):
+# PENDING "processed and sent to the next instance, i.e. a mobile operator";
+# UNDELIVERABLE "sent to the operator but failed to deliver" or rejected by it;
+# EXPIRED "sent and expired" past its validity; REJECTED "rejected by Infobip or the
+# operator before it could be sent".
+RECEIPT_GROUPS: Mapping[str, DeliveryStatus] = {
+    "ACCEPTED": "queued",
+    "PENDING": "sent",
+    "DELIVERED": "delivered",  # DELIVERED_TO_HANDSET, and DELIVERED_TO_OPERATOR where
+    # the operator reports no further
+    "UNDELIVERABLE": "undelivered",
+    "EXPIRED": "undelivered",
+    "REJECTED": "failed",
+}
+#: Status names more precise than their group: accepted but not yet handed over.
+RECEIPT_NAMES: Mapping[str, DeliveryStatus] = {"PENDING_ACCEPTED": "queued"}
+
+
 def _malformed(status: int, why: str) -> Reply:
     return Reply(Outcome.TRANSIENT, status_code=status, detail=f"malformed reply: {why}")
 
@@ -149,12 +202,14 @@ class InfobipProvider(HttpProvider):
           api_key: ${INFOBIP_API_KEY}
           from: InfoSMS
           validity_period: 3600                       # optional, seconds
+          callback_username: smsroute                 # optional: HTTP Basic credentials
+          callback_password: ${INFOBIP_CALLBACK_PASSWORD}  # of a subscription's profile
     """
 
     type_name = "infobip"
     required_options = frozenset({"api_key"})
-    optional_options = frozenset({"validity_period"})
-    secret_options = frozenset({"api_key"})
+    optional_options = frozenset({"validity_period", "callback_username", "callback_password"})
+    secret_options = frozenset({"api_key", "callback_password"})
     default_base_url = "https://api.infobip.com"
 
     def __init__(self, config: ProviderConfig) -> None:
@@ -166,6 +221,10 @@ class InfobipProvider(HttpProvider):
             "Authorization": f"App {opts['api_key']}",
             "Accept": "application/json",
         }
+        username, password = opts.get("callback_username"), opts.get("callback_password")
+        self.callback_credentials = (
+            (str(username), str(password)) if username and password else None
+        )
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -176,6 +235,15 @@ class InfobipProvider(HttpProvider):
         vp = options.get("validity_period")
         if vp is not None and (isinstance(vp, bool) or not isinstance(vp, int) or vp < 1):
             problems.append(("validity_period", "validity_period is whole seconds, at least 1"))
+        username, password = options.get("callback_username"), options.get("callback_password")
+        for name, value in (("callback_username", username), ("callback_password", password)):
+            if value is not None and (not isinstance(value, str) or not value):
+                problems.append((name, f"{name} is a non-empty string"))
+        if (username is None) != (password is None):
+            missing = "callback_password" if password is None else "callback_username"
+            problems.append((missing, "callback_username and callback_password are given together"))
+        if isinstance(username, str) and ":" in username:
+            problems.append(("callback_username", "an HTTP Basic username has no ':'"))
         return problems
 
     def build_request(self, sms: OutboundSMS) -> HttpRequest:
@@ -197,6 +265,59 @@ class InfobipProvider(HttpProvider):
                 "callbackData": sms.message_id,
             }
         return HttpRequest("POST", self.url, self._headers, json={"messages": [message]})
+
+    # -- webhooks ------------------------------------------------------------------------
+
+    webhook_methods = {"status": frozenset({"POST"}), "inbound": frozenset({"POST"})}
+    echoes_message_id = True  # callbackData comes back in every delivery report
+
+    def verify_webhook(self, kind: str, request: WebhookRequest, now: float) -> None:
+        credentials = self.callback_credentials
+        if credentials is None:
+            return  # Infobip signs nothing: without credentials, accept (see module)
+        scheme, _, encoded = request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() != "basic" or not encoded:
+            raise WebhookError(403, "missing HTTP Basic credentials")
+        try:
+            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise WebhookError(403, "unreadable HTTP Basic credentials") from None
+        username, _, password = decoded.partition(":")
+        good_user = hmac.compare_digest(username.encode(), credentials[0].encode())
+        good_password = hmac.compare_digest(password.encode(), credentials[1].encode())
+        if not (good_user and good_password):
+            raise WebhookError(403, "wrong HTTP Basic credentials")
+
+    @staticmethod
+    def _results(request: WebhookRequest) -> list[dict[str, Any]]:
+        doc = request.json()
+        results = doc.get("results") if isinstance(doc, dict) else None
+        if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+            raise WebhookError(400, "Infobip webhook without a results list")
+        return results
+
+    def parse_receipts(self, request: WebhookRequest) -> list[Receipt]:
+        return [_receipt(result) for result in self._results(request)]
+
+    def parse_inbound(self, request: WebhookRequest) -> list[Inbound]:
+        messages = []
+        for result in self._results(request):
+            sender, recipient, text = result.get("from"), result.get("to"), result.get("text")
+            if not isinstance(sender, str) or not sender or not isinstance(recipient, str):
+                raise WebhookError(400, "Infobip inbound message without from and to")
+            if not isinstance(text, str):
+                raise WebhookError(400, "Infobip inbound message without text")
+            message_id = result.get("messageId")
+            messages.append(
+                Inbound(
+                    sender=_msisdn(sender),
+                    recipient=_msisdn(recipient),
+                    text=text,
+                    provider_message_id=message_id if isinstance(message_id, str) else None,
+                    at=_time(result.get("receivedAt")),
+                )
+            )
+        return messages
 
     def parse_response(self, status: int, headers: CIMultiDictProxy[str], body: bytes) -> Reply:
         try:
@@ -308,3 +429,69 @@ class InfobipProvider(HttpProvider):
             detail=detail,
             retry_after=retry_after,
         )
+
+
+def _time(value: Any) -> datetime.datetime | None:
+    """``2019-11-09T16:00:00.000+0000`` (yyyy-MM-dd'T'HH:mm:ss.SSSZ) as a time, or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
+
+
+def _msisdn(value: str) -> str:
+    """Infobip writes numbers in international format without ``+``: they get it back."""
+    return "+" + value if value.isdigit() and len(value) > 6 else value
+
+
+def _receipt(result: Mapping[str, Any]) -> Receipt:
+    """One ``results[]`` entry of a delivery report."""
+    message_id = result.get("messageId")
+    state = result.get("status")
+    if not isinstance(message_id, str) or not message_id or not isinstance(state, dict):
+        raise WebhookError(400, "Infobip delivery report without messageId and status")
+    group = state.get("groupName")
+    if not isinstance(group, str):
+        group_id = state.get("groupId")
+        group = _GROUP_NAMES.get(group_id) if isinstance(group_id, int) else None
+    raw_name = state.get("name")
+    name = raw_name if isinstance(raw_name, str) else None
+    status: DeliveryStatus = "unknown"
+    if name is not None and name in RECEIPT_NAMES:
+        status = RECEIPT_NAMES[name]
+    elif group is not None:
+        status = RECEIPT_GROUPS.get(group.upper(), "unknown")
+    error = result.get("error")
+    error = error if isinstance(error, dict) else {}
+    error_group = error.get("groupName")
+    has_error = isinstance(error_group, str) and error_group.upper() != "OK"
+    error_code: str | None = None
+    retryable: bool | None = None
+    if status in ("undelivered", "failed", "unknown"):
+        if has_error:
+            error_name, error_id = error.get("name"), error.get("id")
+            if isinstance(error_name, str) and error_name:
+                error_code = error_name
+            elif isinstance(error_id, int):
+                error_code = str(error_id)
+            permanent = error.get("permanent")
+            if isinstance(permanent, bool):
+                # Infobip's own flag: can a retry ever succeed?  A permanent operator
+                # error is this provider's route, which another provider may not share.
+                retryable = not permanent or str(error_group).upper() == "OPERATOR_ERRORS"
+        if error_code is None and name is not None and status != "unknown":
+            error_code = name
+        if retryable is None and name is not None and name in STATUS_OUTCOMES:
+            retryable = STATUS_OUTCOMES[name] is not Outcome.REJECTED
+    reference = result.get("callbackData")
+    return Receipt(
+        provider_message_id=message_id,
+        status=status,
+        error_code=error_code,
+        at=_time(result.get("doneAt")),
+        retryable=retryable,
+        message_id=reference if isinstance(reference, str) and reference else None,
+    )

@@ -20,31 +20,81 @@ documentation (docs.plivo.com/docs/messaging/api/message/send-a-message and
 The SDK (plivo 4.63.0) has no base-URL option and resets ``client.base_uri``
 before every messaging call; the tests point its module constant
 ``plivo.rest.client.PLIVO_API_BASE_URI`` at the fake instead.
+
+Webhooks (delivery receipts at ``/{name}/status``, inbound at ``/{name}/inbound``):
+
+- Message status callbacks go to the ``url`` sent with the message, as a form
+  POST (``method: POST``; GET puts the same fields in the query): ``MessageUUID``,
+  ``Status``, ``ErrorCode``, ``To``, ``From``, times...  (docs.plivo.com
+  messaging/api/message/message-status-callbacks).  Plivo has no client
+  reference, so the router correlates through ``?smsroute_id=`` in that URL.
+- Inbound messages go to the Plivo application's ``message_url``: ``From``,
+  ``To``, ``Text``, ``MessageUUID``, ``Type``... (docs.plivo.com
+  messaging/api/message/handling-incoming); the answer is an empty Plivo XML
+  ``<Response/>``: no automatic reply.
+- Signatures, checked with ``auth_token`` (always configured, so always checked):
+
+  * ``X-Plivo-Signature-V3`` (+ ``-Ma-V3``, ``-V3-Nonce``), which signs the URL,
+    its query and every body parameter: base64 HMAC-SHA256(auth token,
+    canonical + "." + nonce), the canonical form exactly as plivo-python
+    ``plivo/utils/signature_v3.py`` (``validate_v3_signature``) builds it.  The
+    header may hold several signatures separated by commas.  When V3 headers
+    are present they decide.
+  * Otherwise ``X-Plivo-Signature-V2`` (or ``-Ma-V2``) with
+    ``X-Plivo-Signature-V2-Nonce``: base64 HMAC-SHA256(auth token, URL without
+    query + nonce), as plivo-python ``plivo/utils/__init__.py``
+    ``validate_signature`` and the messaging "Signature validation" page say.
+    V2 does not cover the body or the query: a captured request's headers
+    verify any body.  So a V2 nonce is remembered with the URL and body it came
+    with (the last :data:`NONCE_MEMORY` nonces, per process): the same nonce
+    with anything else is a forgery (403); the same request again is a retry.
+  * The ``-Ma-`` headers are signed with the main account's token; either
+    header verifies with the configured token.  Neither scheme has a timestamp:
+    there is no staleness to check.  No signature at all: 403.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
+import hashlib
+import hmac
 import json
 import re
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from multidict import CIMultiDictProxy
 
 from smsroute.config import ProviderConfig
-from smsroute.message import Outcome
+from smsroute.message import DeliveryStatus, Outcome
 from smsroute.numbers import scrub
 from smsroute.providers.base import (
     HttpProvider,
     HttpRequest,
+    Inbound,
     OutboundSMS,
+    Receipt,
     Reply,
+    WebhookError,
+    WebhookRequest,
     classify_status,
     parse_retry_after,
 )
 
-__all__ = ["STATUS_OUTCOMES", "TEXT_OUTCOMES", "PlivoProvider"]
+__all__ = [
+    "NONCE_MEMORY",
+    "PERMANENT_RECEIPT_ERRORS",
+    "RECEIPT_STATUSES",
+    "RETRYABLE_RECEIPT_ERRORS",
+    "STATUS_OUTCOMES",
+    "TEXT_OUTCOMES",
+    "PlivoProvider",
+    "signature_v2",
+    "signature_v3",
+]
 
 # HTTP status -> outcome.  Sources: Plivo's "API response" page (status table:
 # 400 "a parameter is missing or is invalid", 401 "authentication failed",
@@ -81,6 +131,136 @@ def _basic_auth(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
 
 
+# -- webhooks: tables and signatures -----------------------------------------------------
+
+# Callback ``Status`` -> ours.  Source: docs.plivo.com message-status-callbacks and the
+# SDK's message_state values (shared/reference/providers-wire.md section 3): "failed"
+# is Plivo's own failure to hand the message over, "undelivered" the carrier's report;
+# "rejected" is in older docs; "read" is WhatsApp's.
+RECEIPT_STATUSES: Mapping[str, DeliveryStatus] = {
+    "queued": "queued",
+    "sent": "sent",
+    "delivered": "delivered",
+    "read": "delivered",
+    "undelivered": "undelivered",
+    "failed": "failed",
+    "rejected": "failed",
+}
+
+# ``ErrorCode`` that another provider might get past.  Source: Plivo's "SMS error
+# codes" page (plivo.com/docs/messaging/troubleshooting/error-codes: 10-50 confirmed
+# there, 420 in Plivo's FAQ; the rest as collected, unconfirmed, in
+# shared/reference/providers-wire.md section 3): network error (20), carrier spam
+# filter (30), our source number refused (40), destination temporarily unavailable
+# (80), no route (90), failed to dispatch (300), expired in Plivo's queue (420),
+# out of credit (900).
+RETRYABLE_RECEIPT_ERRORS = frozenset({"20", "30", "40", "80", "90", "300", "420", "900"})
+# ... and the number's: invalid destination (50), permanently unavailable (70),
+# prohibited by the carrier (100), message too long (110), recipient sent STOP (200).
+# 10 (invalid message), 60 (loop) and 1000 (unknown) say neither.
+PERMANENT_RECEIPT_ERRORS = frozenset({"50", "70", "100", "110", "200"})
+
+#: How many V2 nonces (with the URL and body they signed) each provider remembers.
+NONCE_MEMORY = 10_000
+
+_EMPTY_XML = b'<?xml version="1.0" encoding="utf-8"?><Response></Response>'
+
+
+def _hmac_b64(token: str, data: str) -> str:
+    digest = hmac.new(token.encode(), data.encode(), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def _base_url(url: str) -> str:
+    """scheme://netloc/path: no query, no fragment (as the SDK's urlunparse does)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def signature_v2(token: str, url: str, nonce: str) -> str:
+    """``X-Plivo-Signature-V2``: base64 HMAC-SHA256(token, URL without query + nonce)."""
+    return _hmac_b64(token, _base_url(url) + nonce)
+
+
+def _grouped(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for key, value in pairs:
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def _sorted_query(params: Mapping[str, list[str]]) -> str:
+    return "&".join(f"{key}={value}" for key in sorted(params) for value in sorted(params[key]))
+
+
+def signature_v3(
+    token: str, method: str, url: str, nonce: str, body_params: Iterable[tuple[str, str]] = ()
+) -> str:
+    """``X-Plivo-Signature-V3``: base64 HMAC-SHA256(token, canonical + "." + nonce).
+
+    The canonical form is plivo-python's ``construct_get_url`` /
+    ``construct_post_url``: GET is ``base?k=v&k=v`` over the sorted query (and
+    any ``body_params``); POST is ``base?`` + the sorted query, a ``.`` when
+    there are both query and body parameters, then every body parameter as
+    ``keyvalue``, sorted by key (and value), with no separators.
+    """
+    query = _grouped(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+    body = _grouped(body_params)
+    base = _base_url(url)
+    if method.upper() == "GET":
+        qs = _sorted_query({**body, **query})  # the SDK puts the URL's query over the params
+        canonical = f"{base}?{qs}" if qs else base
+    else:
+        qs = _sorted_query(query)
+        canonical = base
+        if qs or body:
+            canonical += "?" + qs
+        if qs and body:
+            canonical += "."
+        canonical += "".join(f"{key}{value}" for key in sorted(body) for value in sorted(body[key]))
+    return _hmac_b64(token, f"{canonical}.{nonce}")
+
+
+def _url_variants(url: str) -> list[str]:
+    # Whether a default port is written in the URL Plivo signs depends on how it was
+    # configured; try it with and without.
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    default = 443 if parts.scheme == "https" else 80
+    bare = urlunsplit(
+        parts._replace(netloc=host if parts.port in (None, default) else parts.netloc)
+    )
+    ported = urlunsplit(parts._replace(netloc=f"{host}:{parts.port or default}"))
+    return list(dict.fromkeys([url, bare, ported]))
+
+
+def _plus(number: str) -> str:
+    """Plivo writes numbers without '+': put it back on full international numbers."""
+    number = number.strip()
+    if number.isdigit() and len(number) >= 8:
+        return "+" + number
+    return number
+
+
+def _time(value: str | None) -> datetime.datetime | None:
+    # "YYYY-mm-dd HH:MM:SS.ffffff", sometimes with an offset; without one, UTC is assumed.
+    if not value:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
+
+
+_TIME_FIELDS = {
+    "queued": "QueuedTime",
+    "sent": "SentTime",
+    "delivered": "DeliveryReportTime",
+    "undelivered": "DeliveryReportTime",
+}
+
+
 class PlivoProvider(HttpProvider):
     """Plivo's Message API.
 
@@ -91,6 +271,9 @@ class PlivoProvider(HttpProvider):
           auth_id: ${PLIVO_AUTH_ID}           # MA... (main account) or SA... (subaccount)
           auth_token: ${PLIVO_AUTH_TOKEN}
           from: "+14155550100"                # or powerpack_uuid: ...
+
+    ``auth_token`` also verifies webhooks (X-Plivo-Signature-V3 or -V2): a
+    forged or unsigned one gets 403.
     """
 
     type_name = "plivo"
@@ -103,6 +286,9 @@ class PlivoProvider(HttpProvider):
         super().__init__(config)
         opts = config.options
         self.auth_id = str(opts["auth_id"])
+        self._auth_token = str(opts["auth_token"])
+        #: V2 nonce -> digest of the URL and body it arrived with (most recent last).
+        self._nonces: OrderedDict[str, bytes] = OrderedDict()
         powerpack = opts.get("powerpack_uuid")
         self.powerpack_uuid = str(powerpack) if powerpack not in (None, "") else None
         self.url = f"{self.base_url}/v1/Account/{self.auth_id}/Message/"
@@ -193,3 +379,118 @@ class PlivoProvider(HttpProvider):
             status_code=status,
             detail="malformed reply: success without a message_uuid",
         )
+
+    # -- webhooks ------------------------------------------------------------------------
+
+    webhook_methods = {
+        "status": frozenset({"GET", "POST"}),
+        "inbound": frozenset({"GET", "POST"}),
+    }
+
+    def verify_webhook(self, kind: str, request: WebhookRequest, now: float) -> None:
+        headers = request.headers
+        v3 = headers.get("X-Plivo-Signature-V3") or headers.get("X-Plivo-Signature-Ma-V3")
+        if v3 is not None or "X-Plivo-Signature-V3-Nonce" in headers:
+            self._verify_v3(request)
+            return
+        v2 = [
+            value.strip()
+            for value in (
+                headers.get("X-Plivo-Signature-V2"),
+                headers.get("X-Plivo-Signature-Ma-V2"),
+            )
+            if value
+        ]
+        nonce = headers.get("X-Plivo-Signature-V2-Nonce")
+        if not v2 or not nonce:
+            raise WebhookError(
+                403, "unsigned: no X-Plivo-Signature-V3 or X-Plivo-Signature-V2 with its nonce"
+            )
+        for url in _url_variants(request.url):
+            expected = signature_v2(self._auth_token, url, nonce).encode()
+            if any(hmac.compare_digest(expected, given.encode()) for given in v2):
+                self._remember(nonce, request)
+                return
+        raise WebhookError(403, "X-Plivo-Signature-V2 does not match")
+
+    def _verify_v3(self, request: WebhookRequest) -> None:
+        headers = request.headers
+        nonce = headers.get("X-Plivo-Signature-V3-Nonce")
+        given = [
+            part.strip()
+            for header in ("X-Plivo-Signature-V3", "X-Plivo-Signature-Ma-V3")
+            for part in headers.get(header, "").split(",")
+            if part.strip()
+        ]
+        if not nonce or not given:
+            raise WebhookError(403, "X-Plivo-Signature-V3 without its nonce")
+        body: list[tuple[str, str]] = []
+        if request.method != "GET" and request.body:
+            try:
+                body = parse_qsl(request.body.decode("utf-8"), keep_blank_values=True)
+            except UnicodeDecodeError:
+                raise WebhookError(400, "body is not UTF-8 form data") from None
+        for url in _url_variants(request.url):
+            expected = signature_v3(self._auth_token, request.method, url, nonce, body).encode()
+            if any(hmac.compare_digest(expected, sig.encode()) for sig in given):
+                return
+        raise WebhookError(403, "X-Plivo-Signature-V3 does not match")
+
+    def _remember(self, nonce: str, request: WebhookRequest) -> None:
+        """Bind a V2 nonce to what it came with: V2 itself signs neither body nor query."""
+        seen = hashlib.sha256(
+            request.method.encode() + b"\0" + request.url.encode() + b"\0" + request.body
+        ).digest()
+        known = self._nonces.get(nonce)
+        if known is not None and not hmac.compare_digest(known, seen):
+            raise WebhookError(403, "X-Plivo-Signature-V2 nonce replayed with another request")
+        self._nonces[nonce] = seen
+        self._nonces.move_to_end(nonce)
+        while len(self._nonces) > NONCE_MEMORY:
+            self._nonces.popitem(last=False)
+
+    def parse_receipts(self, request: WebhookRequest) -> list[Receipt]:
+        p = request.params()
+        uuid, raw = p.get("MessageUUID"), p.get("Status")
+        if not uuid or not raw:
+            raise WebhookError(400, "status callback without MessageUUID and Status")
+        status = RECEIPT_STATUSES.get(raw.lower(), "unknown")
+        code = p.get("ErrorCode") or None
+        if status == "delivered":
+            code = None  # an ErrorCode on a delivered message says nothing
+        retryable: bool | None = None
+        if code in RETRYABLE_RECEIPT_ERRORS:
+            retryable = True
+        elif code in PERMANENT_RECEIPT_ERRORS:
+            retryable = False
+        field = _TIME_FIELDS.get(raw.lower())
+        return [
+            Receipt(
+                provider_message_id=uuid,
+                status=status,
+                error_code=code,
+                at=_time(p.get(field)) if field else None,
+                retryable=retryable,
+            )
+        ]
+
+    def parse_inbound(self, request: WebhookRequest) -> list[Inbound]:
+        p = request.params()
+        sender, recipient = p.get("From"), p.get("To")
+        if not sender or not recipient:
+            raise WebhookError(400, "inbound message without From and To")
+        if "Text" not in p and "Body" not in p:
+            raise WebhookError(400, "inbound message without Text")
+        return [
+            Inbound(
+                sender=_plus(sender),
+                recipient=_plus(recipient),
+                text=p.get("Text", p.get("Body", "")),
+                provider_message_id=p.get("MessageUUID") or None,
+            )
+        ]
+
+    def webhook_response(self, kind: str) -> tuple[int, str, bytes]:
+        if kind == "inbound":  # Plivo reads Message XML from the answer: empty, no reply
+            return 200, "application/xml", _EMPTY_XML
+        return 200, "text/plain", b""

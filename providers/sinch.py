@@ -18,24 +18,63 @@ the SDK's models (``sinch/domains/sms/models/v1/shared/text_request.py``):
 
 Only the service-plan + API-token credentials are supported, not the project +
 OAuth2 variant (``zt.{region}.sms.api.sinch.com/xms/v1/{project_id}``).
+
+Webhooks (developers.sinch.com "Delivery reports" and "Webhooks"; the SDK's
+``sinch/domains/sms/models/v1`` models and ``sinch_events``):
+
+- Delivery reports: POST JSON to the batch's ``callback_url``.  With
+  ``per_recipient`` (what this adapter asks for) one
+  ``{"type": "recipient_delivery_report_sms", "batch_id", "recipient", "code",
+  "status", "at", "operator_status_at", "client_reference"}`` per change; with
+  ``summary``/``full`` a ``{"type": "delivery_report_sms", "batch_id",
+  "statuses": [{"code", "status", "count", "recipients"}], "client_reference"}``.
+  ``client_reference`` is our message id (``echoes_message_id``).
+- Inbound: POST JSON ``{"type": "mo_text", "id", "from", "to", "body",
+  "received_at", ...}`` to the service plan's callback URL.  ``mo_binary`` and
+  ``mo_media`` are answered 200 and not surfaced (no text to read).
+- Signature: only when Sinch has enabled signed callbacks on the account (through
+  the account manager; until then the headers "may be absent").  Headers
+  ``x-sinch-webhook-signature`` = base64 HMAC-SHA256(secret, raw body + "." +
+  nonce + "." + timestamp), ``x-sinch-webhook-signature-nonce``,
+  ``x-sinch-webhook-signature-timestamp`` and
+  ``x-sinch-webhook-signature-algorithm`` (``HmacSHA256``, the only value).
+  Scheme as in the SDK's ``validate_sinch_event_signature_with_nonce``
+  (sinch/domains/authentication/sinch_events/v1/authentication_validation.py)
+  and Sinch .NET SDK ``HmacAuthenticationValidation``.  With
+  ``webhook_secret`` configured, a request without these headers, with a wrong
+  signature, or whose timestamp is more than :data:`SIGNATURE_TOLERANCE`
+  seconds from now gets 403.  Sinch asks receivers to check that the timestamp
+  is "within an acceptable time window" without naming one: 5 minutes is ours.
+  Nonces are not remembered: a replay inside the window is absorbed by the
+  receipt dedupe.  Without ``webhook_secret`` every callback is accepted (the
+  account's default), so set it as soon as Sinch signs your callbacks.
 """
 
 from __future__ import annotations
 
+import base64
+import datetime
+import hashlib
+import hmac
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from multidict import CIMultiDictProxy
 
 from smsroute.config import ProviderConfig
-from smsroute.message import Outcome
+from smsroute.message import DeliveryStatus, Outcome
 from smsroute.numbers import scrub
 from smsroute.providers.base import (
     HttpProvider,
     HttpRequest,
+    Inbound,
     OutboundSMS,
+    Receipt,
     Reply,
+    WebhookError,
+    WebhookRequest,
     classify_status,
     parse_retry_after,
 )
@@ -72,6 +111,94 @@ STATUS_OUTCOMES: Mapping[int, Outcome] = {
 }
 
 
+# Delivery report status -> ours.  Source: developers.sinch.com "Delivery reports",
+# section "Delivery report statuses" (the status's own description decides whether
+# the message reached an SMSC: "failed" is never handed over, "undelivered" was).
+RECEIPT_STATUSES: Mapping[str, DeliveryStatus] = {
+    "queued": "queued",  # intermediate: queued within the REST API
+    "dispatched": "sent",  # intermediate: accepted for delivery by the SMSC
+    "delivered": "delivered",
+    "failed": "undelivered",  # "failed to be delivered"
+    "deleted": "undelivered",  # deleted by a remote SMSC: invalid MSISDN or opted out
+    "aborted": "failed",  # "aborted before reaching the SMSC"
+    "rejected": "failed",  # rejected by the SMSC
+    "cancelled": "failed",  # cancelled by the user before reaching the SMSC
+    "expired": "failed",  # "expired before delivery to the SMSC"
+    "unknown": "unknown",  # reached the SMSC, no readable delivery receipt
+}
+
+# Delivery report codes (``code``) another provider might get past, and those that
+# are the number's or the message's.  Source: developers.sinch.com "Delivery report
+# error codes" (the REST API's own 4xx codes); SMPP codes are not classified.
+RETRYABLE_RECEIPT_ERRORS = frozenset(
+    {
+        "403",  # internal error: Sinch's trouble
+        "404",  # temporary delivery failure, "message can be retried"
+        "406",  # internal expiry before reaching the SMSC
+        "410",  # no default originator for this recipient: this account's setup
+        "412",  # unprovisioned region: this account cannot reach it
+    }
+)
+PERMANENT_RECEIPT_ERRORS = frozenset(
+    {
+        "402",  # message unroutable, "retrying is likely to cause the same error"
+        "407",  # cancelled by the user
+        "408",  # internal reject, "retrying is likely to cause the same error"
+        "411",  # more parts than allowed
+    }
+)
+#: Codes that are a status, not an error (400 Queued, 401 Dispatched; 0 with Delivered).
+_STATUS_CODES = frozenset({"0", "400", "401"})
+#: Tolerated distance, in seconds, between the signature timestamp and our clock.
+SIGNATURE_TOLERANCE = 300.0
+#: Report types for MMS: valid Sinch callbacks that carry nothing for us.
+_IGNORED_TYPES = frozenset(
+    {"delivery_report_mms", "recipient_delivery_report_mms", "mo_binary", "mo_media"}
+)
+
+
+def sinch_signature(secret: str, body: bytes, nonce: str, timestamp: str) -> str:
+    """Sinch's callback signature: base64 HMAC-SHA256 of ``body.nonce.timestamp``."""
+    signed = body + b"." + nonce.encode() + b"." + timestamp.encode()
+    return base64.b64encode(hmac.new(secret.encode(), signed, hashlib.sha256).digest()).decode()
+
+
+def _unix_time(value: str) -> float | None:
+    """The signature timestamp as Unix seconds: epoch seconds (or milliseconds), or ISO 8601."""
+    value = value.strip()
+    try:
+        number = float(value)
+    except ValueError:
+        when = _iso(value)
+        return when.timestamp() if when is not None else None
+    if not math.isfinite(number):
+        return None
+    return number / 1000 if number > 1e11 else number
+
+
+def _iso(value: Any) -> datetime.datetime | None:
+    """An ISO 8601 time as Sinch writes them (``2019-08-24T14:15:22.123Z``), or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
+
+
+def _msisdn(value: str) -> str:
+    """Sinch writes MSISDNs with or without the ``+``: numbers get it back."""
+    return "+" + value if value.isdigit() and len(value) > 6 else value
+
+
+def _text(doc: Mapping[str, Any], key: str) -> str:
+    value = doc.get(key)
+    if not isinstance(value, str) or not value:
+        raise WebhookError(400, f"Sinch callback without {key}")
+    return value
+
+
 class SinchProvider(HttpProvider):
     """Sinch's SMS REST API with a service plan and its API token.
 
@@ -84,6 +211,7 @@ class SinchProvider(HttpProvider):
           region: eu                     # us (default), eu, au, br, ca; ignored with base_url
           from: "+447700900123"          # may be left out with an automatic default originator
           delivery_report: per_recipient # optional, see below
+          webhook_secret: ${SINCH_CALLBACK_SECRET}  # optional: verify signed callbacks
 
     With a status callback the batch asks for ``delivery_report`` (default
     ``per_recipient``) to that URL.  Without one, ``delivery_report`` is sent
@@ -92,8 +220,8 @@ class SinchProvider(HttpProvider):
 
     type_name = "sinch"
     required_options = frozenset({"service_plan_id", "api_token"})
-    optional_options = frozenset({"region", "delivery_report"})
-    secret_options = frozenset({"api_token"})
+    optional_options = frozenset({"region", "delivery_report", "webhook_secret"})
+    secret_options = frozenset({"api_token", "webhook_secret"})
     default_base_url = "https://us.sms.api.sinch.com"
 
     def __init__(self, config: ProviderConfig) -> None:
@@ -109,6 +237,8 @@ class SinchProvider(HttpProvider):
             "Authorization": f"Bearer {opts['api_token']}",
             "Accept": "application/json",
         }
+        secret = opts.get("webhook_secret")
+        self.webhook_secret = str(secret) if secret else None
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -120,6 +250,11 @@ class SinchProvider(HttpProvider):
         if report is not None and report not in DELIVERY_REPORTS:
             problems.append(
                 ("delivery_report", f"delivery_report is one of {', '.join(DELIVERY_REPORTS)}")
+            )
+        secret = options.get("webhook_secret")
+        if secret is not None and (not isinstance(secret, str) or not secret.strip()):
+            problems.append(
+                ("webhook_secret", "webhook_secret is the callback secret Sinch signs with")
             )
         return problems
 
@@ -135,6 +270,86 @@ class SinchProvider(HttpProvider):
         elif self.delivery_report is not None:
             batch["delivery_report"] = self.delivery_report
         return HttpRequest("POST", self.url, self._headers, json=batch)
+
+    # -- webhooks ------------------------------------------------------------------------
+
+    webhook_methods = {"status": frozenset({"POST"}), "inbound": frozenset({"POST"})}
+    echoes_message_id = True  # client_reference comes back in every delivery report
+
+    def verify_webhook(self, kind: str, request: WebhookRequest, now: float) -> None:
+        secret = self.webhook_secret
+        if secret is None:
+            return  # Sinch signs only when asked to: without a secret, accept (see module)
+        headers = request.headers
+        signature = headers.get("x-sinch-webhook-signature")
+        nonce = headers.get("x-sinch-webhook-signature-nonce")
+        timestamp = headers.get("x-sinch-webhook-signature-timestamp")
+        if not signature or not nonce or not timestamp:
+            raise WebhookError(403, "missing x-sinch-webhook-signature headers")
+        algorithm = headers.get("x-sinch-webhook-signature-algorithm", "HmacSHA256").strip()
+        if algorithm != "HmacSHA256":
+            raise WebhookError(403, "unsupported x-sinch-webhook-signature-algorithm")
+        expected = sinch_signature(secret, request.body, nonce, timestamp)
+        if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
+            raise WebhookError(403, "x-sinch-webhook-signature does not match")
+        signed_at = _unix_time(timestamp)
+        if signed_at is None:
+            raise WebhookError(403, "unreadable x-sinch-webhook-signature-timestamp")
+        if abs(now - signed_at) > SIGNATURE_TOLERANCE:
+            raise WebhookError(403, "stale x-sinch-webhook-signature-timestamp")
+
+    @staticmethod
+    def _document(request: WebhookRequest) -> tuple[str, dict[str, Any]]:
+        doc = request.json()
+        if not isinstance(doc, dict):
+            raise WebhookError(400, "Sinch callback body is not a JSON object")
+        kind = doc.get("type")
+        if not isinstance(kind, str) or not kind:
+            raise WebhookError(400, "Sinch callback without a type")
+        return kind, doc
+
+    def parse_receipts(self, request: WebhookRequest) -> list[Receipt]:
+        kind, doc = self._document(request)
+        if kind in _IGNORED_TYPES:
+            return []
+        batch_id = _text(doc, "batch_id")
+        reference = doc.get("client_reference")
+        message_id = reference if isinstance(reference, str) and reference else None
+        if kind == "recipient_delivery_report_sms":
+            at = _iso(doc.get("operator_status_at")) or _iso(doc.get("at"))
+            return [_receipt(batch_id, doc, message_id, at)]
+        if kind == "delivery_report_sms":
+            statuses = doc.get("statuses")
+            if not isinstance(statuses, list):
+                raise WebhookError(400, "Sinch delivery report without statuses")
+            receipts = []
+            for entry in statuses:
+                if not isinstance(entry, dict):
+                    raise WebhookError(400, "Sinch delivery report status is not an object")
+                if entry.get("count", 1) != 0:
+                    receipts.append(_receipt(batch_id, entry, message_id, None))
+            return receipts
+        raise WebhookError(400, f"not a Sinch SMS delivery report (type {kind[:40]!r})")
+
+    def parse_inbound(self, request: WebhookRequest) -> list[Inbound]:
+        kind, doc = self._document(request)
+        if kind in _IGNORED_TYPES:
+            return []
+        if kind != "mo_text":
+            raise WebhookError(400, f"not a Sinch inbound message (type {kind[:40]!r})")
+        body = doc.get("body")
+        if not isinstance(body, str):
+            raise WebhookError(400, "Sinch callback without body")
+        message_id = doc.get("id")
+        return [
+            Inbound(
+                sender=_msisdn(_text(doc, "from")),
+                recipient=_msisdn(_text(doc, "to")),
+                text=body,
+                provider_message_id=message_id if isinstance(message_id, str) else None,
+                at=_iso(doc.get("received_at")),
+            )
+        ]
 
     def parse_response(self, status: int, headers: CIMultiDictProxy[str], body: bytes) -> Reply:
         try:
@@ -176,3 +391,30 @@ class SinchProvider(HttpProvider):
             detail=detail,
             retry_after=retry_after,
         )
+
+
+def _receipt(
+    batch_id: str, entry: Mapping[str, Any], message_id: str | None, at: datetime.datetime | None
+) -> Receipt:
+    """One receipt from a report (or one ``statuses`` entry): status, code, retryable."""
+    raw = entry.get("status")
+    if not isinstance(raw, str) or not raw:
+        raise WebhookError(400, "Sinch delivery report without status")
+    status = RECEIPT_STATUSES.get(raw.lower(), "unknown")
+    code = entry.get("code")
+    error_code = str(code) if isinstance(code, int) and not isinstance(code, bool) else None
+    if error_code in _STATUS_CODES or status in ("queued", "sent", "delivered"):
+        error_code = None
+    retryable: bool | None = None
+    if error_code in RETRYABLE_RECEIPT_ERRORS:
+        retryable = True
+    elif error_code in PERMANENT_RECEIPT_ERRORS:
+        retryable = False
+    return Receipt(
+        provider_message_id=batch_id,
+        status=status,
+        error_code=error_code,
+        at=at,
+        retryable=retryable,
+        message_id=message_id,
+    )

@@ -14,24 +14,58 @@ shared/specs, so no openapi-core check):
   UUID) and ``data.to[0].status`` ``"queued"``.
 - Failure: HTTP 4xx/5xx, ``{"errors": [{"code": "<digits, as a string>", "title",
   "detail", "source": {"pointer": "/to"}, "meta"}]}``.
+
+Webhooks (API v2; the shapes are the SDK's ``DeliveryUpdateWebhookEvent`` and
+``InboundMessageWebhookEvent`` models, which tests/test_telnyx_webhooks.py
+checks the fake against):
+
+- Delivery updates go to the message's ``webhook_url`` (our status URL, with
+  ``?smsroute_id=`` since Telnyx echoes no client reference): POST JSON
+  ``{"data": {"record_type": "event", "id": <event uuid>, "event_type":
+  "message.sent" | "message.finalized", "occurred_at", "payload":
+  OutboundMessagePayload}, "meta": {"attempt", "delivered_to"}}``; the status is
+  ``payload.to[0].status`` and the reason ``payload.errors[0].code``.
+- Inbound messages go to the messaging profile's webhook URL (point it at our
+  inbound URL): the same envelope with ``event_type`` ``message.received``.
+- Signature (the official SDK's ``telnyx.lib.webhook_verification``): header
+  ``telnyx-signature-ed25519`` is the base64 Ed25519 signature of
+  ``"{telnyx-timestamp}|{raw body}"`` under the account's public key (base64,
+  32 bytes, from the Mission Control portal: option ``public_key``), and
+  ``telnyx-timestamp`` (Unix seconds) must be within 300 s of now.  With
+  ``public_key`` configured a forged, stale or unsigned request is refused
+  (403); without it, webhooks are accepted unverified.
+- Telnyx wants an HTTP 200 (otherwise it retries at the failover URL); the
+  default answer is one.  A well-formed event of the other kind (a delivery
+  update at the inbound URL, which happens when the profile's webhook URL is
+  also the failover, or an event type we do not handle) is answered 200 and
+  ignored, so Telnyx does not retry it.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import datetime
 import json
 from collections.abc import Mapping
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from multidict import CIMultiDictProxy
 
 from smsroute.config import ProviderConfig
-from smsroute.message import Outcome
+from smsroute.message import DeliveryStatus, Outcome
 from smsroute.numbers import scrub
 from smsroute.providers.base import (
     HttpProvider,
     HttpRequest,
+    Inbound,
     OutboundSMS,
+    Receipt,
     Reply,
+    WebhookError,
+    WebhookRequest,
     classify_status,
     parse_retry_after,
 )
@@ -91,6 +125,109 @@ _SENDER_SENSITIVE = frozenset({"10001", "10002", "10004", "10016"})
 #: ``data.to[].status`` values that mean the message already failed.
 _FAILED_STATUSES = frozenset({"sending_failed", "delivery_failed"})
 
+# -- webhooks ------------------------------------------------------------------------------
+
+#: Signature headers and tolerance, as the official SDK verifies them
+#: (team-telnyx/telnyx-python ``src/telnyx/lib/webhook_verification.py``:
+#: SIGNATURE_HEADER, TIMESTAMP_HEADER, TIMESTAMP_TOLERANCE_SECONDS).
+SIGNATURE_HEADER = "telnyx-signature-ed25519"
+TIMESTAMP_HEADER = "telnyx-timestamp"
+TIMESTAMP_TOLERANCE = 300
+
+#: Event types of delivery updates and of inbound messages (SDK models
+#: ``OutboundMessage.event_type`` and ``MessagingInboundMessage.event_type``).
+RECEIPT_EVENTS = frozenset({"message.sent", "message.finalized", "message.read"})
+INBOUND_EVENT = "message.received"
+
+# ``payload.to[].status`` -> ours.  Source: the SDK's ``OutboundMessagePayload.To.status``
+# enum and the mapping in shared/reference/providers-wire.md section 4 "Delivery receipt";
+# ``valid_until``'s description says a message not out of Telnyx's queue in time is
+# "discarded and marked as 'sending_failed'": never handed to a carrier, so failed;
+# ``delivery_failed`` and ``expired`` were handed over and not delivered: undelivered.
+RECEIPT_STATUSES: Mapping[str, DeliveryStatus] = {
+    "queued": "queued",
+    "sending": "queued",
+    "sent": "sent",
+    "delivered": "delivered",
+    "read": "delivered",  # RCS read receipt (event message.read): delivered and more
+    "delivery_failed": "undelivered",
+    "expired": "undelivered",
+    "sending_failed": "failed",
+    "delivery_unconfirmed": "unknown",  # sent, and the carrier never said: moves nothing
+}
+
+# Delivery error codes (``payload.errors[].code``).  Source: developers.telnyx.com
+# docs/messaging/messages/error-codes ("Delivery errors (40xxx)", with the action Telnyx
+# recommends) and api/errors/<code>; shared/reference/providers-wire.md section 12.
+# Retryable: another provider (another sender, another route) might deliver.
+RETRYABLE_RECEIPT_ERRORS = frozenset(
+    {
+        "40002",  # blocked as spam by the carrier, temporary: the sending number's
+        "40003",  # sending number permanently blocked by the carrier: "use a different number"
+        "40004",  # rejected by destination carrier for an unknown reason: "retry after delay"
+        "40005",  # expired during transmission
+        "40006",  # recipient's carrier server unavailable
+        "40008",  # undeliverable: "try alternate route"
+        "40011",  # upstream (carrier) rate limit exceeded
+        "40013",  # carrier rejected the sending number
+        "40014",  # expired in Telnyx's queue before relay (not billed)
+        "40015",  # Telnyx's own spam filter: another provider's filters are others
+    }
+)
+# Permanent: the number's (or the text's) fault; no provider will do better.
+PERMANENT_RECEIPT_ERRORS = frozenset(
+    {
+        "40001",  # not routable: a landline or non-routable number
+        "40009",  # invalid message body
+        "40012",  # carrier rejected the destination number
+        "40300",  # recipient sent STOP: blocked
+    }
+)
+
+
+def _iso_time(value: Any) -> datetime.datetime | None:
+    """An ISO 8601 time from a webhook (``2019-01-23T18:10:02.574Z``), or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
+
+
+def _public_key(value: Any) -> Ed25519PublicKey | None:
+    """The Ed25519 key from the portal's base64 text; None if it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) != 32:
+        return None
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def _event(request: WebhookRequest) -> tuple[str, Mapping[str, Any], Mapping[str, Any]]:
+    """(event type, ``data``, ``data.payload``) of a Telnyx webhook; 400 if it is not one."""
+    doc = request.json()
+    data = doc.get("data") if isinstance(doc, dict) else None
+    if not isinstance(data, dict):
+        raise WebhookError(400, "Telnyx webhook without a data object")
+    event_type = data.get("event_type")
+    payload = data.get("payload")
+    if not isinstance(event_type, str) or not isinstance(payload, dict):
+        raise WebhookError(400, "Telnyx webhook without data.event_type and data.payload")
+    return event_type, data, payload
+
+
+def _number(party: Any) -> str | None:
+    # {"phone_number": "+1..."} in SMS events; a bare string in some channels' events.
+    if isinstance(party, dict):
+        party = party.get("phone_number")
+    return party if isinstance(party, str) and party else None
+
 
 def _malformed(status: int, why: str) -> Reply:
     return Reply(Outcome.TRANSIENT, status_code=status, detail=f"malformed reply: {why}")
@@ -106,11 +243,14 @@ class TelnyxProvider(HttpProvider):
           api_key: ${TELNYX_API_KEY}
           from: "+14155550100"              # a Telnyx number, short code or alphanumeric ID
           messaging_profile_id: 4001...     # needed for number pools and alphanumeric senders
+          public_key: ${TELNYX_PUBLIC_KEY}  # verify webhooks (Ed25519); unverified without it
     """
 
     type_name = "telnyx"
     required_options = frozenset({"api_key"})
-    optional_options = frozenset({"messaging_profile_id"})
+    #: ``public_key``: the account's Ed25519 public key (base64), to verify webhooks.
+    #: Not a secret (it only verifies), so it may be written in the config as is.
+    optional_options = frozenset({"messaging_profile_id", "public_key"})
     secret_options = frozenset({"api_key"})
     default_base_url = "https://api.telnyx.com"
 
@@ -124,6 +264,7 @@ class TelnyxProvider(HttpProvider):
             "Authorization": f"Bearer {opts['api_key']}",
             "Accept": "application/json",
         }
+        self._webhook_key = _public_key(opts.get("public_key"))
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -138,6 +279,14 @@ class TelnyxProvider(HttpProvider):
             problems.append(
                 ("messaging_profile_id", "messaging_profile_id is a Telnyx messaging profile id")
             )
+        if "public_key" in options and _public_key(options["public_key"]) is None:
+            problems.append(
+                (
+                    "public_key",
+                    "public_key is the account's Ed25519 public key as Mission Control shows "
+                    "it: base64 of 32 bytes",
+                )
+            )
         return problems
 
     def build_request(self, sms: OutboundSMS) -> HttpRequest:
@@ -149,6 +298,100 @@ class TelnyxProvider(HttpProvider):
         if sms.status_callback:
             body["webhook_url"] = sms.status_callback
         return HttpRequest("POST", self.url, self._headers, json=body)
+
+    # -- webhooks ------------------------------------------------------------------------
+
+    webhook_methods = {"status": frozenset({"POST"}), "inbound": frozenset({"POST"})}
+
+    def verify_webhook(self, kind: str, request: WebhookRequest, now: float) -> None:
+        key = self._webhook_key
+        if key is None:
+            return  # no public_key configured: accepted unverified (see the module doc)
+        signature = request.headers.get(SIGNATURE_HEADER)
+        stamp = request.headers.get(TIMESTAMP_HEADER)
+        if not signature or not stamp:
+            raise WebhookError(403, f"missing {SIGNATURE_HEADER} or {TIMESTAMP_HEADER}")
+        try:
+            sent_at = int(stamp)
+        except ValueError:
+            raise WebhookError(403, f"{TIMESTAMP_HEADER} is not Unix seconds") from None
+        if abs(now - sent_at) > TIMESTAMP_TOLERANCE:
+            raise WebhookError(
+                403, f"{TIMESTAMP_HEADER} is more than {TIMESTAMP_TOLERANCE} s from now"
+            )
+        try:
+            raw = base64.b64decode(signature.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise WebhookError(403, f"{SIGNATURE_HEADER} is not base64") from None
+        if len(raw) != 64:
+            raise WebhookError(403, f"{SIGNATURE_HEADER} is not an Ed25519 signature")
+        try:
+            # Exactly the bytes the SDK verifies: "{timestamp header}|{raw body}".
+            key.verify(raw, stamp.encode() + b"|" + request.body)
+        except InvalidSignature:
+            raise WebhookError(403, f"{SIGNATURE_HEADER} does not match") from None
+
+    def parse_receipts(self, request: WebhookRequest) -> list[Receipt]:
+        event_type, data, payload = _event(request)
+        if event_type not in RECEIPT_EVENTS:
+            return []  # not a delivery update (e.g. message.received): nothing to record
+        message_id = payload.get("id")
+        if not isinstance(message_id, str) or not message_id:
+            raise WebhookError(400, "Telnyx delivery update without payload.id")
+        recipients = payload.get("to")
+        first = recipients[0] if isinstance(recipients, list) and recipients else None
+        raw = first.get("status") if isinstance(first, dict) else None
+        if not isinstance(raw, str) or not raw:
+            raise WebhookError(400, "Telnyx delivery update without payload.to[0].status")
+        errors = payload.get("errors")
+        error = errors[0] if isinstance(errors, list) and errors else None
+        code_value = error.get("code") if isinstance(error, dict) else None
+        code = (
+            str(code_value)
+            if isinstance(code_value, str | int) and not isinstance(code_value, bool)
+            else None
+        ) or None
+        retryable: bool | None = None
+        if code in RETRYABLE_RECEIPT_ERRORS:
+            retryable = True
+        elif code in PERMANENT_RECEIPT_ERRORS:
+            retryable = False
+        event_id = data.get("id")
+        return [
+            Receipt(
+                provider_message_id=message_id,
+                status=RECEIPT_STATUSES.get(raw, "unknown"),
+                error_code=code,
+                at=_iso_time(data.get("occurred_at")) or _iso_time(payload.get("completed_at")),
+                retryable=retryable,
+                event_id=event_id if isinstance(event_id, str) and event_id else None,
+            )
+        ]
+
+    def parse_inbound(self, request: WebhookRequest) -> list[Inbound]:
+        event_type, data, payload = _event(request)
+        if event_type != INBOUND_EVENT:
+            return []  # a delivery update at the inbound URL: not a message to us
+        sender = _number(payload.get("from"))
+        recipients = payload.get("to")
+        recipient = _number(
+            recipients[0] if isinstance(recipients, list) and recipients else recipients
+        )
+        if sender is None or recipient is None:
+            raise WebhookError(400, "Telnyx message.received without payload.from and payload.to")
+        text = payload.get("text")
+        if text is not None and not isinstance(text, str):
+            raise WebhookError(400, "Telnyx message.received whose payload.text is not a string")
+        message_id = payload.get("id")
+        return [
+            Inbound(
+                sender=sender,
+                recipient=recipient,
+                text=text or "",  # an MMS may carry media and no text
+                provider_message_id=message_id if isinstance(message_id, str) else None,
+                at=_iso_time(data.get("occurred_at")) or _iso_time(payload.get("received_at")),
+            )
+        ]
 
     def parse_response(self, status: int, headers: CIMultiDictProxy[str], body: bytes) -> Reply:
         try:

@@ -15,20 +15,28 @@ against :class:`smsroute.testing.FakeTwilio`):
 from __future__ import annotations
 
 import base64
+import datetime
+import hashlib
+import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from multidict import CIMultiDictProxy
 
 from smsroute.config import ProviderConfig
-from smsroute.message import Outcome
+from smsroute.message import DeliveryStatus, Outcome
 from smsroute.numbers import scrub
 from smsroute.providers.base import (
     HttpProvider,
     HttpRequest,
+    Inbound,
     OutboundSMS,
+    Receipt,
     Reply,
+    WebhookError,
+    WebhookRequest,
     classify_status,
     parse_retry_after,
 )
@@ -78,6 +86,74 @@ def _basic_auth(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
 
 
+# Receipt statuses (MessageStatus) -> ours.  Source: the spec's message_enum_status and
+# Twilio's "Track the message status" guide (shared/reference/providers-wire.md §1).
+RECEIPT_STATUSES: Mapping[str, DeliveryStatus] = {
+    "accepted": "queued",
+    "scheduled": "queued",
+    "queued": "queued",
+    "sending": "sent",
+    "sent": "sent",
+    "delivered": "delivered",
+    "read": "delivered",
+    "undelivered": "undelivered",
+    "failed": "failed",
+    "canceled": "failed",
+    "partially_delivered": "undelivered",
+}
+
+# Asynchronous error codes (ErrorCode on a receipt) that another provider might get
+# past; the rest are the number's or the content's.  Source: Twilio's error pages
+# 30001-30036 as collected in shared/reference/providers-wire.md §1.
+RETRYABLE_RECEIPT_ERRORS = frozenset(
+    {"30001", "30003", "30007", "30008", "30009", "30017", "30034", "30036"}
+)
+PERMANENT_RECEIPT_ERRORS = frozenset({"30004", "30005", "30006", "21610", "30002", "30010"})
+
+_EMPTY_TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+
+
+def twilio_signature(
+    key: str, url: str, params: Iterable[tuple[str, str]], algorithm: str = "HMAC_SHA1"
+) -> str:
+    """Twilio's request signature: HMAC over the URL followed by every POST
+    parameter name and value, sorted by name (then value), base64-encoded.
+
+    ``algorithm`` is HMAC_SHA1 (the Auth Token scheme) or HMAC_SHA256 (the
+    shared-key scheme announced by X-Twilio-Webhooks-Signature-Settings).
+    """
+    grouped: dict[str, set[str]] = {}
+    for name, value in params:
+        grouped.setdefault(name, set()).add(value)
+    data = url + "".join(
+        name + value for name in sorted(grouped) for value in sorted(grouped[name])
+    )
+    digest = hashlib.sha256 if algorithm.upper() == "HMAC_SHA256" else hashlib.sha1
+    return base64.b64encode(hmac.new(key.encode(), data.encode(), digest).digest()).decode()
+
+
+def _raw_dlr_done(value: str | None) -> datetime.datetime | None:
+    # RawDlrDoneDate is YYMMDDhhmm with no zone; Twilio documents it as UTC.
+    if not value or len(value) != 10 or not value.isdigit():
+        return None
+    try:
+        return datetime.datetime.strptime(value, "%y%m%d%H%M").replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return None
+
+
+def _url_variants(url: str) -> list[str]:
+    # Twilio signs the URL with or without the default port depending on the product.
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    default = 443 if parts.scheme == "https" else 80
+    bare = urlunsplit(
+        parts._replace(netloc=host if parts.port in (None, default) else parts.netloc)
+    )
+    ported = urlunsplit(parts._replace(netloc=f"{host}:{parts.port or default}"))
+    return [url, bare, ported]
+
+
 class TwilioProvider(HttpProvider):
     """Twilio's Messages API.
 
@@ -92,8 +168,10 @@ class TwilioProvider(HttpProvider):
 
     type_name = "twilio"
     required_options = frozenset({"account_sid", "auth_token"})
-    optional_options = frozenset({"messaging_service_sid", "api_key_sid", "validity_period"})
-    secret_options = frozenset({"auth_token"})
+    optional_options = frozenset(
+        {"messaging_service_sid", "api_key_sid", "validity_period", "webhook_secret"}
+    )
+    secret_options = frozenset({"auth_token", "webhook_secret"})
     default_base_url = "https://api.twilio.com"
 
     def __init__(self, config: ProviderConfig) -> None:
@@ -137,6 +215,77 @@ class TwilioProvider(HttpProvider):
             form["ValidityPeriod"] = str(self.validity_period)
         form["Attempt"] = str(sms.attempt)
         return HttpRequest("POST", self.url, self._headers, data=form)
+
+    # -- webhooks ------------------------------------------------------------------------
+
+    webhook_methods = {"status": frozenset({"POST"}), "inbound": frozenset({"POST", "GET"})}
+
+    def verify_webhook(self, kind: str, request: WebhookRequest, now: float) -> None:
+        signature = request.headers.get("X-Twilio-Signature")
+        if not signature:
+            raise WebhookError(403, "missing X-Twilio-Signature")
+        settings = request.headers.get("X-Twilio-Webhooks-Signature-Settings", "")
+        algorithm = "HMAC_SHA1"
+        for part in settings.split(","):
+            name, _, value = part.partition("=")
+            if name.strip() == "algorithm" and value.strip():
+                algorithm = value.strip().upper()
+        if algorithm not in ("HMAC_SHA1", "HMAC_SHA256"):
+            raise WebhookError(403, f"unsupported signature algorithm {algorithm}")
+        key = str(self.config.options.get("webhook_secret") or self.config.options["auth_token"])
+        params: list[tuple[str, str]] = []
+        if request.method == "POST":
+            try:
+                params = parse_qsl(request.body.decode("utf-8"), keep_blank_values=True)
+            except UnicodeDecodeError:
+                raise WebhookError(400, "body is not UTF-8 form data") from None
+        for url in _url_variants(request.url):
+            expected = twilio_signature(key, url, params, algorithm)
+            if hmac.compare_digest(expected.encode(), signature.strip().encode()):
+                return
+        raise WebhookError(403, "X-Twilio-Signature does not match")
+
+    def parse_receipts(self, request: WebhookRequest) -> list[Receipt]:
+        p = request.params()
+        sid = p.get("MessageSid") or p.get("SmsSid")
+        raw = p.get("MessageStatus") or p.get("SmsStatus")
+        if not sid or not raw:
+            raise WebhookError(400, "status callback without MessageSid and MessageStatus")
+        status = RECEIPT_STATUSES.get(raw, "unknown")
+        code = p.get("ErrorCode") or None
+        retryable: bool | None = None
+        if code in RETRYABLE_RECEIPT_ERRORS:
+            retryable = True
+        elif code in PERMANENT_RECEIPT_ERRORS:
+            retryable = False
+        return [
+            Receipt(
+                provider_message_id=sid,
+                status=status,
+                error_code=code,
+                at=_raw_dlr_done(p.get("RawDlrDoneDate")),
+                retryable=retryable,
+            )
+        ]
+
+    def parse_inbound(self, request: WebhookRequest) -> list[Inbound]:
+        p = request.params()
+        sender, recipient = p.get("From"), p.get("To")
+        if not sender or not recipient or "Body" not in p:
+            raise WebhookError(400, "inbound message without From, To and Body")
+        return [
+            Inbound(
+                sender=sender,
+                recipient=recipient,
+                text=p["Body"],
+                provider_message_id=p.get("MessageSid") or p.get("SmsMessageSid"),
+            )
+        ]
+
+    def webhook_response(self, kind: str) -> tuple[int, str, bytes]:
+        if kind == "inbound":  # Twilio reads TwiML from the answer: an empty one sends no reply
+            return 200, "text/xml", _EMPTY_TWIML
+        return 200, "text/plain", b""
 
     def parse_response(self, status: int, headers: CIMultiDictProxy[str], body: bytes) -> Reply:
         try:

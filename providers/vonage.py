@@ -26,33 +26,89 @@ tests carry its requests to the fake over plain HTTP with a transport adapter.
 Its signed send does not work: it signs every ``SmsMessage`` field, None ones
 included, and ``requests`` leaves those out of the form, so the signature
 covers fields never sent (its signer itself agrees with :func:`sign`).
+
+Webhooks (delivery receipts at ``/{name}/status``, inbound at ``/{name}/inbound``):
+
+- SMS API delivery receipts and inbound messages come as GET (query), POST
+  (form) or POST-JSON, whichever the dashboard says; all three are read.  The
+  receipt echoes ``client-ref`` (our message id), so the router needs no
+  ``smsroute_id`` in the callback URL.  Receipt fields and statuses: the spec's
+  ``DeliveryReceipt`` and ``InboundMessage`` (shared/specs/vonage_sms.yml);
+  ``err-code`` values: Vonage support article 204014733.  Concatenated inbound
+  messages arrive part by part (``concat-*`` fields) and are passed on part by
+  part: reassembling them needs state shared by every replica.
+- Messages API v1 webhooks (an account whose default SMS API is the Messages
+  API sends inbound SMS that way): JSON with ``message_uuid``; both status and
+  inbound shapes are read (developer.vonage.com "Messages API Status Callbacks").
+- Signatures, when ``signature_secret`` is configured (and ``signed_webhooks``
+  is not false):
+
+  * SMS API: a ``sig`` parameter over every other parameter (``timestamp`` and
+    ``nonce`` included), computed exactly as :func:`sign` does with the
+    configured ``signature_method``; compared lowercase in constant time
+    (the spec's example ``sig`` is uppercase hex).  Source: Vonage "Signing
+    messages" guide (Nexmo/station ``concepts/guides/signing-messages.md``)
+    and vonage-python-sdk ``vonage_http_client/auth.py`` ``check_signature``.
+  * Messages API: ``Authorization: Bearer <JWT>``, HS256 with the signature
+    secret (the dashboard's method does not apply: always SHA-256); its
+    ``payload_hash`` claim must equal the hex SHA-256 of the raw body.  Source:
+    Nexmo/station ``messages/concepts/signed-webhooks.md``; vonage-python-sdk
+    ``vonage_jwt/verify_jwt.py`` verifies the same token.
+  * Staleness: Vonage documents no tolerance; the ``timestamp`` parameter (or
+    the JWT's ``iat``) must be within ``webhook_tolerance`` (default 300 s) of
+    now.  Vonage retries a failed webhook for up to 24 h and the spec calls the
+    timestamp the time it *started* pushing, so after a long outage of the
+    receiver, raise ``webhook_tolerance`` to take the retries.
+  * A request with neither ``sig`` nor a bearer token is refused (403).  SMS
+    API webhooks are signed only once Vonage support has enabled it for the
+    account: set ``signed_webhooks: false`` until then.  Without a signature
+    secret every webhook is accepted unverified.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import hmac
 import json
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
+import jwt
 from multidict import CIMultiDictProxy
 
 from smsroute.config import ProviderConfig
-from smsroute.message import Outcome
+from smsroute.message import DeliveryStatus, Outcome
 from smsroute.numbers import scrub
 from smsroute.providers.base import (
     HttpProvider,
     HttpRequest,
+    Inbound,
     OutboundSMS,
+    Receipt,
     Reply,
+    WebhookError,
+    WebhookRequest,
     classify_status,
     parse_retry_after,
 )
+from smsroute.units import parse_duration
 
-__all__ = ["ERROR_OUTCOMES", "SIGNATURE_METHODS", "VonageProvider", "sign"]
+__all__ = [
+    "ERROR_OUTCOMES",
+    "MESSAGES_STATUSES",
+    "PERMANENT_RECEIPT_ERRORS",
+    "RECEIPT_STATUSES",
+    "RETRYABLE_RECEIPT_ERRORS",
+    "SIGNATURE_METHODS",
+    "WEBHOOK_TOLERANCE",
+    "VonageProvider",
+    "payload_hash",
+    "sign",
+]
 
 # Vonage SMS API ``status`` -> outcome.  Sources: the spec's ``x-errors``
 # (shared/specs/vonage_sms.yml), the same table at developer.vonage.com/en/api-errors/sms
@@ -127,6 +183,135 @@ def _basic_auth(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
 
 
+# -- webhooks: tables ----------------------------------------------------------------------
+
+# SMS API delivery receipt ``status`` -> ours.  Source: the spec's DeliveryReceipt
+# x-possible-values (shared/specs/vonage_sms.yml) with the meanings of
+# shared/reference/providers-wire.md section 2a "Mapping": accepted/buffered are
+# with the carrier, expired/failed reached it and were not delivered, rejected
+# never left Vonage.
+RECEIPT_STATUSES: Mapping[str, DeliveryStatus] = {
+    "accepted": "sent",
+    "buffered": "sent",
+    "delivered": "delivered",
+    "expired": "undelivered",
+    "failed": "undelivered",
+    "rejected": "failed",
+    "unknown": "unknown",
+}
+
+# Messages API v1 ``status`` -> ours.  Source: developer.vonage.com "Messages API
+# Status Callbacks": submitted = passed on to the messaging provider;
+# undeliverable = Vonage could not connect to the provider (an outage: another
+# provider may deliver); rejected = refused by the provider or TTL expired.
+MESSAGES_STATUSES: Mapping[str, DeliveryStatus] = {
+    "submitted": "sent",
+    "delivered": "delivered",
+    "read": "delivered",
+    "rejected": "undelivered",
+    "undeliverable": "failed",
+}
+
+# DLR ``err-code`` (Vonage support article 204014733, "Vonage SMS Delivery Error
+# Codes"; shared/reference/providers-wire.md section 2a) that another provider might
+# get past: temporary absence (2), portability (5), carrier anti-spam (6),
+# handset busy (7), network error (8), Vonage has no route (11).
+RETRYABLE_RECEIPT_ERRORS = frozenset({"2", "5", "6", "7", "8", "11"})
+# ... and those that are the number's: absent for good (3), barred by the user (4),
+# opted out of the service (9), destination unreachable (12), age restriction (13),
+# blocked by the carrier (14), prepaid without funds (15).  1/95 (unknown),
+# 10 (illegal message) and 99 (general error) say neither.
+PERMANENT_RECEIPT_ERRORS = frozenset({"3", "4", "9", "12", "13", "14", "15"})
+
+#: Default seconds a signed webhook's ``timestamp`` (or JWT ``iat``) may be from
+#: now.  Vonage documents none; 300 s is what Telnyx and Sinch use.
+WEBHOOK_TOLERANCE = 300.0
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def payload_hash(body: bytes) -> str:
+    """The ``payload_hash`` claim of a Vonage signed webhook: hex SHA-256 of the raw body."""
+    return hashlib.sha256(body).hexdigest()
+
+
+def _flag(value: object) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    return None
+
+
+def _as_text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _is_json(request: WebhookRequest) -> bool:
+    ctype = request.headers.get("Content-Type", "").lower()
+    return "json" in ctype or request.body.lstrip()[:1] in (b"{", b"[")
+
+
+def _params(request: WebhookRequest) -> tuple[dict[str, str], dict[str, Any] | None]:
+    """The parameters Vonage sent (and signed), and the JSON object when the body is one.
+
+    GET: the query.  POST: the body only (form or JSON); Vonage documents query
+    and body together as unsupported, and signs what it sends in the body.
+    """
+    if request.method == "GET":
+        return request.query, None
+    if _is_json(request):
+        doc = request.json()
+        if not isinstance(doc, dict):
+            raise WebhookError(400, "JSON body is not an object")
+        return {str(k): _as_text(v) for k, v in doc.items() if v is not None}, doc
+    return request.form(), None
+
+
+def _plus(number: str) -> str:
+    """Vonage writes numbers without '+': put it back on full international numbers."""
+    number = number.strip()
+    if number.isdigit() and len(number) >= 8:
+        return "+" + number
+    return number
+
+
+def _scts(value: str | None) -> datetime.datetime | None:
+    # YYMMDDHHMM, "2001011400 is at 2020-01-01 14:00" (spec); no zone given: UTC assumed.
+    if not value or len(value) != 10 or not value.isdigit():
+        return None
+    try:
+        return datetime.datetime.strptime(value, "%y%m%d%H%M").replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return None
+
+
+def _when(value: object) -> datetime.datetime | None:
+    """``message-timestamp`` (``2020-01-01 12:00:00``, UTC) or an ISO 8601 ``timestamp``."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
+
+
+def _retryable(code: str | None) -> bool | None:
+    if code in RETRYABLE_RECEIPT_ERRORS:
+        return True
+    if code in PERMANENT_RECEIPT_ERRORS:
+        return False
+    return None
+
+
 class VonageProvider(HttpProvider):
     """Vonage's legacy SMS API.
 
@@ -140,14 +325,28 @@ class VonageProvider(HttpProvider):
 
     With ``signature_secret`` every request is signed and the secret is never
     sent; ``signature_method`` must match the dashboard's setting (md5hash,
-    md5, sha1, sha256 or sha512; default md5hash).
+    md5, sha1, sha256 or sha512; default md5hash).  The same secret verifies
+    webhooks (``sig`` or a bearer JWT): forged, stale or unsigned ones get 403.
+    ``signed_webhooks: false`` accepts them unverified (until Vonage support has
+    turned signed SMS webhooks on); ``webhook_tolerance`` (default 300s) is how
+    far a signed webhook's timestamp may be from now.
     """
 
     type_name = "vonage"
     required_options = frozenset({"api_key"})
-    optional_options = frozenset({"api_secret", "signature_secret", "signature_method"})
+    optional_options = frozenset(
+        {
+            "api_secret",
+            "signature_secret",
+            "signature_method",
+            "signed_webhooks",
+            "webhook_tolerance",
+        }
+    )
     secret_options = frozenset({"api_secret", "signature_secret"})
     default_base_url = "https://rest.nexmo.com"
+    #: ``client-ref`` carries our message id and every receipt echoes it.
+    echoes_message_id = True
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
@@ -160,6 +359,13 @@ class VonageProvider(HttpProvider):
             str(signature_secret) if signature_secret not in (None, "") else None
         )
         self.signature_method = str(opts.get("signature_method") or "md5hash")
+        signed = _flag(opts.get("signed_webhooks"))
+        #: The secret webhooks are verified with; None: accepted unverified.
+        self._webhook_secret = self._signature_secret if signed is not False else None
+        tolerance = opts.get("webhook_tolerance")
+        self.webhook_tolerance = (
+            parse_duration(tolerance) if tolerance is not None else WEBHOOK_TOLERANCE
+        )
         self.url = f"{self.base_url}/sms/json"
         self._headers = {"Accept": "application/json"}
 
@@ -188,6 +394,30 @@ class VonageProvider(HttpProvider):
             elif not has_signature:
                 problems.append(
                     ("signature_method", "signature_method needs 'signature_secret' as well")
+                )
+        signed = options.get("signed_webhooks")
+        if signed is not None:
+            if _flag(signed) is None:
+                problems.append(("signed_webhooks", "signed_webhooks is true or false"))
+            elif _flag(signed) and not has_signature:
+                problems.append(
+                    (
+                        "signed_webhooks",
+                        "signed_webhooks needs 'signature_secret' (the secret Vonage signs with)",
+                    )
+                )
+        tolerance = options.get("webhook_tolerance")
+        if tolerance is not None:
+            try:
+                ok = parse_duration(tolerance) > 0
+            except ValueError:
+                ok = False
+            if not ok:
+                problems.append(
+                    (
+                        "webhook_tolerance",
+                        "webhook_tolerance is a positive duration such as 300s or 1h",
+                    )
                 )
         return problems
 
@@ -289,6 +519,145 @@ class VonageProvider(HttpProvider):
             # if it differs, a missing sender is REJECTED (no failover) instead.
             return Outcome.UNROUTABLE
         return outcome
+
+    # -- webhooks ------------------------------------------------------------------------
+
+    webhook_methods = {
+        "status": frozenset({"GET", "POST"}),
+        "inbound": frozenset({"GET", "POST"}),
+    }
+
+    def verify_webhook(self, kind: str, request: WebhookRequest, now: float) -> None:
+        secret = self._webhook_secret
+        if secret is None:
+            return  # no signature secret configured: accepted unverified (module docstring)
+        auth = request.headers.get("Authorization", "")
+        scheme, _, token = auth.strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            self._verify_jwt(token.strip(), request.body, secret, now)
+            return
+        params, _ = _params(request)
+        signature = params.get("sig")
+        if not signature:
+            raise WebhookError(403, "unsigned: no sig parameter and no Authorization bearer JWT")
+        try:
+            signed_at = int(params.get("timestamp", ""))
+        except ValueError:
+            raise WebhookError(403, "signed webhook without a numeric timestamp") from None
+        self._check_age(signed_at, now, "timestamp")
+        expected = sign(params, secret, self.signature_method)
+        if not hmac.compare_digest(signature.strip().lower().encode(), expected.encode()):
+            raise WebhookError(403, "sig does not match")
+
+    def _verify_jwt(self, token: str, body: bytes, secret: str, now: float) -> None:
+        try:
+            with warnings.catch_warnings():
+                # Vonage picks the secret's length (it asks for 32 bits or more); a
+                # warning per webhook about it would help nobody.
+                warnings.simplefilter("ignore", jwt.InsecureKeyLengthWarning)
+                claims = jwt.decode(
+                    token,
+                    secret,
+                    algorithms=["HS256"],
+                    options={"require": ["iat", "payload_hash"], "verify_iat": False},
+                )
+        except jwt.InvalidTokenError as exc:
+            raise WebhookError(403, f"bearer JWT refused: {type(exc).__name__}") from None
+        issued = claims["iat"]
+        if isinstance(issued, bool) or not isinstance(issued, int | float):
+            raise WebhookError(403, "bearer JWT with a non-numeric iat")
+        self._check_age(issued, now, "JWT iat")
+        claimed = claims["payload_hash"]
+        if not isinstance(claimed, str) or not hmac.compare_digest(
+            claimed.strip().lower().encode(), payload_hash(body).encode()
+        ):
+            raise WebhookError(403, "payload_hash does not match the body")
+
+    def _check_age(self, signed_at: float, now: float, what: str) -> None:
+        if abs(now - signed_at) > self.webhook_tolerance:
+            raise WebhookError(
+                403, f"stale: {what} is more than {self.webhook_tolerance:g} s from now"
+            )
+
+    def parse_receipts(self, request: WebhookRequest) -> list[Receipt]:
+        params, doc = _params(request)
+        if doc is not None and "message_uuid" in doc:
+            return [self._messages_receipt(doc)]
+        message_id = params.get("messageId") or params.get("message-id")
+        raw = params.get("status")
+        if not message_id or not raw:
+            raise WebhookError(400, "delivery receipt without messageId and status")
+        code = params.get("err-code") or None
+        status = RECEIPT_STATUSES.get(raw.lower(), "unknown")
+        if code == "0" or status == "delivered":
+            code = None  # err-code 0 is "Delivered": no error
+        return [
+            Receipt(
+                provider_message_id=message_id,
+                status=status,
+                error_code=code,
+                at=_scts(params.get("scts")) or _when(params.get("message-timestamp")),
+                retryable=_retryable(code) if status != "delivered" else None,
+                message_id=params.get("client-ref") or None,
+            )
+        ]
+
+    @staticmethod
+    def _messages_receipt(doc: Mapping[str, Any]) -> Receipt:
+        uuid, raw = doc.get("message_uuid"), doc.get("status")
+        if not isinstance(uuid, str) or not uuid or not isinstance(raw, str) or not raw:
+            raise WebhookError(400, "status webhook without message_uuid and status")
+        status = MESSAGES_STATUSES.get(raw.lower(), "unknown")
+        code: str | None = None
+        error = doc.get("error")
+        if isinstance(error, dict):
+            kind, title = error.get("type"), error.get("title")
+            if isinstance(kind, str) and "#" in kind:
+                code = kind.rsplit("#", 1)[1] or None
+            elif title is not None:
+                code = _as_text(title)
+        retryable: bool | None = True if raw.lower() == "undeliverable" else None
+        ref = doc.get("client_ref")
+        return Receipt(
+            provider_message_id=uuid,
+            status=status,
+            error_code=code,
+            at=_when(doc.get("timestamp")),
+            retryable=retryable if status != "delivered" else None,
+            message_id=ref if isinstance(ref, str) and ref else None,
+        )
+
+    def parse_inbound(self, request: WebhookRequest) -> list[Inbound]:
+        params, doc = _params(request)
+        if doc is not None and "message_uuid" in doc:
+            sender, recipient = doc.get("from"), doc.get("to")
+            if not isinstance(sender, str) or not sender or not isinstance(recipient, str):
+                raise WebhookError(400, "inbound message without from and to")
+            text = doc.get("text")
+            uuid = doc.get("message_uuid")
+            return [
+                Inbound(
+                    sender=_plus(sender),
+                    recipient=_plus(recipient),
+                    text=text if isinstance(text, str) else "",
+                    provider_message_id=uuid if isinstance(uuid, str) else None,
+                    at=_when(doc.get("timestamp")),
+                )
+            ]
+        sender, recipient = params.get("msisdn"), params.get("to")
+        if not sender or not recipient:
+            raise WebhookError(400, "inbound message without msisdn and to")
+        if "text" not in params and params.get("type") != "binary":
+            raise WebhookError(400, "inbound message without text")
+        return [
+            Inbound(
+                sender=_plus(sender),
+                recipient=_plus(recipient),
+                text=params.get("text", ""),
+                provider_message_id=params.get("messageId") or None,
+                at=_when(params.get("message-timestamp")),
+            )
+        ]
 
 
 def _status_code(value: object) -> int | None:

@@ -27,17 +27,29 @@ from smsroute.instrument import (
     AttemptFinished,
     BreakerTransition,
     ConfigReloaded,
+    DeliveryReceived,
     Event,
     Failover,
     Hook,
     LoggingHook,
     MessageFinished,
+    PrometheusHook,
     RateLimitWait,
+    WebhookRefused,
 )
-from smsroute.message import Attempt, Message, Outcome, SendResult
+from smsroute.message import (
+    Attempt,
+    DeliveryReport,
+    InboundMessage,
+    Message,
+    MessageState,
+    Outcome,
+    SendResult,
+)
 from smsroute.numbers import Destination, NumberType, mask, normalize
 from smsroute.router import RoutePlan, Router
 from smsroute.selection import Candidate
+from smsroute.webhooks import WebhookResponse
 
 __all__ = [
     "Attempt",
@@ -51,18 +63,23 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "ConfigReloaded",
+    "DeliveryReceived",
+    "DeliveryReport",
     "Destination",
     "Event",
     "Failover",
     "Hook",
+    "InboundMessage",
     "InvalidMessage",
     "InvalidNumber",
     "LoggingHook",
     "ManualClock",
     "Message",
     "MessageFinished",
+    "MessageState",
     "NumberType",
     "Outcome",
+    "PrometheusHook",
     "RateLimitWait",
     "RoutePlan",
     "Router",
@@ -70,6 +87,8 @@ __all__ = [
     "SendResult",
     "SmsrouteError",
     "SystemClock",
+    "WebhookRefused",
+    "WebhookResponse",
     "__version__",
     "load_config",
     "mask",

@@ -176,6 +176,11 @@ class CircuitBreaker:
         if calls >= s.min_calls and self._failures and self._failures / calls >= s.failure_rate:
             self._open()
 
+    def trip(self) -> None:
+        """Open now, whatever the state (e.g. the delivery ratio fell too low)."""
+        if self.state is not BreakerState.OPEN:
+            self._open()
+
     # -- internals -----------------------------------------------------------------------
 
     def _push(self, failed: bool) -> None:

@@ -25,10 +25,11 @@ from smsroute.yamlsource import Located, format_path
 Strategy = Literal["priority", "weighted", "cheapest", "fastest", "score"]
 STRATEGIES: tuple[Strategy, ...] = ("priority", "weighted", "cheapest", "fastest", "score")
 OnTimeout = Literal["failover", "stop"]
+OnUndelivered = Literal["resend", "ignore"]
 BreakerScope = Literal["provider", "provider_country"]
 
 # The keys each section accepts.  tests/test_schema.py keeps config/schema.json in step.
-TOP_KEYS = frozenset({"version", "defaults", "providers", "rules", "categories"})
+TOP_KEYS = frozenset({"version", "defaults", "providers", "rules", "categories", "state", "outbox"})
 DEFAULTS_KEYS = frozenset(
     {
         "default_region",
@@ -40,6 +41,10 @@ DEFAULTS_KEYS = frozenset(
         "max_rate_wait",
         "webhook_url",
         "currency",
+        "metric_countries",
+        "opt_out_categories",
+        "receipt_timeout",
+        "resend_ttl",
     }
 )
 BREAKER_KEYS = frozenset(
@@ -51,6 +56,8 @@ BREAKER_KEYS = frozenset(
         "open_for",
         "max_open_for",
         "half_open_probes",
+        "min_delivery_ratio",
+        "min_receipts",
     }
 )
 PROVIDER_COMMON_KEYS = frozenset(
@@ -81,11 +88,34 @@ RULE_KEYS = frozenset(
         "deadline",
         "score_weights",
         "latency_buffer",
+        "on_undelivered",
     }
 )
 MATCH_KEYS = frozenset({"country", "prefix", "number_type", "category", "sender", "tags"})
 SCORE_WEIGHT_KEYS = frozenset({"price", "success", "latency"})
 CATEGORY_KEYS = frozenset({"on_timeout"})
+STATE_KEYS = frozenset(
+    {"backend", "url", "key_prefix", "sync_interval", "timeout", "health_window", "status_ttl"}
+)
+StateBackendName = Literal["memory", "redis"]
+OUTBOX_KEYS = frozenset(
+    {
+        "backend",
+        "path",
+        "lease",
+        "max_attempts",
+        "ttl",
+        "backoff",
+        "concurrency",
+        "poll",
+        "rate_margin",
+        "synchronous",
+        "retention",
+    }
+)
+BACKOFF_KEYS = frozenset({"base", "max"})
+OutboxBackend = Literal["sqlite"]
+Synchronous = Literal["normal", "full"]
 
 
 @attrs.frozen(slots=True)
@@ -104,6 +134,10 @@ class BreakerSettings:
     open_for: float = 30.0
     max_open_for: float = 300.0
     half_open_probes: int = 2
+    #: Open when fewer than this share of final receipts say delivered (None: off).
+    min_delivery_ratio: float | None = None
+    #: Final receipts needed in the window before min_delivery_ratio applies.
+    min_receipts: int = 20
 
 
 @attrs.frozen(slots=True)
@@ -189,6 +223,19 @@ class Rule:
     deadline: float | None = None
     score_weights: ScoreWeights = attrs.field(factory=ScoreWeights)
     latency_buffer: float = 0.2
+    on_undelivered: OnUndelivered = "ignore"
+
+
+#: Countries that get their own ``country`` label value in metrics; the rest are
+#: ``other``.  Roughly the 30 largest A2P SMS markets: keeps the label bounded
+#: (30 countries x providers x outcomes) while naming where most traffic goes.
+DEFAULT_METRIC_COUNTRIES = frozenset(
+    {
+        "US", "GB", "DE", "FR", "IT", "ES", "NL", "PL", "SE", "CH",
+        "AT", "BE", "TR", "RU", "IN", "ID", "PH", "CN", "JP", "KR",
+        "AU", "CA", "MX", "BR", "AR", "CO", "NG", "ZA", "AE", "SA",
+    }
+)  # fmt: skip
 
 
 @attrs.frozen(slots=True)
@@ -204,6 +251,14 @@ class Defaults:
     max_rate_wait: float = 1.0
     webhook_url: str | None = None
     currency: str = "USD"
+    #: ISO codes with their own ``country`` label in metrics; others are ``other``.
+    metric_countries: frozenset[str] = DEFAULT_METRIC_COUNTRIES
+    #: Categories refused to numbers that opted out (STOP); otp still goes through.
+    opt_out_categories: frozenset[str] = frozenset({"marketing", "transactional"})
+    #: An accepted message with no final receipt after this long counts as not delivered.
+    receipt_timeout: float | None = 600.0
+    #: How long after acceptance a failed delivery may still be resent (on_undelivered).
+    resend_ttl: float = 3600.0
 
 
 @attrs.frozen(slots=True)
@@ -222,6 +277,67 @@ _DEFAULT_CATEGORIES = {
 
 
 @attrs.frozen(slots=True)
+class StateSettings:
+    """Where breaker, health and rate-limit state lives (see :mod:`smsroute.state`).
+
+    ``memory`` (the default) keeps it in this process.  ``redis`` shares it with
+    every replica using the same ``url`` and ``key_prefix``::
+
+        state:
+          backend: redis
+          url: ${REDIS_URL}          # redis://[:password@]host:6379/0
+          key_prefix: "smsroute:"    # several configs can share one Redis
+          sync_interval: 250ms       # bounds how stale a replica's view of a breaker is
+    """
+
+    backend: StateBackendName = "memory"
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "smsroute:"
+    #: How often a replica refreshes shared breakers and flushes its health counters.
+    sync_interval: float = 0.25
+    #: A Redis command slower than this counts as Redis being down.
+    timeout: float = 0.5
+    #: Health (success, latency, delivery) is merged over this much recent time.
+    health_window: float = 60.0
+    #: How long message states and provider-id mappings are kept in Redis.
+    status_ttl: float = 48 * 3600.0
+
+
+@attrs.frozen(slots=True)
+class OutboxSettings:
+    """The durable outbox behind ``Router.enqueue`` (see :mod:`smsroute.outbox`).
+
+    Without an ``outbox`` section the defaults below apply::
+
+        outbox:
+          path: smsroute-outbox.db     # relative to the config file's folder
+          lease: 30s                   # a dead worker's messages come back after this
+          max_attempts: 10             # sends of one message (each may try several providers)
+          ttl: 24h                     # how long after it is due a message may still go
+          backoff: {base: 1s, max: 5m} # full jitter: uniform(0, min(max, base * 2**(tries-1)))
+    """
+
+    backend: OutboxBackend = "sqlite"
+    path: str = "smsroute-outbox.db"
+    lease: float = 30.0
+    max_attempts: int = 10
+    #: None: a message never expires.
+    ttl: float | None = 24 * 3600.0
+    backoff_base: float = 1.0
+    backoff_max: float = 300.0
+    #: Messages a worker leases and works on at once.
+    concurrency: int = 16
+    #: How often an idle worker looks for messages enqueued by other processes.
+    poll: float = 1.0
+    #: Added to each rate window the worker counts its sends in, for network jitter.
+    rate_margin: float = 0.05
+    #: SQLite's ``synchronous``: normal survives a killed process, full a power cut too.
+    synchronous: Synchronous = "normal"
+    #: Sent messages (and their idempotency keys) are forgotten after this; None: kept.
+    retention: float | None = 7 * 24 * 3600.0
+
+
+@attrs.frozen(slots=True)
 class Config:
     """A whole validated config.  Build one with :func:`load_config` or :func:`parse_config`."""
 
@@ -231,6 +347,9 @@ class Config:
     categories: Mapping[str, Category]
     source: str = "<config>"
     version: int = 1
+    state: StateSettings = attrs.field(factory=StateSettings)
+    #: None when the config has no ``outbox`` section (the outbox then uses the defaults).
+    outbox: OutboxSettings | None = None
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -328,8 +447,15 @@ class _Loader:
         version = self.field(top, (), "version", _int_in(1, 1), 1)
         defaults = self.defaults(top.get("defaults"))
         categories = self.categories(top.get("categories"))
+        for name in sorted(defaults.opt_out_categories - set(categories)):
+            self.error(
+                ("defaults", "opt_out_categories"),
+                f"unknown category '{name}' (known: {', '.join(sorted(categories))})",
+            )
         providers = self.providers(top.get("providers"), defaults)
         rules = self.rules(top.get("rules"), providers, categories)
+        state = self.state(top.get("state"))
+        outbox = self.outbox(top.get("outbox")) if "outbox" in top else None
         if self.problems:
             raise ConfigError(self.problems)
         return Config(
@@ -339,7 +465,78 @@ class _Loader:
             categories=categories,
             source=self.src.file,
             version=version,
+            state=state,
+            outbox=outbox,
         )
+
+    def state(self, value: Any) -> StateSettings:
+        path: yamlsource.Path = ("state",)
+        s = self.mapping(value, path, STATE_KEYS, what="state")
+        base = StateSettings()
+        settings = StateSettings(
+            backend=self.field(s, path, "backend", _state_backend, base.backend),
+            url=self.field(s, path, "url", _redis_url, base.url),
+            key_prefix=self.field(s, path, "key_prefix", _key_prefix, base.key_prefix),
+            sync_interval=self.field(
+                s, path, "sync_interval", _positive_duration, base.sync_interval
+            ),
+            timeout=self.field(s, path, "timeout", _positive_duration, base.timeout),
+            health_window=self.field(
+                s, path, "health_window", _positive_duration, base.health_window
+            ),
+            status_ttl=self.field(s, path, "status_ttl", _positive_duration, base.status_ttl),
+        )
+        if settings.sync_interval > 1.0:
+            self.error(
+                (*path, "sync_interval"),
+                "sync_interval must be at most 1s: it bounds how late a replica sees a "
+                "breaker another replica opened",
+            )
+        if settings.health_window < 6 * settings.sync_interval:
+            self.error(
+                (*path, "health_window"),
+                "health_window must be at least 6 times sync_interval "
+                f"({6 * settings.sync_interval:g}s)",
+            )
+        return settings
+
+    def outbox(self, value: Any) -> OutboxSettings:
+        path: yamlsource.Path = ("outbox",)
+        o = self.mapping(value, path, OUTBOX_KEYS, what="outbox")
+        bpath: yamlsource.Path = (*path, "backoff")
+        b = self.mapping(o.get("backoff"), bpath, BACKOFF_KEYS, what="outbox backoff")
+        base = OutboxSettings()
+
+        def nullable(section: Mapping[str, Any], key: str, default: float | None) -> float | None:
+            if key in section and section[key] is None:
+                return None
+            return self.field(section, path, key, _positive_duration, default)
+
+        where = self.field(o, path, "path", _nonempty("database path"), base.path)
+        if where != ":memory:" and not Path(where).is_absolute():
+            where = str(self.base_dir / where)
+        settings = OutboxSettings(
+            backend=self.field(o, path, "backend", _outbox_backend, base.backend),
+            path=where,
+            lease=self.field(o, path, "lease", _positive_duration, base.lease),
+            max_attempts=self.field(o, path, "max_attempts", _int_in(1, 1000), base.max_attempts),
+            ttl=nullable(o, "ttl", base.ttl),
+            backoff_base=self.field(b, bpath, "base", _positive_duration, base.backoff_base),
+            backoff_max=self.field(b, bpath, "max", _positive_duration, base.backoff_max),
+            concurrency=self.field(o, path, "concurrency", _int_in(1, 10_000), base.concurrency),
+            poll=self.field(o, path, "poll", _positive_duration, base.poll),
+            rate_margin=self.field(o, path, "rate_margin", parse_duration, base.rate_margin),
+            synchronous=self.field(o, path, "synchronous", _synchronous, base.synchronous),
+            retention=nullable(o, "retention", base.retention),
+        )
+        if settings.lease < 1.0:
+            self.error(
+                (*path, "lease"),
+                "lease must be at least 1s: a worker renews its leases every third of it",
+            )
+        if settings.backoff_max < settings.backoff_base:
+            self.error((*bpath, "max"), "backoff max must be at least backoff base")
+        return settings
 
     def defaults(self, value: Any) -> Defaults:
         path: yamlsource.Path = ("defaults",)
@@ -355,6 +552,20 @@ class _Loader:
             max_rate_wait=self.field(d, path, "max_rate_wait", parse_duration, base.max_rate_wait),
             webhook_url=self.field(d, path, "webhook_url", _url, None),
             currency=self.field(d, path, "currency", _currency, base.currency),
+            metric_countries=self.field(
+                d, path, "metric_countries", _region_set, base.metric_countries
+            ),
+            opt_out_categories=self.field(
+                d, path, "opt_out_categories", _name_set("category"), base.opt_out_categories
+            ),
+            receipt_timeout=(
+                None
+                if "receipt_timeout" in d and d["receipt_timeout"] is None
+                else self.field(
+                    d, path, "receipt_timeout", _positive_duration, base.receipt_timeout
+                )
+            ),
+            resend_ttl=self.field(d, path, "resend_ttl", _positive_duration, base.resend_ttl),
         )
 
     def breaker(self, value: Any, path: yamlsource.Path, base: BreakerSettings) -> BreakerSettings:
@@ -388,6 +599,12 @@ class _Loader:
             max_open_for=self.field(b, path, "max_open_for", _positive_duration, base.max_open_for),
             half_open_probes=self.field(
                 b, path, "half_open_probes", _int_in(1, 1000), base.half_open_probes
+            ),
+            min_delivery_ratio=self.field(
+                b, path, "min_delivery_ratio", parse_fraction, base.min_delivery_ratio
+            ),
+            min_receipts=self.field(
+                b, path, "min_receipts", _int_in(1, 1_000_000), base.min_receipts
             ),
         )
         if settings.max_open_for < settings.open_for:
@@ -470,7 +687,8 @@ class _Loader:
                 k: v for k, v in body.items() if k in cls.required_options | cls.optional_options
             }
             for option, problem in cls.check_options(body):
-                self.error((*ppath, option), problem)
+                if not isinstance(body.get(option), yamlsource.Placeholder):
+                    self.error((*ppath, option), problem)
             currency = self.field(body, ppath, "currency", _currency, defaults.currency)
             out[name] = ProviderConfig(
                 name=name,
@@ -626,6 +844,9 @@ class _Loader:
                         latency=self.field(sw, swp, "latency", _non_negative, 1.0),
                     ),
                     latency_buffer=self.field(r, rpath, "latency_buffer", parse_fraction, 0.2),
+                    on_undelivered=self.field(
+                        r, rpath, "on_undelivered", _on_undelivered, "ignore"
+                    ),
                 )
             )
         if out and not any(rule.match.is_catch_all for rule in out):
@@ -782,6 +1003,12 @@ def _region(value: Any) -> str:
     return value.upper()
 
 
+def _region_set(value: Any) -> frozenset[str]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of ISO 3166 country codes like [US, DE], got {value!r}")
+    return frozenset(_region(item) for item in value)
+
+
 def _prefix(value: Any) -> str:
     # YAML reads an unquoted +4915 as the integer 4915: put the plus back.
     text = f"+{value}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
@@ -811,6 +1038,16 @@ def _nonempty(what: str) -> Callable[[Any], str]:
     return parse
 
 
+def _name_set(what: str) -> Callable[[Any], frozenset[str]]:
+    def parse(value: Any) -> frozenset[str]:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+            raise ValueError(f"expected a list of {what} names, got {value!r}")
+        return frozenset(items)
+
+    return parse
+
+
 def _choice(options: tuple[str, ...], what: str) -> Callable[[Any], Any]:
     def parse(value: Any) -> Any:
         if value not in options:
@@ -826,9 +1063,32 @@ def _choice(options: tuple[str, ...], what: str) -> Callable[[Any], Any]:
 
 _strategy: Callable[[Any], Strategy] = _choice(STRATEGIES, "strategy")
 _on_timeout: Callable[[Any], OnTimeout] = _choice(("failover", "stop"), "on_timeout")
+_on_undelivered: Callable[[Any], OnUndelivered] = _choice(("resend", "ignore"), "on_undelivered")
+_outbox_backend: Callable[[Any], OutboxBackend] = _choice(("sqlite",), "outbox backend")
+_synchronous: Callable[[Any], Synchronous] = _choice(("normal", "full"), "synchronous")
 _breaker_scope: Callable[[Any], BreakerScope] = _choice(
     ("provider", "provider_country"), "breaker_scope"
 )
+
+
+_state_backend: Callable[[Any], StateBackendName] = _choice(("memory", "redis"), "state backend")
+
+
+def _redis_url(value: Any) -> str:
+    if isinstance(value, yamlsource.Placeholder):
+        return value
+    if not isinstance(value, str) or not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(
+            "expected a Redis URL like redis://127.0.0.1:6379/0 (or rediss://, unix://), "
+            f"got {value!r}"
+        )
+    return value
+
+
+def _key_prefix(value: Any) -> str:
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise ValueError(f"expected a key prefix without spaces like 'smsroute:', got {value!r}")
+    return value
 
 
 def _url(value: Any) -> str:
@@ -857,10 +1117,12 @@ __all__ = [
     "Config",
     "Defaults",
     "Match",
+    "OutboxSettings",
     "PriceTable",
     "ProviderConfig",
     "Rule",
     "ScoreWeights",
+    "StateSettings",
     "format_path",
     "load_config",
     "parse_config",

@@ -7,6 +7,7 @@ taxonomy every provider answer is mapped to (see ``smsroute.providers.base``).
 
 from __future__ import annotations
 
+import datetime
 import enum
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -118,7 +119,8 @@ class SendResult:
     tried in order.  ``cost`` is the configured price per segment of the
     accepting provider times ``segments`` (None when the price is unknown).
     ``last_resort`` is true when every provider's breaker was open and the
-    router tried the one reopening soonest anyway.
+    router tried the one reopening soonest anyway.  ``reason`` is
+    ``"opted_out"`` when the number replied STOP and the category is refused.
     """
 
     message_id: str
@@ -133,6 +135,8 @@ class SendResult:
     reason: str | None = None
     rule: str | None = None
     last_resort: bool = False
+    #: The final outcome: the last attempt's, or REJECTED for an opted-out number.
+    outcome: Outcome | None = None
 
     @property
     def ok(self) -> bool:
@@ -144,3 +148,82 @@ class SendResult:
         if self.status != "accepted":
             raise SendFailed(self)
         return self
+
+
+DeliveryStatus = Literal["queued", "sent", "delivered", "undelivered", "failed", "unknown"]
+DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = (
+    "queued",
+    "sent",
+    "delivered",
+    "undelivered",
+    "failed",
+    "unknown",
+)
+
+
+@attrs.frozen(slots=True)
+class DeliveryReport:
+    """A provider's delivery receipt, normalised.
+
+    ``status`` is ``queued``, ``sent``, ``delivered``, ``undelivered`` (handed to
+    the carrier, not delivered), ``failed`` (never handed over) or ``unknown``.
+    ``message_id`` is ours (None when the receipt matches no message we know);
+    ``at`` is when the provider says the status happened (UTC), or when we got it.
+    """
+
+    message_id: str | None
+    provider: str
+    provider_message_id: str
+    status: DeliveryStatus
+    error_code: str | None
+    at: datetime.datetime
+    retryable: bool | None = None
+
+    @property
+    def final(self) -> bool:
+        """Whether no later receipt is expected (delivered, undelivered, failed)."""
+        return self.status in ("delivered", "undelivered", "failed")
+
+
+@attrs.frozen(slots=True)
+class InboundMessage:
+    """A message someone sent to one of our numbers.
+
+    STOP-words opt the sender out (and START opts back in) before callbacks run;
+    ``keyword`` tells the callback which, and surfaces HELP.
+    """
+
+    provider: str
+    sender: str
+    recipient: str
+    text: str
+    received_at: datetime.datetime
+    provider_message_id: str | None = None
+    #: ``STOP``, ``START`` or ``HELP`` when the whole text is such a keyword.
+    keyword: str | None = None
+
+    def __repr__(self) -> str:
+        from smsroute.numbers import mask
+
+        return (
+            f"InboundMessage(provider={self.provider!r}, sender={mask(self.sender)!r}, "
+            f"recipient={mask(self.recipient)!r}, text=<{len(self.text)} chars>)"
+        )
+
+
+@attrs.frozen(slots=True)
+class MessageState:
+    """What :meth:`Router.status` knows of one message.
+
+    ``status`` starts as the send's outcome (``accepted`` or ``failed``) and
+    then follows delivery receipts (``queued`` ... ``delivered``), never going
+    backwards.  ``history`` holds every change as (status, provider, at).
+    """
+
+    message_id: str
+    status: str
+    provider: str | None
+    provider_message_id: str | None
+    error_code: str | None
+    updated_at: datetime.datetime
+    history: tuple[tuple[str, str | None, datetime.datetime], ...] = ()

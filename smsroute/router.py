@@ -14,19 +14,21 @@ import logging
 import os
 import random
 import secrets
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
 import aiohttp
 import attrs
+from aiohttp import web
 
 from smsroute import __version__
 from smsroute.breaker import PROBE, BreakerState, CircuitBreaker
 from smsroute.clock import Clock, SystemClock
 from smsroute.config import Config, ProviderConfig, Rule, load_config
 from smsroute.encoding import TextInfo, analyze
-from smsroute.errors import ConfigError, InvalidMessage
+from smsroute.errors import ConfigError, InvalidMessage, InvalidNumber
 from smsroute.instrument.events import (
     AttemptFinished,
     BreakerTransition,
@@ -37,13 +39,36 @@ from smsroute.instrument.events import (
     MessageFinished,
     RateLimitWait,
 )
-from smsroute.message import Attempt, Encoding, Message, Outcome, SendResult
+from smsroute.instrument.prometheus import CollectorRegistry, PrometheusHook, exposition
+from smsroute.message import (
+    Attempt,
+    DeliveryReport,
+    Encoding,
+    Message,
+    MessageState,
+    Outcome,
+    SendResult,
+)
 from smsroute.numbers import Destination, NumberType, mask, normalize
+from smsroute.outbox import (
+    TTL,
+    DeadLetter,
+    NewMessage,
+    OutboxSettings,
+    OutboxStore,
+    OutboxWorker,
+    SendAt,
+    make_id,
+    new_message,
+    open_store,
+    outbox_clock,
+)
 from smsroute.providers import load_provider_class
 from smsroute.providers.base import OutboundSMS, Provider, Reply
 from smsroute.rules import RuleIndex, Subject
-from smsroute.selection import Candidate, Option, order, score
-from smsroute.state.memory import MemoryState
+from smsroute.selection import Candidate, Option, bests, order, score
+from smsroute.state.backend import StateBackend, open_state
+from smsroute.webhooks import DeliveryCallback, InboundCallback, WebhookResponse, Webhooks
 
 log = logging.getLogger("smsroute")
 
@@ -111,9 +136,12 @@ class Router:
     ...     result = await router.send(Message(to="+4915123456789", text="Code 123456", category="otp"))
     ...     result.ok, result.provider, [a.outcome for a in result.attempts]
 
-    ``hooks`` receive every event (see :mod:`smsroute.instrument`).  ``clock``,
-    ``rng`` and ``sleep`` are for tests: with a :class:`ManualClock` and its
-    ``sleep``, nothing in the router waits in real time except network I/O.
+    ``hooks`` receive every event (see :mod:`smsroute.instrument`).  Prometheus
+    metrics are on by default, in ``registry`` (prometheus_client's global
+    registry unless given; ``metrics=False`` turns them off); serve them with
+    :meth:`metrics_app` or :meth:`metrics_handler`.  ``clock``, ``rng`` and
+    ``sleep`` are for tests: with a :class:`ManualClock` and its ``sleep``,
+    nothing in the router waits in real time except network I/O.
     """
 
     def __init__(
@@ -125,16 +153,34 @@ class Router:
         rng: random.Random | None = None,
         sleep: Sleep | None = None,
         session: aiohttp.ClientSession | None = None,
+        registry: CollectorRegistry | None = None,
+        metrics: bool = True,
     ) -> None:
         self._clock: Clock = clock or SystemClock()
         self._rng = rng or random.Random()
         self._sleep: Sleep = sleep or asyncio.sleep
         self._hooks: tuple[Hook, ...] = tuple(hooks)
-        self._state = MemoryState(self._clock, on_transition=self._breaker_changed)
+        self._state: StateBackend = open_state(
+            config.state, self._clock, self._breaker_changed, self._emit
+        )
+        self._state_started: asyncio.Future[None] | None = None
+        self._state_ready = False
         self._runtime = _Runtime(config)
+        self._registry = registry
+        self._metrics = (
+            PrometheusHook(registry, config=lambda: self._runtime.config) if metrics else None
+        )
+        if self._metrics is not None:
+            self._hooks = (self._metrics, *self._hooks)
         self._session = session
         self._own_session = session is None
         self._closed = False
+        self._status = self._state.status_store()
+        self._optouts = self._state.optout_store()
+        self._webhooks = Webhooks(self)
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._awaiting_receipt: deque[tuple[float, str, str, str]] = deque()
+        self._resendable: OrderedDict[str, tuple[Message, frozenset[str], float]] = OrderedDict()
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], **kwargs: Any) -> Router:
@@ -149,7 +195,7 @@ class Router:
         return self._runtime.config
 
     @property
-    def state(self) -> MemoryState:
+    def state(self) -> StateBackend:
         """Live breaker, health and rate-limit state."""
         return self._state
 
@@ -159,6 +205,7 @@ class Router:
 
     async def __aenter__(self) -> Router:
         self._get_session()
+        await self._start_state()
         return self
 
     async def __aexit__(
@@ -172,11 +219,28 @@ class Router:
     async def aclose(self) -> None:
         """Close the HTTP session (if the router made it) and the adapters."""
         self._closed = True
+        await self._close_outbox()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._state_started is not None:
+            self._state_started = None
+            self._state_ready = False
+            await self._state.aclose()
         for provider in self._runtime.providers.values():
             await provider.aclose()
         if self._session is not None and self._own_session:
             await self._session.close()
         self._session = None
+
+    async def _start_state(self) -> None:
+        """Connect the state backend once (Redis: raises StateBackendUnavailable if down)."""
+        started = self._state_started
+        if started is None or (started.done() and (started.cancelled() or started.exception())):
+            started = self._state_started = asyncio.ensure_future(self._state.start())
+        await asyncio.shield(started)
+        self._state_ready = True
 
     def _get_session(self) -> aiohttp.ClientSession:
         session = self._session
@@ -245,6 +309,7 @@ class Router:
             pcfg = providers[name]
             breaker = state.breaker(pcfg, country)
             health = state.health(name)
+            delivery = state.health(name, country)
             per_segment = pcfg.prices.price_for(country)
             out.append(
                 Option(
@@ -255,6 +320,8 @@ class Router:
                     breaker=breaker.state.value,
                     available=breaker.available(),
                     reopen_at=breaker.reopen_at,
+                    delivery_ratio=delivery.delivery_ratio,
+                    time_to_deliver=delivery.time_to_deliver,
                 )
             )
         return out
@@ -279,10 +346,7 @@ class Router:
         p = self._prepare(rt, message)
         ordered, skipped, last_resort = self._plan(rt, p)
         everyone = [*ordered, *skipped]
-        prices = [o.price for o in everyone if o.price is not None]
-        latencies = [o.latency for o in everyone if o.latency is not None]
-        best_price = min(prices) if prices else None
-        best_latency = min(latencies) if latencies else None
+        best_price, best_latency = bests(everyone)
         now = self._clock.now()
         max_wait = rt.config.defaults.max_rate_wait
         candidates: list[Candidate] = []
@@ -308,6 +372,7 @@ class Router:
                     skipped=why,
                     latency=o.latency,
                     success_rate=o.success_rate,
+                    delivery_ratio=o.delivery_ratio,
                 )
             )
         return RoutePlan(
@@ -331,8 +396,19 @@ class Router:
         provider is called when the message cannot be sent as written.
         Provider failures never raise: they are attempts in the result.
         """
+        return await self._send(message, secrets.token_hex(16), frozenset())
+
+    async def _send(
+        self,
+        message: Message,
+        message_id: str,
+        exclude: frozenset[str],
+        reserved: str | None = None,
+    ) -> SendResult:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
+        if not self._state_ready:
+            await self._start_state()
         rt = self._runtime
         p = self._prepare(rt, message)
         config = rt.config
@@ -340,8 +416,17 @@ class Router:
         rule = p.rule
         country = p.destination.country
         emit = self._emit if self._hooks else None
-        message_id = secrets.token_hex(16)
+        if (
+            self._optouts
+            and message.category in defaults.opt_out_categories
+            and p.destination.e164 in self._optouts
+        ):
+            return self._opted_out(message, message_id, p, emit, loop.time() - t0)
         ordered, _, last_resort = self._plan(rt, p)
+        if exclude:
+            ordered = [o for o in ordered if o.provider not in exclude]
+        if reserved is not None:  # the outbox worker holds a token of this provider: start there
+            ordered.sort(key=lambda o: o.provider != reserved)
         deadline_at = t0 + (rule.deadline or defaults.deadline)
         max_attempts = rule.max_attempts or defaults.max_attempts
         on_timeout = rule.on_timeout or config.categories[message.category].on_timeout
@@ -370,7 +455,14 @@ class Router:
                     Attempt(name, Outcome.TRANSIENT, 0.0, detail="skipped: breaker open")
                 )
                 continue
-            wait = state.bucket(pcfg).reserve(min(defaults.max_rate_wait, deadline_at - now))
+            if name == reserved:
+                wait: float | None = 0.0
+            else:
+                bucket = state.bucket(pcfg)
+                limit = min(defaults.max_rate_wait, deadline_at - now)
+                wait = bucket.reserve(limit)
+                if wait is None:  # a shared bucket leases more tokens: the one await here
+                    wait = await state.refill(bucket, limit)
             if wait is None:
                 if not last_resort:
                     breaker.release(ticket)
@@ -408,7 +500,7 @@ class Router:
                 segments=p.info.segments,
                 category=message.category,
                 attempt=called,
-                status_callback=rt.callbacks[name],
+                status_callback=self._callback_url(rt, name, message_id),
             )
             reply, latency = await self._attempt(
                 rt.providers[name], pcfg, sms, session, min(loop.time() + pcfg.timeout, deadline_at)
@@ -473,7 +565,9 @@ class Router:
                     currency=pcfg.prices.currency,
                     rule=rule.name,
                     last_resort=last_resort,
+                    outcome=Outcome.ACCEPTED,
                 )
+                self._accepted(rt, rule, message, result, country, exclude)
                 if emit:
                     self._finished(emit, message, result, country, loop.time() - t0)
                 return result
@@ -507,10 +601,152 @@ class Router:
             reason=reason,
             rule=rule.name,
             last_resort=last_resort,
+            outcome=attempts[-1].outcome if attempts else None,
         )
+        self._status.record_send(message_id, "failed", None, None, country)
         if emit:
             self._finished(emit, message, result, country, loop.time() - t0)
         return result
+
+    def _callback_url(self, rt: _Runtime, provider: str, message_id: str) -> str | None:
+        url = rt.callbacks[provider]
+        if url is None or rt.providers[provider].echoes_message_id:
+            return url
+        # Providers that do not echo a reference get ours in the callback's query.
+        return f"{url}{'&' if '?' in url else '?'}smsroute_id={message_id}"
+
+    def _opted_out(
+        self,
+        message: Message,
+        message_id: str,
+        p: _Prepared,
+        emit: Callable[[Event], None] | None,
+        duration: float,
+    ) -> SendResult:
+        result = SendResult(
+            message_id=message_id,
+            status="failed",
+            provider=None,
+            provider_message_id=None,
+            attempts=(),
+            segments=p.info.segments,
+            encoding=p.info.encoding,
+            reason="opted_out",
+            rule=p.rule.name,
+            outcome=Outcome.REJECTED,
+        )
+        self._status.record_send(message_id, "failed", None, None, p.destination.country)
+        if emit:
+            self._finished(emit, message, result, p.destination.country, duration)
+        return result
+
+    def _accepted(
+        self,
+        rt: _Runtime,
+        rule: Rule,
+        message: Message,
+        result: SendResult,
+        country: str,
+        exclude: frozenset[str],
+    ) -> None:
+        assert result.provider is not None
+        early = self._status.record_send(
+            result.message_id, "accepted", result.provider, result.provider_message_id, country
+        )
+        for report in early:  # receipts that beat the provider's own answer
+            task = asyncio.ensure_future(
+                self._webhooks.deliver(attrs.evolve(report, message_id=result.message_id))
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if rt.callbacks[result.provider] is not None and rt.config.defaults.receipt_timeout:
+            self._awaiting_receipt.append(
+                (self._clock.now(), result.message_id, result.provider, country)
+            )
+            self._expire_receipts()
+        if rule.on_undelivered == "resend":
+            tried = exclude | {a.provider for a in result.attempts}
+            resend = self._resendable
+            resend[result.message_id] = (
+                message,
+                tried,
+                self._clock.now() + rt.config.defaults.resend_ttl,
+            )
+            while len(resend) > self._status.max_messages:
+                resend.popitem(last=False)
+
+    def _expire_receipts(self) -> None:
+        """Count accepted messages whose final receipt never came as not delivered."""
+        timeout = self.config.defaults.receipt_timeout
+        if timeout is None:
+            return
+        horizon = self._clock.now() - timeout
+        waiting = self._awaiting_receipt
+        while waiting and waiting[0][0] <= horizon:
+            _, message_id, provider, country = waiting.popleft()
+            state = self._status.get(message_id)
+            if state is not None and state.status in ("accepted", "queued", "sent"):
+                self._record_delivery(provider, country, delivered=False, seconds=None)
+
+    def _record_delivery(
+        self, provider: str, country: str, *, delivered: bool, seconds: float | None
+    ) -> None:
+        state = self._state
+        state.health(provider).record_delivery(delivered, seconds)
+        by_country = state.health(provider, country)
+        by_country.record_delivery(delivered, seconds)
+        pcfg = self.config.providers.get(provider)
+        if pcfg is None or pcfg.breaker.min_delivery_ratio is None:
+            return
+        health = by_country if pcfg.breaker_scope == "provider_country" else state.health(provider)
+        ratio = health.delivery_ratio
+        if (
+            ratio is not None
+            and health.receipts >= pcfg.breaker.min_receipts
+            and ratio < pcfg.breaker.min_delivery_ratio
+        ):
+            breaker = state.breaker(pcfg, country)
+            if breaker.state is not BreakerState.OPEN:
+                log.warning(
+                    "%s delivered %.0f%% of the last %d messages%s (minimum %.0f%%): opening its breaker",
+                    provider,
+                    ratio * 100,
+                    health.receipts,
+                    f" to {country}" if pcfg.breaker_scope == "provider_country" else "",
+                    pcfg.breaker.min_delivery_ratio * 100,
+                )
+                breaker.trip()
+
+    def _delivery_outcome(
+        self, report: DeliveryReport, country: str, seconds: float | None
+    ) -> None:
+        """A final receipt: feed health and breaker; resend a failed delivery if the rule says so."""
+        if report.status == "delivered":
+            self._record_delivery(report.provider, country, delivered=True, seconds=seconds)
+            self._resendable.pop(report.message_id or "", None)
+            return
+        if report.retryable is not False:  # a permanent failure is the number's, not the provider's
+            self._record_delivery(report.provider, country, delivered=False, seconds=None)
+        entry = self._resendable.get(report.message_id or "")
+        if entry is None or report.retryable is False:
+            return
+        message, tried, until = entry
+        if self._clock.now() > until or self._closed:
+            self._resendable.pop(report.message_id or "", None)
+            return
+        task = asyncio.ensure_future(self._resend(report.message_id or "", message, tried))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resend(self, message_id: str, message: Message, tried: frozenset[str]) -> None:
+        try:
+            result = await self._send(message, message_id, tried)
+        except Exception:  # the message was valid when first sent; log, never raise from a task
+            log.exception("resend of %s failed", message_id)
+            return
+        if not result.ok:
+            log.warning("resend of %s found no other provider: %s", message_id, result.reason)
+            self._resendable.pop(message_id, None)
 
     async def _attempt(
         self,
@@ -522,6 +758,7 @@ class Router:
     ) -> tuple[Reply, float]:
         loop = asyncio.get_running_loop()
         slots = self._state.slots(pcfg)
+        inflight = self._metrics.inflight(pcfg.name) if self._metrics is not None else None
         started = loop.time()
         holding = False
         try:
@@ -530,7 +767,14 @@ class Router:
                     await slots.acquire()
                     holding = True
                     started = loop.time()
-                reply = await provider.send(sms, session)
+                if inflight is None:
+                    reply = await provider.send(sms, session)
+                else:
+                    inflight.inc()
+                    try:
+                        reply = await provider.send(sms, session)
+                    finally:
+                        inflight.dec()
         except TimeoutError:
             if slots is not None and not holding:
                 reply = Reply(
@@ -598,6 +842,251 @@ class Router:
         if self._hooks:
             self._emit(BreakerTransition(provider, country, before.value, after.value))
 
+    # -- receiving: receipts, inbound, status ---------------------------------------------
+
+    async def handle_webhook(
+        self,
+        provider_name: str,
+        kind: str,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> WebhookResponse:
+        """Process a provider's webhook call from any web framework.
+
+        ``kind`` is ``status`` (delivery receipts) or ``inbound``; ``url`` is the
+        full public URL the provider called (signatures cover it).  Returns the
+        :class:`WebhookResponse` to answer: its ``status``, ``content_type`` and
+        ``body``.  Never raises for anything the caller sent.
+        """
+        return await self._webhooks.handle(provider_name, kind, method, url, headers, body)
+
+    def webhook_app(self) -> web.Application:
+        """An aiohttp application serving ``/{provider}/status`` and ``/{provider}/inbound``.
+
+        Mount it under the path of ``defaults.webhook_url``, e.g.
+        ``app.add_subapp("/sms", router.webhook_app())``.
+        """
+        from smsroute.webhook_app import make_webhook_app
+
+        return make_webhook_app(self)
+
+    def on_delivery_report(self, callback: DeliveryCallback) -> DeliveryCallback:
+        """Call ``callback(report)`` (sync or async) for every new delivery receipt.
+
+        Usable as a decorator.  A callback that raises is logged and skipped.
+        """
+        self._webhooks.delivery_callbacks.append(callback)
+        return callback
+
+    def on_inbound(self, callback: InboundCallback) -> InboundCallback:
+        """Call ``callback(message)`` (sync or async) for every inbound message."""
+        self._webhooks.inbound_callbacks.append(callback)
+        return callback
+
+    async def status(self, message_id: str) -> MessageState | None:
+        """The latest known state of ``message_id`` (None when unknown or forgotten).
+
+        With an outbox, its durable record: every status since enqueue, receipts included.
+        """
+        durable = await self._outbox_status(message_id)
+        return durable if durable is not None else self._status.get(message_id)
+
+    def is_opted_out(self, number: str) -> bool:
+        """Whether ``number`` replied STOP (and not START since)."""
+        return normalize(number, self.config.defaults.default_region).e164 in self._optouts
+
     def breaker_states(self) -> Mapping[tuple[str, str | None], BreakerState]:
         """The state of every breaker created so far, by (provider, country or None)."""
         return {b.key: b.state for b in self._state.breakers()}
+
+    # -- metrics ------------------------------------------------------------------------
+
+    async def metrics_handler(self, request: web.Request) -> web.StreamResponse:
+        """An aiohttp handler answering a scrape with this router's metrics.
+
+        Mount it in your own application::
+
+            app.router.add_get("/metrics", router.metrics_handler)
+
+        It serves the router's registry (prometheus_client's global one unless
+        ``registry=`` was given), so your own metrics there are served too; with
+        ``PROMETHEUS_MULTIPROC_DIR`` set, every worker process's metrics.
+        """
+        self.breaker_states()  # an open breaker whose time is up reads as half-open from now
+        body, content_type = exposition(self._registry, request.headers.get("Accept"))
+        response = web.Response(body=body, headers={"Content-Type": content_type})
+        response.enable_compression()
+        return response
+
+    def metrics_app(self) -> web.Application:
+        """An aiohttp application serving ``GET /metrics`` for Prometheus to scrape.
+
+        >>> runner = web.AppRunner(router.metrics_app())
+        >>> await runner.setup()
+        >>> await web.TCPSite(runner, "0.0.0.0", 9464).start()
+        """
+        app = web.Application()
+        app.router.add_get("/metrics", self.metrics_handler)
+        return app
+
+    # -- the outbox: durable send-later -------------------------------------------------
+
+    _outbox: OutboxStore | None = None
+    _outbox_workers: frozenset[OutboxWorker] = frozenset()
+
+    @property
+    def outbox(self) -> OutboxStore:
+        """The durable store behind :meth:`enqueue` (``outbox:`` in the config), opened on first use."""
+        return self._outbox_store()
+
+    async def enqueue(
+        self,
+        message: Message,
+        *,
+        send_at: SendAt | None = None,
+        ttl: TTL | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Validate ``message`` and store it durably for the outbox worker; returns its id.
+
+        A bad number or text raises :class:`InvalidNumber` or
+        :class:`InvalidMessage` here, and nothing is stored.  ``send_at`` (an
+        aware datetime, or a timedelta from now) holds the message until then;
+        ``ttl`` (seconds or a timedelta; default ``outbox.ttl``) is how long
+        after that it may still be sent before it becomes a dead letter.
+        Enqueueing an ``idempotency_key`` again returns the first message's id
+        and stores nothing.  A worker sends it: :meth:`worker` in this process,
+        or ``python -m smsroute.outbox CONFIG`` in another.
+
+        >>> message_id = await router.enqueue(
+        ...     Message(to="+4915123456789", text="Your parcel ships today"),
+        ...     idempotency_key="order-1234-shipped",
+        ... )
+        >>> (await router.status(message_id)).status
+        'pending'
+        """
+        item = self._outbox_item(message, self._outbox_now(), send_at, ttl, idempotency_key)
+        message_id = await self._outbox_store().enqueue(item)
+        self._outbox_wake()
+        return message_id
+
+    async def enqueue_many(
+        self,
+        messages: Iterable[Message],
+        *,
+        send_at: SendAt | None = None,
+        ttl: TTL | None = None,
+        idempotency_keys: Iterable[str | None] | None = None,
+    ) -> list[str]:
+        """:meth:`enqueue` for a batch, in one transaction; returns the ids in order.
+
+        Every message is validated first: one bad message raises (saying its
+        index) and none is stored.  ``idempotency_keys``, when given, holds one
+        key (or None) per message.
+        """
+        batch = list(messages)
+        keys = [None] * len(batch) if idempotency_keys is None else list(idempotency_keys)
+        if len(keys) != len(batch):
+            raise ValueError(f"{len(keys)} idempotency keys for {len(batch)} messages")
+        now = self._outbox_now()
+        items: list[NewMessage] = []
+        for i, (message, key) in enumerate(zip(batch, keys, strict=True)):
+            try:
+                items.append(self._outbox_item(message, now, send_at, ttl, key))
+            except (InvalidNumber, InvalidMessage) as exc:
+                raise type(exc)(f"messages[{i}]: {exc}") from None
+        if not items:
+            return []
+        ids = await self._outbox_store().enqueue_many(items)
+        self._outbox_wake()
+        return ids
+
+    def worker(
+        self, *, concurrency: int | None = None, rng: random.Random | None = None
+    ) -> OutboxWorker:
+        """A worker that sends this router's queued messages; use it with ``async with``.
+
+        >>> async with router.worker(concurrency=16):
+        ...     await shutdown.wait()
+
+        See :class:`OutboxWorker`.  ``python -m smsroute.outbox CONFIG`` runs one
+        as a process of its own.
+        """
+        return OutboxWorker(self, concurrency=concurrency, rng=rng)
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Messages the outbox gave up on, most recent first, each with its attempts."""
+        return await self._outbox_store().dead_letters(limit)
+
+    async def requeue(self, message_id: str) -> bool:
+        """Put a dead letter back in the queue, due now, its tries and ttl reset.
+
+        Returns False when ``message_id`` is not a dead letter.
+        """
+        done = await self._outbox_store().requeue(message_id, self._outbox_now())
+        if done:
+            self._outbox_wake()
+        return done
+
+    def _outbox_settings(self) -> OutboxSettings:
+        return self.config.outbox or OutboxSettings()
+
+    def _outbox_store(self) -> OutboxStore:
+        if self._outbox is None:
+            if self._closed:
+                raise RuntimeError("the router is closed")
+            self._outbox = open_store(self._outbox_settings())
+        return self._outbox
+
+    def _outbox_now(self) -> float:
+        return outbox_clock(self._clock).now()
+
+    def _outbox_item(
+        self,
+        message: Message,
+        now: float,
+        send_at: SendAt | None,
+        ttl: TTL | None,
+        idempotency_key: str | None,
+    ) -> NewMessage:
+        self._prepare(self._runtime, message)
+        return new_message(
+            message,
+            make_id(now),
+            now=now,
+            send_at=send_at,
+            ttl=ttl,
+            default_ttl=self._outbox_settings().ttl,
+            idempotency_key=idempotency_key,
+        )
+
+    def _outbox_wake(self) -> None:
+        for worker in self._outbox_workers:
+            worker.wake()
+
+    def _outbox_register(self, worker: OutboxWorker, *, running: bool) -> None:
+        workers = self._outbox_workers
+        self._outbox_workers = workers | {worker} if running else workers - {worker}
+
+    async def _outbox_status(self, message_id: str) -> MessageState | None:
+        """The durable state, when this router uses an outbox (opened here, or configured)."""
+        if self._closed or (self._outbox is None and self.config.outbox is None):
+            return None
+        return await self._outbox_store().status(message_id)
+
+    async def _outbox_receipt(self, report: DeliveryReport) -> None:
+        """Record a new receipt in the outbox, when this process uses one (see Webhooks.deliver)."""
+        if self._outbox is None or self._closed:
+            return
+        try:
+            await self._outbox.record_receipt(report, self._outbox_now())
+        except Exception:  # the receipt was applied in memory; losing its record is not fatal
+            log.exception("could not record a delivery receipt in the outbox")
+
+    async def _close_outbox(self) -> None:
+        for worker in self._outbox_workers:
+            await worker.stop()
+        if self._outbox is not None:
+            await self._outbox.close()

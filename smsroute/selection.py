@@ -3,9 +3,11 @@
     priority   as listed
     weighted   first pick at random by weight, the rest by weight
     cheapest   price per segment to the destination x segments; unknown prices last
-    fastest    lowest recent latency, picked at random among those within
-               ``latency_buffer`` of the best (so the fastest is not flooded)
-    score      weighted sum of price, success rate and latency, each scaled to [0, 1]
+    fastest    lowest recent latency (plus time to deliver, stretched by the share
+               of receipts that said undelivered), picked at random among those
+               within ``latency_buffer`` of the best (so the fastest is not flooded)
+    score      weighted sum of price, success rate (times delivery ratio) and
+               speed, each scaled to [0, 1]
 
 Providers whose breaker refuses calls are skipped; when every provider is
 refused, the one that reopens soonest is kept as a last resort.
@@ -38,6 +40,7 @@ class Candidate:
     skipped: str | None = None
     latency: float | None = None
     success_rate: float | None = None
+    delivery_ratio: float | None = None
 
 
 @attrs.frozen(slots=True)
@@ -51,6 +54,18 @@ class Option:
     breaker: str
     available: bool
     reopen_at: float | None = None
+    delivery_ratio: float | None = None
+    time_to_deliver: float | None = None
+
+    @property
+    def speed(self) -> float | None:
+        """Seconds to deliver as ``fastest`` sees it: API latency plus time to
+        deliver, stretched by undelivered receipts (none delivered: 100x)."""
+        if self.latency is None and self.time_to_deliver is None:
+            return None
+        seconds = (self.latency or 0.0) + (self.time_to_deliver or 0.0)
+        ratio = 1.0 if self.delivery_ratio is None else self.delivery_ratio
+        return seconds / max(ratio, 0.01)
 
 
 def score(
@@ -68,10 +83,13 @@ def score(
     else:
         price_part = best_price / option.price
     success_part = 1.0 if option.success_rate is None else option.success_rate
-    if option.latency is None or not best_latency:
+    if option.delivery_ratio is not None:
+        success_part *= option.delivery_ratio
+    speed = option.speed
+    if speed is None or not best_latency:
         latency_part = 1.0
     else:
-        latency_part = min(1.0, best_latency / option.latency)
+        latency_part = min(1.0, best_latency / speed) if speed else 1.0
     return (w.price * price_part + w.success * success_part + w.latency * latency_part) / total
 
 
@@ -89,13 +107,14 @@ def order(rule: Rule, options: Sequence[Option], rng: random.Random) -> list[Opt
         return _weighted(rule, ready, rng)
     if strategy == "fastest":
         return _fastest(rule, ready, rng)
-    best_price, best_latency = _bests(ready)
+    best_price, best_latency = bests(ready)
     return sorted(ready, key=lambda o: -score(rule, o, best_price, best_latency))
 
 
-def _bests(options: Sequence[Option]) -> tuple[float | None, float | None]:
+def bests(options: Sequence[Option]) -> tuple[float | None, float | None]:
+    """The lowest known price and speed among ``options`` (what scores are scaled by)."""
     prices = [o.price for o in options if o.price is not None]
-    latencies = [o.latency for o in options if o.latency is not None]
+    latencies = [s for o in options if (s := o.speed) is not None]
     return (min(prices) if prices else None, min(latencies) if latencies else None)
 
 
@@ -121,7 +140,8 @@ def _weighted(rule: Rule, ready: list[Option], rng: random.Random) -> list[Optio
 def _fastest(rule: Rule, ready: list[Option], rng: random.Random) -> list[Option]:
     # No data yet reads as fastest: a new or recovered provider gets traffic to measure.
     def latency(o: Option) -> float:
-        return 0.0 if o.latency is None else o.latency
+        speed = o.speed
+        return 0.0 if speed is None else speed
 
     by_latency = sorted(ready, key=latency)
     limit = latency(by_latency[0]) * (1.0 + rule.latency_buffer)

@@ -25,6 +25,15 @@ Path = tuple[str | int, ...]
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+class Placeholder(str):
+    """A stand-in for an unset environment variable (``smsroute check --env-placeholders``).
+
+    Value checks skip placeholders: only the config's shape is being checked.
+    """
+
+    __slots__ = ()
+
+
 def format_path(path: Path) -> str:
     """``("rules", 1, "providers")`` -> ``rules[1].providers``."""
     out = ""
@@ -117,6 +126,9 @@ class _Builder:
             )
             return ""
 
+        whole = _ENV.fullmatch(text)
+        if whole is not None and whole.group(1) in self.environ:
+            return self.environ[whole.group(1)]  # keeps a Placeholder a Placeholder
         return _ENV.sub(replace, text)
 
 

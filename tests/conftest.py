@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import socket
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
-from smsroute import Config, parse_config
+from smsroute import Config, Router, parse_config
 from smsroute.testing import FakeTwilio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,3 +53,32 @@ async def twilio_b() -> AsyncIterator[FakeTwilio]:
 async def twilio_c() -> AsyncIterator[FakeTwilio]:
     async with FakeTwilio() as fake:
         yield fake
+
+
+class Hooks:
+    """A router's webhook app served on a socket bound before the config is written."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/sms"
+        self.runner: web.AppRunner | None = None
+
+    async def serve(self, router: Router) -> None:
+        app = web.Application()
+        app.add_subapp("/sms", router.webhook_app())
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.SockSite(self.runner, self.sock).start()
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+        self.sock.close()
+
+
+@pytest.fixture
+async def hooks() -> AsyncIterator[Hooks]:
+    h = Hooks()
+    yield h
+    await h.close()

@@ -206,6 +206,7 @@ async def test_adapter_request_matches_create_message_spec(
         "to": [TO],
         "from": SENDER,
         "text": "Your code is 123456",
+        "tag": "0123456789abcdef0123456789abcdef",  # our message id, echoed in callbacks
     }
     assert wire.request_headers["Content-Type"].startswith("application/json")
     assert reply.provider_message_id == fake.messages[0].provider_message_id

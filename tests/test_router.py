@@ -446,8 +446,11 @@ async def test_status_callback_is_sent_when_webhook_url_is_configured(
         twilio_a, twilio_b, extra_defaults="  webhook_url: https://hooks.example.com/sms"
     )
     async with Router(make_config(text)) as router:
-        await router.send(OTP)
-    assert twilio_a.messages[0].status_callback == "https://hooks.example.com/sms/primary/status"
+        result = await router.send(OTP)
+    callback = twilio_a.messages[0].status_callback
+    assert (
+        callback == f"https://hooks.example.com/sms/primary/status?smsroute_id={result.message_id}"
+    )
 
 
 async def test_no_status_callback_without_webhook_url(router: Router, twilio_a: FakeTwilio) -> None:

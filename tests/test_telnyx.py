@@ -357,10 +357,10 @@ rules:
     providers: [telnyx]
 """
     async with Router(make_config(config)) as router:
-        await router.send(OTP)
+        result = await router.send(OTP)
     assert (
         telnyx_a.messages[0].fields["webhook_url"]
-        == "https://hooks.example.com/smsroute/telnyx/status"
+        == f"https://hooks.example.com/smsroute/telnyx/status?smsroute_id={result.message_id}"
     )
 
 

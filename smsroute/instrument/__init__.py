@@ -1,5 +1,8 @@
 """Instrumentation: the router emits events; hooks turn them into metrics and logs.
 
+:class:`PrometheusHook` is installed by every router unless ``metrics=False``;
+:class:`LoggingHook` writes each event as one log line.
+
 A hook is any callable taking one event.  Hooks must be quick and must not
 raise (a hook that raises is logged and otherwise ignored)::
 
@@ -14,22 +17,28 @@ from smsroute.instrument.events import (
     AttemptFinished,
     BreakerTransition,
     ConfigReloaded,
+    DeliveryReceived,
     Event,
     Failover,
     Hook,
     MessageFinished,
     RateLimitWait,
+    WebhookRefused,
 )
 from smsroute.instrument.logging import LoggingHook
+from smsroute.instrument.prometheus import PrometheusHook
 
 __all__ = [
     "AttemptFinished",
     "BreakerTransition",
     "ConfigReloaded",
+    "DeliveryReceived",
     "Event",
     "Failover",
     "Hook",
     "LoggingHook",
     "MessageFinished",
+    "PrometheusHook",
     "RateLimitWait",
+    "WebhookRefused",
 ]

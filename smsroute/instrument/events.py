@@ -85,6 +85,41 @@ class ConfigReloaded:
     error: str | None = None
 
 
+@attrs.frozen(slots=True)
+class DeliveryReceived:
+    """A delivery receipt for a message we sent arrived.
+
+    ``status`` is a :data:`~smsroute.message.DeliveryStatus` (``delivered``,
+    ``undelivered``, ``failed`` are final); ``latency`` is seconds from the
+    provider accepting the message to this receipt, when known.
+    """
+
+    provider: str
+    country: str
+    status: str
+    latency: float | None = None
+
+
+@attrs.frozen(slots=True)
+class WebhookRefused:
+    """A webhook request was refused.  ``kind`` is ``status`` or ``inbound``;
+    ``reason`` says why in one word (``signature``, ``malformed``, ``too_large``,
+    ``unknown_message``...)."""
+
+    provider: str
+    kind: str
+    reason: str
+
+
+@attrs.frozen(slots=True)
+class StateBackendError:
+    """A call to the shared state backend (Redis) failed; the router went on with
+    local state.  ``operation`` is what was being done: ``sync``, ``breaker``,
+    ``ratelimit``, ``pause``, ``optouts``, ``receipts``, ``status``..."""
+
+    operation: str
+
+
 Event = (
     AttemptFinished
     | MessageFinished
@@ -92,5 +127,8 @@ Event = (
     | BreakerTransition
     | RateLimitWait
     | ConfigReloaded
+    | DeliveryReceived
+    | WebhookRefused
+    | StateBackendError
 )
 Hook = Callable[[Event], None]

@@ -10,10 +10,12 @@ from smsroute.instrument.events import (
     AttemptFinished,
     BreakerTransition,
     ConfigReloaded,
+    DeliveryReceived,
     Event,
     Failover,
     MessageFinished,
     RateLimitWait,
+    WebhookRefused,
 )
 from smsroute.message import Outcome
 
@@ -24,6 +26,8 @@ _NAMES = {
     BreakerTransition: "breaker_transition",
     RateLimitWait: "ratelimit_wait",
     ConfigReloaded: "config_reloaded",
+    DeliveryReceived: "delivery_received",
+    WebhookRefused: "webhook_refused",
 }
 
 
@@ -31,8 +35,10 @@ class LoggingHook:
     """Log events to ``logger`` (default ``smsroute.events``) as ``event key=value ...``.
 
     The fields also go into the record's ``extra`` as ``smsroute_event`` and
-    ``smsroute_fields`` for JSON formatters.  Failures, failovers and breaker
-    changes log at WARNING; the rest at DEBUG.
+    ``smsroute_fields`` for JSON formatters.  Failures, failovers, breaker
+    changes and refused webhooks log at WARNING; receipts saying a message was not
+    delivered at INFO; the rest at DEBUG.  Events never carry a phone number or
+    text, so nothing needs masking here.
     """
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
@@ -58,10 +64,12 @@ class LoggingHook:
 
     @staticmethod
     def _level(event: Event) -> int:
-        if isinstance(event, Failover | BreakerTransition):
+        if isinstance(event, Failover | BreakerTransition | WebhookRefused):
             return logging.WARNING
         if isinstance(event, ConfigReloaded):
             return logging.INFO if event.result == "success" else logging.ERROR
         if isinstance(event, MessageFinished) and event.status != "accepted":
             return logging.WARNING
+        if isinstance(event, DeliveryReceived) and event.status in ("undelivered", "failed"):
+            return logging.INFO
         return logging.DEBUG

@@ -13,7 +13,9 @@ from smsroute.breaker import CircuitBreaker, TransitionHook
 from smsroute.clock import Clock
 from smsroute.config import ProviderConfig
 from smsroute.health import Health
+from smsroute.optout import OptOutStore
 from smsroute.ratelimit import TokenBucket
+from smsroute.status import StatusStore
 
 
 class MemoryState:
@@ -71,3 +73,26 @@ class MemoryState:
             entry = (provider.max_concurrency, asyncio.Semaphore(provider.max_concurrency))
             self._slots[provider.name] = entry
         return entry[1]
+
+    async def refill(self, bucket: TokenBucket, max_wait: float) -> float | None:
+        """A bucket in memory has nothing more to give than ``reserve`` said: None."""
+        return None
+
+    def optout_store(self) -> OptOutStore:
+        """Opt-outs in this process's memory."""
+        return OptOutStore()
+
+    def status_store(self) -> StatusStore:
+        """Message states in this process's memory."""
+        return StatusStore()
+
+    @property
+    def receipt_log(self) -> None:
+        """No shared log: receipts are de-duplicated in the webhooks' memory only."""
+        return None
+
+    async def start(self) -> None:
+        """Nothing to connect."""
+
+    async def aclose(self) -> None:
+        """Nothing to stop."""

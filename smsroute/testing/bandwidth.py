@@ -9,6 +9,14 @@ the official ``bandwidth-sdk`` runs against it (tests/test_bandwidth.py).
 
 Error bodies follow dev.bandwidth.com/docs/messaging/errors; the wording of
 field errors other than those quoted from Bandwidth's docs is unconfirmed.
+
+Callbacks: Bandwidth has no per-message callback URL, so the fake has the
+Application's: ``callback_url`` (its OutboundCallbackUrl, None by default: no
+receipts are sent until a test sets it) and ``callback_username`` /
+``callback_password`` (its callback credentials, sent as HTTP Basic auth).
+Receipts and inbound messages are JSON arrays of one event, shaped as the
+spec's ``statusCallback`` / ``inboundCallback`` examples; the message's ``tag``
+is echoed as Bandwidth echoes it.
 """
 
 from __future__ import annotations
@@ -46,6 +54,25 @@ DESCRIPTIONS: Mapping[str, str] = {
     "internal-server-error": "Internal Server Error",  # [unconfirmed]
     "service-unavailable": "Service Unavailable",  # [unconfirmed]
 }
+#: Our receipt outcome -> (callback type, description, usual errorCode).  Descriptions
+#: as in the spec's callback examples and Bandwidth's error-code table.  4702
+#: (subscriber unavailable) is a carrier-side, retryable failure; 4432 (account not
+#: enabled for the country) a failure Bandwidth detects before any carrier.
+RECEIPTS: Mapping[str, tuple[str, str, int | None]] = {
+    "queued": ("message-sending", "Message is sending to carrier.", None),
+    "sent": ("message-sent", "Message sent to carrier", None),
+    "delivered": ("message-delivered", "Message delivered to handset.", None),
+    "undelivered": ("message-failed", "destination-subscriber-unavailable", 4702),
+    "failed": ("message-failed", "forbidden to country", 4432),
+}
+ERROR_DESCRIPTIONS: Mapping[int, str] = {
+    4432: "forbidden to country",
+    4702: "destination-subscriber-unavailable",
+    4720: "invalid-destination-address",
+    4775: "destination-rejected-due-to-user-opt-out",
+    5600: "destination-carrier-queue-full",
+}
+
 USUAL_TYPES: Mapping[int, str] = {
     400: "request-validation",
     401: "unauthorized",
@@ -77,6 +104,11 @@ class FakeBandwidth(FakeProvider):
 
     Like Bandwidth, it accepts any well-formed ``from``: a number not on the
     account fails later, in a ``message-failed`` callback (4403), not here.
+
+    ``callback_url`` is the Application's callback URL for message status
+    events; with ``callback_username``/``callback_password`` (fresh ones unless
+    given; ``callback_auth=False`` for an Application without credentials)
+    every callback carries ``Authorization: Basic``.
     """
 
     def __init__(
@@ -86,6 +118,10 @@ class FakeBandwidth(FakeProvider):
         username: str | None = None,
         password: str | None = None,
         application_id: str | None = None,
+        callback_url: str | None = None,
+        callback_username: str | None = None,
+        callback_password: str | None = None,
+        callback_auth: bool = True,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -94,6 +130,13 @@ class FakeBandwidth(FakeProvider):
         self.username = username or "api-" + secrets.token_hex(6)
         self.password = password or secrets.token_urlsafe(18)
         self.application_id = application_id or str(uuid.uuid4())
+        #: The Application's OutboundCallbackUrl: where status callbacks go.
+        self.callback_url = callback_url
+        self.callback_username: str | None = None
+        self.callback_password: str | None = None
+        if callback_auth:
+            self.callback_username = callback_username or "cb-" + secrets.token_hex(4)
+            self.callback_password = callback_password or secrets.token_urlsafe(12)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/api/v2/users/{account_id}/messages", self.handle_send)
@@ -206,8 +249,84 @@ class FakeBandwidth(FakeProvider):
             text=text,
             fields=dict(f),
             received_at=self.now(),
+            status_callback=self.callback_url,  # the Application's, not the message's
         )
         return web.json_response(message, status=202), record
+
+    # -- callbacks: JSON arrays, HTTP Basic auth with the Application's credentials ---------
+
+    def callback_headers(self) -> dict[str, str]:
+        """The headers of a callback: JSON, and Basic auth when the Application has credentials."""
+        headers = {"Content-Type": "application/json"}
+        if self.callback_username is not None and self.callback_password is not None:
+            pair = f"{self.callback_username}:{self.callback_password}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        return headers
+
+    def _callback(
+        self, url: str, event: Mapping[str, Any]
+    ) -> tuple[str, str, dict[str, str], bytes]:
+        body = json.dumps([event], separators=(",", ":")).encode()
+        return "POST", url, self.callback_headers(), body
+
+    def receipt_request(
+        self, record: ReceivedMessage, status: str, error_code: Any
+    ) -> tuple[str, str, dict[str, str], bytes]:
+        assert record.status_callback is not None
+        kind, description, usual = RECEIPTS.get(status, ("message-failed", status, 4702))
+        f = record.fields
+        now = _iso_now()
+        to = f["to"] if isinstance(f.get("to"), list) else [record.to]
+        message: dict[str, Any] = {
+            "id": record.provider_message_id,
+            "owner": record.sender,
+            "applicationId": f.get("applicationId", self.application_id),
+            "time": now,
+            "segmentCount": analyze(record.text).segments if record.text else 1,
+            "direction": "out",
+            "to": to,
+            "from": record.sender,
+            "text": "",  # callbacks do not echo the content
+        }
+        for key in ("tag", "priority"):
+            if key in f:
+                message[key] = f[key]
+        event: dict[str, Any] = {
+            "time": now,
+            "type": kind,
+            "to": record.to,
+            "description": description,
+            "message": message,
+        }
+        if kind == "message-failed":
+            code = int(error_code) if error_code is not None else usual
+            event["errorCode"] = code
+            if code is not None:
+                event["description"] = ERROR_DESCRIPTIONS.get(code, description)
+        return self._callback(record.status_callback, event)
+
+    def inbound_request(
+        self, url: str, sender: str, recipient: str, text: str
+    ) -> tuple[str, str, dict[str, str], bytes]:
+        now = _iso_now()
+        event = {
+            "time": now,
+            "type": "message-received",
+            "to": recipient,
+            "description": "Incoming message received",
+            "message": {
+                "id": self.new_message_id(),
+                "owner": recipient,
+                "applicationId": self.application_id,
+                "time": now,
+                "segmentCount": analyze(text).segments if text else 1,
+                "direction": "in",
+                "to": [recipient],
+                "from": sender,
+                "text": text,
+            },
+        }
+        return self._callback(url, event)
 
     def error_response(self, status: int, code: Any) -> web.Response:
         kind = code if code is not None else USUAL_TYPES.get(status)
@@ -227,6 +346,11 @@ class FakeBandwidth(FakeProvider):
         kind = str(kind)
         body = {"type": kind, "description": DESCRIPTIONS.get(kind, kind)}
         return web.json_response(body, status=status)
+
+
+def _iso_now() -> str:
+    # As in the spec's callback examples: '2024-09-14T18:20:11.160744Z'.
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _is_e164(value: Any) -> bool:

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
 
+import aiohttp
 import attrs
 import phonenumbers
 from aiohttp import web
@@ -90,6 +91,13 @@ class FakeProvider(abc.ABC):
         self._release = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._counter = 0
+        #: (status, error code, delay, before answer) of the receipt for each accepted message.
+        self._receipt_plan: tuple[str, Any, float, bool] | None = None
+        #: Every receipt the fake sent: (provider message id, our status, HTTP answer).
+        self.receipts_sent: list[tuple[str, str, int]] = []
+        self._client: aiohttp.ClientSession | None = None
+        self._receipt_sent = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -115,8 +123,15 @@ class FakeProvider(abc.ABC):
         self._runner = runner
 
     async def stop(self) -> None:
-        """Stop listening; hung requests are released."""
+        """Stop listening; hung requests are released, pending receipts dropped."""
         self._release.set()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -186,6 +201,94 @@ class FakeProvider(abc.ABC):
                     self._faults.remove(fault)
             return fault
         return None
+
+    # -- delivery receipts and inbound messages ------------------------------------------
+
+    def receipts(
+        self,
+        outcome: str = "delivered",
+        *,
+        error_code: Any = None,
+        delay: float = 0.0,
+        before_answer: bool = False,
+    ) -> None:
+        """After accepting a message that has a status callback, call it back.
+
+        ``outcome`` is ``delivered``, ``undelivered``, ``failed`` or ``never``
+        (the silent provider: accepts, never reports).  The receipt is the
+        provider's real payload, signed as the provider signs it.  With
+        ``before_answer`` the receipt is delivered before the send is answered,
+        as happens when a provider's callback beats its own HTTP response.
+        Off until called: a fake never calls a URL a test did not ask it to.
+        """
+        if outcome not in ("delivered", "undelivered", "failed", "never"):
+            raise ValueError(f"unknown receipt outcome {outcome!r}")
+        if type(self).receipt_request is FakeProvider.receipt_request:
+            raise NotImplementedError(f"{type(self).__name__} does not send receipts yet")
+        self._receipt_plan = (
+            None if outcome == "never" else (outcome, error_code, delay, before_answer)
+        )
+
+    async def wait_receipts(self, count: int) -> None:
+        """Wait until ``count`` receipts were sent and answered.
+
+        Wrap it in ``asyncio.timeout(...)``: a receipt that never comes never ends it.
+        """
+        while len(self.receipts_sent) < count:
+            self._receipt_sent.clear()
+            await self._receipt_sent.wait()
+
+    def receipt_request(
+        self, record: ReceivedMessage, status: str, error_code: Any
+    ) -> tuple[str, str, dict[str, str], bytes]:
+        """(method, url, headers, body) of the provider's receipt for ``record``."""
+        raise NotImplementedError(f"{type(self).__name__} does not send receipts yet")
+
+    def inbound_request(
+        self, url: str, sender: str, recipient: str, text: str
+    ) -> tuple[str, str, dict[str, str], bytes]:
+        """(method, url, headers, body) of the provider's inbound-message webhook."""
+        raise NotImplementedError(f"{type(self).__name__} does not send inbound messages yet")
+
+    async def send_inbound(self, url: str, *, sender: str, recipient: str, text: str) -> int:
+        """Deliver an inbound message to ``url`` as the provider would; returns the HTTP status."""
+        method, target, headers, body = self.inbound_request(url, sender, recipient, text)
+        return await self._call(method, target, headers, body)
+
+    async def send_receipt(
+        self, record: ReceivedMessage, status: str, error_code: Any = None
+    ) -> int:
+        """Send one receipt for ``record`` now; returns the HTTP status it got."""
+        method, url, headers, body = self.receipt_request(record, status, error_code)
+        try:
+            answer = await self._call(method, url, headers, body)
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            answer = 0  # nobody listening: recorded as 0
+        self.receipts_sent.append((record.provider_message_id, status, answer))
+        self._receipt_sent.set()
+        return answer
+
+    async def _call(self, method: str, url: str, headers: dict[str, str], body: bytes) -> int:
+        if self._client is None:
+            self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        async with self._client.request(method, url, headers=headers, data=body) as resp:
+            await resp.read()
+            return resp.status
+
+    def _schedule_receipt(self, record: ReceivedMessage) -> None:
+        plan = self._receipt_plan
+        if plan is None or not record.status_callback or plan[3]:
+            return
+        status, code, delay, _ = plan
+
+        async def later() -> None:
+            if delay:
+                await asyncio.sleep(delay)
+            await self.send_receipt(record, status, code)
+
+        task = asyncio.ensure_future(later())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- what a subclass provides ------------------------------------------------------
 
@@ -264,6 +367,11 @@ class FakeProvider(abc.ABC):
             return refusal
         response, record = self.accept(request, incoming, self.new_message_id())
         self.messages.append(record)
+        plan = self._receipt_plan
+        if plan is not None and plan[3] and record.status_callback:
+            await self.send_receipt(record, plan[0], plan[1])  # the callback beats the answer
+        else:
+            self._schedule_receipt(record)
         return response
 
     @staticmethod

@@ -12,11 +12,23 @@ a destination it will not take still comes back in a **200**, with status group
 from :data:`STATUSES`, by default ``REJECTED_DESTINATION``); ``fail(status)`` for
 any other status answers Infobip's ``ApiError`` body (``code``: its
 ``errorCode``, by default ``E<status>``).
+
+Callbacks: delivery reports (``{"results": [...]}``, the SDK's ``SmsDeliveryResult``)
+to the message's ``webhooks.delivery.url`` with its ``callbackData``, and inbound
+messages (``MO_JSON_2``, the SDK's ``SmsInboundMessageResult``).  Infobip signs
+neither; with ``callback_username``/``callback_password`` the fake sends HTTP
+Basic credentials, as a Subscriptions notification profile with ``BASIC``
+security settings does.  ``receipts("undelivered", error_code=...)`` takes a
+delivery error of :data:`DELIVERY_ERRORS` (name or id; by default
+``EC_ABSENT_SUBSCRIBER_SM``); ``receipts("failed", error_code=...)`` a
+rejection status of :data:`STATUSES` (by default ``REJECTED_NETWORK``).
 """
 
 from __future__ import annotations
 
+import base64
 import contextvars
+import datetime as dt
 import hmac
 import json
 import secrets
@@ -56,6 +68,39 @@ STATUSES: dict[str, tuple[int, int, str, str]] = {
     "UNDELIVERABLE_REJECTED_PLATFORM": (100, 5, "REJECTED", "Rejected by platform"),
 }
 _BY_ID = {v[0]: k for k, v in STATUSES.items()}
+#: Statuses that only delivery reports carry: name -> (id, groupId, groupName, description).
+REPORT_STATUSES: dict[str, tuple[int, int, str, str]] = {
+    "PENDING_WAITING_DELIVERY": (3, 1, "PENDING", "Message sent, waiting for delivery report"),
+    "PENDING_ENROUTE": (7, 1, "PENDING", "Message sent to next instance"),
+    "UNDELIVERABLE_NOT_DELIVERED": (9, 2, "UNDELIVERABLE", "Message sent not delivered"),
+    "DELIVERED_TO_OPERATOR": (2, 3, "DELIVERED", "Message delivered to operator"),
+    "DELIVERED_TO_HANDSET": (5, 3, "DELIVERED", "Message delivered to handset"),
+    "EXPIRED_EXPIRED": (15, 4, "EXPIRED", "Message expired"),
+}
+#: Delivery errors: name -> (id, groupId, groupName, description, permanent).  Names and
+#: ids from Infobip's "Response status and error codes" (ids as mirrored by third
+#: parties); the group ids and permanent flags are ours [unconfirmed].
+DELIVERY_ERRORS: dict[str, tuple[int, int, str, str, bool]] = {
+    "NO_ERROR": (0, 0, "OK", "No Error", False),
+    "EC_UNKNOWN_SUBSCRIBER": (1, 1, "HANDSET_ERRORS", "Unknown Subscriber", True),
+    "EC_ABSENT_SUBSCRIBER_SM": (6, 1, "HANDSET_ERRORS", "Absent Subscriber", False),
+    "EC_TELESERVICE_NOT_PROVISIONED": (
+        11,
+        1,
+        "HANDSET_ERRORS",
+        "Teleservice not provisioned",
+        True,
+    ),
+}
+_ERROR_BY_ID = {v[0]: k for k, v in DELIVERY_ERRORS.items()}
+#: Our receipt status -> the status name of the report the fake sends.
+RECEIPTS: dict[str, str] = {
+    "queued": "PENDING_ACCEPTED",
+    "sent": "PENDING_ENROUTE",
+    "delivered": "DELIVERED_TO_HANDSET",
+    "undelivered": "UNDELIVERABLE_NOT_DELIVERED",
+    "failed": "REJECTED_NETWORK",
+}
 #: The destination of the request being handled (each request is its own task),
 #: so that a scripted rejection names it as Infobip would.
 _DESTINATION: contextvars.ContextVar[str] = contextvars.ContextVar("destination", default="")
@@ -103,7 +148,7 @@ API_ERRORS: dict[str, tuple[str, str, list[dict[str, str]]]] = {
 
 
 def _status(name: str) -> dict[str, Any]:
-    status_id, group_id, group_name, description = STATUSES[name]
+    status_id, group_id, group_name, description = STATUSES.get(name) or REPORT_STATUSES[name]
     return {
         "groupId": group_id,
         "groupName": group_name,
@@ -122,6 +167,29 @@ def _status_name(code: Any) -> str:
     if isinstance(code, str) and code in STATUSES:
         return code
     raise ValueError(f"unknown Infobip status {code!r}: use one of {', '.join(STATUSES)}")
+
+
+def _error(code: Any) -> dict[str, Any]:
+    """The ``error`` object of a delivery report for ``code`` (name, id or None: no error)."""
+    name = _ERROR_BY_ID.get(code, "") if isinstance(code, int) else code or "NO_ERROR"
+    if name not in DELIVERY_ERRORS:
+        raise ValueError(
+            f"unknown Infobip delivery error {code!r}: use one of {', '.join(DELIVERY_ERRORS)}"
+        )
+    error_id, group_id, group_name, description, permanent = DELIVERY_ERRORS[name]
+    return {
+        "groupId": group_id,
+        "groupName": group_name,
+        "id": error_id,
+        "name": name,
+        "description": description,
+        "permanent": permanent,
+    }
+
+
+def _infobip_time(when: dt.datetime) -> str:
+    """``2019-11-09T16:00:00.000+0000``: yyyy-MM-dd'T'HH:mm:ss.SSSZ, as Infobip writes times."""
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}+0000"
 
 
 def _e164(to: str) -> str:
@@ -146,6 +214,8 @@ class FakeInfobip(FakeProvider):
         api_key: str | None = None,
         unroutable_countries: Iterable[str] = (),
         blocked_senders: Iterable[str] = (),
+        callback_username: str | None = None,
+        callback_password: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -153,6 +223,9 @@ class FakeInfobip(FakeProvider):
         self.api_key = api_key or f"{uuid.uuid4().hex}-{uuid.uuid4()}"
         self.unroutable_countries = set(unroutable_countries)
         self.blocked_senders = set(blocked_senders)
+        #: HTTP Basic credentials of a notification profile (None: Infobip's default, none).
+        self.callback_username = callback_username
+        self.callback_password = callback_password
 
     def fail(
         self, status: int, code: Any = None, times: int | None = None, *, country: str | None = None
@@ -304,6 +377,66 @@ class FakeInfobip(FakeProvider):
         body, record = self._answers(dict(incoming.fields), message_id)
         assert record is not None  # check() answered when no destination was taken
         return web.json_response(body, status=200), record
+
+    # -- callbacks: delivery reports and inbound messages --------------------------------
+
+    def _callback(self, url: str, doc: dict[str, Any]) -> tuple[str, str, dict[str, str], bytes]:
+        headers = {"Content-Type": "application/json"}
+        if self.callback_username is not None and self.callback_password is not None:
+            pair = f"{self.callback_username}:{self.callback_password}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        return "POST", url, headers, json.dumps(doc, separators=(",", ":")).encode()
+
+    def receipt_request(
+        self, record: ReceivedMessage, status: str, error_code: Any
+    ) -> tuple[str, str, dict[str, str], bytes]:
+        """Infobip's delivery report for ``record``, to its ``webhooks.delivery.url``."""
+        assert record.status_callback is not None
+        name = RECEIPTS[status]
+        error = _error(None)
+        if status == "undelivered":
+            error = _error(error_code if error_code is not None else "EC_ABSENT_SUBSCRIBER_SM")
+        elif status == "failed" and error_code is not None:
+            name = _status_name(error_code)
+        message = record.fields["messages"][0]
+        webhooks = message.get("webhooks")
+        callback_data = webhooks.get("callbackData") if isinstance(webhooks, dict) else None
+        now = dt.datetime.now(dt.UTC)
+        result: dict[str, Any] = {
+            "bulkId": self._bulk_id(),
+            "messageId": record.provider_message_id,
+            "to": record.to.removeprefix("+"),
+            "sender": record.sender,
+            "sentAt": _infobip_time(now),
+            "doneAt": _infobip_time(now),
+            "messageCount": analyze(record.text).segments,
+            "mccMnc": "26201",
+            "price": {"pricePerMessage": 0.01, "currency": "EUR"},
+            "status": _status(name),
+            "error": error,
+        }
+        if callback_data is not None:
+            result["callbackData"] = callback_data
+        return self._callback(record.status_callback, {"results": [result]})
+
+    def inbound_request(
+        self, url: str, sender: str, recipient: str, text: str
+    ) -> tuple[str, str, dict[str, str], bytes]:
+        """An inbound message as Infobip forwards it (``MO_JSON_2``)."""
+        keyword, _, rest = text.strip().partition(" ")
+        result = {
+            "messageId": str(10**17 + secrets.randbelow(9 * 10**17)),
+            "from": sender.removeprefix("+"),
+            "to": recipient.removeprefix("+"),
+            "text": text,
+            "cleanText": rest,
+            "keyword": keyword.upper(),
+            "receivedAt": _infobip_time(dt.datetime.now(dt.UTC)),
+            "smsCount": analyze(text).segments if text else 1,
+            "price": {"pricePerMessage": 0, "currency": "EUR"},
+        }
+        doc = {"results": [result], "messageCount": 1, "pendingMessageCount": 0}
+        return self._callback(url, doc)
 
     def _violation(self, prop: str, violation: str) -> web.Response:
         return self.error_response(

@@ -10,20 +10,35 @@ message object.  The official ``messagebird`` SDK runs against it
 Sources: captured traffic in SURFnet/messagebird-api-client-bundle ``docs/api``
 (bodies of 201, 401 and 422), messagebird/go-rest-api test data and
 messagebird/python-rest-api.  Descriptions marked unconfirmed are ours.
+
+Callbacks: status reports are GET requests to the message's ``reportUrl`` with
+MessageBird's query parameters (MessageBird reports only on messages with a
+``reference``; the adapter always sets one, and the fake does not check);
+inbound messages are GET requests as a virtual mobile number forwards them.
+Both carry ``MessageBird-Signature-JWT``, an HS256 JWT signed
+with ``signing_key`` whose ``url_hash`` is the SHA-256 of the exact URL called
+(and ``payload_hash`` that of the body, when there is one), as the SDK's
+``RequestValidator`` expects.  The token's ``nbf``..``exp`` window MessageBird
+uses is not published: this fake signs for 5 minutes [unconfirmed].
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import hmac
 import json
 import re
 import secrets
 import string
+import time
+import uuid
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import urlencode
 
+import jwt
 import phonenumbers
 from aiohttp import web
 
@@ -45,6 +60,16 @@ USUAL_CODES: Mapping[int, int] = {401: 2, 404: 20, 422: 9, 500: 99, 503: 99}
 DATACODINGS = ("plain", "unicode", "auto")
 _ALPHANUMERIC = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
 _NUMERIC = re.compile(r"\+?\d{1,17}")
+#: Our receipt status -> (MessageBird status, statusReason, statusErrorCode) the fake reports.
+RECEIPTS: Mapping[str, tuple[str, str, int | None]] = {
+    "queued": ("scheduled", "scheduled", None),
+    "sent": ("sent", "pending DLR", None),
+    "delivered": ("delivered", "successfully delivered", None),
+    "undelivered": ("delivery_failed", "absent subscriber", 27),  # [code unconfirmed]
+    "failed": ("delivery_failed", "unknown subscriber", 1),  # [code unconfirmed]
+}
+#: Seconds between a token's ``nbf`` and ``exp`` [unconfirmed].
+TOKEN_LIFETIME = 300
 
 
 class FakeMessageBird(FakeProvider):
@@ -55,13 +80,20 @@ class FakeMessageBird(FakeProvider):
     """
 
     def __init__(
-        self, *, access_key: str | None = None, host: str = "127.0.0.1", port: int = 0
+        self,
+        *,
+        access_key: str | None = None,
+        signing_key: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
         super().__init__(host=host, port=port)
         alphabet = string.ascii_letters + string.digits
         self.access_key = access_key or "live_" + "".join(
             secrets.choice(alphabet) for _ in range(25)
         )
+        #: The account's signing key (developer settings), not the access key.
+        self.signing_key = signing_key or "".join(secrets.choice(alphabet) for _ in range(32))
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/messages", self.handle_send)
@@ -168,6 +200,66 @@ class FakeMessageBird(FakeProvider):
             status_callback=f.get("reportUrl"),
         )
         return web.json_response(message, status=201), record
+
+    # -- callbacks: status reports and inbound messages ----------------------------------
+
+    def signature(self, url: str, body: bytes = b"", *, now: float | None = None) -> str:
+        """``MessageBird-Signature-JWT`` for a request to ``url`` with ``body``."""
+        issued = int(time.time() if now is None else now)
+        claims: dict[str, Any] = {
+            "iss": "MessageBird",
+            "nbf": issued,
+            "exp": issued + TOKEN_LIFETIME,
+            "jti": str(uuid.uuid4()),
+            "url_hash": hashlib.sha256(url.encode()).hexdigest(),
+        }
+        if body:
+            claims["payload_hash"] = hashlib.sha256(body).hexdigest()
+        return jwt.encode(claims, self.signing_key, algorithm="HS256")
+
+    def _signed_get(
+        self, url: str, params: dict[str, str]
+    ) -> tuple[str, str, dict[str, str], bytes]:
+        target = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
+        headers = {"MessageBird-Signature-JWT": self.signature(target)}
+        return "GET", target, headers, b""
+
+    def receipt_request(
+        self, record: ReceivedMessage, status: str, error_code: Any
+    ) -> tuple[str, str, dict[str, str], bytes]:
+        """MessageBird's status report for ``record``: a signed GET to its ``reportUrl``."""
+        assert record.status_callback is not None
+        mb_status, reason, code = RECEIPTS[status]
+        if error_code is not None:
+            code = int(error_code)
+        params = {
+            "id": record.provider_message_id,
+            "recipient": record.to.removeprefix("+"),
+            "status": mb_status,
+            "statusDatetime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+            "statusReason": reason,
+            "mccmnc": "26201",
+            "ported": "0",
+            "messagePartCount": "1",
+        }
+        if record.fields.get("reference") is not None:
+            params["reference"] = str(record.fields["reference"])
+        if code is not None:
+            params["statusErrorCode"] = str(code)
+        return self._signed_get(record.status_callback, params)
+
+    def inbound_request(
+        self, url: str, sender: str, recipient: str, text: str
+    ) -> tuple[str, str, dict[str, str], bytes]:
+        """A message to a virtual mobile number, forwarded as MessageBird does: a signed GET."""
+        params = {
+            "id": self.new_message_id(),
+            "recipient": recipient.removeprefix("+"),
+            "originator": sender.removeprefix("+"),
+            "body": text,
+            "createdDatetime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+        }
+        return self._signed_get(url, params)
 
     def error_response(self, status: int, code: Any) -> web.Response:
         if code is None:

@@ -9,6 +9,16 @@ Sources: developers.sinch.com "HTTP Status Codes for the SMS REST API" and the
 Batches endpoint reference (mirrored in the vvscode/docs repository), the
 ``sinch`` SDK's request and response models.  Sinch documents error bodies for
 400 and 403 only: the bodies this fake gives other statuses are unconfirmed.
+
+Callbacks: delivery reports (``recipient_delivery_report_sms`` for
+``per_recipient``/``per_recipient_final`` batches, ``delivery_report_sms`` for
+``summary``/``full``) and inbound ``mo_text``, shaped as the SDK's
+``RecipientDeliveryReport``, ``BatchDeliveryReport`` and ``MOTextMessage``
+models, signed as Sinch signs when signing is enabled on the account
+(:func:`smsroute.providers.sinch.sinch_signature`, the scheme of the SDK's
+``validate_sinch_event_signature_with_nonce``).  The signature timestamp is in
+Unix seconds and inbound ``from``/``to`` are MSISDNs without ``+`` [both
+formats unconfirmed: Sinch documents neither].
 """
 
 from __future__ import annotations
@@ -18,12 +28,14 @@ import hmac
 import json
 import secrets
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import phonenumbers
 from aiohttp import web
 
+from smsroute.providers.sinch import sinch_signature
 from smsroute.testing.fake import FakeProvider, Incoming, ReceivedMessage
 
 #: Sinch's ``text`` for its documented codes, and for statuses without one.
@@ -56,6 +68,29 @@ USUAL_CODES: Mapping[int, str] = {
     503: "service_unavailable",
 }
 DELIVERY_REPORTS = ("none", "summary", "full", "per_recipient", "per_recipient_final")
+#: Our receipt status -> (Sinch status, code) of the report the fake sends.
+RECEIPTS: Mapping[str, tuple[str, int]] = {
+    "queued": ("Queued", 400),
+    "sent": ("Dispatched", 401),
+    "delivered": ("Delivered", 0),
+    "undelivered": ("Failed", 0),  # an SMPP error code; 0 is "no error/unknown error"
+    "failed": ("Aborted", 402),  # message unroutable
+}
+#: Sinch REST codes (developers.sinch.com "Delivery report error codes") -> their status.
+CODE_STATUSES: Mapping[int, str] = {
+    400: "Queued",
+    401: "Dispatched",
+    402: "Aborted",
+    403: "Aborted",
+    404: "Aborted",
+    405: "Aborted",
+    406: "Aborted",
+    407: "Cancelled",
+    408: "Aborted",
+    410: "Aborted",
+    411: "Aborted",
+    412: "Aborted",
+}
 MAX_BODY = 1600  # "Max 1600 chars for mt_text" (Batches endpoint reference)
 MAX_RECIPIENTS = 1000
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -79,6 +114,10 @@ class FakeSinch(FakeProvider):
     ``default_callback_url`` a batch asking for a delivery report needs
     ``callback_url`` (403 ``missing_callback_url``), as on a service plan with
     neither configured.
+
+    Callbacks are signed with ``webhook_secret`` (random unless given) unless
+    ``sign_callbacks`` is False, as on an account where Sinch has not enabled
+    signing.
     """
 
     def __init__(
@@ -88,6 +127,8 @@ class FakeSinch(FakeProvider):
         api_token: str | None = None,
         default_originator: str | None = None,
         default_callback_url: str | None = None,
+        webhook_secret: str | None = None,
+        sign_callbacks: bool = True,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -96,6 +137,8 @@ class FakeSinch(FakeProvider):
         self.api_token = api_token or secrets.token_hex(16)
         self.default_originator = default_originator
         self.default_callback_url = default_callback_url
+        self.webhook_secret = webhook_secret or secrets.token_urlsafe(24)
+        self.sign_callbacks = sign_callbacks
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/xms/v1/{service_plan_id}/batches", self.handle_send)
@@ -198,6 +241,90 @@ class FakeSinch(FakeProvider):
             status_callback=f.get("callback_url"),
         )
         return web.json_response(batch, status=201), record
+
+    # -- callbacks: delivery reports and inbound messages --------------------------------
+
+    def signature_headers(
+        self, body: bytes, *, timestamp: str | None = None, nonce: str | None = None
+    ) -> dict[str, str]:
+        """The ``x-sinch-webhook-signature*`` headers for ``body`` (now, a fresh nonce)."""
+        timestamp = timestamp if timestamp is not None else str(int(time.time()))
+        nonce = nonce if nonce is not None else uuid.uuid4().hex
+        return {
+            "x-sinch-webhook-signature-timestamp": timestamp,
+            "x-sinch-webhook-signature-nonce": nonce,
+            "x-sinch-webhook-signature-algorithm": "HmacSHA256",
+            "x-sinch-webhook-signature": sinch_signature(
+                self.webhook_secret, body, nonce, timestamp
+            ),
+        }
+
+    def _callback(self, url: str, doc: dict[str, Any]) -> tuple[str, str, dict[str, str], bytes]:
+        body = json.dumps(doc, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.sign_callbacks:
+            headers.update(self.signature_headers(body))
+        return "POST", url, headers, body
+
+    def receipt_request(
+        self, record: ReceivedMessage, status: str, error_code: Any
+    ) -> tuple[str, str, dict[str, str], bytes]:
+        """Sinch's delivery report for ``record``, shaped by the batch's ``delivery_report``.
+
+        ``status`` is ours; the Sinch status and code come from :data:`RECEIPTS`
+        (a Sinch REST code given as ``error_code`` brings its documented status,
+        e.g. 404 Aborted).
+        """
+        url = record.status_callback or self.default_callback_url
+        assert url is not None, "the batch has no callback URL"
+        sinch_status, code = RECEIPTS[status]
+        if error_code is not None:
+            code = int(error_code)
+            sinch_status = CODE_STATUSES.get(code, sinch_status)
+        now = _iso_ms(dt.datetime.now(dt.UTC))
+        reference = record.fields.get("client_reference")
+        doc: dict[str, Any]
+        if record.fields.get("delivery_report") in ("summary", "full"):
+            entry: dict[str, Any] = {"code": code, "status": sinch_status, "count": 1}
+            if record.fields.get("delivery_report") == "full":
+                entry["recipients"] = [record.to]
+            doc = {
+                "type": "delivery_report_sms",
+                "batch_id": record.provider_message_id,
+                "total_message_count": 1,
+                "statuses": [entry],
+            }
+        else:
+            doc = {
+                "type": "recipient_delivery_report_sms",
+                "batch_id": record.provider_message_id,
+                "recipient": record.to,
+                "code": code,
+                "status": sinch_status,
+                "at": now,
+            }
+            if sinch_status not in ("Queued", "Dispatched"):
+                doc["operator_status_at"] = now
+        if isinstance(reference, str):
+            doc["client_reference"] = reference
+        return self._callback(url, doc)
+
+    def inbound_request(
+        self, url: str, sender: str, recipient: str, text: str
+    ) -> tuple[str, str, dict[str, str], bytes]:
+        """Sinch's ``mo_text`` callback for a message from ``sender`` to ``recipient``."""
+        now = dt.datetime.now(dt.UTC)
+        doc = {
+            "type": "mo_text",
+            "id": self.new_message_id(),
+            "from": sender.removeprefix("+"),
+            "to": recipient.removeprefix("+"),
+            "body": text,
+            "received_at": _iso_ms(now),
+            "sent_at": _iso_ms(now),
+            "operator_id": "26201",
+        }
+        return self._callback(url, doc)
 
     def error_response(self, status: int, code: Any) -> web.Response:
         if code is None:

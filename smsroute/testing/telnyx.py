@@ -8,20 +8,31 @@ The official ``telnyx`` SDK runs against it (tests/test_telnyx.py).
 
 Where Telnyx's docs give no HTTP status for an error code, the fake uses 400
 for request errors (the SDK documents "returns 400" for its own encoding check).
+
+Webhooks: delivery updates (``message.sent``, then ``message.finalized``) go to
+the message's ``webhook_url`` and inbound messages (``message.received``) to the
+URL a test names, each in Telnyx's v2 envelope and signed as Telnyx signs:
+Ed25519 over ``"{timestamp}|{body}"`` with the fake's private key, in
+``telnyx-signature-ed25519`` and ``telnyx-timestamp``.  The matching public key
+(``fake.public_key``, base64) is what the adapter's ``public_key`` option takes.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hmac
 import json
 import re
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import phonenumbers
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from smsroute.encoding import analyze
 from smsroute.testing.fake import FakeProvider, Incoming, ReceivedMessage, country_of
@@ -56,7 +67,20 @@ ERRORS: dict[str, tuple[str, str]] = {
         "Phone number must be in +E.164 format",
         "The specified phone number parameter must be in +E.164 format.",
     ),
+    "40001": (
+        "Not routable",
+        "The destination number is either a landline or a non-routable wireless number.",
+    ),
+    "40006": (
+        "Recipient server unavailable",
+        "The recipient server is unavailable or not responding. This may be a temporary issue.",
+    ),
     "40008": ("Undeliverable", "The message could not be delivered to the destination."),
+    "40014": (
+        "Message expired in queue",
+        "The message expired in the queue. This error occured before Telnyx attempted to "
+        "relay your message, and you were not billed.",
+    ),
     "40300": (
         "Blocked due to STOP message",
         "Messages cannot be sent from {src} to {dst} due to an existing block rule.",
@@ -89,6 +113,18 @@ def _iso_now(offset: dt.timedelta = dt.timedelta()) -> str:
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+#: Our receipt outcome -> (Telnyx event type, ``to[0].status``, usual error code).
+#: ``sending_failed`` is what Telnyx marks a message it never relayed (valid_until's
+#: description); 40014 is that case.  40006 is a retryable carrier-side failure.
+RECEIPTS: Mapping[str, tuple[str, str, str | None]] = {
+    "queued": ("message.sent", "queued", None),
+    "sent": ("message.sent", "sent", None),
+    "delivered": ("message.finalized", "delivered", None),
+    "undelivered": ("message.finalized", "delivery_failed", "40006"),
+    "failed": ("message.finalized", "sending_failed", "40014"),
+}
+
+
 def _e164_valid(number: str) -> bool:
     if not number.startswith("+"):
         return False
@@ -108,6 +144,8 @@ class FakeTelnyx(FakeProvider):
     ``unroutable_countries`` answer 40008 (undeliverable: try another route), as
     an account whose messaging profile does not allow those destinations would.
     ``opted_out`` numbers answer 40300 (HTTP 409): the recipient sent STOP.
+    Webhooks are signed with ``signing_key`` (a fresh Ed25519 key unless given);
+    configure the adapter with ``public_key: fake.public_key``.
     """
 
     def __init__(
@@ -117,6 +155,7 @@ class FakeTelnyx(FakeProvider):
         messaging_profile_id: str | None = None,
         unroutable_countries: Iterable[str] = (),
         opted_out: Iterable[str] = (),
+        signing_key: Ed25519PrivateKey | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -126,6 +165,10 @@ class FakeTelnyx(FakeProvider):
         self.organization_id = str(uuid.uuid4())
         self.unroutable_countries = set(unroutable_countries)
         self.opted_out = set(opted_out)
+        self.signing_key = signing_key or Ed25519PrivateKey.generate()
+        raw = self.signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        #: The public key as Telnyx's portal shows it: base64 of the 32 raw bytes.
+        self.public_key = base64.b64encode(raw).decode("ascii")
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v2/messages", self.handle_send)
@@ -201,18 +244,51 @@ class FakeTelnyx(FakeProvider):
         self, request: web.Request, incoming: Incoming, message_id: str
     ) -> tuple[web.Response, ReceivedMessage]:
         f = incoming.fields
-        text = str(f.get("text") or "")
+        sender = f.get("from")
+        record = ReceivedMessage(
+            provider_message_id=message_id,
+            to=f["to"],
+            sender=sender if isinstance(sender, str) else f.get("messaging_profile_id"),
+            text=str(f.get("text") or ""),
+            fields=dict(f),
+            received_at=self.now(),
+            status_callback=f.get("webhook_url"),
+        )
+        payload = self._outbound_payload(record, "queued", received_at=_iso_now())
+        return web.json_response({"data": payload}, status=200), record
+
+    def _outbound_payload(
+        self,
+        record: ReceivedMessage,
+        status: str,
+        *,
+        received_at: str,
+        sent_at: str | None = None,
+        completed_at: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """Telnyx's OutboundMessagePayload of ``record`` with recipient status ``status``."""
+        f = record.fields
+        text = record.text
         info = analyze(text) if text else None
         sender = f.get("from")
-        payload = {
+        queued = status == "queued"
+        return {
             "record_type": "message",
             "direction": "outbound",
-            "id": message_id,
+            "id": record.provider_message_id,
             "type": "SMS",
             "messaging_profile_id": f.get("messaging_profile_id") or self.messaging_profile_id,
             "organization_id": self.organization_id,
             "from": {"phone_number": sender, "carrier": "Telnyx", "line_type": "Wireless"},
-            "to": [{"phone_number": f["to"], "status": "queued", "carrier": "", "line_type": ""}],
+            "to": [
+                {
+                    "phone_number": record.to,
+                    "status": status,
+                    "carrier": "" if queued else "T-MOBILE USA, INC.",
+                    "line_type": "" if queued else "Wireless",
+                }
+            ],
             "cc": [],
             "text": text,
             "subject": None,
@@ -227,22 +303,104 @@ class FakeTelnyx(FakeProvider):
             "tcr_campaign_id": None,
             "tcr_campaign_billable": False,
             "tcr_campaign_registered": None,
+            "received_at": received_at,
+            "sent_at": sent_at,
+            "completed_at": completed_at,
+            "valid_until": _iso_now(dt.timedelta(hours=4)) if queued else None,
+            "errors": errors or [],
+        }
+
+    # -- webhooks: Telnyx's v2 event envelope, signed with Ed25519 ---------------------------
+
+    def sign(self, body: bytes, timestamp: int | None = None) -> dict[str, str]:
+        """The signature headers Telnyx sends with ``body``: Ed25519 over
+        ``"{timestamp}|{body}"`` (``timestamp`` defaults to now, in Unix seconds)."""
+        stamp = str(int(time.time()) if timestamp is None else timestamp)
+        signature = self.signing_key.sign(stamp.encode() + b"|" + body)
+        return {
+            "telnyx-signature-ed25519": base64.b64encode(signature).decode("ascii"),
+            "telnyx-timestamp": stamp,
+        }
+
+    def _event(
+        self, url: str, event_type: str, payload: Mapping[str, Any]
+    ) -> tuple[str, str, dict[str, str], bytes]:
+        envelope = {
+            "data": {
+                "record_type": "event",
+                "id": str(uuid.uuid4()),
+                "event_type": event_type,
+                "occurred_at": _iso_now(),
+                "payload": payload,
+            },
+            "meta": {"attempt": 1, "delivered_to": url},
+        }
+        body = json.dumps(envelope, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json", **self.sign(body)}
+        return "POST", url, headers, body
+
+    def receipt_request(
+        self, record: ReceivedMessage, status: str, error_code: Any
+    ) -> tuple[str, str, dict[str, str], bytes]:
+        assert record.status_callback is not None
+        event_type, telnyx_status, usual = RECEIPTS.get(status, ("message.finalized", status, None))
+        code = str(error_code) if error_code is not None else usual
+        errors = []
+        if code is not None and event_type == "message.finalized" and telnyx_status != "delivered":
+            title, detail = ERRORS.get(code, ("Error", "An error occurred."))
+            errors.append({"code": code, "title": title, "detail": detail})
+        now = _iso_now()
+        payload = self._outbound_payload(
+            record,
+            telnyx_status,
+            received_at=now,
+            sent_at=None if telnyx_status in ("queued", "sending_failed") else now,
+            completed_at=now if event_type == "message.finalized" else None,
+            errors=errors,
+        )
+        return self._event(record.status_callback, event_type, payload)
+
+    def inbound_request(
+        self, url: str, sender: str, recipient: str, text: str
+    ) -> tuple[str, str, dict[str, str], bytes]:
+        info = analyze(text) if text else None
+        payload = {
+            "record_type": "message",
+            "direction": "inbound",
+            "id": str(uuid.uuid4()),
+            "type": "SMS",
+            "messaging_profile_id": self.messaging_profile_id,
+            "organization_id": self.organization_id,
+            "from": {
+                "phone_number": sender,
+                "carrier": "T-MOBILE USA, INC.",
+                "line_type": "Wireless",
+            },
+            "to": [
+                {
+                    "phone_number": recipient,
+                    "status": "webhook_delivered",
+                    "carrier": "Telnyx",
+                    "line_type": "Wireless",
+                }
+            ],
+            "cc": [],
+            "text": text,
+            "subject": None,
+            "media": [],
+            "webhook_url": url,
+            "webhook_failover_url": "",
+            "encoding": info.encoding if info else "GSM-7",
+            "parts": info.segments if info else 1,
+            "tags": [],
+            "cost": None,
             "received_at": _iso_now(),
             "sent_at": None,
             "completed_at": None,
-            "valid_until": _iso_now(dt.timedelta(hours=4)),
+            "valid_until": None,
             "errors": [],
         }
-        record = ReceivedMessage(
-            provider_message_id=message_id,
-            to=f["to"],
-            sender=sender if isinstance(sender, str) else f.get("messaging_profile_id"),
-            text=text,
-            fields=dict(f),
-            received_at=self.now(),
-            status_callback=f.get("webhook_url"),
-        )
-        return web.json_response({"data": payload}, status=200), record
+        return self._event(url, "message.received", payload)
 
     def _param_error(self, code: str, pointer: str, *, status: int = 400) -> web.Response:
         return self.error_response(status, code, pointer=pointer)

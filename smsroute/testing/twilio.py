@@ -9,16 +9,19 @@ against Twilio's OpenAPI spec, and the official ``twilio`` SDK runs against it.
 from __future__ import annotations
 
 import base64
+import datetime
 import email.utils
 import hmac
 import secrets
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlencode
 
 import phonenumbers
 from aiohttp import web
 
 from smsroute.encoding import analyze
+from smsroute.providers.twilio import twilio_signature
 from smsroute.testing.fake import FakeProvider, Incoming, ReceivedMessage, country_of
 
 ERROR_MESSAGES = {
@@ -159,6 +162,67 @@ class FakeTwilio(FakeProvider):
             status_callback=f.get("StatusCallback"),
         )
         return web.json_response(resource, status=201), record
+
+    # -- receipts and inbound: form posts signed with X-Twilio-Signature ------------------
+
+    _STATUSES = {
+        "delivered": "delivered",
+        "undelivered": "undelivered",
+        "failed": "failed",
+        "sent": "sent",
+        "queued": "queued",
+    }
+
+    def _signed_post(
+        self, url: str, params: dict[str, str]
+    ) -> tuple[str, str, dict[str, str], bytes]:
+        signature = twilio_signature(self.auth_token, url, params.items())
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Twilio-Signature": signature,
+            "User-Agent": "TwilioProxy/1.1",
+        }
+        return "POST", url, headers, urlencode(params).encode()
+
+    def receipt_request(
+        self, record: ReceivedMessage, status: str, error_code: Any
+    ) -> tuple[str, str, dict[str, str], bytes]:
+        assert record.status_callback is not None
+        twilio_status = self._STATUSES.get(status, status)
+        params = {
+            "AccountSid": self.account_sid,
+            "ApiVersion": "2010-04-01",
+            "From": record.sender or "",
+            "To": record.to,
+            "MessageSid": record.provider_message_id,
+            "SmsSid": record.provider_message_id,
+            "MessageStatus": twilio_status,
+            "SmsStatus": twilio_status,
+        }
+        if twilio_status in ("undelivered", "failed"):
+            params["ErrorCode"] = str(error_code if error_code is not None else 30003)
+        if twilio_status in ("delivered", "undelivered"):
+            params["RawDlrDoneDate"] = datetime.datetime.now(datetime.UTC).strftime("%y%m%d%H%M")
+        return self._signed_post(record.status_callback, params)
+
+    def inbound_request(
+        self, url: str, sender: str, recipient: str, text: str
+    ) -> tuple[str, str, dict[str, str], bytes]:
+        sid = self.new_message_id()
+        params = {
+            "AccountSid": self.account_sid,
+            "ApiVersion": "2010-04-01",
+            "MessageSid": sid,
+            "SmsSid": sid,
+            "SmsMessageSid": sid,
+            "From": sender,
+            "To": recipient,
+            "Body": text,
+            "NumMedia": "0",
+            "NumSegments": "1",
+            "SmsStatus": "received",
+        }
+        return self._signed_post(url, params)
 
     def error_response(self, status: int, code: Any) -> web.Response:
         code = (

@@ -17,20 +17,39 @@ spec's way) or as HTTP Basic (the v4 SDK's way), or ``api_key`` + ``timestamp``
 + ``sig`` signed with the account's signature secret.  Responses are checked
 against Vonage's OpenAPI description in tests/test_vonage.py, and the official
 ``vonage`` SDK runs against this fake.
+
+Webhooks (``receipts(...)``, ``send_receipt``, ``send_inbound``): the SMS API's
+delivery receipt (spec ``DeliveryReceipt``: ``msisdn``, ``to``, ``network-code``,
+``messageId``, ``price``, ``status``, ``scts``, ``err-code``, ``api-key``,
+``client-ref``, ``message-timestamp``) and inbound message (spec
+``InboundMessage``), sent the way the dashboard's ``webhook_method`` says:
+``GET`` (query), ``POST`` (form) or ``POST-JSON``.  With a ``signature_secret``
+they carry ``timestamp``, ``nonce`` and ``sig`` (``signature_method``), as
+Vonage does once signed webhooks are enabled.  With ``webhook_api="messages"``
+they are Messages API v1 webhooks instead: JSON with ``message_uuid``, and,
+with a ``signature_secret``, ``Authorization: Bearer`` an HS256 JWT with
+``iat``, ``jti``, ``iss``, ``payload_hash``, ``api_key`` and ``application_id``
+(Nexmo/station ``messages/concepts/signed-webhooks.md``).
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import hmac
+import json
 import re
 import secrets
+import time
 import uuid
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import urlencode
 
+import jwt
 import phonenumbers
 from aiohttp import web
 
@@ -78,6 +97,26 @@ MAX_TEXT = 3200
 # server's is unconfirmed.  Longer or non-http(s) URLs get status 23.
 MAX_CALLBACK = 100
 SIGNATURE_METHODS = ("md5hash", "md5", "sha1", "sha256", "sha512")
+#: The dashboard's choices for how SMS API webhooks are sent.
+WEBHOOK_METHODS = ("GET", "POST", "POST-JSON")
+#: Our receipt outcome -> the SMS API's DLR ``status`` and default ``err-code``
+#: (an outcome not listed here is sent as written, err-code "0").
+DLR_STATUSES = {
+    "delivered": ("delivered", "0"),
+    "undelivered": ("failed", "2"),  # absent subscriber, temporary
+    "failed": ("rejected", "11"),  # unroutable
+    "sent": ("accepted", "0"),
+    "queued": ("buffered", "0"),
+    "expired": ("expired", "1"),
+}
+#: Our receipt outcome -> the Messages API's ``status``.
+MESSAGES_STATUSES = {
+    "delivered": "delivered",
+    "undelivered": "rejected",
+    "failed": "undeliverable",
+    "sent": "submitted",
+    "queued": "submitted",
+}
 TYPES = ("text", "unicode", "binary", "wappush", "vcal", "vcard")
 _TO = re.compile(r"\d{7,15}")
 
@@ -110,12 +149,24 @@ class FakeVonage(FakeProvider):
         unroutable_countries: Iterable[str] = (),
         balance: float = 10.0,
         price: float = 0.0333,
+        webhook_method: str = "POST-JSON",
+        webhook_api: str = "sms",
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         super().__init__(host=host, port=port)
         if signature_method not in SIGNATURE_METHODS:
             raise ValueError(f"signature_method is one of {', '.join(SIGNATURE_METHODS)}")
+        if webhook_method not in WEBHOOK_METHODS:
+            raise ValueError(f"webhook_method is one of {', '.join(WEBHOOK_METHODS)}")
+        if webhook_api not in ("sms", "messages"):
+            raise ValueError("webhook_api is 'sms' or 'messages'")
+        #: How SMS API webhooks are sent (the dashboard's setting).
+        self.webhook_method = webhook_method
+        #: Which API's webhooks the account gets: "sms" (sig) or "messages" (JWT).
+        self.webhook_api = webhook_api
+        #: The Vonage application a Messages API webhook names in its JWT.
+        self.application_id = str(uuid.uuid4())
         self.api_key = api_key or secrets.token_hex(4)  # 8 characters, as the spec says
         self.api_secret = api_secret or secrets.token_hex(8)
         self.signature_secret = signature_secret
@@ -260,6 +311,126 @@ class FakeVonage(FakeProvider):
 
     def throttle_response(self, retry_after: float | None) -> web.Response:
         return self.error(1)
+
+    # -- webhooks: delivery receipts and inbound messages --------------------------------
+
+    def receipt_request(
+        self, record: ReceivedMessage, status: str, error_code: Any
+    ) -> tuple[str, str, dict[str, str], bytes]:
+        assert record.status_callback is not None
+        now = datetime.datetime.now(datetime.UTC)
+        ref = record.fields.get("client-ref")
+        msisdn = record.to.removeprefix("+")
+        if self.webhook_api == "messages":
+            doc: dict[str, Any] = {
+                "message_uuid": record.provider_message_id,
+                "to": msisdn,
+                "from": record.sender or "",
+                "timestamp": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "status": MESSAGES_STATUSES.get(status, status),
+                "usage": {"currency": "EUR", "price": f"{self.price:.4f}"},
+                "channel": "sms",
+                "destination": {"network_code": self.network},
+                "sms": {"count_total": "1"},
+            }
+            if ref:
+                doc["client_ref"] = ref
+            if doc["status"] in ("rejected", "undeliverable"):
+                code = str(error_code if error_code is not None else 1320)
+                doc["error"] = {
+                    "type": f"https://developer.vonage.com/api-errors/messages#{code}",
+                    "title": code,
+                    "detail": "Message failed",
+                    "instance": str(uuid.uuid4()),
+                }
+            return self.messages_webhook(record.status_callback, doc)
+        dlr_status, default_code = DLR_STATUSES.get(status, (status, "0"))
+        params = {
+            "msisdn": msisdn,
+            "to": record.sender or "",
+            "network-code": self.network,
+            "messageId": record.provider_message_id,
+            "price": f"{self.price:.8f}",
+            "status": dlr_status,
+            "scts": now.strftime("%y%m%d%H%M"),
+            "err-code": str(error_code if error_code is not None else default_code),
+            "api-key": self.api_key,
+            "message-timestamp": now.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        if ref:
+            params["client-ref"] = str(ref)
+        return self.sms_webhook(record.status_callback, params)
+
+    def inbound_request(
+        self, url: str, sender: str, recipient: str, text: str
+    ) -> tuple[str, str, dict[str, str], bytes]:
+        now = datetime.datetime.now(datetime.UTC)
+        words = text.split()
+        keyword = words[0].upper() if words else ""
+        if self.webhook_api == "messages":
+            doc = {
+                "channel": "sms",
+                "message_uuid": str(uuid.uuid4()),
+                "to": recipient.removeprefix("+"),
+                "from": sender.removeprefix("+"),
+                "timestamp": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
+                "usage": {"price": "0.0057", "currency": "EUR"},
+                "message_type": "text",
+                "text": text,
+                "sms": {"num_messages": "1", "keyword": keyword},
+            }
+            return self.messages_webhook(url, doc)
+        params = {
+            "msisdn": sender.removeprefix("+"),
+            "to": recipient.removeprefix("+"),
+            "messageId": self.new_message_id(),
+            "text": text,
+            "type": "text" if analyze(text).encoding == "GSM-7" else "unicode",
+            "keyword": keyword,
+            "api-key": self.api_key,
+            "message-timestamp": now.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        return self.sms_webhook(url, params)
+
+    def sms_webhook(
+        self, url: str, params: Mapping[str, str], *, at: float | None = None
+    ) -> tuple[str, str, dict[str, str], bytes]:
+        """An SMS API webhook of ``params`` to ``url``, sent as ``webhook_method``
+        says and signed (``timestamp`` = ``at`` or now) when a signature secret is set."""
+        fields = dict(params)
+        if self.signature_secret is not None:
+            fields["timestamp"] = str(int(time.time() if at is None else at))
+            fields["nonce"] = str(uuid.uuid4())
+            fields["sig"] = _signature(fields, self.signature_secret, self.signature_method)
+        if self.webhook_method == "GET":
+            return "GET", f"{url}{'&' if '?' in url else '?'}{urlencode(fields)}", {}, b""
+        if self.webhook_method == "POST":
+            headers = {"Content-Type": "application/x-www-form-urlencoded"}
+            return "POST", url, headers, urlencode(fields).encode()
+        body = json.dumps(fields).encode()
+        return "POST", url, {"Content-Type": "application/json"}, body
+
+    def messages_webhook(
+        self, url: str, doc: Mapping[str, Any], *, at: float | None = None
+    ) -> tuple[str, str, dict[str, str], bytes]:
+        """A Messages API webhook (JSON POST) of ``doc`` to ``url``, with a bearer JWT
+        (``iat`` = ``at`` or now) when a signature secret is set."""
+        body = json.dumps(doc).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.signature_secret is not None:
+            claims = {
+                "iat": int(time.time() if at is None else at),
+                "jti": str(uuid.uuid4()),
+                "iss": "Vonage",
+                "payload_hash": hashlib.sha256(body).hexdigest(),
+                "api_key": self.api_key,
+                "application_id": self.application_id,
+            }
+            with warnings.catch_warnings():  # Vonage's secrets may be short: not our call
+                warnings.simplefilter("ignore", jwt.InsecureKeyLengthWarning)
+                token = jwt.encode(claims, self.signature_secret, algorithm="HS256")
+            headers["Authorization"] = f"Bearer {token}"
+        return "POST", url, headers, body
 
 
 def _valid(digits: str) -> bool:

@@ -1,0 +1,54 @@
+"""The durable outbox: enqueue now, send later within provider limits, lose nothing.
+
+    store.py     the OutboxStore protocol, its records and the state machine
+    sqlite.py    the default store: one SQLite file in WAL mode
+    worker.py    the worker that leases, paces, sends and settles messages
+    __main__.py  ``python -m smsroute.outbox CONFIG``: a worker as a process
+
+Users meet it through the router: ``await router.enqueue(message)``,
+``async with router.worker():``, ``await router.dead_letters()``,
+``await router.requeue(message_id)`` and ``await router.status(message_id)``.
+"""
+
+from __future__ import annotations
+
+from smsroute.config import OutboxSettings
+from smsroute.outbox.sqlite import SQLiteOutbox
+from smsroute.outbox.store import (
+    TTL,
+    DeadLetter,
+    NewMessage,
+    OutboxStore,
+    QueuedMessage,
+    SendAt,
+    make_id,
+    new_message,
+    outbox_clock,
+    priority_of,
+)
+from smsroute.outbox.worker import OutboxWorker
+
+
+def open_store(settings: OutboxSettings) -> OutboxStore:
+    """The store ``settings`` describe (not connected until first used)."""
+    if settings.backend == "sqlite":
+        return SQLiteOutbox(settings.path, synchronous=settings.synchronous)
+    raise ValueError(f"unknown outbox backend {settings.backend!r}")
+
+
+__all__ = [
+    "TTL",
+    "DeadLetter",
+    "NewMessage",
+    "OutboxSettings",
+    "OutboxStore",
+    "OutboxWorker",
+    "QueuedMessage",
+    "SQLiteOutbox",
+    "SendAt",
+    "make_id",
+    "new_message",
+    "open_store",
+    "outbox_clock",
+    "priority_of",
+]

@@ -1,0 +1,83 @@
+"""Run an outbox worker as a process: ``python -m smsroute.outbox CONFIG``.
+
+Prints one JSON line when it is working (its lease owner, store and
+concurrency), then sends queued messages until SIGTERM or SIGINT: the first
+stops gracefully (no new leases, sends under way finish, the rest goes back
+to the queue), a second cancels the sends under way.  Exit status 0 after a
+stop, 2 for a config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+from smsroute.errors import ConfigError
+
+
+async def _serve(path: str, concurrency: int | None) -> None:
+    from smsroute.router import Router
+
+    router = Router.from_yaml(path)
+    stop = asyncio.Event()
+    async with router:
+        worker = router.worker(concurrency=concurrency)
+        signals = 0
+
+        def on_signal() -> None:
+            nonlocal signals
+            signals += 1
+            if signals == 1:
+                stop.set()
+            else:
+                worker.abort()
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        await worker.start()
+        print(
+            json.dumps(
+                {
+                    "worker": worker.owner,
+                    "store": repr(router.outbox),
+                    "concurrency": worker.concurrency,
+                }
+            ),
+            flush=True,
+        )
+        await stop.wait()
+        await worker.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m smsroute.outbox",
+        description="Send the messages queued in the outbox of CONFIG.",
+    )
+    parser.add_argument("config", help="the routing config (its outbox: section says where)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="messages at once (default: outbox.concurrency)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(_serve(args.config, args.concurrency))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,750 @@
+"""The default outbox store: one SQLite file in WAL mode, nothing to run.
+
+The standard library's ``sqlite3`` runs on one thread of its own, so the event
+loop never waits for the disk.  Why not aiosqlite: it too runs each connection
+on its own thread, one call per hop; owning the thread lets operations that
+arrive together commit together (group commit: a worker's acks, a burst of
+concurrent enqueues), each under a savepoint so one failing operation does
+not undo the others, and it adds no dependency.
+
+Several processes may open the same file: an application enqueuing and a
+worker process sending.  Every change is one ``BEGIN IMMEDIATE`` transaction,
+so they serialise on SQLite's lock (waiting up to ``busy_timeout``).  With
+``synchronous: normal`` (the default) a committed transaction survives the
+process being killed; ``synchronous: full`` also survives a power cut, at
+the price of an fsync per commit.
+
+Schema (version 1)::
+
+    messages   one row per message: its state machine (state, due, expires,
+               tries, lease_owner, lease_until), what status() shows (status,
+               provider, provider_message_id, error_code, reason, outcome) and
+               the message itself (to_number, body, sender, category, tags,
+               metadata).  Partial indexes: pending by (priority, due), leased
+               by lease_until, dead and sent by updated_at; idempotency_key unique.
+    history    (message_id, at, status, provider, detail): every change after
+               enqueue, receipts included, in the order recorded
+    attempts   (message_id, try, provider, outcome, ...): provider attempts of every
+               try that did not end at the first provider's acceptance
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from typing import Any, Literal, TypeVar
+
+from smsroute.message import Attempt, DeliveryReport, Message, MessageState, Outcome, SendResult
+from smsroute.outbox.store import (
+    PRIORITY_LEVELS,
+    DeadLetter,
+    NewMessage,
+    QueuedMessage,
+    State,
+    utc,
+)
+from smsroute.status import RANK
+
+log = logging.getLogger("smsroute.outbox")
+
+T = TypeVar("T")
+Synchronous = Literal["normal", "full"]
+
+#: Operations committed in one transaction at most.
+MAX_BATCH = 512
+#: Host parameters per statement at most (SQLite allows 32766; stay well below).
+CHUNK = 500
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    idempotency_key TEXT,
+    state TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    due REAL NOT NULL,
+    expires REAL,
+    ttl REAL,
+    tries INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_until REAL,
+    enqueued_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    status TEXT NOT NULL,
+    provider TEXT,
+    provider_message_id TEXT,
+    error_code TEXT,
+    reason TEXT,
+    outcome TEXT,
+    to_number TEXT NOT NULL,
+    body TEXT NOT NULL,
+    sender TEXT,
+    category TEXT NOT NULL,
+    tags TEXT,
+    metadata TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency
+    ON messages (idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_pending ON messages (priority, due) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS messages_leased ON messages (lease_until) WHERE state = 'leased';
+CREATE INDEX IF NOT EXISTS messages_dead ON messages (updated_at) WHERE state = 'dead';
+CREATE INDEX IF NOT EXISTS messages_sent ON messages (updated_at) WHERE state = 'sent';
+CREATE TABLE IF NOT EXISTS history (
+    message_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    status TEXT NOT NULL,
+    provider TEXT,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS history_message ON history (message_id);
+CREATE TABLE IF NOT EXISTS attempts (
+    message_id TEXT NOT NULL,
+    try INTEGER NOT NULL,
+    provider TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    latency REAL NOT NULL,
+    status_code INTEGER,
+    error_code TEXT,
+    detail TEXT,
+    provider_message_id TEXT,
+    retry_after REAL
+);
+CREATE INDEX IF NOT EXISTS attempts_message ON attempts (message_id);
+PRAGMA user_version = 1;
+"""
+
+_INSERT = (
+    "INSERT OR IGNORE INTO messages (id, idempotency_key, state, priority, due, expires, ttl,"
+    " enqueued_at, updated_at, status, to_number, body, sender, category, tags, metadata)"
+    " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)"
+)
+_QUEUED = (
+    "SELECT seq, id, priority, due, expires, tries, enqueued_at,"
+    " to_number, body, sender, category, tags, metadata FROM messages"
+)
+_HISTORY = "INSERT INTO history (message_id, at, status, provider, detail) VALUES (?, ?, ?, ?, ?)"
+_ATTEMPT = (
+    "INSERT INTO attempts (message_id, try, provider, outcome, latency, status_code,"
+    " error_code, detail, provider_message_id, retry_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def encode_json(value: object) -> str:
+    """Compact JSON, raising TypeError for what JSON cannot hold."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _row(item: NewMessage) -> tuple[Any, ...]:
+    m = item.message
+    return (
+        item.message_id,
+        item.idempotency_key,
+        item.priority,
+        item.due,
+        item.expires,
+        item.ttl,
+        item.enqueued_at,
+        item.enqueued_at,
+        m.to,
+        m.text,
+        m.sender,
+        m.category,
+        encode_json(list(m.tags)) if m.tags else None,
+        encode_json(dict(m.metadata)) if m.metadata else None,
+    )
+
+
+def _message(
+    to: str, body: str, sender: str | None, category: str, tags: Any, meta: Any
+) -> Message:
+    return Message(
+        to=to,
+        text=body,
+        sender=sender,
+        category=category,
+        tags=tuple(json.loads(tags)) if tags else (),
+        metadata=json.loads(meta) if meta else {},
+    )
+
+
+def _queued(row: Sequence[Any]) -> QueuedMessage:
+    return QueuedMessage(
+        message_id=row[1],
+        message=_message(*row[7:13]),
+        priority=row[2],
+        due=row[3],
+        expires=row[4],
+        tries=row[5],
+        enqueued_at=row[6],
+    )
+
+
+def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), CHUNK):
+        yield items[i : i + CHUNK]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+# -- the thread that owns the connection -----------------------------------------------
+
+
+class _Job:
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        future: asyncio.Future[Any],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.fn = fn
+        self.future = future
+        self.loop = loop
+
+
+def _settle(done: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, value, error in done:
+        if future.done():  # the caller was cancelled; the operation ran all the same
+            continue
+        if error is None:
+            future.set_result(value)
+        else:
+            future.set_exception(error)
+
+
+class _Connection:
+    """One sqlite3 connection on its own thread; jobs that queue up commit together.
+
+    Jobs submitted during one turn of the event loop cross to the thread in
+    one hand-over: waking the thread once per job costs more than the job
+    (each wake-up trades the GIL back and forth).
+    """
+
+    def __init__(self, path: str, synchronous: Synchronous, busy_timeout: float) -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self.busy_timeout = busy_timeout
+        self._jobs: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        self._pending: list[_Job] = []
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._stopped = threading.Event()
+
+    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise RuntimeError(f"the outbox store {self.path} is closed")
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name=f"smsroute-outbox:{os.path.basename(self.path)}", daemon=True
+            )
+            self._thread.start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._hand_over)
+        self._pending.append(_Job(fn, future, loop))
+        return await future
+
+    def _hand_over(self) -> None:
+        jobs, self._pending = self._pending, []
+        if jobs:
+            self._jobs.put(jobs)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._hand_over()
+            self._jobs.put(None)
+            await asyncio.get_running_loop().run_in_executor(None, self._stopped.wait)
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=True
+            )
+        except sqlite3.Error as exc:
+            folder = os.path.dirname(os.path.abspath(self.path))
+            raise RuntimeError(
+                f"cannot open the outbox database {self.path}: {exc} "
+                f"(does the folder {folder} exist and is it writable?)"
+            ) from None
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+        conn.executescript(SCHEMA)
+        return conn
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        broken: BaseException | None = None
+        try:
+            conn = self._connect()
+        except Exception as exc:
+            broken = exc
+        try:
+            while True:
+                jobs = self._jobs.get()
+                if jobs is None:
+                    break
+                batch = list(jobs)
+                stop = False
+                while len(batch) < MAX_BATCH:
+                    try:
+                        more = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stop = True
+                        break
+                    batch += more
+                if conn is None:
+                    assert broken is not None
+                    self._deliver([(j, None, broken) for j in batch])
+                else:
+                    self._deliver(self._execute(conn, batch))
+                if stop:
+                    break
+        finally:
+            if conn is not None:
+                conn.close()
+            self._stopped.set()
+
+    @staticmethod
+    def _execute(
+        conn: sqlite3.Connection, batch: list[_Job]
+    ) -> list[tuple[_Job, Any, BaseException | None]]:
+        done: list[tuple[_Job, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            if len(batch) == 1:
+                done.append((batch[0], batch[0].fn(conn), None))
+            else:
+                for job in batch:
+                    conn.execute("SAVEPOINT job")
+                    try:
+                        value = job.fn(conn)
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO job")
+                        conn.execute("RELEASE job")
+                        done.append((job, None, exc))
+                    else:
+                        conn.execute("RELEASE job")
+                        done.append((job, value, None))
+            conn.execute("COMMIT")
+        except Exception as exc:  # nothing of the batch was written
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.exception("rollback failed in the outbox store")
+            return [(job, None, exc) for job in batch]
+        return done
+
+    @staticmethod
+    def _deliver(done: list[tuple[_Job, Any, BaseException | None]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        for job, value, error in done:
+            by_loop.setdefault(job.loop, []).append((job.future, value, error))
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(_settle, items)
+
+
+# -- the store ---------------------------------------------------------------------------
+
+
+class SQLiteOutbox:
+    """The outbox in one SQLite file (see the module docstring).
+
+    >>> store = SQLiteOutbox("smsroute-outbox.db")
+    >>> counts = await store.counts()      # {'pending': 12, 'sent': 3400, ...}
+    >>> await store.close()
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Synchronous = "normal",
+        busy_timeout: float = 10.0,
+    ) -> None:
+        self.path = os.fspath(path)
+        self._db = _Connection(self.path, synchronous, busy_timeout)
+
+    def __repr__(self) -> str:
+        return f"SQLiteOutbox({self.path!r})"
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    # -- writing messages in ---------------------------------------------------------
+
+    async def enqueue(self, item: NewMessage) -> str:
+        row = _row(item)
+
+        def run(conn: sqlite3.Connection) -> str:
+            cur = conn.execute(_INSERT, row)
+            if cur.rowcount == 1 or item.idempotency_key is None:
+                return item.message_id
+            found = conn.execute(
+                "SELECT id FROM messages WHERE idempotency_key = ?", (item.idempotency_key,)
+            ).fetchone()
+            return str(found[0])
+
+        return await self._db.call(run)
+
+    async def enqueue_many(self, items: Sequence[NewMessage]) -> list[str]:
+        rows = [_row(item) for item in items]
+        keys = list(dict.fromkeys(i.idempotency_key for i in items if i.idempotency_key))
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            conn.executemany(_INSERT, rows)
+            if not keys:
+                return [item.message_id for item in items]
+            found: dict[str, str] = {}
+            for chunk in _chunks(keys):
+                found.update(
+                    conn.execute(
+                        "SELECT idempotency_key, id FROM messages"
+                        f" WHERE idempotency_key IN ({_marks(len(chunk))})",
+                        chunk,
+                    ).fetchall()
+                )
+            return [
+                found[item.idempotency_key] if item.idempotency_key else item.message_id
+                for item in items
+            ]
+
+        return await self._db.call(run)
+
+    # -- leases ------------------------------------------------------------------------
+
+    async def lease(self, owner: str, limit: int, now: float, until: float) -> list[QueuedMessage]:
+        def run(conn: sqlite3.Connection) -> list[QueuedMessage]:
+            expired = conn.execute(
+                "UPDATE messages SET state = 'pending', lease_owner = NULL, lease_until = NULL"
+                " WHERE state = 'leased' AND lease_until <= ? RETURNING id, lease_owner",
+                (now,),
+            ).fetchall()
+            if expired:
+                conn.executemany(
+                    _HISTORY,
+                    [
+                        (mid, now, "lease_expired", None, f"the lease of {holder} expired")
+                        for mid, holder in expired
+                    ],
+                )
+            rows: list[Any] = []
+            for level in PRIORITY_LEVELS:
+                rows += conn.execute(
+                    f"{_QUEUED} WHERE state = 'pending' AND priority = ? AND due <= ?"
+                    " ORDER BY due, seq LIMIT ?",
+                    (level, now, limit - len(rows)),
+                ).fetchall()
+                if len(rows) >= limit:
+                    break
+            if rows:
+                seqs = [r[0] for r in rows]
+                conn.execute(
+                    "UPDATE messages SET state = 'leased', lease_owner = ?, lease_until = ?"
+                    f" WHERE seq IN ({_marks(len(seqs))})",
+                    (owner, until, *seqs),
+                )
+            return [_queued(r) for r in rows]
+
+        return await self._db.call(run)
+
+    async def renew(self, owner: str, message_ids: Collection[str], until: float) -> int:
+        ids = list(message_ids)
+
+        def run(conn: sqlite3.Connection) -> int:
+            held = 0
+            for chunk in _chunks(ids):
+                held += conn.execute(
+                    "UPDATE messages SET lease_until = ? WHERE state = 'leased'"
+                    f" AND lease_owner = ? AND id IN ({_marks(len(chunk))})",
+                    (until, owner, *chunk),
+                ).rowcount
+            return held
+
+        return await self._db.call(run) if ids else 0
+
+    async def release(self, owner: str, message_ids: Collection[str] | None, now: float) -> int:
+        ids = None if message_ids is None else list(message_ids)
+        sql = (
+            "UPDATE messages SET state = 'pending', lease_owner = NULL, lease_until = NULL"
+            " WHERE state = 'leased' AND lease_owner = ?"
+        )
+
+        def run(conn: sqlite3.Connection) -> int:
+            if ids is None:
+                return conn.execute(sql, (owner,)).rowcount
+            released = 0
+            for chunk in _chunks(ids):
+                released += conn.execute(
+                    f"{sql} AND id IN ({_marks(len(chunk))})", (owner, *chunk)
+                ).rowcount
+            return released
+
+        return await self._db.call(run) if ids is None or ids else 0
+
+    # -- outcomes ----------------------------------------------------------------------
+
+    async def ack(self, message_id: str, owner: str, result: SendResult, now: float) -> bool:
+        # A first provider's acceptance says all there is to say; keep attempts that failed.
+        attempts = result.attempts if len(result.attempts) > 1 else ()
+
+        def run(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "UPDATE messages SET state = 'sent', tries = tries + 1,"
+                " status = CASE WHEN status IN ('pending', 'retrying') THEN 'accepted' ELSE status END,"
+                " provider = ?, provider_message_id = ?, outcome = 'accepted', reason = NULL,"
+                " lease_owner = NULL, lease_until = NULL, updated_at = ?"
+                " WHERE id = ? AND state IN ('pending', 'leased') RETURNING tries",
+                (result.provider, result.provider_message_id, now, message_id),
+            ).fetchone()
+            if row is None:  # already sent: this was a duplicate send (a lost lease)
+                tries = self._tries(conn, message_id) + 1
+                detail = "sent again: the message was already final"
+            else:
+                tries, detail = row[0], None
+            conn.execute(_HISTORY, (message_id, now, "accepted", result.provider, detail))
+            if attempts:
+                self._attempts(conn, message_id, tries, attempts)
+            return row is not None
+
+        return await self._db.call(run)
+
+    async def retry(
+        self,
+        message_id: str,
+        owner: str,
+        due: float,
+        reason: str,
+        result: SendResult | None,
+        now: float,
+    ) -> bool:
+        return await self._db.call(
+            lambda conn: self._finish(conn, message_id, owner, "pending", due, reason, result, now)
+        )
+
+    async def dead(
+        self, message_id: str, owner: str, reason: str, result: SendResult | None, now: float
+    ) -> bool:
+        return await self._db.call(
+            lambda conn: self._finish(conn, message_id, owner, "dead", None, reason, result, now)
+        )
+
+    def _finish(
+        self,
+        conn: sqlite3.Connection,
+        message_id: str,
+        owner: str,
+        state: Literal["pending", "dead"],
+        due: float | None,
+        reason: str,
+        result: SendResult | None,
+        now: float,
+    ) -> bool:
+        tried = 1 if result is not None else 0
+        outcome = result.outcome.value if result is not None and result.outcome else None
+        provider = result.attempts[-1].provider if result is not None and result.attempts else None
+        status = "retrying" if state == "pending" else "dead"
+        row = conn.execute(
+            "UPDATE messages SET state = ?, status = ?, due = coalesce(?, due), tries = tries + ?,"
+            " reason = ?, outcome = coalesce(?, outcome), lease_owner = NULL, lease_until = NULL,"
+            " updated_at = ? WHERE id = ? AND state = 'leased' AND lease_owner = ? RETURNING tries",
+            (state, status, due, tried, reason, outcome, now, message_id, owner),
+        ).fetchone()
+        if row is None:  # the lease was lost: whoever holds the message now decides
+            tries = self._tries(conn, message_id) + tried
+            conn.execute(_HISTORY, (message_id, now, "lease_lost", provider, reason))
+        else:
+            tries = row[0]
+            conn.execute(_HISTORY, (message_id, now, status, provider, reason))
+        if result is not None:
+            self._attempts(conn, message_id, tries, result.attempts)
+        return row is not None
+
+    @staticmethod
+    def _tries(conn: sqlite3.Connection, message_id: str) -> int:
+        row = conn.execute("SELECT tries FROM messages WHERE id = ?", (message_id,)).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    @staticmethod
+    def _attempts(
+        conn: sqlite3.Connection, message_id: str, tries: int, attempts: Sequence[Attempt]
+    ) -> None:
+        conn.executemany(
+            _ATTEMPT,
+            [
+                (
+                    message_id,
+                    tries,
+                    a.provider,
+                    a.outcome.value,
+                    a.latency,
+                    a.status_code,
+                    a.error_code,
+                    a.detail,
+                    a.provider_message_id,
+                    a.retry_after,
+                )
+                for a in attempts
+            ],
+        )
+
+    async def requeue(self, message_id: str, now: float) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE messages SET state = 'pending', status = 'pending', due = ?,"
+                " expires = CASE WHEN ttl IS NULL THEN NULL ELSE ? + ttl END, tries = 0,"
+                " reason = NULL, updated_at = ? WHERE id = ? AND state = 'dead'",
+                (now, now, now, message_id),
+            )
+            if cur.rowcount == 0:
+                return False
+            conn.execute(_HISTORY, (message_id, now, "requeued", None, None))
+            return True
+
+        return await self._db.call(run)
+
+    # -- receipts and status -----------------------------------------------------------
+
+    async def record_receipt(self, report: DeliveryReport, now: float) -> bool:
+        message_id = report.message_id
+        if message_id is None:
+            return False
+        at = report.at.timestamp()
+
+        def run(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT status FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if row is None:
+                return False
+            if RANK.get(report.status, -1) > RANK.get(row[0], -1):
+                conn.execute(
+                    "UPDATE messages SET status = ?, provider = ?, provider_message_id = ?,"
+                    " error_code = ?, updated_at = ? WHERE id = ?",
+                    (
+                        report.status,
+                        report.provider,
+                        report.provider_message_id,
+                        report.error_code,
+                        now,
+                        message_id,
+                    ),
+                )
+            conn.execute(
+                _HISTORY, (message_id, at, report.status, report.provider, report.error_code)
+            )
+            return True
+
+        return await self._db.call(run)
+
+    async def status(self, message_id: str) -> MessageState | None:
+        def run(conn: sqlite3.Connection) -> MessageState | None:
+            row = conn.execute(
+                "SELECT status, provider, provider_message_id, error_code, updated_at, enqueued_at"
+                " FROM messages WHERE id = ?",
+                (message_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            history = conn.execute(
+                "SELECT status, provider, at FROM history WHERE message_id = ? ORDER BY rowid",
+                (message_id,),
+            ).fetchall()
+            return MessageState(
+                message_id=message_id,
+                status=row[0],
+                provider=row[1],
+                provider_message_id=row[2],
+                error_code=row[3],
+                updated_at=utc(row[4]),
+                history=(
+                    ("pending", None, utc(row[5])),
+                    *((s, p, utc(at)) for s, p, at in history),
+                ),
+            )
+
+        return await self._db.call(run)
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        def run(conn: sqlite3.Connection) -> list[DeadLetter]:
+            rows = conn.execute(
+                "SELECT id, reason, tries, outcome, enqueued_at, updated_at,"
+                " to_number, body, sender, category, tags, metadata FROM messages"
+                " WHERE state = 'dead' ORDER BY updated_at DESC, seq DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            attempts: dict[str, list[Attempt]] = {}
+            ids = [r[0] for r in rows]
+            for chunk in _chunks(ids):
+                for mid, *a in conn.execute(
+                    "SELECT message_id, provider, outcome, latency, status_code, error_code,"
+                    " detail, provider_message_id, retry_after FROM attempts"
+                    f" WHERE message_id IN ({_marks(len(chunk))}) ORDER BY rowid",
+                    chunk,
+                ):
+                    attempts.setdefault(mid, []).append(
+                        Attempt(a[0], Outcome(a[1]), a[2], a[3], a[4], a[5], a[6], a[7])
+                    )
+            return [
+                DeadLetter(
+                    message_id=r[0],
+                    message=_message(*r[6:12]),
+                    reason=r[1] or "",
+                    tries=r[2],
+                    attempts=tuple(attempts.get(r[0], ())),
+                    outcome=Outcome(r[3]) if r[3] else None,
+                    enqueued_at=utc(r[4]),
+                    dead_at=utc(r[5]),
+                )
+                for r in rows
+            ]
+
+        return await self._db.call(run)
+
+    async def next_due(self) -> float | None:
+        def run(conn: sqlite3.Connection) -> float | None:
+            dues = [
+                conn.execute(
+                    "SELECT min(due) FROM messages WHERE state = 'pending' AND priority = ?",
+                    (level,),
+                ).fetchone()[0]
+                for level in PRIORITY_LEVELS
+            ]
+            known = [d for d in dues if d is not None]
+            return min(known) if known else None
+
+        return await self._db.call(run)
+
+    async def counts(self) -> Mapping[State, int]:
+        def run(conn: sqlite3.Connection) -> dict[State, int]:
+            out: dict[State, int] = {"pending": 0, "leased": 0, "sent": 0, "dead": 0}
+            out.update(conn.execute("SELECT state, count(*) FROM messages GROUP BY state"))
+            return out
+
+        return await self._db.call(run)
+
+    async def purge(self, before: float) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            old = "SELECT id FROM messages WHERE state = 'sent' AND updated_at < ?"
+            conn.execute(f"DELETE FROM history WHERE message_id IN ({old})", (before,))
+            conn.execute(f"DELETE FROM attempts WHERE message_id IN ({old})", (before,))
+            return conn.execute(
+                "DELETE FROM messages WHERE state = 'sent' AND updated_at < ?", (before,)
+            ).rowcount
+
+        return await self._db.call(run)

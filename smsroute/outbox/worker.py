@@ -1,0 +1,470 @@
+"""The outbox worker: lease what is due, pace it, send it through the router, settle it.
+
+    lease (most urgent first) --> pace (per provider) --> Router._send --> ack
+      ^  renew leases every lease/3                             |-------> retry later
+      |                                                         '-------> dead letter
+      '-- expired leases come back to the queue (a worker died)
+
+Pacing.  ``send()`` skips a provider whose rate limit would make it wait more
+than ``defaults.max_rate_wait``; a queue should wait its turn instead.  So
+before a message is handed to the router, the worker picks the first provider
+of its plan (one not paused by a Retry-After, when there is one) and, holding
+that provider's pacing lock:
+
+1. waits for a free slot under the provider's ``max_concurrency``;
+2. waits until fewer than ``n`` of its sends went out in the last
+   ``window + rate_margin`` (``n`` per ``window`` is the rate limit as a whole
+   number per second or more): the provider counts our requests when they
+   arrive, and network jitter must not squeeze ``n + 1`` of them into its
+   window, nor may a full bucket's burst;
+3. reserves a token from the router's bucket for the provider (shared with
+   ``send()``, and with other replicas under ``state: {backend: redis}``),
+   waiting as long as it takes, a Retry-After pause included.
+
+It then calls the router with that provider named as reserved: the router
+tries it first without taking a second token.  Failover to another provider
+inside that send uses the router's usual bucket wait.
+
+Outcomes.  Accepted: done.  Rejected (or opted out): a dead letter at once.
+A timeout under ``on_timeout: stop`` is a dead letter too: the message may
+have been sent, and the rule says not to risk sending it twice.  Any other
+failure is retried after a backoff with full jitter, ``uniform(0, min(max,
+base * 2**(tries - 1)))``, until ``max_attempts`` tries or the ttl runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import random
+import secrets
+import socket
+from collections import deque
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from smsroute.config import OutboxSettings, ProviderConfig
+from smsroute.errors import InvalidMessage, InvalidNumber
+from smsroute.message import Outcome, SendResult
+from smsroute.outbox.store import OutboxStore, QueuedMessage
+
+if TYPE_CHECKING:
+    from smsroute.router import Router, _Prepared, _Runtime
+
+log = logging.getLogger("smsroute.outbox")
+
+#: How often sent messages older than ``retention`` are purged.
+PURGE_EVERY = 3600.0
+
+
+def _window(rate: float) -> tuple[int, float]:
+    """(n, seconds): at most n sends per window, n a whole number, the window at least 1 s."""
+    n = max(1, math.floor(rate))
+    return n, n / rate
+
+
+class _Pacer:
+    """Per provider: the moment each of the worker's sends may go (see the module docstring)."""
+
+    def __init__(self, router: Router, margin: float) -> None:
+        self._router = router
+        self._margin = margin
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._sent: dict[str, deque[float]] = {}
+        self._inflight: dict[str, int] = {}
+        self._freed: dict[str, asyncio.Event] = {}
+
+    def head(self, rt: _Runtime, prepared: _Prepared) -> ProviderConfig:
+        """The provider the send should start with: the plan's first that is not paused."""
+        providers = rt.config.providers
+        if len(prepared.rule.providers) == 1:  # no plan to make (the router's will be the same)
+            return providers[prepared.rule.providers[0]]
+        ordered, _, _ = self._router._plan(rt, prepared)
+        state = self._router._state
+        candidates = [providers[o.provider] for o in ordered]
+        for pcfg in candidates:
+            if state.bucket(pcfg).paused_for() == 0.0:
+                return pcfg
+        return min(candidates, key=lambda p: state.bucket(p).paused_for())
+
+    async def acquire(self, pcfg: ProviderConfig) -> None:
+        """Wait until a send to ``pcfg`` may go, and count it as going."""
+        name = pcfg.name
+        router = self._router
+        clock, sleep = router._clock, router._sleep
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        async with lock:
+            cap = pcfg.max_concurrency
+            if cap is not None:
+                freed = self._freed.setdefault(name, asyncio.Event())
+                while self._inflight.get(name, 0) >= cap:
+                    freed.clear()
+                    await freed.wait()
+            bucket = router._state.bucket(pcfg)
+            sent: deque[float] | None = None
+            if bucket.rate is not None:
+                n, window = _window(bucket.rate)
+                sent = self._sent.get(name)
+                if sent is None or sent.maxlen != n:
+                    sent = self._sent[name] = deque(sent or (), maxlen=n)
+                if len(sent) == n:
+                    early = sent[0] + window + self._margin - clock.now()
+                    if early > 0:
+                        await sleep(early)
+            while True:
+                wait = bucket.reserve(math.inf)
+                if wait is None and not bucket.paused_for():  # a shared bucket leases more
+                    wait = await router._state.refill(bucket, math.inf)
+                if wait is not None:
+                    break
+                await sleep(max(bucket.paused_for(), 0.01))  # a Retry-After pause
+            if wait > 0:
+                await sleep(wait)
+            if sent is not None:
+                sent.append(clock.now())
+            self._inflight[name] = self._inflight.get(name, 0) + 1
+
+    def release(self, pcfg: ProviderConfig) -> None:
+        """A send counted by :meth:`acquire` is over."""
+        self._inflight[pcfg.name] -= 1
+        freed = self._freed.get(pcfg.name)
+        if freed is not None:
+            freed.set()
+
+
+class OutboxWorker:
+    """Sends queued messages in the background, within every provider's limits.
+
+    >>> async with router.worker(concurrency=16) as worker:
+    ...     await worker.drain()          # tests: until nothing due is left
+
+    ``concurrency`` is how many messages are leased and worked on at once
+    (default ``outbox.concurrency``); ``rng`` draws the backoff jitter
+    (default: the router's).  Leaving the ``async with`` stops gracefully:
+    no new leases, messages not yet handed to a provider go back to the queue
+    untouched, sends under way finish and are recorded.  ``python -m
+    smsroute.outbox CONFIG`` runs one as a process.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        *,
+        concurrency: int | None = None,
+        rng: random.Random | None = None,
+        owner: str | None = None,
+    ) -> None:
+        settings: OutboxSettings = router._outbox_settings()
+        self.concurrency = settings.concurrency if concurrency is None else concurrency
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self.settings = settings
+        #: Who holds the leases: host, process and a random tag.
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._router = router
+        self._rng = rng or router._rng
+        self._pacer = _Pacer(router, settings.rate_margin)
+        self._store: OutboxStore | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._sending: set[str] = set()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._main: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._stopped = False
+        #: Messages this worker sent, scheduled for a retry, and dead-lettered.
+        self.sent = 0
+        self.retried = 0
+        self.dead = 0
+
+    def __repr__(self) -> str:
+        return f"OutboxWorker(owner={self.owner!r}, concurrency={self.concurrency})"
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def __aenter__(self) -> OutboxWorker:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Start leasing and sending in background tasks."""
+        if self._main is not None:
+            raise RuntimeError("this worker was started already")
+        self._store = self._router._outbox_store()
+        self._router._outbox_register(self, running=True)
+        self._main = asyncio.create_task(self._run(), name=f"smsroute-outbox {self.owner}")
+        self._keeper = asyncio.create_task(
+            self._keep(), name=f"smsroute-outbox-leases {self.owner}"
+        )
+        log.info(
+            "outbox worker %s started: concurrency %d, store %r",
+            self.owner,
+            self.concurrency,
+            self._store,
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop gracefully; see the class docstring.
+
+        Sends under way are given ``grace`` seconds (default: until they end,
+        which the router's deadline bounds); then they are cancelled too and
+        their messages go back to the queue (they may have been sent: at least
+        once, never lost).
+        """
+        if self._main is None or self._stopped:
+            return
+        self._stopped = True
+        self._stopping = True
+        self._wake.set()
+        await asyncio.gather(self._main, return_exceptions=True)
+        waiting = [t for mid, t in self._tasks.items() if mid not in self._sending]
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        sending = list(self._tasks.values())
+        if sending:
+            _, late = await asyncio.wait(sending, timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
+        released = 0
+        if self._store is not None:
+            try:
+                released = await self._store.release(self.owner, None, self._now())
+            except Exception:
+                log.exception("outbox worker %s could not hand its leases back", self.owner)
+        self._router._outbox_register(self, running=False)
+        log.info(
+            "outbox worker %s stopped: %d sent, %d retried, %d dead-lettered, %d handed back",
+            self.owner,
+            self.sent,
+            self.retried,
+            self.dead,
+            released,
+        )
+
+    def abort(self) -> None:
+        """Cancel every send under way now (a second Ctrl-C); :meth:`stop` still hands leases back."""
+        self._stopping = True
+        self._wake.set()
+        for task in self._tasks.values():
+            task.cancel()
+
+    def wake(self) -> None:
+        """Look for due messages now (the router calls it after an enqueue in this process)."""
+        self._wake.set()
+
+    async def drain(self) -> None:
+        """Wait until nothing is due and nothing is being sent (later messages may remain)."""
+        if self._main is None:
+            raise RuntimeError("start the worker first: async with router.worker() as w")
+        self._idle.clear()
+        self._wake.set()
+        await self._idle.wait()
+
+    async def run_once(self) -> int:
+        """Lease what is due (up to ``concurrency``), send and settle it all; returns how many.
+
+        No background task: tests drive the worker step by step with a
+        :class:`ManualClock`, and nothing waits in real time but the sends.
+        """
+        if self._store is None:
+            self._store = self._router._outbox_store()
+        batch = await self._lease(self.concurrency)
+        tasks = [self._spawn(item) for item in batch]
+        await asyncio.gather(*tasks)
+        return len(batch)
+
+    # -- the loops ------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return self._router._outbox_now()
+
+    async def _run(self) -> None:
+        assert self._store is not None
+        poll = self.settings.poll
+        low_water = max(1, self.concurrency // 8)  # lease in batches, not one by one
+        while not self._stopping:
+            self._wake.clear()
+            free = self.concurrency - len(self._tasks)
+            timeout: float | None = None
+            if free > 0 and (free >= low_water or not self._tasks):
+                batch = await self._lease(free)
+                if self._stopping:  # leased while stopping: hand back at once
+                    await self._hand_back(batch)
+                    break
+                for item in batch:
+                    self._spawn(item)
+                if len(batch) < free:  # nothing more is due now
+                    if not self._tasks:
+                        self._idle.set()
+                    timeout = await self._until_due(poll)
+            await self._nap(timeout)
+
+    async def _until_due(self, poll: float) -> float:
+        assert self._store is not None
+        try:
+            due = await self._store.next_due()
+        except Exception:
+            log.exception("outbox worker %s cannot read the queue", self.owner)
+            return poll
+        if due is None:
+            return poll
+        return min(poll, max(0.0, due - self._now()))
+
+    async def _nap(self, seconds: float | None) -> None:
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    async def _lease(self, n: int) -> list[QueuedMessage]:
+        assert self._store is not None
+        now = self._now()
+        try:
+            return await self._store.lease(self.owner, n, now, now + self.settings.lease)
+        except Exception:
+            log.exception("outbox worker %s cannot lease messages", self.owner)
+            return []
+
+    async def _hand_back(self, batch: list[QueuedMessage]) -> None:
+        if batch and self._store is not None:
+            await self._store.release(self.owner, [i.message_id for i in batch], self._now())
+
+    async def _keep(self) -> None:
+        """Renew leases every lease/3; purge old sent messages every hour."""
+        assert self._store is not None
+        settings = self.settings
+        next_purge = self._now()
+        while True:
+            now = self._now()
+            if settings.retention is not None and now >= next_purge:
+                next_purge = now + PURGE_EVERY
+                try:
+                    purged = await self._store.purge(now - settings.retention)
+                except Exception:
+                    log.exception("outbox worker %s could not purge old messages", self.owner)
+                else:
+                    if purged:
+                        log.info("outbox: purged %d messages sent before the retention", purged)
+            await asyncio.sleep(settings.lease / 3)
+            ids = list(self._tasks)
+            if ids:
+                try:
+                    await self._store.renew(self.owner, ids, self._now() + settings.lease)
+                except Exception:
+                    log.exception("outbox worker %s could not renew its leases", self.owner)
+
+    def _spawn(self, item: QueuedMessage) -> asyncio.Task[None]:
+        mid = item.message_id
+        task = self._tasks.get(mid)
+        if task is not None:  # our own lease ran out and came back to us: already on it
+            return task
+        task = asyncio.create_task(self._handle(item))
+        self._tasks[mid] = task
+        task.add_done_callback(lambda _: self._done(mid))
+        return task
+
+    def _done(self, message_id: str) -> None:
+        self._tasks.pop(message_id, None)
+        self._sending.discard(message_id)
+        self._wake.set()
+
+    # -- one message ----------------------------------------------------------------
+
+    async def _handle(self, item: QueuedMessage) -> None:
+        router = self._router
+        try:
+            if item.expires is not None and self._now() >= item.expires:
+                await self._dead(
+                    item, f"its ttl ran out before it could be sent ({item.tries} tries)", None
+                )
+                return
+            rt = router._runtime
+            try:
+                prepared = router._prepare(rt, item.message)
+            except (InvalidNumber, InvalidMessage) as exc:
+                await self._dead(item, f"it can no longer be sent as written: {exc}", None)
+                return
+            head = self._pacer.head(rt, prepared)
+            await self._pacer.acquire(head)  # cancelled here, nothing was sent
+            self._sending.add(item.message_id)
+            try:
+                result = await router._send(item.message, item.message_id, frozenset(), head.name)
+            finally:
+                self._pacer.release(head)
+            await self._settle(item, prepared, result)
+        except asyncio.CancelledError:
+            raise  # stop() hands the lease back
+        except Exception as exc:  # a bug must not lose the message: try again later
+            log.exception("outbox worker %s failed on message %s", self.owner, item.message_id)
+            try:
+                await self._later(item, f"worker error: {type(exc).__name__}", None)
+            except Exception:
+                log.exception("and could not reschedule it: its lease will expire")
+
+    async def _settle(self, item: QueuedMessage, prepared: _Prepared, result: SendResult) -> None:
+        assert self._store is not None
+        if result.ok:
+            await self._store.ack(item.message_id, self.owner, result, self._now())
+            self.sent += 1
+            return
+        reason = result.reason or "failed"
+        if result.outcome is Outcome.REJECTED:
+            await self._dead(item, reason, result)
+            return
+        if result.outcome is Outcome.TIMEOUT:
+            config = self._router.config
+            category = config.categories.get(item.message.category)
+            on_timeout = prepared.rule.on_timeout or (category.on_timeout if category else None)
+            if on_timeout == "stop":
+                await self._dead(item, f"{reason}; nor retried later", result)
+                return
+        await self._later(item, reason, result)
+
+    async def _later(self, item: QueuedMessage, reason: str, result: SendResult | None) -> None:
+        assert self._store is not None
+        tries = item.tries + 1
+        if tries >= self.settings.max_attempts:
+            await self._dead(item, f"gave up after {tries} tries: {reason}", result)
+            return
+        now = self._now()
+        due = now + self.backoff(tries)
+        if item.expires is not None and due >= item.expires:
+            await self._dead(item, f"its ttl ran out after {tries} tries: {reason}", result)
+            return
+        await self._store.retry(item.message_id, self.owner, due, reason, result, now)
+        self.retried += 1
+
+    async def _dead(self, item: QueuedMessage, reason: str, result: SendResult | None) -> None:
+        assert self._store is not None
+        await self._store.dead(item.message_id, self.owner, reason, result, self._now())
+        self.dead += 1
+        log.warning("outbox: message %s is a dead letter: %s", item.message_id, reason)
+
+    def backoff(self, tries: int) -> float:
+        """Seconds to wait after the ``tries``-th failed send: full jitter.
+
+        Uniform in ``[0, min(backoff.max, backoff.base * 2 ** (tries - 1))]``,
+        drawn from the worker's rng.
+        """
+        s = self.settings
+        cap = min(s.backoff_max, s.backoff_base * 2.0 ** min(tries - 1, 60))
+        return cap * self._rng.random()

@@ -1,0 +1,220 @@
+"""One rate limit per provider for every replica: a GCRA schedule in Redis, leased in batches.
+
+Redis keeps the provider's schedule as one number, the theoretical arrival
+time (TAT) of its next slot, in Redis time.  A replica asks for several
+consecutive slots at once (:data:`~smsroute.state.redis_scripts.RESERVE`) and
+gets back when each may be used: ``start + i / rate``.  Slots are disjoint
+across replicas, so the replicas together send at most ``rate`` per second
+(plus ``burst - 1`` after an idle spell), however many they are.  A message
+takes the next local slot and waits until its time, exactly as with the
+in-memory bucket; only when the local slots run out does it await one Redis
+call, shared by every message waiting at that moment.
+
+How many slots to ask for: the messages waiting now, or the demand of the
+last moments over :data:`LEASE_HORIZON` if more, never more than
+:data:`LEASE_SHARE` of a second at the provider's rate (so one replica cannot
+hoard the schedule).  A slot nobody used within :data:`GRACE` of its time is
+dropped: sending on it late could put two sends closer than the rate allows.
+
+While Redis is down a replica falls back to a local bucket with the rate
+divided by the number of replicas it last saw alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections import deque
+from typing import TYPE_CHECKING
+
+from smsroute.config import ProviderConfig
+from smsroute.ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from smsroute.state.redis import RedisState
+
+#: Seconds after its time that an unused slot may still be taken.
+GRACE = 0.010
+#: Seconds of recent demand one lease covers.
+LEASE_HORIZON = 0.02
+#: Largest lease, as a share of one second at the provider's rate.
+LEASE_SHARE = 0.05
+#: Largest lease in slots, whatever the rate.
+MAX_LEASE = 1000
+
+
+class SharedBucket(TokenBucket):
+    """A :class:`TokenBucket` whose tokens are slots of a schedule shared through Redis."""
+
+    __slots__ = (
+        "_backend",
+        "_demand",
+        "_demand_since",
+        "_fallback",
+        "_fetching",
+        "_full_until",
+        "_rate_est",
+        "_slots",
+        "_waiters",
+        "name",
+        "pause_key",
+        "pushed_pause",
+        "rate_key",
+    )
+
+    def __init__(self, provider: ProviderConfig, backend: RedisState) -> None:
+        super().__init__(provider.rate_limit, provider.burst, backend.clock)
+        self._backend = backend
+        self.name = provider.name
+        prefix = backend.settings.key_prefix
+        self.rate_key = f"{prefix}rate:{provider.name}"
+        self.pause_key = f"{prefix}pause:{provider.name}"
+        #: Local times of slots leased from Redis, in order.
+        self._slots: deque[float] = deque()
+        #: No slot within max_wait before this local time (the schedule is full).
+        self._full_until = -math.inf
+        self._fetching: asyncio.Future[None] | None = None
+        self._waiters = 0
+        self._demand = 0
+        self._demand_since = self.clock.now()
+        self._rate_est = 0.0
+        self._fallback: tuple[int, TokenBucket] | None = None
+        #: A local pause (Retry-After) still to be written to Redis, as seconds from now.
+        self.pushed_pause: float | None = None
+
+    def configure(self, provider: ProviderConfig) -> None:
+        """Take a reloaded provider's rate and burst."""
+        if provider.rate_limit != self.rate or (
+            provider.burst is not None and float(provider.burst) != self.burst
+        ):
+            self.rate = provider.rate_limit
+            self.burst = float(
+                provider.burst if provider.burst is not None else max(1, int(self.rate or 1))
+            )
+            self._slots.clear()
+            self._fallback = None
+
+    # -- the send path ---------------------------------------------------------------
+
+    def reserve(self, max_wait: float) -> float | None:
+        """A leased slot: seconds to wait before using it, or None (no slot in time at hand)."""
+        now = self.clock.now()
+        paused = self.paused_until
+        if paused is not None:
+            if now < paused:
+                return None
+            self.paused_until = None
+        if self.rate is None:
+            return 0.0
+        self._demand += 1
+        if not self._backend.link.up:
+            return self._local().reserve(max_wait)
+        slots = self._slots
+        horizon = now - GRACE
+        while slots:
+            at = slots[0]
+            if at < horizon:
+                slots.popleft()  # nobody took it in time
+                continue
+            wait = at - now
+            if wait > max_wait:
+                return None
+            slots.popleft()
+            return wait if wait > 0.0 else 0.0
+        if self._fetching is None and now >= self._full_until:
+            # Start leasing now: the router awaits it through fill(); a caller that only
+            # polls reserve() (the outbox worker) finds the slots on its next try.
+            with contextlib.suppress(RuntimeError):  # no running event loop: no lease
+                self._start_lease(max_wait)
+        return None
+
+    async def fill(self, max_wait: float) -> float | None:
+        """Lease more slots from Redis (one call for every message waiting now) and take one."""
+        self._waiters += 1
+        try:
+            while True:
+                if self.paused_until is not None or not self._backend.link.up or self._slots:
+                    return self.reserve(max_wait)
+                if self.rate is None or self.clock.now() < self._full_until:
+                    return None
+                fetching = self._fetching
+                if fetching is None:
+                    fetching = self._start_lease(max_wait)
+                await asyncio.shield(fetching)
+        finally:
+            self._waiters -= 1
+
+    def _start_lease(self, max_wait: float) -> asyncio.Future[None]:
+        asyncio.get_running_loop()  # RuntimeError outside one, before anything is created
+        fetching = self._fetching = asyncio.ensure_future(self._lease(max_wait))
+        fetching.add_done_callback(self._fetched)
+        return fetching
+
+    def _fetched(self, future: asyncio.Future[None]) -> None:
+        self._fetching = None
+        if not future.cancelled():
+            future.exception()  # retrieved: _lease never raises, but never leave it unread
+
+    def _lease_size(self) -> int:
+        now = self.clock.now()
+        elapsed = now - self._demand_since
+        if elapsed > 0.0:
+            rate = self._demand / elapsed
+            self._rate_est = rate if elapsed > 1.0 else 0.5 * self._rate_est + 0.5 * rate
+            self._demand = 0
+            self._demand_since = now
+        assert self.rate is not None
+        want = max(self._waiters, math.ceil(self._rate_est * LEASE_HORIZON))
+        cap = max(1, min(MAX_LEASE, math.ceil(self.rate * LEASE_SHARE)))
+        return max(1, min(want, cap))
+
+    async def _lease(self, max_wait: float) -> None:
+        rate = self.rate
+        assert rate is not None
+        interval = 1.0 / rate
+        tau = (self.burst - 1.0) * interval
+        count = self._lease_size()
+        backend = self._backend
+        reply = await backend.link.run(
+            "ratelimit",
+            lambda: backend.scripts.reserve(
+                keys=[self.rate_key, self.pause_key],
+                args=[count, repr(interval), repr(tau), repr(max_wait)],
+            ),
+        )
+        if reply is None:
+            return  # Redis is down: reserve() now uses the local fallback
+        granted, now_r, paused_r, start_r = int(reply[0]), *(float(x) for x in reply[1:])
+        offset = backend.offset(now_r)
+        if paused_r > 0.0:
+            self.pause_until(paused_r - offset, publish=False)
+            return
+        if granted == 0:
+            self._full_until = start_r - max_wait - offset
+            return
+        slots = self._slots
+        for i in range(granted):
+            slots.append(max(now_r, start_r + i * interval) - offset)
+
+    # -- pauses and the fallback -------------------------------------------------------
+
+    def pause_until(self, when: float, *, publish: bool = True) -> None:
+        """Refuse slots until ``when``; a pause this replica was told of is shared."""
+        super().pause_until(when)
+        if publish:
+            self._slots.clear()  # leased before the provider said stop
+            seconds = when - self.clock.now()
+            if seconds > 0.0 and (self.pushed_pause is None or seconds > self.pushed_pause):
+                self.pushed_pause = seconds
+                self._backend.wake()
+
+    def _local(self) -> TokenBucket:
+        replicas = max(1, self._backend.replicas)
+        entry = self._fallback
+        if entry is None or entry[0] != replicas:
+            assert self.rate is not None
+            share = self.rate / replicas
+            burst = max(1, int(self.burst) // replicas)
+            entry = self._fallback = (replicas, TokenBucket(share, burst, self.clock))
+        return entry[1]

@@ -1,0 +1,64 @@
+"""The aiohttp application that receives webhooks: a thin shell over
+:meth:`Router.handle_webhook`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from smsroute.webhooks import MAX_BODY
+
+if TYPE_CHECKING:
+    from smsroute.router import Router
+
+
+def public_url(router: Router, request: web.Request, provider: str, kind: str) -> str:
+    """The URL the provider called, as it signed it.
+
+    Behind a proxy the request's own URL is not the public one: when
+    ``defaults.webhook_url`` is set, the path under it is rebuilt on that base.
+    """
+    base = router.config.defaults.webhook_url
+    if base is None:
+        return str(request.url)
+    # The raw (still percent-encoded) query: signatures cover the bytes the provider sent.
+    raw = request.rel_url.raw_query_string
+    query = f"?{raw}" if raw else ""
+    return f"{base.rstrip('/')}/{provider}/{kind}{query}"
+
+
+def add_webhook_routes(app: web.Application, router: Router, prefix: str = "") -> None:
+    """Route ``{prefix}/{provider}/{status|inbound}`` (GET and POST) to the router."""
+
+    async def handle(request: web.Request) -> web.Response:
+        provider = request.match_info["provider"]
+        kind = request.match_info["kind"]
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            return web.Response(status=413, text=f"body over {MAX_BODY} bytes")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return web.Response(status=413, text=f"body over {MAX_BODY} bytes")
+        answer = await router.handle_webhook(
+            provider,
+            kind,
+            request.method,
+            public_url(router, request, provider, kind),
+            request.headers,
+            body,
+        )
+        return web.Response(
+            status=answer.status, body=answer.body, content_type=answer.content_type.split(";")[0]
+        )
+
+    path = f"{prefix}/{{provider}}/{{kind:status|inbound}}"
+    app.router.add_route("POST", path, handle)
+    app.router.add_route("GET", path, handle)
+
+
+def make_webhook_app(router: Router) -> web.Application:
+    """An application with just the webhook routes (mount it with ``add_subapp``)."""
+    app = web.Application(client_max_size=MAX_BODY + 1)
+    add_webhook_routes(app, router)
+    return app

@@ -1,0 +1,239 @@
+"""Delivery receipts and inbound messages: verify, parse, correlate, dedupe, dispatch.
+
+One entry point, :meth:`Webhooks.handle`, takes a request as any framework
+sees it and returns what to answer:
+
+    too big (> 64 KiB)                   413
+    unknown provider or kind             404
+    wrong method                         405
+    forged, stale or unsigned            403   (when a secret is configured)
+    malformed                            400
+    accepted                             2xx   (also for a receipt of a message we do
+                                                not know, so the provider stops retrying)
+
+Nothing a caller sends can raise out of here or change state before the
+signature is checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import inspect
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from smsroute.instrument.events import DeliveryReceived, WebhookRefused
+from smsroute.message import DeliveryReport, InboundMessage
+from smsroute.numbers import normalize
+from smsroute.optout import keyword
+from smsroute.providers.base import Inbound, Receipt, WebhookError, WebhookRequest
+
+if TYPE_CHECKING:
+    from smsroute.router import Router
+
+log = logging.getLogger("smsroute.webhooks")
+
+MAX_BODY = 64 * 1024
+KINDS = ("status", "inbound")
+#: The ``reason`` of a WebhookRefused event (a metric label): one word per answer.
+REFUSAL_REASONS = {
+    400: "malformed",
+    403: "forbidden",
+    404: "not_found",
+    405: "method",
+    413: "too_large",
+}
+
+DeliveryCallback = Callable[[DeliveryReport], Awaitable[None] | None]
+InboundCallback = Callable[[InboundMessage], Awaitable[None] | None]
+
+
+@attrs.frozen(slots=True)
+class WebhookResponse:
+    """What to answer a webhook request."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain"
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class Webhooks:
+    """The receiving half of a router (one per router)."""
+
+    def __init__(self, router: Router, *, dedupe_size: int = 100_000) -> None:
+        self.router = router
+        self.delivery_callbacks: list[DeliveryCallback] = []
+        self.inbound_callbacks: list[InboundCallback] = []
+        self._seen: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+        self._dedupe_size = dedupe_size
+
+    async def handle(
+        self,
+        provider_name: str,
+        kind: str,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | CIMultiDictProxy[str],
+        body: bytes,
+    ) -> WebhookResponse:
+        """Process one webhook call; never raises for anything the caller sent."""
+        if len(body) > MAX_BODY:
+            return self._refuse(provider_name, kind, 413, f"body over {MAX_BODY} bytes")
+        provider = self.router._runtime.providers.get(provider_name)
+        if provider is None or kind not in KINDS:
+            return self._refuse(provider_name, kind, 404, "no such webhook")
+        allowed = provider.webhook_methods.get(kind, frozenset())
+        if method.upper() not in allowed:
+            return self._refuse(provider_name, kind, 405, f"method {method} not allowed")
+        if not isinstance(headers, CIMultiDictProxy):
+            headers = CIMultiDictProxy(CIMultiDict(headers))
+        request = WebhookRequest(method.upper(), url, headers, body)
+        try:
+            provider.verify_webhook(kind, request, _utcnow().timestamp())
+        except WebhookError as exc:
+            return self._refuse(provider_name, kind, exc.status, exc.reason)
+        try:
+            if kind == "status":
+                receipts = provider.parse_receipts(request)
+            else:
+                messages = provider.parse_inbound(request)
+        except WebhookError as exc:
+            return self._refuse(provider_name, kind, exc.status, exc.reason)
+        except Exception as exc:  # an adapter choking on garbage is a malformed request
+            log.warning(
+                "%s webhook of %s could not be parsed: %s", kind, provider_name, type(exc).__name__
+            )
+            return self._refuse(provider_name, kind, 400, "malformed body")
+        if kind == "status":
+            for receipt in receipts:
+                await self._receipt(provider_name, request, receipt)
+        else:
+            for message in messages:
+                await self._inbound(provider_name, message)
+        status, content_type, answer = provider.webhook_response(kind)
+        return WebhookResponse(status, answer, content_type)
+
+    def _refuse(self, provider: str, kind: str, status: int, reason: str) -> WebhookResponse:
+        # Anyone can call a webhook URL: labels come from closed sets, never from the request.
+        known = provider in self.router._runtime.providers
+        log.warning("refused %s webhook for %r: %d %s", kind if kind in KINDS else "?",
+                    provider if known else "?", status, reason)
+        self.router._emit(
+            WebhookRefused(
+                provider if known else "unknown",
+                kind if kind in KINDS else "unknown",
+                REFUSAL_REASONS.get(status, "refused"),
+            )
+        )
+        return WebhookResponse(status, reason.encode())
+
+    # -- receipts ----------------------------------------------------------------------
+
+    def _first_time(self, key: tuple[Any, ...]) -> bool:
+        seen = self._seen
+        if key in seen:
+            return False
+        seen[key] = None
+        if len(seen) > self._dedupe_size:
+            seen.popitem(last=False)
+        return True
+
+    async def _receipt(self, provider: str, request: WebhookRequest, receipt: Receipt) -> None:
+        router = self.router
+        store = router._status
+        key = (
+            provider,
+            receipt.provider_message_id,
+            receipt.status,
+            receipt.error_code,
+            receipt.event_id,
+        )
+        if not self._first_time(key):
+            return  # providers retry: process each receipt once
+        shared = router._state.receipt_log
+        if shared is not None and not await shared.first_time(key):
+            return  # a retry that reached another replica first
+        message_id = receipt.message_id or request.query.get("smsroute_id")
+        if message_id is None or not store.knows(message_id):
+            message_id = store.lookup(provider, receipt.provider_message_id)
+        report = DeliveryReport(
+            message_id=message_id,
+            provider=provider,
+            provider_message_id=receipt.provider_message_id,
+            status=receipt.status,
+            error_code=receipt.error_code,
+            at=receipt.at or _utcnow(),
+            retryable=receipt.retryable,
+        )
+        if message_id is None:
+            # Not (yet) ours: perhaps send() has not recorded the provider's id.
+            store.park(report)
+            router._emit(DeliveryReceived(provider, "unknown", report.status, None))
+            log.info("receipt from %s for an unknown message id (parked)", provider)
+            return
+        await self.deliver(report)
+
+    async def deliver(self, report: DeliveryReport) -> None:
+        """Apply a correlated receipt: state, health, breaker, resend, callbacks."""
+        router = self.router
+        assert report.message_id is not None
+        if not router._status.apply(report):
+            return  # stale or duplicate in effect: never move a message backwards
+        await router._outbox_receipt(report)
+        country = router._status.country(report.message_id) or "unknown"
+        latency = None
+        if report.final:
+            accepted = router._status.accepted_at(report.message_id)
+            if accepted is not None:
+                latency = max(0.0, (report.at - accepted).total_seconds())
+            router._delivery_outcome(report, country, latency)
+        router._emit(DeliveryReceived(report.provider, country, report.status, latency))
+        for callback in self.delivery_callbacks:
+            await _call(callback, report)
+
+    # -- inbound -----------------------------------------------------------------------
+
+    async def _inbound(self, provider: str, data: Inbound) -> None:
+        router = self.router
+        region = router.config.defaults.default_region
+        try:
+            sender = normalize(data.sender, region).e164
+        except ValueError:
+            sender = data.sender
+        word = keyword(data.text)
+        if word == "STOP":
+            router._optouts.opt_out(sender)
+        elif word == "START":
+            router._optouts.opt_in(sender)
+        message = InboundMessage(
+            provider=provider,
+            sender=sender,
+            recipient=data.recipient,
+            text=data.text,
+            received_at=data.at or _utcnow(),
+            provider_message_id=data.provider_message_id,
+            keyword=word,
+        )
+        for callback in self.inbound_callbacks:
+            await _call(callback, message)
+
+
+async def _call(callback: Callable[[Any], Awaitable[None] | None], arg: Any) -> None:
+    try:
+        result = callback(arg)
+        if inspect.isawaitable(result):
+            await result
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("smsroute callback %r failed", callback)
