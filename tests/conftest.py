@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import os
 import socket
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
-from smsroute import Config, Router, parse_config
+from smsroute import Config, DeliveryReport, Router, parse_config
 from smsroute.testing import FakeTwilio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,3 +85,38 @@ async def hooks() -> AsyncIterator[Hooks]:
     h = Hooks()
     yield h
     await h.close()
+
+
+async def call(method: str, url: str, headers: dict[str, str], body: bytes = b"") -> int:
+    """One HTTP request over the socket, as a provider makes a webhook call; its status."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, url, headers=headers, data=body or None) as resp,
+    ):
+        await resp.read()
+        return resp.status
+
+
+def basic(user: str, password: str) -> str:
+    """An HTTP Basic ``Authorization`` value."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+async def state_of(router: Router, message_id: str) -> str:
+    """The router's status of ``message_id`` (which must be known)."""
+    state = await router.status(message_id)
+    assert state is not None
+    return state.status
+
+
+async def reaches(router: Router, message_id: str, status: str) -> None:
+    """Wait (under the caller's timeout) until ``message_id`` is in ``status``."""
+    seen = asyncio.Event()
+
+    def check(report: DeliveryReport) -> None:
+        if report.message_id == message_id and report.status == status:
+            seen.set()
+
+    router.on_delivery_report(check)
+    if await state_of(router, message_id) != status:
+        await seen.wait()

@@ -1,10 +1,10 @@
 """One replica for the multi-process Redis tests: a router sending on a schedule.
 
-    python tests/redis_replica.py CONFIG --start-at T --duration S --rate R --to +49151
+    python tests/redis_replica.py CONFIG --duration S --rate R --to +49151
 
-Enters the router (so Redis is connected), prints ``{"ready": ...}``, then at
-``time.monotonic() == T`` (the same clock in every process on one machine)
-sends ``R`` messages per second, open loop, to numbers made of ``--to`` and 8
+Enters the router (so Redis is connected), prints ``{"ready": ...}``, reads a
+start time T from stdin, then at ``time.monotonic() == T`` (the same clock in
+every process on one machine) sends ``R`` messages per second, open loop, to numbers made of ``--to`` and 8
 more digits, for ``S`` seconds.  Every breaker transition is printed as it happens, with
 the monotonic time; at the end one line sums up the results.
 """
@@ -38,7 +38,6 @@ def on_event(event: Event) -> None:
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("config")
-    parser.add_argument("--start-at", type=float, required=True)
     parser.add_argument("--duration", type=float, required=True)
     parser.add_argument("--rate", type=float, required=True)
     parser.add_argument("--to", default="+49151")
@@ -56,7 +55,8 @@ async def main() -> None:
             if result.provider:
                 providers[result.provider] += 1
 
-        await asyncio.sleep(max(0.0, args.start_at - time.monotonic()))
+        line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        await asyncio.sleep(max(0.0, float(line) - time.monotonic()))
         tasks = []
         interval = 1.0 / args.rate
         start = time.monotonic()
@@ -72,6 +72,12 @@ async def main() -> None:
     say(done=True, sent=i, outcomes=dict(outcomes), providers=dict(providers))
 
 
+async def bounded() -> None:
+    # A replica never outlives a test that lost track of it.
+    async with asyncio.timeout(120):
+        await main()
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(bounded())
     sys.exit(0)

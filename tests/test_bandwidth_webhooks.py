@@ -21,10 +21,9 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 import yaml
-from conftest import SPECS_DIR, Hooks, make_config
+from conftest import SPECS_DIR, Hooks, basic, call, make_config, reaches, state_of
 
 from smsroute import ConfigError, DeliveryReport, InboundMessage, Message, Outcome, Router
 from smsroute.testing.bandwidth import FakeBandwidth
@@ -84,44 +83,12 @@ def spec_doc() -> dict[str, Any]:
     return doc
 
 
-async def post(url: str, headers: dict[str, str], body: bytes) -> int:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(url, headers=headers, data=body) as r,
-    ):
-        await r.read()
-        return r.status
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
-async def state_of(router: Router, message_id: str) -> str:
-    state = await router.status(message_id)
-    assert state is not None
-    return state.status
-
-
 async def sent_record(router: Router, fake: FakeBandwidth) -> tuple[str, ReceivedMessage]:
     result = await router.send(OTP)
     assert result.ok
     record = fake.messages[-1]
     assert record.provider_message_id == result.provider_message_id
     return result.message_id, record
-
-
-async def delivered(router: Router, message_id: str) -> None:
-    """Wait (under the caller's timeout) until ``message_id`` is delivered."""
-    done = asyncio.Event()
-
-    def seen(report: DeliveryReport) -> None:
-        if report.message_id == message_id and report.status == "delivered":
-            done.set()
-
-    router.on_delivery_report(seen)
-    if await state_of(router, message_id) != "delivered":
-        await done.wait()
 
 
 def events(body: bytes) -> list[dict[str, Any]]:
@@ -161,7 +128,7 @@ async def test_receipt_arriving_before_send_returns_is_correlated(
     result = await router.send(OTP)
     assert fake.receipts_sent == [(result.provider_message_id, "delivered", 200)]
     async with asyncio.timeout(5):
-        await delivered(router, result.message_id)
+        await reaches(router, result.message_id, "delivered")
 
 
 async def test_the_echoed_tag_correlates_on_its_own(router: Router, fake: FakeBandwidth) -> None:
@@ -169,7 +136,7 @@ async def test_the_echoed_tag_correlates_on_its_own(router: Router, fake: FakeBa
     _, url, headers, body = fake.receipt_request(record, "delivered", None)
     (event,) = events(body)
     event["message"]["id"] = "1589228074636lm4k2je7j7jklbn2"  # an id we never recorded
-    assert await post(url, headers, json.dumps([event]).encode()) == 200
+    assert await call("POST", url, headers, json.dumps([event]).encode()) == 200
     assert await state_of(router, message_id) == "delivered"
 
 
@@ -182,7 +149,7 @@ async def test_every_event_of_an_array_is_applied_in_order(
         for status in ("queued", "sent", "delivered")
     ]
     url = record.status_callback or ""
-    assert await post(url, fake.callback_headers(), json.dumps(batch).encode()) == 200
+    assert await call("POST", url, fake.callback_headers(), json.dumps(batch).encode()) == 200
     state = await router.status(message_id)
     assert state is not None
     assert [h[0] for h in state.history] == ["accepted", "queued", "sent", "delivered"]
@@ -194,7 +161,7 @@ async def test_a_single_event_object_as_the_spec_shows_it_is_accepted(
     message_id, record = await sent_record(router, fake)
     _, url, headers, body = fake.receipt_request(record, "delivered", None)
     (event,) = events(body)
-    assert await post(url, headers, json.dumps(event).encode()) == 200
+    assert await call("POST", url, headers, json.dumps(event).encode()) == 200
     assert await state_of(router, message_id) == "delivered"
 
 
@@ -240,7 +207,7 @@ async def test_a_retried_callback_is_processed_once(router: Router, fake: FakeBa
     _, record = await sent_record(router, fake)
     _, url, headers, body = fake.receipt_request(record, "delivered", None)
     for _ in range(3):  # Bandwidth retries for 24 h until it gets a 2xx
-        assert await post(url, headers, body) == 200
+        assert await call("POST", url, headers, body) == 200
     assert len(reports) == 1
 
 
@@ -273,9 +240,9 @@ async def test_callback_without_the_applications_credentials_is_refused(
     sent = {"Content-Type": "application/json"}
     if header is not None:
         sent["Authorization"] = header
-    assert await post(url, sent, body) == 403
+    assert await call("POST", url, sent, body) == 403
     assert await state_of(router, message_id) == "accepted"
-    assert await post(url, headers, body) == 200  # the genuine one still goes through
+    assert await call("POST", url, headers, body) == 200  # the genuine one still goes through
 
 
 async def test_without_callback_credentials_callbacks_are_accepted(
@@ -285,7 +252,7 @@ async def test_without_callback_credentials_callbacks_are_accepted(
         await hooks.serve(router)
         message_id, record = await sent_record(router, fake)
         _, url, _, body = fake.receipt_request(record, "delivered", None)
-        assert await post(url, {"Content-Type": "application/json"}, body) == 200
+        assert await call("POST", url, {"Content-Type": "application/json"}, body) == 200
         assert await state_of(router, message_id) == "delivered"
 
 
@@ -317,7 +284,7 @@ async def test_malformed_callback_is_a_400(
     router: Router, hooks: Hooks, fake: FakeBandwidth, body: bytes
 ) -> None:
     url = f"{hooks.url}/bandwidth/status"
-    assert await post(url, fake.callback_headers(), body) == 400
+    assert await call("POST", url, fake.callback_headers(), body) == 400
 
 
 async def test_one_malformed_event_refuses_the_whole_array(
@@ -326,7 +293,7 @@ async def test_one_malformed_event_refuses_the_whole_array(
     message_id, record = await sent_record(router, fake)
     good = events(fake.receipt_request(record, "delivered", None)[3])[0]
     body = json.dumps([good, {"type": "message-sent"}]).encode()
-    assert await post(record.status_callback or "", fake.callback_headers(), body) == 400
+    assert await call("POST", record.status_callback or "", fake.callback_headers(), body) == 400
     assert await state_of(router, message_id) == "accepted"
 
 
@@ -337,7 +304,7 @@ async def test_inbound_without_a_sender_is_a_400(
     _, _, headers, body = fake.inbound_request(url, NUMBER, SENDER, "STOP")
     (event,) = events(body)
     del event["message"]["from"]
-    assert await post(url, headers, json.dumps([event]).encode()) == 400
+    assert await call("POST", url, headers, json.dumps([event]).encode()) == 400
     assert not router.is_opted_out(NUMBER)
 
 
@@ -346,11 +313,11 @@ async def test_events_at_the_other_url_are_answered_200_and_ignored(
 ) -> None:
     message_id, record = await sent_record(router, fake)
     _, _, headers, body = fake.receipt_request(record, "delivered", None)
-    assert await post(f"{hooks.url}/bandwidth/inbound", headers, body) == 200
+    assert await call("POST", f"{hooks.url}/bandwidth/inbound", headers, body) == 200
     assert await state_of(router, message_id) == "accepted"
     url = f"{hooks.url}/bandwidth/status"
     _, _, headers, body = fake.inbound_request(url, NUMBER, SENDER, "STOP")
-    assert await post(url, headers, body) == 200
+    assert await call("POST", url, headers, body) == 200
     assert not router.is_opted_out(NUMBER)
 
 
@@ -390,7 +357,7 @@ async def test_inbound_stop_without_credentials_is_refused(
 ) -> None:
     url = f"{hooks.url}/bandwidth/inbound"
     _, _, _, body = fake.inbound_request(url, NUMBER, SENDER, "STOP")
-    assert await post(url, {"Content-Type": "application/json"}, body) == 403
+    assert await call("POST", url, {"Content-Type": "application/json"}, body) == 403
     assert not router.is_opted_out(NUMBER)
 
 

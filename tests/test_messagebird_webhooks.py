@@ -16,12 +16,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
-import aiohttp
 import jwt
 import pytest
-from conftest import Hooks, make_config
+from conftest import Hooks, call, make_config, reaches, state_of
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from smsroute import DeliveryReport, InboundMessage, Message, Outcome, Router
 from smsroute.config import ProviderConfig
@@ -64,35 +62,6 @@ async def router(hooks: Hooks, fake: FakeMessageBird) -> AsyncIterator[Router]:
     async with Router(make_config(config_text(hooks, fake))) as r:
         await hooks.serve(r)
         yield r
-
-
-async def call(method: str, url: str, headers: dict[str, str], body: bytes = b"") -> int:
-    """One HTTP request to the router's webhook app, exactly as given (URL not re-encoded)."""
-    async with (
-        aiohttp.ClientSession() as s,
-        s.request(method, URL(url, encoded=True), headers=headers, data=body) as r,
-    ):
-        await r.read()
-        return r.status
-
-
-async def state_of(router: Router, message_id: str) -> str:
-    state = await router.status(message_id)
-    assert state is not None
-    return state.status
-
-
-async def reaches(router: Router, message_id: str, status: str) -> None:
-    """Wait (under the caller's timeout) until ``message_id`` is in ``status``."""
-    seen = asyncio.Event()
-
-    def check(report: DeliveryReport) -> None:
-        if report.message_id == message_id and report.status == status:
-            seen.set()
-
-    router.on_delivery_report(check)
-    if await state_of(router, message_id) != status:
-        await seen.wait()
 
 
 def token(key: str, url: str, body: bytes = b"", **claims: Any) -> str:

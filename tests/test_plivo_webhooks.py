@@ -17,9 +17,8 @@ import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlencode
 
-import aiohttp
 import pytest
-from conftest import Hooks, make_config
+from conftest import Hooks, call, make_config, state_of
 
 from smsroute import DeliveryReport, InboundMessage, Message, Outcome, Router
 from smsroute.config import Config
@@ -61,22 +60,6 @@ async def router(hooks: Hooks, fake: FakePlivo) -> AsyncIterator[Router]:
     async with Router(config(hooks, fake)) as r:
         await hooks.serve(r)
         yield r
-
-
-async def call(method: str, url: str, headers: dict[str, str], body: bytes) -> int:
-    """Make one webhook call over the socket, as Plivo would."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.request(method, url, headers=headers, data=body or None) as resp,
-    ):
-        await resp.read()
-        return resp.status
-
-
-async def state_of(router: Router, message_id: str) -> str:
-    state = await router.status(message_id)
-    assert state is not None
-    return state.status
 
 
 def callback(

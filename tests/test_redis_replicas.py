@@ -12,6 +12,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ REPLICA = ROOT / "tests" / "redis_replica.py"
 
 
 class Replica:
-    """A replica process and what it printed."""
+    """A replica process and what it printed (killed when the test ends, whatever happened)."""
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
@@ -52,32 +53,50 @@ class Replica:
         ]
 
 
+@pytest.fixture
+async def spawned() -> AsyncIterator[list[Replica]]:
+    """The replicas a test starts; any still running at its end are killed."""
+    replicas: list[Replica] = []
+    yield replicas
+    for replica in replicas:
+        if replica.process.returncode is None:
+            replica.process.kill()
+            await replica.process.wait()
+
+
 async def start_replicas(
-    config: Path, count: int, *, start_in: float, duration: float, rate: float, to: list[str]
+    spawned: list[Replica],
+    config: Path,
+    count: int,
+    *,
+    duration: float,
+    rate: float,
+    to: list[str],
 ) -> tuple[list[Replica], float]:
-    start_at = time.monotonic() + start_in
-    replicas = []
     for i in range(count):
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             str(REPLICA),
             str(config),
-            "--start-at",
-            repr(start_at),
             "--duration",
             repr(duration),
             "--rate",
             repr(rate),
             "--to",
             to[i],
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             cwd=ROOT,
         )
-        replicas.append(Replica(process))
-    for replica in replicas:
+        spawned.append(Replica(process))
+    for replica in spawned:
         await replica.read_until("ready")
-    assert time.monotonic() < start_at, "replicas took too long to start: raise start_in"
-    return replicas, start_at
+    start_at = time.monotonic() + 0.5
+    for replica in spawned:
+        assert replica.process.stdin is not None
+        replica.process.stdin.write(f"{start_at!r}\n".encode())
+        await replica.process.stdin.drain()
+    return spawned, start_at
 
 
 def busiest_second(times: list[float]) -> int:
@@ -93,6 +112,7 @@ def busiest_second(times: list[float]) -> int:
 
 async def test_four_replicas_together_respect_one_providers_rate_limit(
     tmp_path: Path,
+    spawned: list[Replica],
     redis_url: str,  # noqa: F811
     prefix: str,  # noqa: F811
 ) -> None:
@@ -113,7 +133,7 @@ rules:
         # Each replica offers 150/s: alone, each would send all of it (150/s is under
         # its own 200/s), so four replicas limiting themselves would send 600/s.
         replicas, _ = await start_replicas(
-            config, 4, start_in=4.0, duration=10.0, rate=150.0, to=["+49151"] * 4
+            spawned, config, 4, duration=10.0, rate=150.0, to=["+49151"] * 4
         )
         results = [await r.read_until("done") for r in replicas]
         for r in replicas:
@@ -135,6 +155,7 @@ rules:
 
 async def test_one_replicas_failures_open_the_breaker_for_every_replica_within_a_second(
     tmp_path: Path,
+    spawned: list[Replica],
     redis_url: str,  # noqa: F811
     prefix: str,  # noqa: F811
 ) -> None:
@@ -155,9 +176,9 @@ rules:
         )
         # Replica 0 sends to France, which only it sees failing; the others send to Germany.
         replicas, start_at = await start_replicas(
+            spawned,
             config,
             4,
-            start_in=4.0,
             duration=5.0,
             rate=40.0,
             to=["+336", "+49151", "+49151", "+49151"],

@@ -15,9 +15,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
-from conftest import Hooks, make_config
+from conftest import Hooks, call, make_config, reaches, state_of
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from smsroute import DeliveryReport, InboundMessage, Message, Outcome, Router
@@ -61,35 +60,6 @@ async def router(hooks: Hooks, fake: FakeSinch) -> AsyncIterator[Router]:
     async with Router(make_config(config_text(hooks, fake))) as r:
         await hooks.serve(r)
         yield r
-
-
-async def call(method: str, url: str, headers: dict[str, str], body: bytes) -> int:
-    """One HTTP request to the router's webhook app, as Sinch would make it."""
-    async with (
-        aiohttp.ClientSession() as s,
-        s.request(method, url, headers=headers, data=body) as r,
-    ):
-        await r.read()
-        return r.status
-
-
-async def state_of(router: Router, message_id: str) -> str:
-    state = await router.status(message_id)
-    assert state is not None
-    return state.status
-
-
-async def reaches(router: Router, message_id: str, status: str) -> None:
-    """Wait (under the caller's timeout) until ``message_id`` is in ``status``."""
-    seen = asyncio.Event()
-
-    def check(report: DeliveryReport) -> None:
-        if report.message_id == message_id and report.status == status:
-            seen.set()
-
-    router.on_delivery_report(check)
-    if await state_of(router, message_id) != status:
-        await seen.wait()
 
 
 def resigned(fake: FakeSinch, headers: dict[str, str], body: bytes) -> dict[str, str]:

@@ -21,9 +21,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
-from conftest import Hooks, make_config
+from conftest import Hooks, call, make_config, reaches, state_of
 
 from smsroute import ConfigError, DeliveryReport, InboundMessage, Message, Outcome, Router
 from smsroute.testing.fake import ReceivedMessage
@@ -65,40 +64,12 @@ async def router(hooks: Hooks, fake: FakeTelnyx) -> AsyncIterator[Router]:
         yield r
 
 
-async def post(url: str, headers: dict[str, str], body: bytes) -> int:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(url, headers=headers, data=body) as r,
-    ):
-        await r.read()
-        return r.status
-
-
-async def state_of(router: Router, message_id: str) -> str:
-    state = await router.status(message_id)
-    assert state is not None
-    return state.status
-
-
 async def sent_record(router: Router, fake: FakeTelnyx) -> tuple[str, ReceivedMessage]:
     result = await router.send(OTP)
     assert result.ok
     record = fake.messages[-1]
     assert record.provider_message_id == result.provider_message_id
     return result.message_id, record
-
-
-async def delivered(router: Router, message_id: str) -> None:
-    """Wait (under the caller's timeout) until ``message_id`` is delivered."""
-    done = asyncio.Event()
-
-    def seen(report: DeliveryReport) -> None:
-        if report.message_id == message_id and report.status == "delivered":
-            done.set()
-
-    router.on_delivery_report(seen)
-    if await state_of(router, message_id) != "delivered":
-        await done.wait()
 
 
 def one_byte_changed(body: bytes) -> bytes:
@@ -137,7 +108,9 @@ async def test_receipt_arriving_before_send_returns_is_correlated(
     result = await router.send(OTP)
     assert fake.receipts_sent == [(result.provider_message_id, "delivered", 200)]
     async with asyncio.timeout(5):
-        await delivered(router, result.message_id)  # parked, then applied once send() knew it
+        await reaches(
+            router, result.message_id, "delivered"
+        )  # parked, then applied once send() knew it
 
 
 async def test_message_sent_then_finalized_moves_forward(router: Router, fake: FakeTelnyx) -> None:
@@ -176,7 +149,7 @@ async def test_a_retried_event_is_processed_once(router: Router, fake: FakeTelny
     _, record = await sent_record(router, fake)
     _, url, headers, body = fake.receipt_request(record, "delivered", None)
     for _ in range(3):  # Telnyx retries the same event (same data.id)
-        assert await post(url, headers, body) == 200
+        assert await call("POST", url, headers, body) == 200
     assert len(reports) == 1
 
 
@@ -190,16 +163,16 @@ async def test_one_byte_changed_is_refused_and_changes_nothing(
     _, url, headers, body = fake.receipt_request(record, "delivered", None)
     forged = one_byte_changed(body)
     assert forged != body
-    assert await post(url, headers, forged) == 403
+    assert await call("POST", url, headers, forged) == 403
     assert await state_of(router, message_id) == "accepted"
 
 
 async def test_unsigned_receipt_is_refused(router: Router, fake: FakeTelnyx) -> None:
     message_id, record = await sent_record(router, fake)
     _, url, headers, body = fake.receipt_request(record, "delivered", None)
-    assert await post(url, {"Content-Type": "application/json"}, body) == 403
+    assert await call("POST", url, {"Content-Type": "application/json"}, body) == 403
     without_stamp = {k: v for k, v in headers.items() if k != "telnyx-timestamp"}
-    assert await post(url, without_stamp, body) == 403
+    assert await call("POST", url, without_stamp, body) == 403
     assert await state_of(router, message_id) == "accepted"
 
 
@@ -209,7 +182,7 @@ async def test_signature_with_a_changed_timestamp_is_refused(
     _, record = await sent_record(router, fake)
     _, url, headers, body = fake.receipt_request(record, "delivered", None)
     moved = {**headers, "telnyx-timestamp": str(int(headers["telnyx-timestamp"]) - 1)}
-    assert await post(url, moved, body) == 403  # the timestamp is signed too
+    assert await call("POST", url, moved, body) == 403  # the timestamp is signed too
 
 
 @pytest.mark.parametrize(("offset", "answer"), [(-301, 403), (301, 403), (-290, 200)])
@@ -219,7 +192,7 @@ async def test_timestamp_tolerance_is_300_seconds(
     message_id, record = await sent_record(router, fake)
     _, url, headers, body = fake.receipt_request(record, "delivered", None)
     stale = {**headers, **fake.sign(body, int(time.time()) + offset)}
-    assert await post(url, stale, body) == answer
+    assert await call("POST", url, stale, body) == answer
     assert await state_of(router, message_id) == ("delivered" if answer == 200 else "accepted")
 
 
@@ -228,13 +201,15 @@ async def test_signed_with_another_key_is_refused(router: Router, fake: FakeTeln
     async with FakeTelnyx() as other:  # another account's key
         _, url, _, body = fake.receipt_request(record, "delivered", None)
         headers = {"Content-Type": "application/json", **other.sign(body)}
-    assert await post(url, headers, body) == 403
+    assert await call("POST", url, headers, body) == 403
 
 
 async def test_signature_that_is_not_base64_is_refused(router: Router, fake: FakeTelnyx) -> None:
     _, record = await sent_record(router, fake)
     _, url, headers, body = fake.receipt_request(record, "delivered", None)
-    assert await post(url, {**headers, "telnyx-signature-ed25519": "not base64!"}, body) == 403
+    assert (
+        await call("POST", url, {**headers, "telnyx-signature-ed25519": "not base64!"}, body) == 403
+    )
 
 
 async def test_without_a_public_key_webhooks_are_accepted_unverified(
@@ -244,7 +219,7 @@ async def test_without_a_public_key_webhooks_are_accepted_unverified(
         await hooks.serve(router)
         message_id, record = await sent_record(router, fake)
         _, url, _, body = fake.receipt_request(record, "delivered", None)
-        assert await post(url, {"Content-Type": "application/json"}, body) == 200
+        assert await call("POST", url, {"Content-Type": "application/json"}, body) == 200
         assert await state_of(router, message_id) == "delivered"
 
 
@@ -291,8 +266,8 @@ async def test_a_request_signed_by_libsodium_is_accepted(hooks: Hooks, fake: Fak
             "telnyx-timestamp": stamp,
             "telnyx-signature-ed25519": base64.b64encode(signature).decode(),
         }
-        assert await post(url, headers, one_byte_changed(body)) == 403
-        assert await post(url, headers, body) == 200
+        assert await call("POST", url, headers, one_byte_changed(body)) == 403
+        assert await call("POST", url, headers, body) == 200
         assert await state_of(router, message_id) == "delivered"
 
 
@@ -349,7 +324,7 @@ async def test_malformed_signed_receipt_is_a_400(
     router: Router, hooks: Hooks, fake: FakeTelnyx, body: bytes
 ) -> None:
     headers = {"Content-Type": "application/json", **fake.sign(body)}
-    assert await post(f"{hooks.url}/telnyx/status", headers, body) == 400
+    assert await call("POST", f"{hooks.url}/telnyx/status", headers, body) == 400
 
 
 async def test_malformed_signed_inbound_is_a_400(
@@ -357,7 +332,7 @@ async def test_malformed_signed_inbound_is_a_400(
 ) -> None:
     body = b'{"data": {"event_type": "message.received", "payload": {"text": "STOP"}}}'
     headers = {"Content-Type": "application/json", **fake.sign(body)}
-    assert await post(f"{hooks.url}/telnyx/inbound", headers, body) == 400
+    assert await call("POST", f"{hooks.url}/telnyx/inbound", headers, body) == 400
 
 
 async def test_events_at_the_other_url_are_answered_200_and_ignored(
@@ -365,10 +340,10 @@ async def test_events_at_the_other_url_are_answered_200_and_ignored(
 ) -> None:
     message_id, record = await sent_record(router, fake)
     _, _, headers, body = fake.receipt_request(record, "delivered", None)
-    assert await post(f"{hooks.url}/telnyx/inbound", headers, body) == 200
+    assert await call("POST", f"{hooks.url}/telnyx/inbound", headers, body) == 200
     assert await state_of(router, message_id) == "accepted"
     _, _, headers, body = fake.inbound_request(f"{hooks.url}/telnyx/status", NUMBER, SENDER, "STOP")
-    assert await post(f"{hooks.url}/telnyx/status", headers, body) == 200
+    assert await call("POST", f"{hooks.url}/telnyx/status", headers, body) == 200
     assert not router.is_opted_out(NUMBER)
 
 
@@ -409,6 +384,6 @@ async def test_forged_inbound_stop_is_refused_and_opts_nobody_out(
     _, url, headers, body = fake.inbound_request(
         f"{hooks.url}/telnyx/inbound", NUMBER, SENDER, "STOP"
     )
-    assert await post(url, headers, body.replace(b"STOP", b"STOQ")) == 403
-    assert await post(url, {"Content-Type": "application/json"}, body) == 403
+    assert await call("POST", url, headers, body.replace(b"STOP", b"STOQ")) == 403
+    assert await call("POST", url, {"Content-Type": "application/json"}, body) == 403
     assert not router.is_opted_out(NUMBER)

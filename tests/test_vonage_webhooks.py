@@ -23,10 +23,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-import aiohttp
 import jwt
 import pytest
-from conftest import Hooks, make_config
+from conftest import Hooks, call, make_config, state_of
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from smsroute import ConfigError, DeliveryReport, InboundMessage, Message, Outcome, Router
@@ -87,22 +86,6 @@ async def router(hooks: Hooks, fake: FakeVonage) -> AsyncIterator[Router]:
     r = await serve(hooks, fake)
     yield r
     await r.__aexit__(None, None, None)
-
-
-async def call(method: str, url: str, headers: dict[str, str], body: bytes) -> int:
-    """Make one webhook call over the socket, as Vonage would."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.request(method, url, headers=headers, data=body or None) as resp,
-    ):
-        await resp.read()
-        return resp.status
-
-
-async def state_of(router: Router, message_id: str) -> str:
-    state = await router.status(message_id)
-    assert state is not None
-    return state.status
 
 
 def dlr(

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlencode
 
 import pytest
-from conftest import Hooks, make_config, twilio_block
+from conftest import Hooks, make_config, reaches, twilio_block
 from twilio.request_validator import RequestValidator
 
 from smsroute import DeliveryReport, InboundMessage, ManualClock, Message, Outcome, Router
@@ -39,20 +39,6 @@ async def router(hooks: Hooks, twilio_a: FakeTwilio, twilio_b: FakeTwilio) -> As
     async with Router(config(hooks, twilio_a, twilio_b)) as r:
         await hooks.serve(r)
         yield r
-
-
-async def delivered(router: Router, message_id: str) -> None:
-    """Wait (under the caller's timeout) until a receipt says ``message_id`` was delivered."""
-    done = asyncio.Event()
-
-    def seen(report: DeliveryReport) -> None:
-        if report.message_id == message_id and report.status == "delivered":
-            done.set()
-
-    router.on_delivery_report(seen)
-    state = await router.status(message_id)
-    if state is None or state.status != "delivered":
-        await done.wait()
 
 
 def signed(fake: FakeTwilio, url: str, params: dict[str, str]) -> tuple[dict[str, str], bytes]:
@@ -108,7 +94,7 @@ async def test_receipt_arriving_before_send_returns_is_correlated(
     result = await router.send(OTP)
     assert twilio_a.receipts_sent == [(result.provider_message_id, "delivered", 200)]
     async with asyncio.timeout(5):
-        await delivered(router, result.message_id)
+        await reaches(router, result.message_id, "delivered")
 
 
 # -- signatures ---------------------------------------------------------------------------------
@@ -362,7 +348,7 @@ async def test_undelivered_message_is_resent_through_the_next_provider(
         await hooks.serve(router)
         result = await router.send(OTP)
         async with asyncio.timeout(5):
-            await delivered(router, result.message_id)
+            await reaches(router, result.message_id, "delivered")
         state = await router.status(result.message_id)
     assert len(twilio_a.messages) == 1
     assert len(twilio_b.messages) == 1  # resent once, through the other provider
