@@ -78,7 +78,8 @@ def main() -> None:
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option(
-    "--env-placeholders", is_flag=True,
+    "--env-placeholders",
+    is_flag=True,
     help="Stand in for unset ${VARS} (check a config in CI without its secrets).",
 )
 def check(config: str, as_json: bool, env_placeholders: bool) -> None:
@@ -94,8 +95,9 @@ def check(config: str, as_json: bool, env_placeholders: bool) -> None:
         loaded = load_config(config, environ=environ)
     except ConfigError as exc:
         if as_json:
-            click.echo(json.dumps({"ok": False, "problems": [p.as_dict() for p in exc.problems]},
-                                  indent=2))
+            click.echo(
+                json.dumps({"ok": False, "problems": [p.as_dict() for p in exc.problems]}, indent=2)
+            )
         else:
             _print_problems(exc)
         sys.exit(1)
@@ -110,21 +112,31 @@ def check(config: str, as_json: bool, env_placeholders: bool) -> None:
     )
 
 
-def _message(number: str, text: str, category: str, sender: str | None, tags: tuple[str, ...]
-             ) -> Message:
+def _message(
+    number: str, text: str, category: str, sender: str | None, tags: tuple[str, ...]
+) -> Message:
     return Message(to=number, text=text, category=category, sender=sender, tags=tags)
 
 
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.argument("number")
-@click.option("--text", default="Hello", show_default=True, help="The text (sets encoding and segments).")
+@click.option(
+    "--text", default="Hello", show_default=True, help="The text (sets encoding and segments)."
+)
 @click.option("--category", default="transactional", show_default=True)
 @click.option("--sender", default=None, help="Sender ID or number, for rules that match on it.")
 @click.option("--tag", "tags", multiple=True, help="A message tag (repeatable).")
 @click.option("--env-placeholders", is_flag=True, help="Stand in for unset ${VARS}.")
-def explain(config: str, number: str, text: str, category: str, sender: str | None,
-            tags: tuple[str, ...], env_placeholders: bool) -> None:
+def explain(
+    config: str,
+    number: str,
+    text: str,
+    category: str,
+    sender: str | None,
+    tags: tuple[str, ...],
+    env_placeholders: bool,
+) -> None:
     """Show which rule matches NUMBER and in what order providers would be tried.
 
     \b
@@ -197,12 +209,16 @@ def send(config: str, number: str, text: str, category: str, sender: str | None)
     for i, a in enumerate(result.attempts, 1):
         code = f" {a.error_code}" if a.error_code else ""
         status = f" HTTP {a.status_code}" if a.status_code else ""
-        out.print(f"attempt {i}: {a.provider:<16} {a.outcome.value:<10} {a.latency * 1000:7.1f} ms"
-                  f"{status}{code}{'  ' + a.detail if a.detail else ''}")
+        out.print(
+            f"attempt {i}: {a.provider:<16} {a.outcome.value:<10} {a.latency * 1000:7.1f} ms"
+            f"{status}{code}{'  ' + a.detail if a.detail else ''}"
+        )
     if result.ok:
         cost = f", cost {result.cost:.4f} {result.currency}" if result.cost is not None else ""
-        out.print(f"accepted by {result.provider} as {result.provider_message_id} "
-                  f"(message {result.message_id}, {result.segments} segment(s){cost})")
+        out.print(
+            f"accepted by {result.provider} as {result.provider_message_id} "
+            f"(message {result.message_id}, {result.segments} segment(s){cost})"
+        )
         return
     out.print(f"failed: {result.reason}")
     sys.exit(1)
@@ -226,15 +242,52 @@ def serve(config: str, host: str, port: int) -> None:
     from smsroute.server import make_server_app
 
     app = make_server_app(_load(config))
-    web.run_app(app, host=host, port=port, access_log=None,
-                print=lambda *_: click.echo(f"smsroute serving on http://{host}:{port}"))
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        access_log=None,
+        print=lambda *_: click.echo(f"smsroute serving on http://{host}:{port}"),
+    )
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option(
+    "--concurrency",
+    type=int,
+    default=None,
+    help="Messages sent at once (default: the config's outbox.concurrency).",
+)
+@click.option("--log-level", default="INFO", show_default=True)
+def worker(config: str, concurrency: int | None, log_level: str) -> None:
+    """Send the messages queued in CONFIG's outbox until SIGTERM.
+
+    \b
+    Example:
+      smsroute worker config/routing.yaml --concurrency 32
+    Producers call router.enqueue(); any number of workers drain the queue.
+    The first SIGTERM stops gracefully (sends under way finish, the rest is
+    returned to the queue); a second cancels the sends under way.
+    """
+    from smsroute.outbox.__main__ import main as worker_main
+
+    args = [config, "--log-level", log_level]
+    if concurrency is not None:
+        args += ["--concurrency", str(concurrency)]
+    sys.exit(worker_main(args))
 
 
 @main.command()
 @click.option("--duration", default=30.0, show_default=True, help="Seconds of traffic.")
 @click.option("--rate", default=40.0, show_default=True, help="Messages per second.")
-@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
-              help="A config in the shape of the shipped config/demo.yaml.")
+@click.option(
+    "--config",
+    "config_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="A config in the shape of the shipped config/demo.yaml.",
+)
 @click.option("--seed", default=None, type=int, help="Random seed, for a repeatable run.")
 def demo(duration: float, rate: float, config_path: str | None, seed: int | None) -> None:
     """Watch smsroute route live traffic through three fake providers.
@@ -259,8 +312,11 @@ def demo(duration: float, rate: float, config_path: str | None, seed: int | None
         console = _console()
         if not console.is_terminal:
             console.width = max(console.width, 120)  # the summary is read from logs and pipes
-        asyncio.run(run_demo(duration=duration, rate=rate, config_path=config_path,
-                             console=console, seed=seed))
+        asyncio.run(
+            run_demo(
+                duration=duration, rate=rate, config_path=config_path, console=console, seed=seed
+            )
+        )
     except ConfigError as exc:
         _print_problems(exc)
         sys.exit(1)

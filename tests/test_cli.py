@@ -40,7 +40,7 @@ async def run_process(*args: str, env: dict[str, str] | None = None) -> tuple[in
 
 
 def test_every_command_has_help_with_an_example() -> None:
-    for command in ("check", "explain", "send", "serve"):
+    for command in ("check", "explain", "send", "serve", "worker", "demo"):
         code, out, _ = run(command, "--help")
         assert code == 0
         assert "Example:" in out
@@ -193,3 +193,43 @@ async def test_serve_answers_healthz_metrics_and_a_signed_webhook(
         proc.terminate()  # SIGTERM: graceful shutdown
         async with asyncio.timeout(10):
             assert await proc.wait() == 0
+
+
+async def test_worker_drains_the_outbox_and_stops_on_sigterm(
+    twilio_a: FakeTwilio, tmp_path: Path
+) -> None:
+    from smsroute import Message, Router
+
+    config = tmp_path / "routing.yaml"
+    config.write_text(f"""
+providers:
+{twilio_block("twilio", twilio_a)}
+rules:
+  - name: default
+    providers: [twilio]
+outbox:
+  path: outbox.db
+  poll: 50ms
+""")
+    async with Router.from_yaml(config, metrics=False) as router:
+        await router.enqueue_many([Message(to=f"+491512345678{i}", text=f"m{i}") for i in range(3)])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "smsroute.cli",
+        "worker",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(20):
+            assert b'"worker"' in await proc.stdout.readline()  # it reports when it works
+            while len(twilio_a.messages) < 3:  # noqa: ASYNC110 - filled by another process
+                await asyncio.sleep(0.02)
+    finally:
+        proc.terminate()
+        async with asyncio.timeout(10):
+            code = await proc.wait()
+    assert code == 0
+    assert sorted(m.text for m in twilio_a.messages) == ["m0", "m1", "m2"]
