@@ -1076,14 +1076,19 @@ class Router:
             return None
         return await self._outbox_store().status(message_id)
 
-    async def _outbox_receipt(self, report: DeliveryReport) -> None:
-        """Record a new receipt in the outbox, when this process uses one (see Webhooks.deliver)."""
-        if self._outbox is None or self._closed:
-            return
+    async def _outbox_receipt(self, report: DeliveryReport) -> bool:
+        """Record a receipt in the outbox, when this router uses one (see Webhooks.deliver).
+
+        True when the outbox knows the message (it may have been sent by a worker
+        in another process).
+        """
+        if self._closed or (self._outbox is None and self.config.outbox is None):
+            return False
         try:
-            await self._outbox.record_receipt(report, self._outbox_now())
+            return await self._outbox_store().record_receipt(report, self._outbox_now())
         except Exception:  # the receipt was applied in memory; losing its record is not fatal
             log.exception("could not record a delivery receipt in the outbox")
+            return False
 
     async def _close_outbox(self) -> None:
         for worker in self._outbox_workers:

@@ -126,8 +126,13 @@ class Webhooks:
     def _refuse(self, provider: str, kind: str, status: int, reason: str) -> WebhookResponse:
         # Anyone can call a webhook URL: labels come from closed sets, never from the request.
         known = provider in self.router._runtime.providers
-        log.warning("refused %s webhook for %r: %d %s", kind if kind in KINDS else "?",
-                    provider if known else "?", status, reason)
+        log.warning(
+            "refused %s webhook for %r: %d %s",
+            kind if kind in KINDS else "?",
+            provider if known else "?",
+            status,
+            reason,
+        )
         self.router._emit(
             WebhookRefused(
                 provider if known else "unknown",
@@ -160,10 +165,8 @@ class Webhooks:
         )
         if not self._first_time(key):
             return  # providers retry: process each receipt once
-        shared = router._state.receipt_log
-        if shared is not None and not await shared.first_time(key):
-            return  # a retry that reached another replica first
-        message_id = receipt.message_id or request.query.get("smsroute_id")
+        claimed = receipt.message_id or request.query.get("smsroute_id")
+        message_id = claimed
         if message_id is None or not store.knows(message_id):
             message_id = store.lookup(provider, receipt.provider_message_id)
         report = DeliveryReport(
@@ -175,12 +178,23 @@ class Webhooks:
             at=receipt.at or _utcnow(),
             retryable=receipt.retryable,
         )
+        if message_id is None and claimed is not None:
+            # Sent by another process (an outbox worker): its durable record knows it.
+            durable = attrs.evolve(report, message_id=claimed)
+            if await router._outbox_receipt(durable):
+                router._emit(DeliveryReceived(provider, "unknown", report.status, None))
+                for callback in self.delivery_callbacks:
+                    await _call(callback, durable)
+                return
         if message_id is None:
             # Not (yet) ours: perhaps send() has not recorded the provider's id.
             store.park(report)
             router._emit(DeliveryReceived(provider, "unknown", report.status, None))
             log.info("receipt from %s for an unknown message id (parked)", provider)
             return
+        shared = router._state.receipt_log
+        if shared is not None and not await shared.first_time(key):
+            return  # a retry another replica received and applied first
         await self.deliver(report)
 
     async def deliver(self, report: DeliveryReport) -> None:
