@@ -18,21 +18,30 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import aiohttp
 import attrs
 import pytest
-import yaml
 from conftest import SPECS_DIR, make_config
-from multidict import CIMultiDict, CIMultiDictProxy
 from openapi_core import OpenAPI
-from openapi_core.testing import MockRequest, MockResponse
+from openapi_core.testing import MockRequest
+from provider_support import (
+    Exchange,
+    adapter,
+    attempts,
+    failover_yaml,
+    fake_fixture,
+    http_headers,
+    load_spec,
+    outbound_sms,
+    route,
+    send_sms_captured,
+)
 
-from smsroute import ConfigError, Message, Outcome, Router
+from smsroute import ConfigError, Message, Outcome
 from smsroute.config import ProviderConfig
-from smsroute.encoding import analyze
 from smsroute.providers.bandwidth import BandwidthProvider
 from smsroute.providers.base import OutboundSMS, Reply
 from smsroute.testing.bandwidth import FakeBandwidth
@@ -43,130 +52,35 @@ MESSAGES_PATH = "/users/{accountId}/messages"
 TO = "+14155550100"
 SENDER = "+19195551234"
 CALLBACK = "https://hooks.example.com/bandwidth/status"
+OTP = Message(to=TO, text="Code 123456", category="otp")
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeBandwidth]:
-    async with FakeBandwidth() as f:
-        yield f
-
-
-@pytest.fixture
-async def fake_b() -> AsyncIterator[FakeBandwidth]:
-    async with FakeBandwidth() as f:
-        yield f
+fake = fake_fixture(FakeBandwidth)
+fake_b = fake_fixture(FakeBandwidth)
 
 
 def provider_for(fake: FakeBandwidth, **options: Any) -> BandwidthProvider:
-    opts: dict[str, Any] = {
-        "account_id": fake.account_id,
-        "username": fake.username,
-        "password": fake.password,
-        "application_id": fake.application_id,
-    }
-    opts.update(options)
-    return BandwidthProvider(
-        ProviderConfig(
-            name="bandwidth", type="bandwidth", base_url=fake.url, sender=SENDER, options=opts
-        )
-    )
+    return adapter(BandwidthProvider, fake, options, sender=SENDER)
 
 
-def outbound(
-    text: str = "Your code is 123456",
-    *,
-    to: str = TO,
-    sender: str | None = SENDER,
-    status_callback: str | None = None,
-) -> OutboundSMS:
-    info = analyze(text)
-    return OutboundSMS(
-        message_id="0123456789abcdef0123456789abcdef",
-        to=to,
-        country="US",
-        text=text,
-        sender=sender,
-        encoding=info.encoding,
-        segments=info.segments,
-        category="otp",
-        status_callback=status_callback,
-    )
+outbound = partial(outbound_sms, to=TO, country="US", sender=SENDER)
 
 
 @attrs.define
-class Exchange:
-    """One request/response pair as it crossed the socket (aiohttp tracing)."""
-
-    method: str = ""
-    url: str = ""
-    request_headers: CIMultiDict[str] = attrs.field(factory=CIMultiDict)
-    request_body: bytes = b""
-    status: int = 0
-    response_headers: CIMultiDict[str] = attrs.field(factory=CIMultiDict)
-    response_body: bytes = b""
-
-    def trace_config(self) -> aiohttp.TraceConfig:
-        async def headers_sent(_s: Any, _c: Any, p: aiohttp.TraceRequestHeadersSentParams) -> None:
-            self.method, self.url = p.method, str(p.url)
-            self.request_headers = CIMultiDict(p.headers)
-
-        async def chunk_sent(_s: Any, _c: Any, p: aiohttp.TraceRequestChunkSentParams) -> None:
-            self.request_body += p.chunk
-
-        async def request_end(_s: Any, _c: Any, p: aiohttp.TraceRequestEndParams) -> None:
-            self.status, self.response_headers = p.response.status, CIMultiDict(p.response.headers)
-
-        async def chunk_received(
-            _s: Any, _c: Any, p: aiohttp.TraceResponseChunkReceivedParams
-        ) -> None:
-            self.response_body += p.chunk
-
-        tc = aiohttp.TraceConfig()
-        tc.on_request_headers_sent.append(headers_sent)
-        tc.on_request_chunk_sent.append(chunk_sent)
-        tc.on_request_end.append(request_end)
-        tc.on_response_chunk_received.append(chunk_received)
-        return tc
-
+class BandwidthExchange(Exchange):
     def spec_request(self, base_url: str) -> MockRequest:
         """The request as if sent to messaging.bandwidth.com: same path."""
-        assert self.url.startswith(base_url + "/"), self.url
-        return MockRequest(
-            BANDWIDTH_HOST,
-            self.method,
-            self.url.removeprefix(base_url),
-            headers=dict(self.request_headers),
-            data=self.request_body,
-            content_type=self.request_headers.get("Content-Type", ""),
-        )
-
-    def spec_response(self) -> MockResponse:
-        return MockResponse(
-            self.response_body,
-            status_code=self.status,
-            headers=dict(self.response_headers),
-            content_type=self.response_headers.get("Content-Type", ""),
-        )
-
-    def json(self) -> Any:
-        return json.loads(self.response_body)
+        return self.request_moved(BANDWIDTH_HOST, base_url)
 
 
 async def send_captured(
     provider: BandwidthProvider, sms: OutboundSMS | None = None
-) -> tuple[Exchange, Reply]:
-    wire = Exchange()
-    async with aiohttp.ClientSession(trace_configs=[wire.trace_config()]) as session:
-        reply = await provider.send(sms or outbound(), session)
-    return wire, reply
+) -> tuple[BandwidthExchange, Reply]:
+    return await send_sms_captured(provider, sms or outbound(), BandwidthExchange())
 
 
 async def send(provider: BandwidthProvider, sms: OutboundSMS | None = None) -> Reply:
     return (await send_captured(provider, sms))[1]
-
-
-def no_headers() -> CIMultiDictProxy[str]:
-    return CIMultiDictProxy(CIMultiDict())
 
 
 # -- the spec, loaded once per module ------------------------------------------------------
@@ -174,10 +88,7 @@ def no_headers() -> CIMultiDictProxy[str]:
 
 @pytest.fixture(scope="module")
 def spec_doc() -> dict[str, Any]:
-    if not SPEC_FILE.is_file():
-        pytest.skip(f"{SPEC_FILE} not found: set SMSROUTE_SPECS_DIR to the folder holding it")
-    doc: dict[str, Any] = yaml.safe_load(SPEC_FILE.read_text(encoding="utf-8"))
-    return doc
+    return load_spec(SPEC_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +96,9 @@ def openapi(spec_doc: dict[str, Any]) -> OpenAPI:
     return OpenAPI.from_dict(spec_doc)  # the spec itself is validated here (about 1.5 s)
 
 
-def assert_valid_request(openapi: OpenAPI, wire: Exchange, base_url: str) -> dict[str, Any]:
+def assert_valid_request(
+    openapi: OpenAPI, wire: BandwidthExchange, base_url: str
+) -> dict[str, Any]:
     result = openapi.unmarshal_request(wire.spec_request(base_url))
     problems = [f"{e!r}: {e.__cause__}" for e in result.errors]
     assert not problems, problems
@@ -307,7 +220,7 @@ async def test_fake_error_bodies_match_the_specs_error_schemas(
 async def test_fake_refuses_a_body_that_is_not_json_with_415(
     openapi: OpenAPI, fake: FakeBandwidth
 ) -> None:
-    wire = Exchange()
+    wire = BandwidthExchange()
     url = f"{fake.url}/api/v2/users/{fake.account_id}/messages"
     credentials = base64.b64encode(f"{fake.username}:{fake.password}".encode()).decode()
     async with (
@@ -348,40 +261,22 @@ async def test_status_callback_cannot_travel_with_the_message(fake: FakeBandwidt
     assert CALLBACK not in json.dumps(record.fields)
 
 
-def accounts(a: FakeBandwidth, b: FakeBandwidth, *, extra: str = "") -> str:
-    def block(name: str, fake: FakeBandwidth) -> str:
-        return f"""
-  {name}:
-    type: bandwidth
-    base_url: {fake.url}
-    account_id: "{fake.account_id}"
-    username: "{fake.username}"
-    password: "{fake.password}"
-    application_id: "{fake.application_id}"
-    from: "{SENDER}"
-    timeout: 300ms{extra}"""
-
-    return f"""
-defaults:
-  default_region: US
-providers:{block("primary", a)}{block("secondary", b)}
-rules:
-  - name: default
-    providers: [primary, secondary]
-"""
+def accounts(a: FakeBandwidth, b: FakeBandwidth, *extra: str) -> str:
+    """Two accounts, ``extra`` lines added to each, "primary" tried first."""
+    return failover_yaml(a, b, SENDER, *extra, default_region="US")
 
 
 def test_config_explains_that_status_callback_belongs_to_the_application(
     fake: FakeBandwidth,
 ) -> None:
-    text = accounts(fake, fake, extra=f"\n    status_callback: {CALLBACK}")
+    text = accounts(fake, fake, f"status_callback: {CALLBACK}")
     with pytest.raises(ConfigError, match="callback URL of the application"):
         make_config(text)
 
 
 def test_config_refuses_an_unknown_priority(fake: FakeBandwidth) -> None:
     with pytest.raises(ConfigError, match="priority"):
-        make_config(accounts(fake, fake, extra="\n    priority: urgent"))
+        make_config(accounts(fake, fake, "priority: urgent"))
 
 
 # -- rejected -----------------------------------------------------------------------------------
@@ -479,7 +374,7 @@ def test_refused_content_type_is_transient_not_rejected() -> None:
         )
     )
     body = b'{"type": "unsupported-content-type", "description": "Content-Type"}'
-    reply = provider.parse_response(415, no_headers(), body)
+    reply = provider.parse_response(415, http_headers(), body)
     assert reply.outcome is Outcome.TRANSIENT
 
 
@@ -490,12 +385,8 @@ async def test_router_fails_over_to_the_second_account(
     fake: FakeBandwidth, fake_b: FakeBandwidth
 ) -> None:
     fake.fail(401)
-    async with Router(make_config(accounts(fake, fake_b))) as router:
-        result = await router.send(Message(to=TO, text="Code 123456", category="otp"))
-    assert [(a.provider, a.outcome) for a in result.attempts] == [
-        ("primary", Outcome.AUTH),
-        ("secondary", Outcome.ACCEPTED),
-    ]
+    result = await route(accounts(fake, fake_b), OTP)
+    assert attempts(result) == [("primary", Outcome.AUTH), ("secondary", Outcome.ACCEPTED)]
     assert result.provider_message_id == fake_b.messages[0].provider_message_id
 
 
@@ -503,12 +394,8 @@ async def test_hanging_account_times_out_and_otp_fails_over(
     fake: FakeBandwidth, fake_b: FakeBandwidth
 ) -> None:
     fake.hang()
-    async with Router(make_config(accounts(fake, fake_b))) as router:
-        result = await router.send(Message(to=TO, text="Code 123456", category="otp"))
-    assert [(a.provider, a.outcome) for a in result.attempts] == [
-        ("primary", Outcome.TIMEOUT),
-        ("secondary", Outcome.ACCEPTED),
-    ]
+    result = await route(accounts(fake, fake_b), OTP)
+    assert attempts(result) == [("primary", Outcome.TIMEOUT), ("secondary", Outcome.ACCEPTED)]
 
 
 # -- the official SDK against FakeBandwidth ----------------------------------------------------

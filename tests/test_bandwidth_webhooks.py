@@ -15,24 +15,33 @@ the payloads: each is validated against the spec's ``statusCallback`` /
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import yaml
-from conftest import SPECS_DIR, Hooks, basic, call, make_config, reaches, state_of
+from conftest import SPECS_DIR, Hooks, basic, call, make_config, state_of
+from provider_support import (
+    assert_early_receipt_correlated,
+    assert_events_at_the_other_url_ignored,
+    assert_stop_opts_out_marketing_not_otp,
+    delivered_round_trip,
+    load_spec,
+    otp_to,
+    provider_settings,
+    routing_yaml,
+    sent_record,
+    serving,
+)
 
-from smsroute import ConfigError, DeliveryReport, InboundMessage, Message, Outcome, Router
+from smsroute import ConfigError, DeliveryReport, Router
 from smsroute.testing.bandwidth import FakeBandwidth
 from smsroute.testing.fake import ReceivedMessage
 
 SENDER = "+19195551234"
 NUMBER = "+4915123456789"
-OTP = Message(to=NUMBER, text="Your code is 123456", category="otp")
-PROMO = Message(to=NUMBER, text="Sale!", category="marketing")
+OTP = otp_to(NUMBER)
 SPEC_FILE = SPECS_DIR / "bandwidth.yml"
 
 
@@ -45,50 +54,26 @@ async def fake(hooks: Hooks) -> AsyncIterator[FakeBandwidth]:
 
 def config_text(hooks: Hooks, fake: FakeBandwidth, *, credentials: bool = True) -> str:
     creds = (
-        f'\n    callback_username: "{fake.callback_username}"'
-        f'\n    callback_password: "{fake.callback_password}"'
+        [
+            f'callback_username: "{fake.callback_username}"',
+            f'callback_password: "{fake.callback_password}"',
+        ]
         if credentials
-        else ""
+        else []
     )
-    return f"""
-defaults:
-  webhook_url: {hooks.url}
-providers:
-  bandwidth:
-    type: bandwidth
-    base_url: {fake.url}
-    account_id: "{fake.account_id}"
-    username: "{fake.username}"
-    password: "{fake.password}"
-    application_id: "{fake.application_id}"
-    from: "{SENDER}"{creds}
-rules:
-  - name: default
-    providers: [bandwidth]
-"""
+    settings = provider_settings(fake, SENDER, *creds)
+    return routing_yaml({"bandwidth": settings}, webhook_url=hooks.url)
 
 
 @pytest.fixture
 async def router(hooks: Hooks, fake: FakeBandwidth) -> AsyncIterator[Router]:
-    async with Router(make_config(config_text(hooks, fake))) as r:
-        await hooks.serve(r)
+    async with serving(hooks, make_config(config_text(hooks, fake))) as r:
         yield r
 
 
 @pytest.fixture(scope="module")
 def spec_doc() -> dict[str, Any]:
-    if not SPEC_FILE.is_file():
-        pytest.skip(f"{SPEC_FILE} not found: set SMSROUTE_SPECS_DIR to the folder holding it")
-    doc: dict[str, Any] = yaml.safe_load(SPEC_FILE.read_text(encoding="utf-8"))
-    return doc
-
-
-async def sent_record(router: Router, fake: FakeBandwidth) -> tuple[str, ReceivedMessage]:
-    result = await router.send(OTP)
-    assert result.ok
-    record = fake.messages[-1]
-    assert record.provider_message_id == result.provider_message_id
-    return result.message_id, record
+    return load_spec(SPEC_FILE)
 
 
 def events(body: bytes) -> list[dict[str, Any]]:
@@ -103,14 +88,7 @@ def events(body: bytes) -> list[dict[str, Any]]:
 async def test_receipt_with_the_applications_credentials_updates_status(
     router: Router, fake: FakeBandwidth
 ) -> None:
-    reports: list[DeliveryReport] = []
-    router.on_delivery_report(reports.append)
-    fake.receipts("delivered")
-    result = await router.send(OTP)
-    async with asyncio.timeout(5):
-        await fake.wait_receipts(1)
-    assert fake.receipts_sent == [(result.provider_message_id, "delivered", 200)]
-    assert await state_of(router, result.message_id) == "delivered"
+    result, reports = await delivered_round_trip(router, fake, OTP)
     (report,) = reports
     assert (report.message_id, report.provider, report.status) == (
         result.message_id,
@@ -124,15 +102,11 @@ async def test_receipt_with_the_applications_credentials_updates_status(
 async def test_receipt_arriving_before_send_returns_is_correlated(
     router: Router, fake: FakeBandwidth
 ) -> None:
-    fake.receipts("delivered", before_answer=True)
-    result = await router.send(OTP)
-    assert fake.receipts_sent == [(result.provider_message_id, "delivered", 200)]
-    async with asyncio.timeout(5):
-        await reaches(router, result.message_id, "delivered")
+    await assert_early_receipt_correlated(router, fake, OTP)
 
 
 async def test_the_echoed_tag_correlates_on_its_own(router: Router, fake: FakeBandwidth) -> None:
-    message_id, record = await sent_record(router, fake)
+    message_id, record = await sent_record(router, fake, OTP)
     _, url, headers, body = fake.receipt_request(record, "delivered", None)
     (event,) = events(body)
     event["message"]["id"] = "1589228074636lm4k2je7j7jklbn2"  # an id we never recorded
@@ -143,7 +117,7 @@ async def test_the_echoed_tag_correlates_on_its_own(router: Router, fake: FakeBa
 async def test_every_event_of_an_array_is_applied_in_order(
     router: Router, fake: FakeBandwidth
 ) -> None:
-    message_id, record = await sent_record(router, fake)
+    message_id, record = await sent_record(router, fake, OTP)
     batch = [
         events(fake.receipt_request(record, status, None)[3])[0]
         for status in ("queued", "sent", "delivered")
@@ -158,7 +132,7 @@ async def test_every_event_of_an_array_is_applied_in_order(
 async def test_a_single_event_object_as_the_spec_shows_it_is_accepted(
     router: Router, fake: FakeBandwidth
 ) -> None:
-    message_id, record = await sent_record(router, fake)
+    message_id, record = await sent_record(router, fake, OTP)
     _, url, headers, body = fake.receipt_request(record, "delivered", None)
     (event,) = events(body)
     assert await call("POST", url, headers, json.dumps(event).encode()) == 200
@@ -187,7 +161,7 @@ async def test_message_failed_is_classified_by_its_error_code(
 ) -> None:
     reports: list[DeliveryReport] = []
     router.on_delivery_report(reports.append)
-    message_id, record = await sent_record(router, fake)
+    message_id, record = await sent_record(router, fake, OTP)
     assert await fake.send_receipt(record, outcome, code) == 200
     (report,) = reports
     expected_code = (
@@ -204,7 +178,7 @@ async def test_message_failed_is_classified_by_its_error_code(
 async def test_a_retried_callback_is_processed_once(router: Router, fake: FakeBandwidth) -> None:
     reports: list[DeliveryReport] = []
     router.on_delivery_report(reports.append)
-    _, record = await sent_record(router, fake)
+    _, record = await sent_record(router, fake, OTP)
     _, url, headers, body = fake.receipt_request(record, "delivered", None)
     for _ in range(3):  # Bandwidth retries for 24 h until it gets a 2xx
         assert await call("POST", url, headers, body) == 200
@@ -229,7 +203,7 @@ async def test_a_retried_callback_is_processed_once(router: Router, fake: FakeBa
 async def test_callback_without_the_applications_credentials_is_refused(
     router: Router, fake: FakeBandwidth, authorization: str | None
 ) -> None:
-    message_id, record = await sent_record(router, fake)
+    message_id, record = await sent_record(router, fake, OTP)
     _, url, headers, body = fake.receipt_request(record, "delivered", None)
     user, password = fake.callback_username or "", fake.callback_password or ""
     header = {
@@ -248,9 +222,8 @@ async def test_callback_without_the_applications_credentials_is_refused(
 async def test_without_callback_credentials_callbacks_are_accepted(
     hooks: Hooks, fake: FakeBandwidth
 ) -> None:
-    async with Router(make_config(config_text(hooks, fake, credentials=False))) as router:
-        await hooks.serve(router)
-        message_id, record = await sent_record(router, fake)
+    async with serving(hooks, make_config(config_text(hooks, fake, credentials=False))) as router:
+        message_id, record = await sent_record(router, fake, OTP)
         _, url, _, body = fake.receipt_request(record, "delivered", None)
         assert await call("POST", url, {"Content-Type": "application/json"}, body) == 200
         assert await state_of(router, message_id) == "delivered"
@@ -290,7 +263,7 @@ async def test_malformed_callback_is_a_400(
 async def test_one_malformed_event_refuses_the_whole_array(
     router: Router, fake: FakeBandwidth
 ) -> None:
-    message_id, record = await sent_record(router, fake)
+    message_id, record = await sent_record(router, fake, OTP)
     good = events(fake.receipt_request(record, "delivered", None)[3])[0]
     body = json.dumps([good, {"type": "message-sent"}]).encode()
     assert await call("POST", record.status_callback or "", fake.callback_headers(), body) == 400
@@ -311,14 +284,9 @@ async def test_inbound_without_a_sender_is_a_400(
 async def test_events_at_the_other_url_are_answered_200_and_ignored(
     router: Router, hooks: Hooks, fake: FakeBandwidth
 ) -> None:
-    message_id, record = await sent_record(router, fake)
-    _, _, headers, body = fake.receipt_request(record, "delivered", None)
-    assert await call("POST", f"{hooks.url}/bandwidth/inbound", headers, body) == 200
-    assert await state_of(router, message_id) == "accepted"
-    url = f"{hooks.url}/bandwidth/status"
-    _, _, headers, body = fake.inbound_request(url, NUMBER, SENDER, "STOP")
-    assert await call("POST", url, headers, body) == 200
-    assert not router.is_opted_out(NUMBER)
+    await assert_events_at_the_other_url_ignored(
+        router, fake, f"{hooks.url}/bandwidth", handset=NUMBER, our_number=SENDER
+    )
 
 
 # -- inbound and opt-outs ------------------------------------------------------------------------
@@ -327,12 +295,15 @@ async def test_events_at_the_other_url_are_answered_200_and_ignored(
 async def test_inbound_stop_opts_out_marketing_but_not_otp(
     router: Router, hooks: Hooks, fake: FakeBandwidth
 ) -> None:
-    inbound: list[InboundMessage] = []
-    router.on_inbound(inbound.append)
-    status = await fake.send_inbound(
-        f"{hooks.url}/bandwidth/inbound", sender=NUMBER, recipient=SENDER, text="stop"
+    inbound = await assert_stop_opts_out_marketing_not_otp(
+        router,
+        fake,
+        f"{hooks.url}/bandwidth/inbound",
+        sender=NUMBER,
+        recipient=SENDER,
+        text="stop",
+        opted_out="+49 151 23456789",
     )
-    assert status == 200
     (message,) = inbound
     assert (message.provider, message.sender, message.recipient, message.keyword) == (
         "bandwidth",
@@ -340,16 +311,6 @@ async def test_inbound_stop_opts_out_marketing_but_not_otp(
         SENDER,
         "STOP",
     )
-    assert router.is_opted_out("+49 151 23456789")
-    before = fake.requests
-    refused = await router.send(PROMO)
-    assert (refused.status, refused.reason, refused.outcome) == (
-        "failed",
-        "opted_out",
-        Outcome.REJECTED,
-    )
-    assert fake.requests == before  # no provider was called
-    assert (await router.send(OTP)).ok
 
 
 async def test_inbound_stop_without_credentials_is_refused(
@@ -377,7 +338,7 @@ async def test_the_fakes_callbacks_match_the_specs_schemas(
 ) -> None:
     from openapi_schema_validator import OAS30Validator
 
-    _, record = await sent_record(router, fake)
+    _, record = await sent_record(router, fake, OTP)
 
     def validator(name: str) -> OAS30Validator:
         schema = {"$ref": f"#/components/schemas/{name}", "components": spec_doc["components"]}
@@ -399,7 +360,7 @@ async def test_the_fakes_callbacks_parse_with_the_sdks_models(
     from bandwidth.models.inbound_callback import InboundCallback  # type: ignore[import-untyped]
     from bandwidth.models.status_callback import StatusCallback  # type: ignore[import-untyped]
 
-    _, record = await sent_record(router, fake)
+    _, record = await sent_record(router, fake, OTP)
     for event in all_callbacks(fake, record):
         if event["type"] == "message-received":
             inbound = InboundCallback.from_dict(event)

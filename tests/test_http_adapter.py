@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
+from provider_support import attempts
 
 from smsroute import (
     BreakerState,
@@ -223,10 +224,6 @@ async def send(config: Config, message: Message = OTP) -> SendResult:
         return await router.send(message)
 
 
-def outcomes(result: SendResult) -> list[tuple[str, Outcome]]:
-    return [(a.provider, a.outcome) for a in result.attempts]
-
-
 @pytest.fixture
 async def aggregator() -> AsyncIterator[LocalAggregator]:
     async with LocalAggregator("json", "bearer") as gateway:
@@ -276,7 +273,7 @@ async def test_example_config_as_written_fails_over_between_the_two_gateways(
     async with Router(config) as router:
         first = await router.send(OTP)
         second = await router.send(OTP)
-    assert outcomes(first) == [
+    assert attempts(first) == [
         ("aggregator", Outcome.TRANSIENT),
         ("legacy-gateway", Outcome.ACCEPTED),
     ]
@@ -356,7 +353,7 @@ async def test_invalid_number_code_is_rejected_without_failover(
 ) -> None:
     aggregator.fail(400, "INVALID_NUMBER")
     result = await send(both(aggregator, legacy))
-    assert outcomes(result) == [("aggregator", Outcome.REJECTED)]
+    assert attempts(result) == [("aggregator", Outcome.REJECTED)]
     assert result.attempts[0].error_code == "INVALID_NUMBER"
     assert legacy.requests == 0
 
@@ -379,7 +376,7 @@ async def test_provider_messages_are_scrubbed_of_numbers() -> None:
 async def test_no_route_code_fails_over_as_unroutable(legacy: LocalAggregator) -> None:
     async with LocalAggregator("json", "bearer", unroutable={"DE"}) as gateway:
         result = await send(both(gateway, legacy))
-    assert outcomes(result) == [
+    assert attempts(result) == [
         ("aggregator", Outcome.UNROUTABLE),
         ("legacy-gateway", Outcome.ACCEPTED),
     ]
@@ -409,7 +406,7 @@ async def test_in_band_throttle_inside_a_200_honours_retry_after(
         aggregator.fail(503, times=2)
         first = await router.send(OTP)
         second = await router.send(OTP)
-    assert outcomes(first) == [
+    assert attempts(first) == [
         ("aggregator", Outcome.TRANSIENT),
         ("legacy-gateway", Outcome.THROTTLED),
     ]
@@ -432,7 +429,7 @@ async def test_no_credit_code_is_auth_and_opens_the_breaker(
     async with Router(both(aggregator, legacy)) as router:
         result = await router.send(OTP)
         states = router.breaker_states()
-    assert outcomes(result) == [("aggregator", Outcome.AUTH), ("legacy-gateway", Outcome.ACCEPTED)]
+    assert attempts(result) == [("aggregator", Outcome.AUTH), ("legacy-gateway", Outcome.ACCEPTED)]
     assert states[("aggregator", None)] is BreakerState.OPEN
 
 
@@ -488,7 +485,7 @@ async def test_success_without_an_id_is_a_malformed_reply(aggregator: LocalAggre
 async def test_hang_is_a_timeout(aggregator: LocalAggregator) -> None:
     aggregator.hang()
     result = await send(one(aggregator, timeout="200ms"))
-    assert outcomes(result) == [("aggregator", Outcome.TIMEOUT)]
+    assert attempts(result) == [("aggregator", Outcome.TIMEOUT)]
     assert aggregator.messages == []
 
 

@@ -15,15 +15,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import aiohttp
 import pytest
-from conftest import make_config
-from multidict import CIMultiDict, CIMultiDictProxy
+from provider_support import (
+    adapter,
+    attempts,
+    failover_yaml,
+    fake_fixture,
+    http_headers,
+    otp_to,
+    outbound_sms,
+    route,
+    send_sms,
+)
 
-from smsroute import Message, Outcome, Router
+from smsroute import Outcome
 from smsroute.config import ProviderConfig
 from smsroute.providers.base import OutboundSMS, Reply
 from smsroute.providers.infobip import InfobipProvider
@@ -34,28 +43,12 @@ TO = "+41793026727"
 CALLBACK = "https://hooks.example.com/infobip/status"
 
 
-@pytest.fixture
-async def infobip_a() -> AsyncIterator[FakeInfobip]:
-    async with FakeInfobip() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def infobip_b() -> AsyncIterator[FakeInfobip]:
-    async with FakeInfobip() as fake:
-        yield fake
+infobip_a = fake_fixture(FakeInfobip)
+infobip_b = fake_fixture(FakeInfobip)
 
 
 def provider_for(fake: FakeInfobip, **options: Any) -> InfobipProvider:
-    return InfobipProvider(
-        ProviderConfig(
-            name="infobip",
-            type="infobip",
-            base_url=fake.url,
-            sender=SENDER,
-            options={"api_key": fake.api_key, **options},
-        )
-    )
+    return adapter(InfobipProvider, fake, options, sender=SENDER)
 
 
 def offline_provider(**options: Any) -> InfobipProvider:
@@ -66,29 +59,11 @@ def offline_provider(**options: Any) -> InfobipProvider:
     )
 
 
-def outbound(
-    *, to: str = TO, sender: str | None = SENDER, status_callback: str | None = None
-) -> OutboundSMS:
-    return OutboundSMS(
-        message_id="msg-1",
-        to=to,
-        country="CH",
-        text="Your code is 123456",
-        sender=sender,
-        encoding="GSM-7",
-        segments=1,
-        category="otp",
-        status_callback=status_callback,
-    )
+outbound = partial(outbound_sms, to=TO, country="CH", sender=SENDER, message_id="msg-1")
 
 
 async def send(provider: InfobipProvider, sms: OutboundSMS | None = None) -> Reply:
-    async with aiohttp.ClientSession() as session:
-        return await provider.send(sms or outbound(), session)
-
-
-def no_headers() -> CIMultiDictProxy[str]:
-    return CIMultiDictProxy(CIMultiDict())
+    return await send_sms(provider, sms or outbound())
 
 
 def answer(status: dict[str, Any], **extra: Any) -> bytes:
@@ -199,7 +174,7 @@ def test_bad_request_about_the_sender_is_unroutable() -> None:
         "violations": [{"property": "messages[0].sender", "violation": "size must be at most 11"}],
         "resources": [],
     }
-    reply = offline_provider().parse_response(400, no_headers(), json.dumps(body).encode())
+    reply = offline_provider().parse_response(400, http_headers(), json.dumps(body).encode())
     assert (reply.outcome, reply.error_code) == (Outcome.UNROUTABLE, "E400")
     assert reply.detail is not None
     assert "messages[0].sender" in reply.detail
@@ -241,7 +216,7 @@ def test_legacy_error_body_is_understood() -> None:
     body = {
         "requestError": {"serviceException": {"messageId": "UNAUTHORIZED", "text": "Unauthorized"}}
     }
-    reply = offline_provider().parse_response(401, no_headers(), json.dumps(body).encode())
+    reply = offline_provider().parse_response(401, http_headers(), json.dumps(body).encode())
     assert (reply.outcome, reply.error_code, reply.detail) == (
         Outcome.AUTH,
         "UNAUTHORIZED",
@@ -276,7 +251,7 @@ async def test_garbage_reply_is_transient_malformed(infobip_a: FakeInfobip) -> N
 def test_pending_without_a_message_id_is_malformed() -> None:
     status = {"groupId": 1, "groupName": "PENDING", "id": 26, "name": "PENDING_ACCEPTED"}
     body = json.dumps({"messages": [{"status": status}]}).encode()
-    reply = offline_provider().parse_response(200, no_headers(), body)
+    reply = offline_provider().parse_response(200, http_headers(), body)
     assert reply.outcome is Outcome.TRANSIENT
     assert reply.detail == "malformed reply: accepted message without a messageId"
 
@@ -298,7 +273,7 @@ def test_unknown_rejection_follows_the_error_group_and_permanent_flag(
 ) -> None:
     status = {"groupId": 5, "groupName": "REJECTED", "id": 999, "name": "REJECTED_SOMETHING_NEW"}
     error = {"groupId": 3, "groupName": group, "id": 9, "name": "EC_X", "permanent": permanent}
-    reply = offline_provider().parse_response(200, no_headers(), answer(status, error=error))
+    reply = offline_provider().parse_response(200, http_headers(), answer(status, error=error))
     assert reply.outcome is outcome
     assert reply.error_code == "REJECTED_SOMETHING_NEW"
 
@@ -312,7 +287,7 @@ def test_known_status_wins_over_the_error_object() -> None:
         "name": "REJECTED_NOT_ENOUGH_CREDITS",
     }
     error = {"groupId": 2, "groupName": "USER_ERRORS", "id": 1, "name": "EC_X", "permanent": True}
-    reply = offline_provider().parse_response(200, no_headers(), answer(status, error=error))
+    reply = offline_provider().parse_response(200, http_headers(), answer(status, error=error))
     assert reply.outcome is Outcome.AUTH
 
 
@@ -329,47 +304,18 @@ async def test_hanging_infobip_times_out(infobip_a: FakeInfobip) -> None:
 # -- through the router --------------------------------------------------------------------
 
 
-def infobip_block(name: str, fake: FakeInfobip) -> str:
-    return "\n".join(
-        [
-            f"  {name}:",
-            "    type: infobip",
-            f"    base_url: {fake.url}",
-            f"    api_key: {fake.api_key}",
-            f"    from: {SENDER}",
-            "    timeout: 300ms",
-        ]
-    )
-
-
 def two_infobip_config(a: FakeInfobip, b: FakeInfobip) -> str:
-    return f"""
-defaults:
-  default_region: CH
-providers:
-{infobip_block("primary", a)}
-{infobip_block("secondary", b)}
-rules:
-  - name: default
-    providers: [primary, secondary]
-"""
+    return failover_yaml(a, b, SENDER, default_region="CH")
 
 
-OTP = Message(to=TO, text="Your code is 123456", category="otp")
-
-
-def attempts(result: Any) -> list[tuple[str, Outcome]]:
-    return [(a.provider, a.outcome) for a in result.attempts]
+OTP = otp_to(TO)
 
 
 async def test_router_fails_over_to_the_second_infobip_when_the_network_is_not_set_up(
     infobip_b: FakeInfobip,
 ) -> None:
-    async with (
-        FakeInfobip(unroutable_countries={"CH"}) as a,
-        Router(make_config(two_infobip_config(a, infobip_b))) as router,
-    ):
-        result = await router.send(OTP)
+    async with FakeInfobip(unroutable_countries={"CH"}) as a:
+        result = await route(two_infobip_config(a, infobip_b), OTP)
     assert attempts(result) == [("primary", Outcome.UNROUTABLE), ("secondary", Outcome.ACCEPTED)]
     assert result.provider_message_id == infobip_b.messages[0].provider_message_id
 
@@ -378,8 +324,7 @@ async def test_router_stops_on_a_200_rejection(
     infobip_a: FakeInfobip, infobip_b: FakeInfobip
 ) -> None:
     infobip_a.fail(200, "REJECTED_DESTINATION")
-    async with Router(make_config(two_infobip_config(infobip_a, infobip_b))) as router:
-        result = await router.send(OTP)
+    result = await route(two_infobip_config(infobip_a, infobip_b), OTP)
     assert result.status == "failed"
     assert attempts(result) == [("primary", Outcome.REJECTED)]
     assert infobip_b.requests == 0
@@ -389,8 +334,7 @@ async def test_router_fails_over_on_a_server_error(
     infobip_a: FakeInfobip, infobip_b: FakeInfobip
 ) -> None:
     infobip_a.fail(500)
-    async with Router(make_config(two_infobip_config(infobip_a, infobip_b))) as router:
-        result = await router.send(OTP)
+    result = await route(two_infobip_config(infobip_a, infobip_b), OTP)
     assert attempts(result) == [("primary", Outcome.TRANSIENT), ("secondary", Outcome.ACCEPTED)]
 
 
@@ -398,8 +342,7 @@ async def test_router_times_out_a_hanging_infobip_and_fails_over_an_otp(
     infobip_a: FakeInfobip, infobip_b: FakeInfobip
 ) -> None:
     infobip_a.hang()
-    async with Router(make_config(two_infobip_config(infobip_a, infobip_b))) as router:
-        result = await router.send(OTP)
+    result = await route(two_infobip_config(infobip_a, infobip_b), OTP)
     assert attempts(result) == [("primary", Outcome.TIMEOUT), ("secondary", Outcome.ACCEPTED)]
 
 

@@ -11,16 +11,27 @@ nothing to validate) reads FakeInfobip's payloads into its own models.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conftest import Hooks, basic, call, make_config, reaches, state_of
+from conftest import Hooks, basic, call, make_config, state_of
 from multidict import CIMultiDict, CIMultiDictProxy
+from provider_support import (
+    assert_early_receipt_correlated,
+    assert_failed_receipt_classified,
+    assert_stop_opts_out_marketing_not_otp,
+    delivered_round_trip,
+    fake_fixture,
+    otp_to,
+    provider_settings,
+    receipt_round_trip,
+    routing_yaml,
+    serving,
+)
 
-from smsroute import ConfigError, DeliveryReport, InboundMessage, Message, Outcome, Router
+from smsroute import ConfigError, Router
 from smsroute.config import ProviderConfig
 from smsroute.providers.base import WebhookRequest
 from smsroute.providers.infobip import InfobipProvider
@@ -30,42 +41,22 @@ from smsroute.testing.infobip import FakeInfobip
 TO = "+4915123456789"
 SENDER = "InfoSMS"
 NUMBER = "+15005550006"
-OTP = Message(to=TO, text="Your code is 123456", category="otp")
-PROMO = Message(to=TO, text="Sale!", category="marketing")
+OTP = otp_to(TO)
 USER, PASSWORD = "smsroute", "s3cret-passw0rd"
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeInfobip]:
-    async with FakeInfobip(callback_username=USER, callback_password=PASSWORD) as f:
-        yield f
+fake = fake_fixture(lambda: FakeInfobip(callback_username=USER, callback_password=PASSWORD))
 
 
 def config_text(hooks: Hooks, fake: FakeInfobip, *, credentials: bool = True) -> str:
-    extra = (
-        f'\n    callback_username: "{USER}"\n    callback_password: "{PASSWORD}"'
-        if credentials
-        else ""
-    )
-    return f"""
-defaults:
-  webhook_url: {hooks.url}
-providers:
-  primary:
-    type: infobip
-    base_url: {fake.url}
-    api_key: "{fake.api_key}"
-    from: {SENDER}{extra}
-rules:
-  - name: default
-    providers: [primary]
-"""
+    creds = [f'callback_username: "{USER}"', f'callback_password: "{PASSWORD}"']
+    settings = provider_settings(fake, SENDER, *(creds if credentials else []))
+    return routing_yaml({"primary": settings}, webhook_url=hooks.url)
 
 
 @pytest.fixture
 async def router(hooks: Hooks, fake: FakeInfobip) -> AsyncIterator[Router]:
-    async with Router(make_config(config_text(hooks, fake))) as r:
-        await hooks.serve(r)
+    async with serving(hooks, make_config(config_text(hooks, fake))) as r:
         yield r
 
 
@@ -75,14 +66,7 @@ async def router(hooks: Hooks, fake: FakeInfobip) -> AsyncIterator[Router]:
 async def test_delivery_report_reaches_the_router_and_updates_status(
     router: Router, fake: FakeInfobip
 ) -> None:
-    reports: list[DeliveryReport] = []
-    router.on_delivery_report(reports.append)
-    fake.receipts("delivered")
-    result = await router.send(OTP)
-    async with asyncio.timeout(5):
-        await fake.wait_receipts(1)
-    assert fake.receipts_sent == [(result.provider_message_id, "delivered", 200)]
-    assert await state_of(router, result.message_id) == "delivered"
+    result, reports = await delivered_round_trip(router, fake, OTP)
     assert [(r.status, r.message_id, r.provider_message_id, r.error_code) for r in reports] == [
         ("delivered", result.message_id, result.provider_message_id, None)
     ]
@@ -94,11 +78,7 @@ async def test_delivery_report_reaches_the_router_and_updates_status(
 async def test_report_arriving_before_send_returns_is_correlated(
     router: Router, fake: FakeInfobip
 ) -> None:
-    fake.receipts("delivered", before_answer=True)
-    result = await router.send(OTP)
-    assert fake.receipts_sent == [(result.provider_message_id, "delivered", 200)]
-    async with asyncio.timeout(5):
-        await reaches(router, result.message_id, "delivered")
+    await assert_early_receipt_correlated(router, fake, OTP)
 
 
 @pytest.mark.parametrize(
@@ -119,16 +99,8 @@ async def test_failed_report_carries_error_and_retryability(
     error_code: str,
     retryable: bool,
 ) -> None:
-    reports: list[DeliveryReport] = []
-    router.on_delivery_report(reports.append)
-    fake.receipts(outcome, error_code=code)
-    result = await router.send(OTP)
-    async with asyncio.timeout(5):
-        await fake.wait_receipts(1)
-    assert [(r.status, r.error_code, r.retryable) for r in reports] == [
-        (status, error_code, retryable)
-    ]
-    assert await state_of(router, result.message_id) == status
+    expected = (status, error_code, retryable)
+    await assert_failed_receipt_classified(router, fake, OTP, outcome, code, expected)
 
 
 # -- credentials -------------------------------------------------------------------------------
@@ -208,15 +180,13 @@ async def test_get_is_not_an_infobip_webhook(router: Router, hooks: Hooks) -> No
 
 
 async def test_without_credentials_configured_every_report_is_accepted(hooks: Hooks) -> None:
-    async with FakeInfobip() as fake:
-        fake.receipts("delivered")
-        async with Router(make_config(config_text(hooks, fake, credentials=False))) as router:
-            await hooks.serve(router)
-            result = await router.send(OTP)
-            async with asyncio.timeout(5):
-                await fake.wait_receipts(1)
-            assert fake.receipts_sent[0][2] == 200
-            assert await state_of(router, result.message_id) == "delivered"
+    async with (
+        FakeInfobip() as fake,
+        serving(hooks, make_config(config_text(hooks, fake, credentials=False))) as router,
+    ):
+        result, _ = await receipt_round_trip(router, fake, OTP)
+        assert fake.receipts_sent[0][2] == 200
+        assert await state_of(router, result.message_id) == "delivered"
 
 
 def test_config_wants_both_credentials_or_neither(hooks: Hooks) -> None:
@@ -240,24 +210,11 @@ rules:
 async def test_inbound_stop_opts_out_marketing_but_not_otp(
     router: Router, hooks: Hooks, fake: FakeInfobip
 ) -> None:
-    inbound: list[InboundMessage] = []
-    router.on_inbound(inbound.append)
-    status = await fake.send_inbound(
-        f"{hooks.url}/primary/inbound", sender=TO, recipient=NUMBER, text="stop"
+    inbound = await assert_stop_opts_out_marketing_not_otp(
+        router, fake, f"{hooks.url}/primary/inbound", sender=TO, recipient=NUMBER, text="stop"
     )
-    assert status == 200
     assert [(m.sender, m.recipient, m.keyword) for m in inbound] == [(TO, NUMBER, "STOP")]
     assert inbound[0].provider_message_id
-    assert router.is_opted_out(TO)
-    sent_before = fake.requests
-    refused = await router.send(PROMO)
-    assert (refused.status, refused.reason, refused.outcome) == (
-        "failed",
-        "opted_out",
-        Outcome.REJECTED,
-    )
-    assert fake.requests == sent_before  # no provider was called
-    assert (await router.send(OTP)).ok
 
 
 async def test_inbound_without_credentials_is_refused(

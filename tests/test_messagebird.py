@@ -13,17 +13,24 @@ parse FakeMessageBird's answers and errors into its own objects.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
-import aiohttp
 import pytest
 from conftest import make_config
-from multidict import CIMultiDict, CIMultiDictProxy
+from provider_support import (
+    adapter,
+    attempts,
+    failover_yaml,
+    fake_fixture,
+    http_headers,
+    outbound_sms,
+    route,
+    send_sms,
+)
 
-from smsroute import ConfigError, Message, Outcome, Router
+from smsroute import ConfigError, Message, Outcome
 from smsroute.config import ProviderConfig
-from smsroute.encoding import analyze
 from smsroute.providers.base import OutboundSMS, Reply
 from smsroute.providers.messagebird import MessageBirdProvider
 from smsroute.testing.messagebird import FakeMessageBird
@@ -31,58 +38,22 @@ from smsroute.testing.messagebird import FakeMessageBird
 TO = "+31612345678"
 SENDER = "Acme"
 CALLBACK = "https://hooks.example.com/messagebird/status"
+OTP = Message(to=TO, text="Code 123456", category="otp")
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeMessageBird]:
-    async with FakeMessageBird() as f:
-        yield f
-
-
-@pytest.fixture
-async def fake_b() -> AsyncIterator[FakeMessageBird]:
-    async with FakeMessageBird() as f:
-        yield f
+fake = fake_fixture(FakeMessageBird)
+fake_b = fake_fixture(FakeMessageBird)
 
 
 def provider_for(fake: FakeMessageBird, **options: Any) -> MessageBirdProvider:
-    opts: dict[str, Any] = {"access_key": fake.access_key}
-    opts.update(options)
-    return MessageBirdProvider(
-        ProviderConfig(
-            name="messagebird", type="messagebird", base_url=fake.url, sender=SENDER, options=opts
-        )
-    )
+    return adapter(MessageBirdProvider, fake, options, sender=SENDER)
 
 
-def outbound(
-    text: str = "Your code is 123456",
-    *,
-    to: str = TO,
-    sender: str | None = SENDER,
-    status_callback: str | None = None,
-) -> OutboundSMS:
-    info = analyze(text)
-    return OutboundSMS(
-        message_id="0123456789abcdef0123456789abcdef",
-        to=to,
-        country="NL",
-        text=text,
-        sender=sender,
-        encoding=info.encoding,
-        segments=info.segments,
-        category="otp",
-        status_callback=status_callback,
-    )
+outbound = partial(outbound_sms, to=TO, country="NL", sender=SENDER)
 
 
 async def send(provider: MessageBirdProvider, sms: OutboundSMS | None = None) -> Reply:
-    async with aiohttp.ClientSession() as session:
-        return await provider.send(sms or outbound(), session)
-
-
-def no_headers() -> CIMultiDictProxy[str]:
-    return CIMultiDictProxy(CIMultiDict())
+    return await send_sms(provider, sms or outbound())
 
 
 def bare_provider() -> MessageBirdProvider:
@@ -175,7 +146,7 @@ async def test_invalid_number_is_rejected(fake: FakeMessageBird) -> None:
 def test_invalid_parameter_other_than_the_originator_is_rejected() -> None:
     reply = bare_provider().parse_response(
         422,
-        no_headers(),
+        http_headers(),
         b'{"errors": [{"code": 10, "description": "datacoding is invalid", '
         b'"parameter": "datacoding"}]}',
     )
@@ -255,7 +226,7 @@ async def test_garbage_answer_is_transient_malformed(fake: FakeMessageBird) -> N
 
 def test_errors_in_a_2xx_answer_are_not_accepted() -> None:
     body = b'{"errors": [{"code": 99, "description": "Internal error", "parameter": null}]}'
-    reply = bare_provider().parse_response(200, no_headers(), body)
+    reply = bare_provider().parse_response(200, http_headers(), body)
     assert reply.outcome is Outcome.TRANSIENT
 
 
@@ -263,35 +234,15 @@ def test_errors_in_a_2xx_answer_are_not_accepted() -> None:
 
 
 def accounts(a: FakeMessageBird, b: FakeMessageBird) -> str:
-    def block(name: str, fake: FakeMessageBird) -> str:
-        return f"""
-  {name}:
-    type: messagebird
-    base_url: {fake.url}
-    access_key: "{fake.access_key}"
-    from: "{SENDER}"
-    timeout: 300ms"""
-
-    return f"""
-defaults:
-  default_region: NL
-providers:{block("primary", a)}{block("secondary", b)}
-rules:
-  - name: default
-    providers: [primary, secondary]
-"""
+    return failover_yaml(a, b, SENDER, default_region="NL")
 
 
 async def test_router_fails_over_to_the_second_account(
     fake: FakeMessageBird, fake_b: FakeMessageBird
 ) -> None:
     fake.fail(422, 25)
-    async with Router(make_config(accounts(fake, fake_b))) as router:
-        result = await router.send(Message(to=TO, text="Code 123456", category="otp"))
-    assert [(a.provider, a.outcome) for a in result.attempts] == [
-        ("primary", Outcome.AUTH),
-        ("secondary", Outcome.ACCEPTED),
-    ]
+    result = await route(accounts(fake, fake_b), OTP)
+    assert attempts(result) == [("primary", Outcome.AUTH), ("secondary", Outcome.ACCEPTED)]
     assert result.provider_message_id == fake_b.messages[0].provider_message_id
 
 
@@ -299,12 +250,8 @@ async def test_hanging_account_times_out_and_otp_fails_over(
     fake: FakeMessageBird, fake_b: FakeMessageBird
 ) -> None:
     fake.hang()
-    async with Router(make_config(accounts(fake, fake_b))) as router:
-        result = await router.send(Message(to=TO, text="Code 123456", category="otp"))
-    assert [(a.provider, a.outcome) for a in result.attempts] == [
-        ("primary", Outcome.TIMEOUT),
-        ("secondary", Outcome.ACCEPTED),
-    ]
+    result = await route(accounts(fake, fake_b), OTP)
+    assert attempts(result) == [("primary", Outcome.TIMEOUT), ("secondary", Outcome.ACCEPTED)]
 
 
 # -- the official SDK against FakeMessageBird --------------------------------------------------

@@ -9,7 +9,6 @@ specification (with PyJWT, which it uses itself) are accepted by the adapter.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator
@@ -18,10 +17,21 @@ from urllib.parse import urlencode
 
 import jwt
 import pytest
-from conftest import Hooks, call, make_config, reaches, state_of
+from conftest import Hooks, call, make_config, state_of
 from multidict import CIMultiDict, CIMultiDictProxy
+from provider_support import (
+    assert_early_receipt_correlated,
+    assert_failed_receipt_classified,
+    assert_stop_opts_out_marketing_not_otp,
+    delivered_round_trip,
+    fake_fixture,
+    otp_to,
+    provider_settings,
+    routing_yaml,
+    serving,
+)
 
-from smsroute import DeliveryReport, InboundMessage, Message, Outcome, Router
+from smsroute import Router
 from smsroute.config import ProviderConfig
 from smsroute.providers.base import WebhookRequest
 from smsroute.providers.messagebird import MessageBirdProvider
@@ -29,38 +39,21 @@ from smsroute.testing.messagebird import FakeMessageBird
 
 TO = "+31612345678"
 SENDER = "+15005550006"
-OTP = Message(to=TO, text="Your code is 123456", category="otp")
-PROMO = Message(to=TO, text="Sale!", category="marketing")
+OTP = otp_to(TO)
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeMessageBird]:
-    async with FakeMessageBird() as f:
-        yield f
+fake = fake_fixture(FakeMessageBird)
 
 
 def config_text(hooks: Hooks, fake: FakeMessageBird, *, key: bool = True) -> str:
-    key_line = f'\n    signing_key: "{fake.signing_key}"' if key else ""
-    return f"""
-defaults:
-  default_region: NL
-  webhook_url: {hooks.url}
-providers:
-  primary:
-    type: messagebird
-    base_url: {fake.url}
-    access_key: "{fake.access_key}"
-    from: "{SENDER}"{key_line}
-rules:
-  - name: default
-    providers: [primary]
-"""
+    key_line = [f'signing_key: "{fake.signing_key}"'] if key else []
+    settings = provider_settings(fake, SENDER, *key_line)
+    return routing_yaml({"primary": settings}, default_region="NL", webhook_url=hooks.url)
 
 
 @pytest.fixture
 async def router(hooks: Hooks, fake: FakeMessageBird) -> AsyncIterator[Router]:
-    async with Router(make_config(config_text(hooks, fake))) as r:
-        await hooks.serve(r)
+    async with serving(hooks, make_config(config_text(hooks, fake))) as r:
         yield r
 
 
@@ -88,14 +81,7 @@ def token(key: str, url: str, body: bytes = b"", **claims: Any) -> str:
 async def test_signed_status_report_reaches_the_router_and_updates_status(
     router: Router, fake: FakeMessageBird
 ) -> None:
-    reports: list[DeliveryReport] = []
-    router.on_delivery_report(reports.append)
-    fake.receipts("delivered")
-    result = await router.send(OTP)
-    async with asyncio.timeout(5):
-        await fake.wait_receipts(1)
-    assert fake.receipts_sent == [(result.provider_message_id, "delivered", 200)]
-    assert await state_of(router, result.message_id) == "delivered"
+    result, reports = await delivered_round_trip(router, fake, OTP)
     assert [(r.status, r.message_id, r.provider_message_id) for r in reports] == [
         ("delivered", result.message_id, result.provider_message_id)
     ]
@@ -104,24 +90,13 @@ async def test_signed_status_report_reaches_the_router_and_updates_status(
 async def test_report_arriving_before_send_returns_is_correlated(
     router: Router, fake: FakeMessageBird
 ) -> None:
-    fake.receipts("delivered", before_answer=True)
-    result = await router.send(OTP)
-    assert fake.receipts_sent == [(result.provider_message_id, "delivered", 200)]
-    async with asyncio.timeout(5):
-        await reaches(router, result.message_id, "delivered")
+    await assert_early_receipt_correlated(router, fake, OTP)
 
 
 async def test_failed_report_carries_reason_and_code(router: Router, fake: FakeMessageBird) -> None:
-    reports: list[DeliveryReport] = []
-    router.on_delivery_report(reports.append)
-    fake.receipts("undelivered")
-    result = await router.send(OTP)
-    async with asyncio.timeout(5):
-        await fake.wait_receipts(1)
-    assert [(r.status, r.error_code, r.retryable) for r in reports] == [
-        ("undelivered", "27", True)  # absent subscriber: another provider may reach it later
-    ]
-    assert await state_of(router, result.message_id) == "undelivered"
+    # 27, absent subscriber: another provider may reach it later.
+    expected = ("undelivered", "27", True)
+    await assert_failed_receipt_classified(router, fake, OTP, "undelivered", None, expected)
 
 
 # -- signatures --------------------------------------------------------------------------------
@@ -252,8 +227,7 @@ async def test_post_is_not_a_status_report(router: Router, hooks: Hooks) -> None
 async def test_without_a_signing_key_unsigned_reports_are_accepted(
     hooks: Hooks, fake: FakeMessageBird
 ) -> None:
-    async with Router(make_config(config_text(hooks, fake, key=False))) as router:
-        await hooks.serve(router)
+    async with serving(hooks, make_config(config_text(hooks, fake, key=False))) as router:
         result = await router.send(OTP)
         method, url, _, _ = fake.receipt_request(fake.messages[0], "delivered", None)
         assert await call(method, url, {}) == 200
@@ -266,23 +240,10 @@ async def test_without_a_signing_key_unsigned_reports_are_accepted(
 async def test_inbound_stop_opts_out_marketing_but_not_otp(
     router: Router, hooks: Hooks, fake: FakeMessageBird
 ) -> None:
-    inbound: list[InboundMessage] = []
-    router.on_inbound(inbound.append)
-    status = await fake.send_inbound(
-        f"{hooks.url}/primary/inbound", sender=TO, recipient=SENDER, text="Stop"
+    inbound = await assert_stop_opts_out_marketing_not_otp(
+        router, fake, f"{hooks.url}/primary/inbound", sender=TO, recipient=SENDER, text="Stop"
     )
-    assert status == 200
     assert [(m.sender, m.recipient, m.keyword) for m in inbound] == [(TO, SENDER, "STOP")]
-    assert router.is_opted_out(TO)
-    sent_before = fake.requests
-    refused = await router.send(PROMO)
-    assert (refused.status, refused.reason, refused.outcome) == (
-        "failed",
-        "opted_out",
-        Outcome.REJECTED,
-    )
-    assert fake.requests == sent_before  # no provider was called
-    assert (await router.send(OTP)).ok
 
 
 async def test_forged_inbound_stop_is_refused(

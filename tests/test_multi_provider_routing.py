@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from conftest import make_config
+from provider_support import attempts
 
 from smsroute import Config, ManualClock, Message, Outcome, Router, SendResult
 from smsroute.testing import FakeTelnyx, FakeTwilio, FakeVonage
@@ -80,10 +81,6 @@ async def fakes() -> AsyncIterator[tuple[FakeTwilio, FakeVonage, FakeTelnyx]]:
         yield twilio, vonage, telnyx
 
 
-def path(result: SendResult) -> list[tuple[str, Outcome]]:
-    return [(a.provider, a.outcome) for a in result.attempts]
-
-
 async def send_all(router: Router, country: str, n: int) -> list[SendResult]:
     results = await asyncio.gather(*(router.send(otp(country)) for _ in range(n)))
     assert all(r.ok for r in results), [r.reason for r in results if not r.ok]
@@ -107,13 +104,13 @@ async def test_each_adapter_failing_in_turn_every_message_is_accepted(
         # Twilio answers 503: Vonage takes the German messages.
         twilio.fail(503)
         for r in await send_all(router, "DE", 3):
-            assert path(r) == [("twilio", Outcome.TRANSIENT), ("vonage", Outcome.ACCEPTED)]
+            assert attempts(r) == [("twilio", Outcome.TRANSIENT), ("vonage", Outcome.ACCEPTED)]
         twilio.heal()
 
         # Vonage hangs: after the attempt's timeout, Telnyx takes the French ones.
         vonage.hang()
         for r in await send_all(router, "FR", 3):
-            assert path(r) == [("vonage", Outcome.TIMEOUT), ("telnyx", Outcome.ACCEPTED)]
+            assert attempts(r) == [("vonage", Outcome.TIMEOUT), ("telnyx", Outcome.ACCEPTED)]
         vonage.heal()
 
         # Telnyx throttles with Retry-After: 30 s: Twilio takes the American ones, and
@@ -134,7 +131,7 @@ async def test_each_adapter_failing_in_turn_every_message_is_accepted(
         vonage.drop()
         for r in [await router.send(otp("DE")) for _ in range(3)]:
             assert r.ok
-            assert path(r) == [
+            assert attempts(r) == [
                 ("twilio", Outcome.TRANSIENT),
                 ("vonage", Outcome.TRANSIENT),
                 ("telnyx", Outcome.ACCEPTED),

@@ -21,18 +21,26 @@ import base64
 import inspect
 import json
 import re
-from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import aiohttp
 import pytest
 from conftest import make_config
-from multidict import CIMultiDict, CIMultiDictProxy
+from provider_support import (
+    adapter,
+    attempts,
+    failover_yaml,
+    fake_fixture,
+    http_headers,
+    otp_to,
+    outbound_sms,
+    route,
+)
+from provider_support import send_sms as send
 
-from smsroute import ConfigError, ManualClock, Message, Outcome, Router
+from smsroute import ConfigError, ManualClock, Outcome
 from smsroute.config import ProviderConfig
-from smsroute.encoding import analyze
-from smsroute.providers.base import OutboundSMS, Reply
 from smsroute.providers.plivo import PlivoProvider
 from smsroute.testing.plivo import FakePlivo
 
@@ -42,50 +50,15 @@ CALLBACK = "https://hooks.example.com/plivo/status"
 POWERPACK = "d35f2e82-d387-427f-8f2c-0b6b7e4fd4e3"
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakePlivo]:
-    async with FakePlivo(powerpack_uuids={POWERPACK}) as f:
-        yield f
-
-
-@pytest.fixture
-async def fake_b() -> AsyncIterator[FakePlivo]:
-    async with FakePlivo() as f:
-        yield f
+fake = fake_fixture(lambda: FakePlivo(powerpack_uuids={POWERPACK}))
+fake_b = fake_fixture(FakePlivo)
 
 
 def provider_for(fake: FakePlivo, *, sender: str | None = SENDER, **options: Any) -> PlivoProvider:
-    opts: dict[str, Any] = {"auth_id": fake.auth_id, "auth_token": fake.auth_token}
-    opts.update(options)
-    return PlivoProvider(
-        ProviderConfig(name="plivo", type="plivo", base_url=fake.url, sender=sender, options=opts)
-    )
+    return adapter(PlivoProvider, fake, options, sender=sender)
 
 
-def outbound(
-    text: str = "Your code is 123456",
-    *,
-    to: str = TO,
-    sender: str | None = SENDER,
-    status_callback: str | None = None,
-) -> OutboundSMS:
-    info = analyze(text)
-    return OutboundSMS(
-        message_id="0123456789abcdef0123456789abcdef",
-        to=to,
-        country="DE",
-        text=text,
-        sender=sender,
-        encoding=info.encoding,
-        segments=info.segments,
-        category="otp",
-        status_callback=status_callback,
-    )
-
-
-async def send(provider: PlivoProvider, sms: OutboundSMS) -> Reply:
-    async with aiohttp.ClientSession() as session:
-        return await provider.send(sms, session)
+outbound = partial(outbound_sms, to=TO, country="DE", sender=SENDER)
 
 
 def offline_provider() -> PlivoProvider:
@@ -94,10 +67,6 @@ def offline_provider() -> PlivoProvider:
             name="plivo", type="plivo", options={"auth_id": "MA" + "A" * 18, "auth_token": "t"}
         )
     )
-
-
-def headers(**values: str) -> CIMultiDictProxy[str]:
-    return CIMultiDictProxy(CIMultiDict(values))
 
 
 # -- accepted -----------------------------------------------------------------------------
@@ -233,19 +202,19 @@ async def test_garbage_answer_is_a_transient_malformed_reply(fake: FakePlivo) ->
 
 def test_success_without_a_message_uuid_is_malformed() -> None:
     body = b'{"api_id": "x", "message": "message(s) queued", "message_uuid": []}'
-    reply = offline_provider().parse_response(202, headers(), body)
+    reply = offline_provider().parse_response(202, http_headers(), body)
     assert reply.outcome is Outcome.TRANSIENT
 
 
 def test_destination_listed_as_invalid_number_is_rejected() -> None:
     # Bulk sends answer 202 and list refused destinations (plivo-node pull request 215).
     body = b'{"api_id": "x", "message": "message(s) queued", "message_uuid": [], "invalid_number": ["4900000000"]}'
-    reply = offline_provider().parse_response(202, headers(), body)
+    reply = offline_provider().parse_response(202, http_headers(), body)
     assert reply.outcome is Outcome.REJECTED
 
 
 def test_html_502_from_an_edge_is_transient() -> None:
-    reply = offline_provider().parse_response(502, headers(), b"<html>Bad Gateway</html>")
+    reply = offline_provider().parse_response(502, http_headers(), b"<html>Bad Gateway</html>")
     assert (reply.outcome, reply.detail) == (
         Outcome.TRANSIENT,
         "Plivo HTTP 502 (no JSON error body)",
@@ -256,57 +225,32 @@ def test_html_502_from_an_edge_is_transient() -> None:
 
 
 def two_accounts(a: FakePlivo, b: FakePlivo) -> str:
-    def block(name: str, fake: FakePlivo) -> str:
-        return (
-            f"  {name}:\n"
-            "    type: plivo\n"
-            f"    base_url: {fake.url}\n"
-            f"    auth_id: {fake.auth_id}\n"
-            f'    auth_token: "{fake.auth_token}"\n'
-            f'    from: "{SENDER}"\n'
-            "    timeout: 300ms\n"
-        )
-
-    return (
-        "providers:\n"
-        + block("plivo-a", a)
-        + block("plivo-b", b)
-        + "rules:\n  - name: default\n    providers: [plivo-a, plivo-b]\n"
-    )
+    return failover_yaml(a, b, SENDER, names=("plivo-a", "plivo-b"))
 
 
-OTP = Message(to=TO, text="Your code is 123456", category="otp")
+OTP = otp_to(TO)
 
 
 async def test_router_fails_over_from_a_failing_plivo_account_to_another(
     fake: FakePlivo, fake_b: FakePlivo
 ) -> None:
     fake.fail(500)
-    async with Router(make_config(two_accounts(fake, fake_b)), clock=ManualClock()) as router:
-        result = await router.send(OTP)
-    assert [(a.provider, a.outcome) for a in result.attempts] == [
-        ("plivo-a", Outcome.TRANSIENT),
-        ("plivo-b", Outcome.ACCEPTED),
-    ]
+    result = await route(two_accounts(fake, fake_b), OTP, clock=ManualClock())
+    assert attempts(result) == [("plivo-a", Outcome.TRANSIENT), ("plivo-b", Outcome.ACCEPTED)]
     assert result.provider_message_id == fake_b.messages[0].provider_message_id
 
 
 async def test_router_stops_at_an_invalid_number(fake: FakePlivo, fake_b: FakePlivo) -> None:
     fake.fail(400, "'4915123456789' is not a valid phone number.")
-    async with Router(make_config(two_accounts(fake, fake_b)), clock=ManualClock()) as router:
-        result = await router.send(OTP)
-    assert [(a.provider, a.outcome) for a in result.attempts] == [("plivo-a", Outcome.REJECTED)]
+    result = await route(two_accounts(fake, fake_b), OTP, clock=ManualClock())
+    assert attempts(result) == [("plivo-a", Outcome.REJECTED)]
     assert fake_b.requests == 0
 
 
 async def test_hang_is_a_timeout_and_an_otp_fails_over(fake: FakePlivo, fake_b: FakePlivo) -> None:
     fake.hang()
-    async with Router(make_config(two_accounts(fake, fake_b)), clock=ManualClock()) as router:
-        result = await router.send(OTP)
-    assert [(a.provider, a.outcome) for a in result.attempts] == [
-        ("plivo-a", Outcome.TIMEOUT),
-        ("plivo-b", Outcome.ACCEPTED),
-    ]
+    result = await route(two_accounts(fake, fake_b), OTP, clock=ManualClock())
+    assert attempts(result) == [("plivo-a", Outcome.TIMEOUT), ("plivo-b", Outcome.ACCEPTED)]
 
 
 def test_config_rejects_an_auth_id_that_is_not_plivos() -> None:

@@ -12,53 +12,45 @@ nonce replayed with another body is refused instead.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlencode
 
 import pytest
 from conftest import Hooks, call, make_config, state_of
+from provider_support import (
+    assert_failed_receipt_classified,
+    assert_stop_opts_out_marketing_not_otp,
+    delivered_round_trip,
+    fake_fixture,
+    otp_to,
+    provider_settings,
+    routing_yaml,
+    serving,
+)
 
-from smsroute import DeliveryReport, InboundMessage, Message, Outcome, Router
+from smsroute import DeliveryReport, Router
 from smsroute.config import Config
 from smsroute.providers.plivo import signature_v2, signature_v3
 from smsroute.testing import FakePlivo
 
-OTP = Message(to="+4915123456789", text="Your code is 123456", category="otp")
-PROMO = Message(to="+4915123456789", text="Sale!", category="marketing")
 HANDSET = "+4915123456789"
+OTP = otp_to(HANDSET)
 OUR_NUMBER = "+14155550100"
 NONCE = "05429567804466091622"
 
 
 def config(hooks: Hooks, fake: FakePlivo) -> Config:
-    return make_config(f"""
-defaults:
-  webhook_url: {hooks.url}
-providers:
-  plivo:
-    type: plivo
-    base_url: {fake.url}
-    auth_id: {fake.auth_id}
-    auth_token: "{fake.auth_token}"
-    from: "{OUR_NUMBER}"
-rules:
-  - name: default
-    providers: [plivo]
-""")
+    settings = provider_settings(fake, OUR_NUMBER)
+    return make_config(routing_yaml({"plivo": settings}, webhook_url=hooks.url))
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakePlivo]:
-    async with FakePlivo() as f:
-        yield f
+fake = fake_fixture(FakePlivo)
 
 
 @pytest.fixture
 async def router(hooks: Hooks, fake: FakePlivo) -> AsyncIterator[Router]:
-    async with Router(config(hooks, fake)) as r:
-        await hooks.serve(r)
+    async with serving(hooks, config(hooks, fake)) as r:
         yield r
 
 
@@ -107,17 +99,9 @@ async def test_signed_callback_from_the_fake_updates_status(
 ) -> None:
     async with (
         FakePlivo(signature_versions=versions) as fake,
-        Router(config(hooks, fake)) as router,
+        serving(hooks, config(hooks, fake)) as router,
     ):
-        await hooks.serve(router)
-        reports: list[DeliveryReport] = []
-        router.on_delivery_report(reports.append)
-        fake.receipts("delivered")
-        result = await router.send(OTP)
-        async with asyncio.timeout(5):
-            await fake.wait_receipts(1)
-        assert fake.receipts_sent == [(result.provider_message_id, "delivered", 200)]
-        assert await state_of(router, result.message_id) == "delivered"
+        result, reports = await delivered_round_trip(router, fake, OTP)
         assert [(r.message_id, r.provider_message_id) for r in reports] == [
             (result.message_id, result.provider_message_id)
         ]
@@ -135,14 +119,8 @@ async def test_signed_callback_from_the_fake_updates_status(
 async def test_failed_callbacks_are_classified(
     router: Router, fake: FakePlivo, outcome: str, code: str, status: str, retryable: bool
 ) -> None:
-    reports: list[DeliveryReport] = []
-    router.on_delivery_report(reports.append)
-    fake.receipts(outcome, error_code=code)
-    result = await router.send(OTP)
-    async with asyncio.timeout(5):
-        await fake.wait_receipts(1)
-    assert [(r.status, r.error_code, r.retryable) for r in reports] == [(status, code, retryable)]
-    assert await state_of(router, result.message_id) == status
+    expected = (status, code, retryable)
+    await assert_failed_receipt_classified(router, fake, OTP, outcome, code, expected)
 
 
 async def test_get_callback_is_verified_and_read(router: Router, fake: FakePlivo) -> None:
@@ -321,28 +299,20 @@ async def test_inbound_stop_opts_out_marketing_but_not_otp(
 ) -> None:
     async with (
         FakePlivo(signature_versions=versions) as fake,
-        Router(config(hooks, fake)) as router,
+        serving(hooks, config(hooks, fake)) as router,
     ):
-        await hooks.serve(router)
-        inbound: list[InboundMessage] = []
-        router.on_inbound(inbound.append)
-        status = await fake.send_inbound(
-            f"{hooks.url}/plivo/inbound", sender=HANDSET, recipient=OUR_NUMBER, text="Stop"
+        inbound = await assert_stop_opts_out_marketing_not_otp(
+            router,
+            fake,
+            f"{hooks.url}/plivo/inbound",
+            sender=HANDSET,
+            recipient=OUR_NUMBER,
+            text="Stop",
+            opted_out="+49 151 23456789",
         )
-        assert status == 200
         assert [(m.sender, m.recipient, m.keyword) for m in inbound] == [
             (HANDSET, OUR_NUMBER, "STOP")
         ]
-        assert router.is_opted_out("+49 151 23456789")
-        sent_before = fake.requests
-        refused = await router.send(PROMO)
-        assert (refused.status, refused.reason, refused.outcome) == (
-            "failed",
-            "opted_out",
-            Outcome.REJECTED,
-        )
-        assert fake.requests == sent_before  # no provider was called
-        assert (await router.send(OTP)).ok
 
 
 async def test_inbound_answer_is_empty_plivo_xml(

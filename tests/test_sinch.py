@@ -13,17 +13,24 @@ models.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
-import aiohttp
 import pytest
 from conftest import make_config
-from multidict import CIMultiDict, CIMultiDictProxy
+from provider_support import (
+    adapter,
+    attempts,
+    failover_yaml,
+    fake_fixture,
+    http_headers,
+    outbound_sms,
+    route,
+    send_sms,
+)
 
-from smsroute import ConfigError, Message, Outcome, Router
+from smsroute import ConfigError, Message, Outcome
 from smsroute.config import ProviderConfig
-from smsroute.encoding import analyze
 from smsroute.providers.base import OutboundSMS, Reply
 from smsroute.providers.sinch import SinchProvider
 from smsroute.testing.sinch import FakeSinch
@@ -31,56 +38,28 @@ from smsroute.testing.sinch import FakeSinch
 TO = "+14155550100"
 SENDER = "+15005550006"
 CALLBACK = "https://hooks.example.com/sinch/status"
+OTP = Message(to=TO, text="Code 123456", category="otp")
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeSinch]:
-    async with FakeSinch() as f:
-        yield f
-
-
-@pytest.fixture
-async def fake_b() -> AsyncIterator[FakeSinch]:
-    async with FakeSinch() as f:
-        yield f
+fake = fake_fixture(FakeSinch)
+fake_b = fake_fixture(FakeSinch)
 
 
 def provider_for(fake: FakeSinch, **options: Any) -> SinchProvider:
-    opts: dict[str, Any] = {"service_plan_id": fake.service_plan_id, "api_token": fake.api_token}
-    opts.update(options)
-    return SinchProvider(
-        ProviderConfig(name="sinch", type="sinch", base_url=fake.url, sender=SENDER, options=opts)
-    )
+    return adapter(SinchProvider, fake, options, sender=SENDER)
 
 
-def outbound(
-    text: str = "Your code is 123456",
-    *,
-    to: str = TO,
-    sender: str | None = SENDER,
-    status_callback: str | None = None,
-) -> OutboundSMS:
-    info = analyze(text)
-    return OutboundSMS(
-        message_id="0123456789abcdef0123456789abcdef",
-        to=to,
-        country="US",
-        text=text,
-        sender=sender,
-        encoding=info.encoding,
-        segments=info.segments,
-        category="otp",
-        status_callback=status_callback,
-    )
+outbound = partial(outbound_sms, to=TO, country="US", sender=SENDER)
 
 
 async def send(provider: SinchProvider, sms: OutboundSMS | None = None) -> Reply:
-    async with aiohttp.ClientSession() as session:
-        return await provider.send(sms or outbound(), session)
+    return await send_sms(provider, sms or outbound())
 
 
-def no_headers() -> CIMultiDictProxy[str]:
-    return CIMultiDictProxy(CIMultiDict())
+def offline_provider() -> SinchProvider:
+    return SinchProvider(
+        ProviderConfig(name="s", type="sinch", options={"service_plan_id": "p", "api_token": "t"})
+    )
 
 
 # -- accepted ------------------------------------------------------------------------------
@@ -261,18 +240,12 @@ async def test_garbage_answer_is_transient_malformed(fake: FakeSinch) -> None:
 
 
 def test_success_without_a_batch_id_is_malformed() -> None:
-    provider = SinchProvider(
-        ProviderConfig(name="s", type="sinch", options={"service_plan_id": "p", "api_token": "t"})
-    )
-    reply = provider.parse_response(201, no_headers(), b'{"type": "mt_text"}')
+    reply = offline_provider().parse_response(201, http_headers(), b'{"type": "mt_text"}')
     assert reply.outcome is Outcome.TRANSIENT
 
 
 def test_unsupported_media_type_is_transient_not_rejected() -> None:
-    provider = SinchProvider(
-        ProviderConfig(name="s", type="sinch", options={"service_plan_id": "p", "api_token": "t"})
-    )
-    reply = provider.parse_response(415, no_headers(), b"")
+    reply = offline_provider().parse_response(415, http_headers(), b"")
     assert reply.outcome is Outcome.TRANSIENT
 
 
@@ -280,36 +253,15 @@ def test_unsupported_media_type_is_transient_not_rejected() -> None:
 
 
 def two_plans(a: FakeSinch, b: FakeSinch) -> str:
-    def block(name: str, fake: FakeSinch) -> str:
-        return f"""
-  {name}:
-    type: sinch
-    base_url: {fake.url}
-    service_plan_id: "{fake.service_plan_id}"
-    api_token: "{fake.api_token}"
-    from: "{SENDER}"
-    timeout: 300ms"""
-
-    return f"""
-defaults:
-  default_region: US
-providers:{block("primary", a)}{block("secondary", b)}
-rules:
-  - name: default
-    providers: [primary, secondary]
-"""
+    return failover_yaml(a, b, SENDER, default_region="US")
 
 
 async def test_router_fails_over_to_the_second_service_plan(
     fake: FakeSinch, fake_b: FakeSinch
 ) -> None:
     fake.fail(503)
-    async with Router(make_config(two_plans(fake, fake_b))) as router:
-        result = await router.send(Message(to=TO, text="Code 123456", category="otp"))
-    assert [(a.provider, a.outcome) for a in result.attempts] == [
-        ("primary", Outcome.TRANSIENT),
-        ("secondary", Outcome.ACCEPTED),
-    ]
+    result = await route(two_plans(fake, fake_b), OTP)
+    assert attempts(result) == [("primary", Outcome.TRANSIENT), ("secondary", Outcome.ACCEPTED)]
     assert result.provider_message_id == fake_b.messages[0].provider_message_id
 
 
@@ -317,12 +269,8 @@ async def test_hanging_service_plan_times_out_and_otp_fails_over(
     fake: FakeSinch, fake_b: FakeSinch
 ) -> None:
     fake.hang()
-    async with Router(make_config(two_plans(fake, fake_b))) as router:
-        result = await router.send(Message(to=TO, text="Code 123456", category="otp"))
-    assert [(a.provider, a.outcome) for a in result.attempts] == [
-        ("primary", Outcome.TIMEOUT),
-        ("secondary", Outcome.ACCEPTED),
-    ]
+    result = await route(two_plans(fake, fake_b), OTP)
+    assert attempts(result) == [("primary", Outcome.TIMEOUT), ("secondary", Outcome.ACCEPTED)]
 
 
 def test_config_refuses_an_unknown_region(fake: FakeSinch) -> None:

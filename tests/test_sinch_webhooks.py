@@ -9,17 +9,28 @@ reads FakeSinch's payloads into its own models.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
-from conftest import Hooks, call, make_config, reaches, state_of
+from conftest import Hooks, call, make_config, state_of
 from multidict import CIMultiDict, CIMultiDictProxy
+from provider_support import (
+    assert_early_receipt_correlated,
+    assert_failed_receipt_classified,
+    assert_stop_opts_out_marketing_not_otp,
+    delivered_round_trip,
+    fake_fixture,
+    otp_to,
+    provider_settings,
+    receipt_round_trip,
+    routing_yaml,
+    serving,
+)
 
-from smsroute import DeliveryReport, InboundMessage, Message, Outcome, Router
+from smsroute import Router
 from smsroute.config import ProviderConfig
 from smsroute.providers.base import WebhookRequest
 from smsroute.providers.sinch import SinchProvider
@@ -27,38 +38,23 @@ from smsroute.testing.sinch import FakeSinch
 
 TO = "+4915123456789"
 SENDER = "+15005550006"
-OTP = Message(to=TO, text="Your code is 123456", category="otp")
-PROMO = Message(to=TO, text="Sale!", category="marketing")
+OTP = otp_to(TO)
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeSinch]:
-    async with FakeSinch() as f:
-        yield f
+fake = fake_fixture(FakeSinch)
 
 
-def config_text(hooks: Hooks, fake: FakeSinch, *, secret: bool = True, extra: str = "") -> str:
-    secret_line = f'\n    webhook_secret: "{fake.webhook_secret}"' if secret else ""
-    return f"""
-defaults:
-  webhook_url: {hooks.url}
-providers:
-  primary:
-    type: sinch
-    base_url: {fake.url}
-    service_plan_id: "{fake.service_plan_id}"
-    api_token: "{fake.api_token}"
-    from: "{SENDER}"{secret_line}{extra}
-rules:
-  - name: default
-    providers: [primary]
-"""
+def config_text(
+    hooks: Hooks, fake: FakeSinch, *, secret: bool = True, extra: Sequence[str] = ()
+) -> str:
+    secret_line = [f'webhook_secret: "{fake.webhook_secret}"'] if secret else []
+    settings = provider_settings(fake, SENDER, *secret_line, *extra)
+    return routing_yaml({"primary": settings}, webhook_url=hooks.url)
 
 
 @pytest.fixture
 async def router(hooks: Hooks, fake: FakeSinch) -> AsyncIterator[Router]:
-    async with Router(make_config(config_text(hooks, fake))) as r:
-        await hooks.serve(r)
+    async with serving(hooks, make_config(config_text(hooks, fake))) as r:
         yield r
 
 
@@ -74,14 +70,7 @@ def resigned(fake: FakeSinch, headers: dict[str, str], body: bytes) -> dict[str,
 async def test_signed_receipt_reaches_the_router_and_updates_status(
     router: Router, fake: FakeSinch
 ) -> None:
-    reports: list[DeliveryReport] = []
-    router.on_delivery_report(reports.append)
-    fake.receipts("delivered")
-    result = await router.send(OTP)
-    async with asyncio.timeout(5):
-        await fake.wait_receipts(1)
-    assert fake.receipts_sent == [(result.provider_message_id, "delivered", 200)]
-    assert await state_of(router, result.message_id) == "delivered"
+    result, reports = await delivered_round_trip(router, fake, OTP)
     assert [(r.status, r.message_id, r.provider_message_id) for r in reports] == [
         ("delivered", result.message_id, result.provider_message_id)
     ]
@@ -91,34 +80,22 @@ async def test_signed_receipt_reaches_the_router_and_updates_status(
 async def test_receipt_arriving_before_send_returns_is_correlated(
     router: Router, fake: FakeSinch
 ) -> None:
-    fake.receipts("delivered", before_answer=True)
-    result = await router.send(OTP)
-    assert fake.receipts_sent == [(result.provider_message_id, "delivered", 200)]
-    async with asyncio.timeout(5):
-        await reaches(router, result.message_id, "delivered")
+    await assert_early_receipt_correlated(router, fake, OTP)
 
 
 async def test_aborted_receipt_carries_its_code_and_retryability(
     router: Router, fake: FakeSinch
 ) -> None:
-    reports: list[DeliveryReport] = []
-    router.on_delivery_report(reports.append)
-    fake.receipts("failed", error_code=404)  # temporary delivery failure: Aborted
-    result = await router.send(OTP)
-    async with asyncio.timeout(5):
-        await fake.wait_receipts(1)
-    assert [(r.status, r.error_code, r.retryable) for r in reports] == [("failed", "404", True)]
-    assert await state_of(router, result.message_id) == "failed"
+    # 404, a temporary delivery failure: Aborted
+    await assert_failed_receipt_classified(
+        router, fake, OTP, "failed", 404, ("failed", "404", True)
+    )
 
 
 async def test_summary_report_is_understood(hooks: Hooks, fake: FakeSinch) -> None:
-    cfg = make_config(config_text(hooks, fake, extra="\n    delivery_report: summary"))
-    fake.receipts("delivered")
-    async with Router(cfg) as router:
-        await hooks.serve(router)
-        result = await router.send(OTP)
-        async with asyncio.timeout(5):
-            await fake.wait_receipts(1)
+    cfg = make_config(config_text(hooks, fake, extra=["delivery_report: summary"]))
+    async with serving(hooks, cfg) as router:
+        result, _ = await receipt_round_trip(router, fake, OTP)
         assert fake.messages[0].fields["delivery_report"] == "summary"
         assert await state_of(router, result.message_id) == "delivered"
 
@@ -219,15 +196,13 @@ async def test_get_is_not_a_sinch_callback(router: Router, hooks: Hooks) -> None
 
 
 async def test_without_a_secret_unsigned_callbacks_are_accepted(hooks: Hooks) -> None:
-    async with FakeSinch(sign_callbacks=False) as fake:
-        fake.receipts("delivered")
-        async with Router(make_config(config_text(hooks, fake, secret=False))) as router:
-            await hooks.serve(router)
-            result = await router.send(OTP)
-            async with asyncio.timeout(5):
-                await fake.wait_receipts(1)
-            assert fake.receipts_sent[0][2] == 200
-            assert await state_of(router, result.message_id) == "delivered"
+    async with (
+        FakeSinch(sign_callbacks=False) as fake,
+        serving(hooks, make_config(config_text(hooks, fake, secret=False))) as router,
+    ):
+        result, _ = await receipt_round_trip(router, fake, OTP)
+        assert fake.receipts_sent[0][2] == 200
+        assert await state_of(router, result.message_id) == "delivered"
 
 
 # -- inbound and opt-outs -------------------------------------------------------------------------
@@ -236,24 +211,11 @@ async def test_without_a_secret_unsigned_callbacks_are_accepted(hooks: Hooks) ->
 async def test_inbound_stop_opts_out_marketing_but_not_otp(
     router: Router, hooks: Hooks, fake: FakeSinch
 ) -> None:
-    inbound: list[InboundMessage] = []
-    router.on_inbound(inbound.append)
-    status = await fake.send_inbound(
-        f"{hooks.url}/primary/inbound", sender=TO, recipient=SENDER, text="STOP"
+    inbound = await assert_stop_opts_out_marketing_not_otp(
+        router, fake, f"{hooks.url}/primary/inbound", sender=TO, recipient=SENDER, text="STOP"
     )
-    assert status == 200
     assert [(m.sender, m.recipient, m.keyword) for m in inbound] == [(TO, SENDER, "STOP")]
     assert inbound[0].provider_message_id
-    assert router.is_opted_out(TO)
-    sent_before = fake.requests
-    refused = await router.send(PROMO)
-    assert (refused.status, refused.reason, refused.outcome) == (
-        "failed",
-        "opted_out",
-        Outcome.REJECTED,
-    )
-    assert fake.requests == sent_before  # no provider was called
-    assert (await router.send(OTP)).ok
 
 
 async def test_forged_inbound_stop_is_refused(

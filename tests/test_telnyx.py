@@ -11,15 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import aiohttp
 import pytest
 from conftest import make_config
-from multidict import CIMultiDict, CIMultiDictProxy
+from provider_support import (
+    adapter,
+    attempts,
+    failover_yaml,
+    fake_fixture,
+    http_headers,
+    otp_to,
+    outbound_sms,
+    provider_settings,
+    route,
+    routing_yaml,
+    send_sms,
+)
 
-from smsroute import ConfigError, Message, Outcome, Router
+from smsroute import ConfigError, Outcome
 from smsroute.config import ProviderConfig
 from smsroute.providers.base import OutboundSMS, Reply
 from smsroute.providers.telnyx import TelnyxProvider
@@ -30,55 +42,21 @@ TO = "+12025550123"
 CALLBACK = "https://hooks.example.com/telnyx/status"
 
 
-@pytest.fixture
-async def telnyx_a() -> AsyncIterator[FakeTelnyx]:
-    async with FakeTelnyx() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def telnyx_b() -> AsyncIterator[FakeTelnyx]:
-    async with FakeTelnyx() as fake:
-        yield fake
+telnyx_a = fake_fixture(FakeTelnyx)
+telnyx_b = fake_fixture(FakeTelnyx)
 
 
 def provider_for(
     fake: FakeTelnyx, *, sender: str | None = SENDER, **options: Any
 ) -> TelnyxProvider:
-    return TelnyxProvider(
-        ProviderConfig(
-            name="telnyx-main",
-            type="telnyx",
-            base_url=fake.url,
-            sender=sender,
-            options={"api_key": fake.api_key, **options},
-        )
-    )
+    return adapter(TelnyxProvider, fake, options, sender=sender, name="telnyx-main")
 
 
-def outbound(
-    *, to: str = TO, sender: str | None = SENDER, status_callback: str | None = None
-) -> OutboundSMS:
-    return OutboundSMS(
-        message_id="msg-1",
-        to=to,
-        country="US",
-        text="Your code is 123456",
-        sender=sender,
-        encoding="GSM-7",
-        segments=1,
-        category="otp",
-        status_callback=status_callback,
-    )
+outbound = partial(outbound_sms, to=TO, country="US", sender=SENDER, message_id="msg-1")
 
 
 async def send(provider: TelnyxProvider, sms: OutboundSMS | None = None) -> Reply:
-    async with aiohttp.ClientSession() as session:
-        return await provider.send(sms or outbound(), session)
-
-
-def no_headers() -> CIMultiDictProxy[str]:
-    return CIMultiDictProxy(CIMultiDict())
+    return await send_sms(provider, sms or outbound())
 
 
 # -- accepted ----------------------------------------------------------------------------
@@ -234,7 +212,7 @@ async def test_garbage_reply_is_transient_malformed(telnyx_a: FakeTelnyx) -> Non
 
 def test_success_without_an_id_is_malformed() -> None:
     provider = TelnyxProvider(ProviderConfig(name="t", type="telnyx", options={"api_key": "k"}))
-    reply = provider.parse_response(200, no_headers(), b'{"data": {"record_type": "message"}}')
+    reply = provider.parse_response(200, http_headers(), b'{"data": {"record_type": "message"}}')
     assert reply.outcome is Outcome.TRANSIENT
     assert reply.detail == "malformed reply: success without a message id"
 
@@ -248,7 +226,7 @@ def test_a_200_whose_recipient_already_failed_is_not_accepted() -> None:
             "errors": [{"code": "40012", "title": "Invalid destination number"}],
         }
     }
-    reply = provider.parse_response(200, no_headers(), json.dumps(body).encode())
+    reply = provider.parse_response(200, http_headers(), json.dumps(body).encode())
     assert (reply.outcome, reply.error_code) == (Outcome.REJECTED, "40012")
     assert reply.provider_message_id == "40318d5c-0000-4000-8000-000000000001"
 
@@ -267,70 +245,37 @@ async def test_hanging_telnyx_times_out(telnyx_a: FakeTelnyx) -> None:
 # -- through the router -------------------------------------------------------------------
 
 
-def telnyx_block(name: str, fake: FakeTelnyx, **extra: object) -> str:
-    lines = [
-        f"  {name}:",
-        "    type: telnyx",
-        f"    base_url: {fake.url}",
-        f"    api_key: {fake.api_key}",
-        f'    from: "{SENDER}"',
-        "    timeout: 300ms",
-    ]
-    lines += [f"    {k}: {v}" for k, v in extra.items()]
-    return "\n".join(lines)
-
-
 def two_telnyx_config(a: FakeTelnyx, b: FakeTelnyx) -> str:
-    return f"""
-defaults:
-  default_region: US
-providers:
-{telnyx_block("primary", a)}
-{telnyx_block("secondary", b)}
-rules:
-  - name: default
-    providers: [primary, secondary]
-"""
+    return failover_yaml(a, b, SENDER, default_region="US")
 
 
-OTP = Message(to="+4915123456789", text="Your code is 123456", category="otp")
+OTP = otp_to("+4915123456789")
 
 
 async def test_router_fails_over_from_a_failing_telnyx_to_the_second(
     telnyx_a: FakeTelnyx, telnyx_b: FakeTelnyx
 ) -> None:
     telnyx_a.fail(503)
-    async with Router(make_config(two_telnyx_config(telnyx_a, telnyx_b))) as router:
-        result = await router.send(OTP)
+    result = await route(two_telnyx_config(telnyx_a, telnyx_b), OTP)
     assert result.ok
     assert result.provider == "secondary"
-    assert [(a.provider, a.outcome) for a in result.attempts] == [
-        ("primary", Outcome.TRANSIENT),
-        ("secondary", Outcome.ACCEPTED),
-    ]
+    assert attempts(result) == [("primary", Outcome.TRANSIENT), ("secondary", Outcome.ACCEPTED)]
     assert result.provider_message_id == telnyx_b.messages[0].provider_message_id
 
 
 async def test_router_fails_over_when_telnyx_cannot_reach_the_country(telnyx_b: FakeTelnyx) -> None:
-    async with (
-        FakeTelnyx(unroutable_countries={"DE"}) as a,
-        Router(make_config(two_telnyx_config(a, telnyx_b))) as router,
-    ):
-        result = await router.send(OTP)
-    assert [(x.provider, x.outcome) for x in result.attempts] == [
-        ("primary", Outcome.UNROUTABLE),
-        ("secondary", Outcome.ACCEPTED),
-    ]
+    async with FakeTelnyx(unroutable_countries={"DE"}) as a:
+        result = await route(two_telnyx_config(a, telnyx_b), OTP)
+    assert attempts(result) == [("primary", Outcome.UNROUTABLE), ("secondary", Outcome.ACCEPTED)]
 
 
 async def test_router_stops_on_an_opted_out_recipient(
     telnyx_a: FakeTelnyx, telnyx_b: FakeTelnyx
 ) -> None:
     telnyx_a.opted_out.add(OTP.to)
-    async with Router(make_config(two_telnyx_config(telnyx_a, telnyx_b))) as router:
-        result = await router.send(OTP)
+    result = await route(two_telnyx_config(telnyx_a, telnyx_b), OTP)
     assert result.status == "failed"
-    assert [(x.provider, x.outcome) for x in result.attempts] == [("primary", Outcome.REJECTED)]
+    assert attempts(result) == [("primary", Outcome.REJECTED)]
     assert telnyx_b.requests == 0
 
 
@@ -338,26 +283,14 @@ async def test_router_times_out_a_hanging_telnyx_and_fails_over_an_otp(
     telnyx_a: FakeTelnyx, telnyx_b: FakeTelnyx
 ) -> None:
     telnyx_a.hang()
-    async with Router(make_config(two_telnyx_config(telnyx_a, telnyx_b))) as router:
-        result = await router.send(OTP)
-    assert [(x.provider, x.outcome) for x in result.attempts] == [
-        ("primary", Outcome.TIMEOUT),
-        ("secondary", Outcome.ACCEPTED),
-    ]
+    result = await route(two_telnyx_config(telnyx_a, telnyx_b), OTP)
+    assert attempts(result) == [("primary", Outcome.TIMEOUT), ("secondary", Outcome.ACCEPTED)]
 
 
 async def test_router_sends_the_status_callback_as_webhook_url(telnyx_a: FakeTelnyx) -> None:
-    config = f"""
-defaults:
-  webhook_url: https://hooks.example.com/smsroute
-providers:
-{telnyx_block("telnyx", telnyx_a)}
-rules:
-  - name: default
-    providers: [telnyx]
-"""
-    async with Router(make_config(config)) as router:
-        result = await router.send(OTP)
+    telnyx = provider_settings(telnyx_a, SENDER, "timeout: 300ms")
+    config = routing_yaml({"telnyx": telnyx}, webhook_url="https://hooks.example.com/smsroute")
+    result = await route(config, OTP)
     assert (
         telnyx_a.messages[0].fields["webhook_url"]
         == f"https://hooks.example.com/smsroute/telnyx/status?smsroute_id={result.message_id}"

@@ -14,7 +14,6 @@ the adapter.  The fake's payloads are parsed with the SDK's own event models.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
@@ -22,54 +21,41 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conftest import Hooks, call, make_config, reaches, state_of
+from conftest import Hooks, call, make_config, state_of
+from provider_support import (
+    assert_early_receipt_correlated,
+    assert_events_at_the_other_url_ignored,
+    assert_stop_opts_out_marketing_not_otp,
+    delivered_round_trip,
+    fake_fixture,
+    otp_to,
+    provider_settings,
+    routing_yaml,
+    sent_record,
+    serving,
+)
 
-from smsroute import ConfigError, DeliveryReport, InboundMessage, Message, Outcome, Router
-from smsroute.testing.fake import ReceivedMessage
+from smsroute import ConfigError, DeliveryReport, Router
 from smsroute.testing.telnyx import FakeTelnyx
 
 SENDER = "+14155550100"
 NUMBER = "+4915123456789"
-OTP = Message(to=NUMBER, text="Your code is 123456", category="otp")
-PROMO = Message(to=NUMBER, text="Sale!", category="marketing")
+OTP = otp_to(NUMBER)
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeTelnyx]:
-    async with FakeTelnyx() as f:
-        yield f
+fake = fake_fixture(FakeTelnyx)
 
 
 def config_text(hooks: Hooks, fake: FakeTelnyx, public_key: str | None) -> str:
-    key = f"\n    public_key: {public_key}" if public_key is not None else ""
-    return f"""
-defaults:
-  webhook_url: {hooks.url}
-providers:
-  telnyx:
-    type: telnyx
-    base_url: {fake.url}
-    api_key: {fake.api_key}
-    from: "{SENDER}"{key}
-rules:
-  - name: default
-    providers: [telnyx]
-"""
+    key = [f"public_key: {public_key}"] if public_key is not None else []
+    settings = provider_settings(fake, SENDER, *key)
+    return routing_yaml({"telnyx": settings}, webhook_url=hooks.url)
 
 
 @pytest.fixture
 async def router(hooks: Hooks, fake: FakeTelnyx) -> AsyncIterator[Router]:
-    async with Router(make_config(config_text(hooks, fake, fake.public_key))) as r:
-        await hooks.serve(r)
+    async with serving(hooks, make_config(config_text(hooks, fake, fake.public_key))) as r:
         yield r
-
-
-async def sent_record(router: Router, fake: FakeTelnyx) -> tuple[str, ReceivedMessage]:
-    result = await router.send(OTP)
-    assert result.ok
-    record = fake.messages[-1]
-    assert record.provider_message_id == result.provider_message_id
-    return result.message_id, record
 
 
 def one_byte_changed(body: bytes) -> bytes:
@@ -83,14 +69,7 @@ def one_byte_changed(body: bytes) -> bytes:
 async def test_signed_receipt_is_accepted_and_updates_status(
     router: Router, fake: FakeTelnyx
 ) -> None:
-    reports: list[DeliveryReport] = []
-    router.on_delivery_report(reports.append)
-    fake.receipts("delivered")
-    result = await router.send(OTP)
-    async with asyncio.timeout(5):
-        await fake.wait_receipts(1)
-    assert fake.receipts_sent == [(result.provider_message_id, "delivered", 200)]
-    assert await state_of(router, result.message_id) == "delivered"
+    result, reports = await delivered_round_trip(router, fake, OTP)
     (report,) = reports
     assert (report.message_id, report.provider, report.status) == (
         result.message_id,
@@ -104,17 +83,11 @@ async def test_signed_receipt_is_accepted_and_updates_status(
 async def test_receipt_arriving_before_send_returns_is_correlated(
     router: Router, fake: FakeTelnyx
 ) -> None:
-    fake.receipts("delivered", before_answer=True)
-    result = await router.send(OTP)
-    assert fake.receipts_sent == [(result.provider_message_id, "delivered", 200)]
-    async with asyncio.timeout(5):
-        await reaches(
-            router, result.message_id, "delivered"
-        )  # parked, then applied once send() knew it
+    await assert_early_receipt_correlated(router, fake, OTP)
 
 
 async def test_message_sent_then_finalized_moves_forward(router: Router, fake: FakeTelnyx) -> None:
-    message_id, record = await sent_record(router, fake)
+    message_id, record = await sent_record(router, fake, OTP)
     for status in ("sent", "delivered", "sent"):  # the late message.sent changes nothing
         assert await fake.send_receipt(record, status) == 200
     state = await router.status(message_id)
@@ -127,8 +100,8 @@ async def test_undelivered_receipt_carries_the_error_and_whether_to_retry(
 ) -> None:
     reports: list[DeliveryReport] = []
     router.on_delivery_report(reports.append)
-    _, first = await sent_record(router, fake)
-    _, second = await sent_record(router, fake)
+    _, first = await sent_record(router, fake, OTP)
+    _, second = await sent_record(router, fake, OTP)
     assert await fake.send_receipt(first, "undelivered", "40006") == 200  # carrier down
     assert await fake.send_receipt(second, "undelivered", "40001") == 200  # a landline
     assert [(r.status, r.error_code, r.retryable) for r in reports] == [
@@ -138,7 +111,7 @@ async def test_undelivered_receipt_carries_the_error_and_whether_to_retry(
 
 
 async def test_sending_failed_is_failed(router: Router, fake: FakeTelnyx) -> None:
-    message_id, record = await sent_record(router, fake)
+    message_id, record = await sent_record(router, fake, OTP)
     assert await fake.send_receipt(record, "failed") == 200
     assert await state_of(router, message_id) == "failed"
 
@@ -146,7 +119,7 @@ async def test_sending_failed_is_failed(router: Router, fake: FakeTelnyx) -> Non
 async def test_a_retried_event_is_processed_once(router: Router, fake: FakeTelnyx) -> None:
     reports: list[DeliveryReport] = []
     router.on_delivery_report(reports.append)
-    _, record = await sent_record(router, fake)
+    _, record = await sent_record(router, fake, OTP)
     _, url, headers, body = fake.receipt_request(record, "delivered", None)
     for _ in range(3):  # Telnyx retries the same event (same data.id)
         assert await call("POST", url, headers, body) == 200
@@ -159,7 +132,7 @@ async def test_a_retried_event_is_processed_once(router: Router, fake: FakeTelny
 async def test_one_byte_changed_is_refused_and_changes_nothing(
     router: Router, fake: FakeTelnyx
 ) -> None:
-    message_id, record = await sent_record(router, fake)
+    message_id, record = await sent_record(router, fake, OTP)
     _, url, headers, body = fake.receipt_request(record, "delivered", None)
     forged = one_byte_changed(body)
     assert forged != body
@@ -168,7 +141,7 @@ async def test_one_byte_changed_is_refused_and_changes_nothing(
 
 
 async def test_unsigned_receipt_is_refused(router: Router, fake: FakeTelnyx) -> None:
-    message_id, record = await sent_record(router, fake)
+    message_id, record = await sent_record(router, fake, OTP)
     _, url, headers, body = fake.receipt_request(record, "delivered", None)
     assert await call("POST", url, {"Content-Type": "application/json"}, body) == 403
     without_stamp = {k: v for k, v in headers.items() if k != "telnyx-timestamp"}
@@ -179,7 +152,7 @@ async def test_unsigned_receipt_is_refused(router: Router, fake: FakeTelnyx) -> 
 async def test_signature_with_a_changed_timestamp_is_refused(
     router: Router, fake: FakeTelnyx
 ) -> None:
-    _, record = await sent_record(router, fake)
+    _, record = await sent_record(router, fake, OTP)
     _, url, headers, body = fake.receipt_request(record, "delivered", None)
     moved = {**headers, "telnyx-timestamp": str(int(headers["telnyx-timestamp"]) - 1)}
     assert await call("POST", url, moved, body) == 403  # the timestamp is signed too
@@ -189,7 +162,7 @@ async def test_signature_with_a_changed_timestamp_is_refused(
 async def test_timestamp_tolerance_is_300_seconds(
     router: Router, fake: FakeTelnyx, offset: int, answer: int
 ) -> None:
-    message_id, record = await sent_record(router, fake)
+    message_id, record = await sent_record(router, fake, OTP)
     _, url, headers, body = fake.receipt_request(record, "delivered", None)
     stale = {**headers, **fake.sign(body, int(time.time()) + offset)}
     assert await call("POST", url, stale, body) == answer
@@ -197,7 +170,7 @@ async def test_timestamp_tolerance_is_300_seconds(
 
 
 async def test_signed_with_another_key_is_refused(router: Router, fake: FakeTelnyx) -> None:
-    _, record = await sent_record(router, fake)
+    _, record = await sent_record(router, fake, OTP)
     async with FakeTelnyx() as other:  # another account's key
         _, url, _, body = fake.receipt_request(record, "delivered", None)
         headers = {"Content-Type": "application/json", **other.sign(body)}
@@ -205,7 +178,7 @@ async def test_signed_with_another_key_is_refused(router: Router, fake: FakeTeln
 
 
 async def test_signature_that_is_not_base64_is_refused(router: Router, fake: FakeTelnyx) -> None:
-    _, record = await sent_record(router, fake)
+    _, record = await sent_record(router, fake, OTP)
     _, url, headers, body = fake.receipt_request(record, "delivered", None)
     assert (
         await call("POST", url, {**headers, "telnyx-signature-ed25519": "not base64!"}, body) == 403
@@ -215,9 +188,8 @@ async def test_signature_that_is_not_base64_is_refused(router: Router, fake: Fak
 async def test_without_a_public_key_webhooks_are_accepted_unverified(
     hooks: Hooks, fake: FakeTelnyx
 ) -> None:
-    async with Router(make_config(config_text(hooks, fake, None))) as router:
-        await hooks.serve(router)
-        message_id, record = await sent_record(router, fake)
+    async with serving(hooks, make_config(config_text(hooks, fake, None))) as router:
+        message_id, record = await sent_record(router, fake, OTP)
         _, url, _, body = fake.receipt_request(record, "delivered", None)
         assert await call("POST", url, {"Content-Type": "application/json"}, body) == 200
         assert await state_of(router, message_id) == "delivered"
@@ -238,7 +210,7 @@ async def test_the_sdks_verifier_accepts_the_fakes_signature_and_refuses_a_chang
 ) -> None:
     pytest.importorskip("nacl")  # the SDK verifies with PyNaCl (extra telnyx[webhooks])
     verification = pytest.importorskip("telnyx.lib.webhook_verification")
-    _, record = await sent_record(router, fake)
+    _, record = await sent_record(router, fake, OTP)
     for _, _, headers, body in (
         fake.receipt_request(record, "delivered", None),
         fake.inbound_request(f"{fake.url}/in", NUMBER, SENDER, "STOP"),
@@ -255,9 +227,8 @@ async def test_a_request_signed_by_libsodium_is_accepted(hooks: Hooks, fake: Fak
     signing = pytest.importorskip("nacl.signing")
     key = signing.SigningKey.generate()
     public = base64.b64encode(bytes(key.verify_key)).decode()
-    async with Router(make_config(config_text(hooks, fake, public))) as router:
-        await hooks.serve(router)
-        message_id, record = await sent_record(router, fake)
+    async with serving(hooks, make_config(config_text(hooks, fake, public))) as router:
+        message_id, record = await sent_record(router, fake, OTP)
         _, url, _, body = fake.receipt_request(record, "delivered", None)
         stamp = str(int(time.time()))
         signature = key.sign(f"{stamp}|".encode() + body).signature
@@ -283,7 +254,7 @@ async def test_the_fakes_events_parse_with_the_sdks_models(
     def fields(model: Any) -> set[str]:
         return {f.alias or name for name, f in model.model_fields.items()}
 
-    _, record = await sent_record(router, fake)
+    _, record = await sent_record(router, fake, OTP)
     for status, event_type, telnyx_status in [
         ("sent", "message.sent", "sent"),
         ("delivered", "message.finalized", "delivered"),
@@ -338,13 +309,9 @@ async def test_malformed_signed_inbound_is_a_400(
 async def test_events_at_the_other_url_are_answered_200_and_ignored(
     router: Router, hooks: Hooks, fake: FakeTelnyx
 ) -> None:
-    message_id, record = await sent_record(router, fake)
-    _, _, headers, body = fake.receipt_request(record, "delivered", None)
-    assert await call("POST", f"{hooks.url}/telnyx/inbound", headers, body) == 200
-    assert await state_of(router, message_id) == "accepted"
-    _, _, headers, body = fake.inbound_request(f"{hooks.url}/telnyx/status", NUMBER, SENDER, "STOP")
-    assert await call("POST", f"{hooks.url}/telnyx/status", headers, body) == 200
-    assert not router.is_opted_out(NUMBER)
+    await assert_events_at_the_other_url_ignored(
+        router, fake, f"{hooks.url}/telnyx", handset=NUMBER, our_number=SENDER
+    )
 
 
 # -- inbound and opt-outs ------------------------------------------------------------------------
@@ -353,12 +320,15 @@ async def test_events_at_the_other_url_are_answered_200_and_ignored(
 async def test_inbound_stop_opts_out_marketing_but_not_otp(
     router: Router, hooks: Hooks, fake: FakeTelnyx
 ) -> None:
-    inbound: list[InboundMessage] = []
-    router.on_inbound(inbound.append)
-    status = await fake.send_inbound(
-        f"{hooks.url}/telnyx/inbound", sender=NUMBER, recipient=SENDER, text="Stop"
+    inbound = await assert_stop_opts_out_marketing_not_otp(
+        router,
+        fake,
+        f"{hooks.url}/telnyx/inbound",
+        sender=NUMBER,
+        recipient=SENDER,
+        text="Stop",
+        opted_out="+49 151 23456789",
     )
-    assert status == 200
     (message,) = inbound
     assert (message.provider, message.sender, message.recipient, message.keyword) == (
         "telnyx",
@@ -366,16 +336,6 @@ async def test_inbound_stop_opts_out_marketing_but_not_otp(
         SENDER,
         "STOP",
     )
-    assert router.is_opted_out("+49 151 23456789")
-    before = fake.requests
-    refused = await router.send(PROMO)
-    assert (refused.status, refused.reason, refused.outcome) == (
-        "failed",
-        "opted_out",
-        Outcome.REJECTED,
-    )
-    assert fake.requests == before  # no provider was called
-    assert (await router.send(OTP)).ok
 
 
 async def test_forged_inbound_stop_is_refused_and_opts_nobody_out(

@@ -20,20 +20,20 @@ import asyncio
 import base64
 import datetime
 import email.utils
-import json
 from collections.abc import AsyncIterator, Iterator, Mapping
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
 import attrs
 import pytest
-from conftest import SPECS_DIR
-from multidict import CIMultiDict
+from conftest import SPECS_DIR, basic
 from openapi_core import Config, OpenAPI
-from openapi_core.testing import MockRequest, MockResponse
+from openapi_core.testing import MockRequest
 from openapi_core.unmarshalling.request.datatypes import RequestUnmarshalResult
 from openapi_schema_validator import OAS30Validator
+from provider_support import Exchange, adapter, load_spec, outbound_sms, send_sms_captured
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.http_client import TwilioHttpClient
@@ -57,10 +57,7 @@ TO = "+14155550100"
 
 @pytest.fixture(scope="module")
 def spec_doc() -> dict[str, Any]:
-    if not SPEC_FILE.is_file():
-        pytest.skip(f"{SPEC_FILE} not found: set SMSROUTE_SPECS_DIR to the folder holding it")
-    doc: dict[str, Any] = json.loads(SPEC_FILE.read_text(encoding="utf-8"))
-    return doc
+    return load_spec(SPEC_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -97,111 +94,23 @@ def error_schema(spec_doc: dict[str, Any]) -> dict[str, Any]:
 
 
 @attrs.define
-class Exchange:
-    """One request/response pair as it crossed the socket."""
-
-    method: str = ""
-    url: str = ""
-    request_headers: CIMultiDict[str] = attrs.field(factory=CIMultiDict)
-    request_body: bytes = b""
-    status: int = 0
-    response_headers: CIMultiDict[str] = attrs.field(factory=CIMultiDict)
-    response_body: bytes = b""
-
-    def trace_config(self) -> aiohttp.TraceConfig:
-        async def headers_sent(
-            _s: aiohttp.ClientSession, _c: Any, p: aiohttp.TraceRequestHeadersSentParams
-        ) -> None:
-            self.method, self.url = p.method, str(p.url)
-            self.request_headers = CIMultiDict(p.headers)
-
-        async def chunk_sent(
-            _s: aiohttp.ClientSession, _c: Any, p: aiohttp.TraceRequestChunkSentParams
-        ) -> None:
-            self.request_body += p.chunk
-
-        async def request_end(
-            _s: aiohttp.ClientSession, _c: Any, p: aiohttp.TraceRequestEndParams
-        ) -> None:
-            self.status = p.response.status
-            self.response_headers = CIMultiDict(p.response.headers)
-
-        async def chunk_received(
-            _s: aiohttp.ClientSession, _c: Any, p: aiohttp.TraceResponseChunkReceivedParams
-        ) -> None:
-            self.response_body += p.chunk
-
-        tc = aiohttp.TraceConfig()
-        tc.on_request_headers_sent.append(headers_sent)
-        tc.on_request_chunk_sent.append(chunk_sent)
-        tc.on_request_end.append(request_end)
-        tc.on_response_chunk_received.append(chunk_received)
-        return tc
-
+class TwilioExchange(Exchange):
     def spec_request(self, base_url: str) -> MockRequest:
         """The request as if sent to api.twilio.com: the spec's server, same path."""
-        assert self.url.startswith(base_url + "/"), self.url
-        return MockRequest(
-            TWILIO_API,
-            self.method,
-            self.url.removeprefix(base_url),
-            headers=dict(self.request_headers),
-            data=self.request_body,
-            content_type=self.request_headers.get("Content-Type", ""),
-        )
-
-    def spec_response(self) -> MockResponse:
-        return MockResponse(
-            self.response_body,
-            status_code=self.status,
-            headers=dict(self.response_headers),
-            content_type=self.response_headers.get("Content-Type", ""),
-        )
-
-    def json(self) -> Any:
-        return json.loads(self.response_body)
+        return self.request_moved(TWILIO_API, base_url)
 
 
 def provider_for(fake: FakeTwilio, **options: Any) -> TwilioProvider:
     sender = options.pop("sender", SENDER)
-    return TwilioProvider(
-        ProviderConfig(
-            name="twilio-main",
-            type="twilio",
-            base_url=fake.url,
-            sender=sender,
-            options={"account_sid": fake.account_sid, "auth_token": fake.auth_token, **options},
-        )
-    )
+    return adapter(TwilioProvider, fake, options, sender=sender, name="twilio-main")
 
 
-def outbound(
-    *, sender: str | None = SENDER, status_callback: str | None = None, attempt: int = 1
-) -> OutboundSMS:
-    return OutboundSMS(
-        message_id="msg-1",
-        to=TO,
-        country="US",
-        text="Your code is 123456",
-        sender=sender,
-        encoding="GSM-7",
-        segments=1,
-        category="otp",
-        attempt=attempt,
-        status_callback=status_callback,
-    )
+outbound = partial(outbound_sms, to=TO, country="US", sender=SENDER, message_id="msg-1")
 
 
-async def send_captured(provider: TwilioProvider, sms: OutboundSMS) -> tuple[Exchange, Reply]:
+async def send_captured(provider: TwilioProvider, sms: OutboundSMS) -> tuple[TwilioExchange, Reply]:
     """Send through the adapter's own ``send`` and capture both directions."""
-    wire = Exchange()
-    async with aiohttp.ClientSession(trace_configs=[wire.trace_config()]) as session:
-        reply = await provider.send(sms, session)
-    return wire, reply
-
-
-def basic(username: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+    return await send_sms_captured(provider, sms, TwilioExchange())
 
 
 async def post_form(
@@ -210,9 +119,9 @@ async def post_form(
     *,
     password: str | None = None,
     account_sid: str | None = None,
-) -> Exchange:
+) -> TwilioExchange:
     """A hand-written Messages.json POST (for requests the adapter would never make)."""
-    wire = Exchange()
+    wire = TwilioExchange()
     url = f"{fake.url}/2010-04-01/Accounts/{account_sid or fake.account_sid}/Messages.json"
     headers = {"Authorization": basic(fake.account_sid, password or fake.auth_token)}
     async with (

@@ -24,22 +24,32 @@ import asyncio
 import base64
 import copy
 import json
-from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import aiohttp
 import attrs
 import pytest
-import yaml
 from conftest import SPECS_DIR, make_config
-from multidict import CIMultiDict, CIMultiDictProxy
 from openapi_core import OpenAPI
-from openapi_core.testing import MockRequest, MockResponse
+from openapi_core.testing import MockRequest
+from provider_support import (
+    Exchange,
+    adapter,
+    attempts,
+    failover_yaml,
+    fake_fixture,
+    http_headers,
+    load_spec,
+    otp_to,
+    outbound_sms,
+    route,
+    send_sms_captured,
+)
 from yarl import URL
 
-from smsroute import ConfigError, ManualClock, Message, Outcome, Router
+from smsroute import ConfigError, ManualClock, Outcome
 from smsroute.config import ProviderConfig
-from smsroute.encoding import analyze
 from smsroute.providers.base import OutboundSMS, Reply
 from smsroute.providers.vonage import ERROR_OUTCOMES, VonageProvider
 from smsroute.testing.vonage import ERROR_TEXTS, FakeVonage
@@ -51,109 +61,32 @@ SENDER = "Acme"
 CALLBACK = "https://hooks.example.com/vonage/status"
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeVonage]:
-    async with FakeVonage() as f:
-        yield f
-
-
-@pytest.fixture
-async def fake_b() -> AsyncIterator[FakeVonage]:
-    async with FakeVonage() as f:
-        yield f
+fake = fake_fixture(FakeVonage)
+fake_b = fake_fixture(FakeVonage)
 
 
 def provider_for(fake: FakeVonage, **options: Any) -> VonageProvider:
-    opts: dict[str, Any] = {"api_key": fake.api_key, "api_secret": fake.api_secret}
-    opts.update(options)
-    return VonageProvider(
-        ProviderConfig(name="vonage", type="vonage", base_url=fake.url, sender=SENDER, options=opts)
-    )
+    return adapter(VonageProvider, fake, options, sender=SENDER)
 
 
-def outbound(
-    text: str = "Your code is 123456",
-    *,
-    to: str = TO,
-    sender: str | None = SENDER,
-    status_callback: str | None = None,
-) -> OutboundSMS:
-    info = analyze(text)
-    return OutboundSMS(
-        message_id="0123456789abcdef0123456789abcdef",
-        to=to,
-        country="DE",
-        text=text,
-        sender=sender,
-        encoding=info.encoding,
-        segments=info.segments,
-        category="otp",
-        status_callback=status_callback,
-    )
+outbound = partial(outbound_sms, to=TO, country="DE", sender=SENDER)
 
 
 @attrs.define
-class Exchange:
-    """One request/response pair as it crossed the socket (aiohttp tracing)."""
-
-    url: str = ""
-    request_headers: CIMultiDict[str] = attrs.field(factory=CIMultiDict)
-    request_body: bytes = b""
-    status: int = 0
-    response_headers: CIMultiDict[str] = attrs.field(factory=CIMultiDict)
-    response_body: bytes = b""
-
-    def trace_config(self) -> aiohttp.TraceConfig:
-        async def headers_sent(_s: Any, _c: Any, p: aiohttp.TraceRequestHeadersSentParams) -> None:
-            self.url, self.request_headers = str(p.url), CIMultiDict(p.headers)
-
-        async def chunk_sent(_s: Any, _c: Any, p: aiohttp.TraceRequestChunkSentParams) -> None:
-            self.request_body += p.chunk
-
-        async def request_end(_s: Any, _c: Any, p: aiohttp.TraceRequestEndParams) -> None:
-            self.status, self.response_headers = p.response.status, CIMultiDict(p.response.headers)
-
-        async def chunk_received(
-            _s: Any, _c: Any, p: aiohttp.TraceResponseChunkReceivedParams
-        ) -> None:
-            self.response_body += p.chunk
-
-        tc = aiohttp.TraceConfig()
-        tc.on_request_headers_sent.append(headers_sent)
-        tc.on_request_chunk_sent.append(chunk_sent)
-        tc.on_request_end.append(request_end)
-        tc.on_response_chunk_received.append(chunk_received)
-        return tc
-
+class VonageExchange(Exchange):
     def spec_request(self) -> MockRequest:
         """The request as if sent to rest.nexmo.com: the spec's server, same path."""
-        return MockRequest(
-            VONAGE_REST,
-            "post",
-            URL(self.url).path,
-            headers=dict(self.request_headers),
-            data=self.request_body,
-            content_type=self.request_headers.get("Content-Type", ""),
-        )
-
-    def spec_response(self) -> MockResponse:
-        return MockResponse(
-            self.response_body,
-            status_code=self.status,
-            headers=dict(self.response_headers),
-            content_type=self.response_headers.get("Content-Type", ""),
-        )
+        return self.request_to(VONAGE_REST, URL(self.url).path, "post")
 
 
-async def send(provider: VonageProvider, sms: OutboundSMS) -> tuple[Exchange, Reply]:
-    wire = Exchange()
-    async with aiohttp.ClientSession(trace_configs=[wire.trace_config()]) as session:
-        reply = await provider.send(sms, session)
-    return wire, reply
+async def send(provider: VonageProvider, sms: OutboundSMS) -> tuple[VonageExchange, Reply]:
+    return await send_sms_captured(provider, sms, VonageExchange())
 
 
-def headers(**values: str) -> CIMultiDictProxy[str]:
-    return CIMultiDictProxy(CIMultiDict(values))
+def offline_provider() -> VonageProvider:
+    return VonageProvider(
+        ProviderConfig(name="v", type="vonage", options={"api_key": "k", "api_secret": "s"})
+    )
 
 
 # -- accepted -----------------------------------------------------------------------------
@@ -281,10 +214,7 @@ async def test_throttled_status_1_pauses_for_a_second(fake: FakeVonage) -> None:
 
 
 def test_http_429_from_vonages_edge_is_throttled_with_its_retry_after() -> None:
-    provider = VonageProvider(
-        ProviderConfig(name="v", type="vonage", options={"api_key": "k", "api_secret": "s"})
-    )
-    reply = provider.parse_response(429, headers(**{"Retry-After": "7"}), b"")
+    reply = offline_provider().parse_response(429, http_headers(**{"Retry-After": "7"}), b"")
     assert (reply.outcome, reply.retry_after) == (Outcome.THROTTLED, 7.0)
 
 
@@ -337,36 +267,27 @@ async def test_garbage_answer_is_a_transient_malformed_reply(fake: FakeVonage) -
 
 
 def test_undocumented_status_is_transient() -> None:
-    provider = VonageProvider(
-        ProviderConfig(name="v", type="vonage", options={"api_key": "k", "api_secret": "s"})
-    )
     body = b'{"message-count": "1", "messages": [{"status": "99", "error-text": "?"}]}'
-    reply = provider.parse_response(200, headers(), body)
+    reply = offline_provider().parse_response(200, http_headers(), body)
     assert (reply.outcome, reply.error_code) == (Outcome.TRANSIENT, "99")
 
 
 def test_partial_failure_is_classified_by_the_failed_part() -> None:
     # The shape of vonage-python-sdk's sms/tests/data/send_sms_partial_error.json.
-    provider = VonageProvider(
-        ProviderConfig(name="v", type="vonage", options={"api_key": "k", "api_secret": "s"})
-    )
     body = (
         b'{"message-count": "2", "messages": ['
         b'{"to": "4915123456789", "message-id": "3295d748-4e14-4681-af78-166dca3c5aab",'
         b' "status": "0", "remaining-balance": "38.07", "message-price": "0.04", "network": "23420"},'
         b'{"status": "1", "error-text": "Throttled"}]}'
     )
-    reply = provider.parse_response(200, headers(), body)
+    reply = offline_provider().parse_response(200, http_headers(), body)
     assert (reply.outcome, reply.error_code, reply.retry_after) == (Outcome.THROTTLED, "1", 1.0)
     assert reply.detail == "Vonage 1: Throttled (partial: 1 of 2 parts accepted)"
 
 
 def test_numbers_quoted_in_error_text_are_masked() -> None:
-    provider = VonageProvider(
-        ProviderConfig(name="v", type="vonage", options={"api_key": "k", "api_secret": "s"})
-    )
     body = b'{"message-count": "1", "messages": [{"status": "3", "error-text": "Invalid to address 4915123456789"}]}'
-    reply = provider.parse_response(200, headers(), body)
+    reply = offline_provider().parse_response(200, http_headers(), body)
     assert reply.detail is not None
     assert "4915123456789" not in reply.detail
 
@@ -375,46 +296,25 @@ def test_numbers_quoted_in_error_text_are_masked() -> None:
 
 
 def two_accounts(a: FakeVonage, b: FakeVonage) -> str:
-    def block(name: str, fake: FakeVonage) -> str:
-        return (
-            f"  {name}:\n"
-            "    type: vonage\n"
-            f"    base_url: {fake.url}\n"
-            f'    api_key: "{fake.api_key}"\n'
-            f'    api_secret: "{fake.api_secret}"\n'
-            "    from: Acme\n"
-            "    timeout: 300ms\n"
-        )
-
-    return (
-        "providers:\n"
-        + block("vonage-a", a)
-        + block("vonage-b", b)
-        + "rules:\n  - name: default\n    providers: [vonage-a, vonage-b]\n"
-    )
+    return failover_yaml(a, b, SENDER, names=("vonage-a", "vonage-b"))
 
 
-OTP = Message(to=TO, text="Your code is 123456", category="otp")
+OTP = otp_to(TO)
 
 
 async def test_router_fails_over_from_a_throttled_vonage_account_to_another(
     fake: FakeVonage, fake_b: FakeVonage
 ) -> None:
     fake.throttle()
-    async with Router(make_config(two_accounts(fake, fake_b)), clock=ManualClock()) as router:
-        result = await router.send(OTP)
-    assert [(a.provider, a.outcome) for a in result.attempts] == [
-        ("vonage-a", Outcome.THROTTLED),
-        ("vonage-b", Outcome.ACCEPTED),
-    ]
+    result = await route(two_accounts(fake, fake_b), OTP, clock=ManualClock())
+    assert attempts(result) == [("vonage-a", Outcome.THROTTLED), ("vonage-b", Outcome.ACCEPTED)]
     assert result.provider_message_id == fake_b.messages[0].provider_message_id
 
 
 async def test_router_stops_at_a_rejected_number(fake: FakeVonage, fake_b: FakeVonage) -> None:
     fake.fail(200, 7)
-    async with Router(make_config(two_accounts(fake, fake_b)), clock=ManualClock()) as router:
-        result = await router.send(OTP)
-    assert [(a.provider, a.outcome) for a in result.attempts] == [("vonage-a", Outcome.REJECTED)]
+    result = await route(two_accounts(fake, fake_b), OTP, clock=ManualClock())
+    assert attempts(result) == [("vonage-a", Outcome.REJECTED)]
     assert fake_b.requests == 0
 
 
@@ -422,12 +322,8 @@ async def test_hang_is_a_timeout_and_an_otp_fails_over(
     fake: FakeVonage, fake_b: FakeVonage
 ) -> None:
     fake.hang()
-    async with Router(make_config(two_accounts(fake, fake_b)), clock=ManualClock()) as router:
-        result = await router.send(OTP)
-    assert [(a.provider, a.outcome) for a in result.attempts] == [
-        ("vonage-a", Outcome.TIMEOUT),
-        ("vonage-b", Outcome.ACCEPTED),
-    ]
+    result = await route(two_accounts(fake, fake_b), OTP, clock=ManualClock())
+    assert attempts(result) == [("vonage-a", Outcome.TIMEOUT), ("vonage-b", Outcome.ACCEPTED)]
 
 
 def test_config_needs_a_secret_or_a_signature_secret() -> None:
@@ -460,10 +356,7 @@ CLOSED = ("SMS", "Error", "Message", "ErrorMessage")
 
 @pytest.fixture(scope="module")
 def spec_doc() -> dict[str, Any]:
-    if not SPEC_FILE.is_file():
-        pytest.skip(f"{SPEC_FILE} not found: set SMSROUTE_SPECS_DIR to the folder holding it")
-    doc: dict[str, Any] = yaml.safe_load(SPEC_FILE.read_text(encoding="utf-8"))
-    return doc
+    return load_spec(SPEC_FILE)
 
 
 @pytest.fixture(scope="module")

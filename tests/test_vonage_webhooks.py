@@ -15,7 +15,6 @@ Two schemes, both checked against the official SDK (vonage 4.x):
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import time
@@ -27,65 +26,51 @@ import jwt
 import pytest
 from conftest import Hooks, call, make_config, state_of
 from multidict import CIMultiDict, CIMultiDictProxy
+from provider_support import (
+    assert_failed_receipt_classified,
+    assert_stop_opts_out_marketing_not_otp,
+    delivered_round_trip,
+    fake_fixture,
+    otp_to,
+    receipt_round_trip,
+    routing_yaml,
+    serving,
+)
 
-from smsroute import ConfigError, DeliveryReport, InboundMessage, Message, Outcome, Router
+from smsroute import ConfigError, Router
 from smsroute.config import Config, ProviderConfig
 from smsroute.providers.base import WebhookError, WebhookRequest
 from smsroute.providers.vonage import VonageProvider, sign
 from smsroute.testing import FakeVonage
 
 SECRET = "9a7c1f0e2b3d4c5e6f7a8b9c0d1e2f3a"
-OTP = Message(to="+4915123456789", text="Your code is 123456", category="otp")
-PROMO = Message(to="+4915123456789", text="Sale!", category="marketing")
 HANDSET = "+4915123456789"
+OTP = otp_to(HANDSET)
 OUR_NUMBER = "+447700900000"
+# Every way Vonage can call back: (webhook_method, webhook_api).
+WEBHOOK_STYLES = [("POST-JSON", "sms"), ("POST", "sms"), ("GET", "sms"), ("POST-JSON", "messages")]
 
 
 def config(hooks: Hooks, fake: FakeVonage, **extra: object) -> Config:
-    lines = [
-        f"    {k}: {json.dumps(v) if isinstance(v, str) else str(v).lower()}"
-        for k, v in extra.items()
+    settings = ["type: vonage", f"base_url: {fake.url}", f'api_key: "{fake.api_key}"', "from: Acme"]
+    settings += [
+        f"{k}: {json.dumps(v) if isinstance(v, str) else str(v).lower()}" for k, v in extra.items()
     ]
     if fake.signature_secret is not None:
-        lines.append(f'    signature_secret: "{fake.signature_secret}"')
-        lines.append(f"    signature_method: {fake.signature_method}")
+        settings.append(f'signature_secret: "{fake.signature_secret}"')
+        settings.append(f"signature_method: {fake.signature_method}")
     else:
-        lines.append(f'    api_secret: "{fake.api_secret}"')
-    block = "\n".join(lines)
-    return make_config(f"""
-defaults:
-  webhook_url: {hooks.url}
-providers:
-  vonage:
-    type: vonage
-    base_url: {fake.url}
-    api_key: "{fake.api_key}"
-    from: Acme
-{block}
-rules:
-  - name: default
-    providers: [vonage]
-""")
+        settings.append(f'api_secret: "{fake.api_secret}"')
+    return make_config(routing_yaml({"vonage": settings}, webhook_url=hooks.url))
 
 
-async def serve(hooks: Hooks, fake: FakeVonage, **extra: object) -> Router:
-    router = Router(config(hooks, fake, **extra))
-    await router.__aenter__()
-    await hooks.serve(router)
-    return router
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeVonage]:
-    async with FakeVonage(signature_secret=SECRET, signature_method="sha256") as f:
-        yield f
+fake = fake_fixture(lambda: FakeVonage(signature_secret=SECRET, signature_method="sha256"))
 
 
 @pytest.fixture
 async def router(hooks: Hooks, fake: FakeVonage) -> AsyncIterator[Router]:
-    r = await serve(hooks, fake)
-    yield r
-    await r.__aexit__(None, None, None)
+    async with serving(hooks, config(hooks, fake)) as r:
+        yield r
 
 
 def dlr(
@@ -123,48 +108,33 @@ def sdk_signed(fake: FakeVonage, params: dict[str, str]) -> dict[str, str]:
 # -- the whole loop over sockets, every way Vonage can send a receipt ------------------------
 
 
-@pytest.mark.parametrize(
-    ("webhook_method", "webhook_api"),
-    [("POST-JSON", "sms"), ("POST", "sms"), ("GET", "sms"), ("POST-JSON", "messages")],
-)
+@pytest.mark.parametrize(("webhook_method", "webhook_api"), WEBHOOK_STYLES)
 async def test_signed_receipt_from_the_fake_updates_status(
     hooks: Hooks, webhook_method: str, webhook_api: str
 ) -> None:
-    async with FakeVonage(
-        signature_secret=SECRET,
-        signature_method="sha512",
-        webhook_method=webhook_method,
-        webhook_api=webhook_api,
-    ) as fake:
-        router = await serve(hooks, fake)
-        try:
-            reports: list[DeliveryReport] = []
-            router.on_delivery_report(reports.append)
-            fake.receipts("delivered")
-            result = await router.send(OTP)
-            async with asyncio.timeout(5):
-                await fake.wait_receipts(1)
-            assert fake.receipts_sent == [(result.provider_message_id, "delivered", 200)]
-            assert await state_of(router, result.message_id) == "delivered"
-            assert [(r.message_id, r.provider_message_id) for r in reports] == [
-                (result.message_id, result.provider_message_id)
-            ]
-        finally:
-            await router.__aexit__(None, None, None)
+    async with (
+        FakeVonage(
+            signature_secret=SECRET,
+            signature_method="sha512",
+            webhook_method=webhook_method,
+            webhook_api=webhook_api,
+        ) as fake,
+        serving(hooks, config(hooks, fake)) as router,
+    ):
+        result, reports = await delivered_round_trip(router, fake, OTP)
+        assert [(r.message_id, r.provider_message_id) for r in reports] == [
+            (result.message_id, result.provider_message_id)
+        ]
 
 
 async def test_md5hash_signed_receipt_is_accepted(hooks: Hooks) -> None:
-    async with FakeVonage(signature_secret=SECRET) as fake:  # the dashboard's default
-        router = await serve(hooks, fake)
-        try:
-            fake.receipts("delivered")
-            result = await router.send(OTP)
-            async with asyncio.timeout(5):
-                await fake.wait_receipts(1)
-            assert fake.receipts_sent[0][2] == 200
-            assert await state_of(router, result.message_id) == "delivered"
-        finally:
-            await router.__aexit__(None, None, None)
+    async with (
+        FakeVonage(signature_secret=SECRET) as fake,  # the dashboard's default
+        serving(hooks, config(hooks, fake)) as router,
+    ):
+        result, _ = await receipt_round_trip(router, fake, OTP)
+        assert fake.receipts_sent[0][2] == 200
+        assert await state_of(router, result.message_id) == "delivered"
 
 
 @pytest.mark.parametrize(
@@ -179,16 +149,8 @@ async def test_md5hash_signed_receipt_is_accepted(hooks: Hooks) -> None:
 async def test_failed_receipts_are_classified(
     router: Router, fake: FakeVonage, outcome: str, code: int, status: str, retryable: bool
 ) -> None:
-    reports: list[DeliveryReport] = []
-    router.on_delivery_report(reports.append)
-    fake.receipts(outcome, error_code=code)
-    result = await router.send(OTP)
-    async with asyncio.timeout(5):
-        await fake.wait_receipts(1)
-    assert [(r.status, r.error_code, r.retryable) for r in reports] == [
-        (status, str(code), retryable)
-    ]
-    assert await state_of(router, result.message_id) == status
+    expected = (status, str(code), retryable)
+    await assert_failed_receipt_classified(router, fake, OTP, outcome, code, expected)
 
 
 # -- sig: the SDK's signer, forgeries, staleness -------------------------------------------------
@@ -301,16 +263,13 @@ async def test_stale_receipt_is_refused(router: Router, hooks: Hooks, fake: Fake
 
 
 async def test_webhook_tolerance_is_configurable(hooks: Hooks, fake: FakeVonage) -> None:
-    router = await serve(hooks, fake, webhook_tolerance="2h")
-    try:
+    async with serving(hooks, config(hooks, fake, webhook_tolerance="2h")) as router:
         result = await router.send(OTP)
         params = dlr(fake, result.message_id, result.provider_message_id or "")
         method, url, headers, body = fake.sms_webhook(
             f"{hooks.url}/vonage/status", params, at=time.time() - 3600
         )
         assert await call(method, url, headers, body) == 200
-    finally:
-        await router.__aexit__(None, None, None)
 
 
 async def test_malformed_receipts_are_400(router: Router, hooks: Hooks, fake: FakeVonage) -> None:
@@ -428,43 +387,32 @@ async def test_malformed_messages_webhook_is_400(router: Router, hooks: Hooks) -
 
 
 async def stop_then_sends(router: Router, hooks: Hooks, fake: FakeVonage) -> None:
-    inbound: list[InboundMessage] = []
-    router.on_inbound(inbound.append)
-    status = await fake.send_inbound(
-        f"{hooks.url}/vonage/inbound", sender=HANDSET, recipient=OUR_NUMBER, text="STOP"
+    inbound = await assert_stop_opts_out_marketing_not_otp(
+        router,
+        fake,
+        f"{hooks.url}/vonage/inbound",
+        sender=HANDSET,
+        recipient=OUR_NUMBER,
+        text="STOP",
+        opted_out="+49 151 23456789",
     )
-    assert status == 200
     assert [(m.sender, m.recipient, m.keyword) for m in inbound] == [(HANDSET, OUR_NUMBER, "STOP")]
-    assert router.is_opted_out("+49 151 23456789")
-    sent_before = fake.requests
-    refused = await router.send(PROMO)
-    assert (refused.status, refused.reason, refused.outcome) == (
-        "failed",
-        "opted_out",
-        Outcome.REJECTED,
-    )
-    assert fake.requests == sent_before  # no provider was called
-    assert (await router.send(OTP)).ok
 
 
-@pytest.mark.parametrize(
-    ("webhook_method", "webhook_api"),
-    [("POST-JSON", "sms"), ("POST", "sms"), ("GET", "sms"), ("POST-JSON", "messages")],
-)
+@pytest.mark.parametrize(("webhook_method", "webhook_api"), WEBHOOK_STYLES)
 async def test_inbound_stop_opts_out_marketing_but_not_otp(
     hooks: Hooks, webhook_method: str, webhook_api: str
 ) -> None:
-    async with FakeVonage(
-        signature_secret=SECRET,
-        signature_method="sha256",
-        webhook_method=webhook_method,
-        webhook_api=webhook_api,
-    ) as fake:
-        router = await serve(hooks, fake)
-        try:
-            await stop_then_sends(router, hooks, fake)
-        finally:
-            await router.__aexit__(None, None, None)
+    async with (
+        FakeVonage(
+            signature_secret=SECRET,
+            signature_method="sha256",
+            webhook_method=webhook_method,
+            webhook_api=webhook_api,
+        ) as fake,
+        serving(hooks, config(hooks, fake)) as router,
+    ):
+        await stop_then_sends(router, hooks, fake)
 
 
 async def test_forged_inbound_stop_is_refused(
@@ -491,29 +439,22 @@ async def test_malformed_inbound_is_400(router: Router, hooks: Hooks, fake: Fake
 
 
 async def test_without_a_signature_secret_webhooks_are_accepted_unverified(hooks: Hooks) -> None:
-    async with FakeVonage() as fake:  # api_secret only: nothing to verify with
-        router = await serve(hooks, fake)
-        try:
-            fake.receipts("delivered")
-            result = await router.send(OTP)
-            async with asyncio.timeout(5):
-                await fake.wait_receipts(1)
-            assert await state_of(router, result.message_id) == "delivered"
-            await stop_then_sends(router, hooks, fake)
-        finally:
-            await router.__aexit__(None, None, None)
+    async with (
+        FakeVonage() as fake,  # api_secret only: nothing to verify with
+        serving(hooks, config(hooks, fake)) as router,
+    ):
+        result, _ = await receipt_round_trip(router, fake, OTP)
+        assert await state_of(router, result.message_id) == "delivered"
+        await stop_then_sends(router, hooks, fake)
 
 
 async def test_signed_webhooks_false_accepts_unsigned_ones(hooks: Hooks, fake: FakeVonage) -> None:
-    router = await serve(hooks, fake, signed_webhooks=False)
-    try:
+    async with serving(hooks, config(hooks, fake, signed_webhooks=False)) as router:
         result = await router.send(OTP)  # still a signed send
         body = json.dumps(dlr(fake, result.message_id, result.provider_message_id or "")).encode()
         headers = {"Content-Type": "application/json"}
         assert await call("POST", f"{hooks.url}/vonage/status", headers, body) == 200
         assert await state_of(router, result.message_id) == "delivered"
-    finally:
-        await router.__aexit__(None, None, None)
 
 
 @pytest.mark.parametrize(

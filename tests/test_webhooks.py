@@ -9,9 +9,15 @@ from urllib.parse import urlencode
 
 import pytest
 from conftest import Hooks, make_config, reaches, twilio_block
+from provider_support import (
+    assert_early_receipt_correlated,
+    assert_stop_opts_out_marketing_not_otp,
+    delivered_round_trip,
+    serving,
+)
 from twilio.request_validator import RequestValidator
 
-from smsroute import DeliveryReport, InboundMessage, ManualClock, Message, Outcome, Router
+from smsroute import DeliveryReport, InboundMessage, ManualClock, Message, Router
 from smsroute.config import Config
 from smsroute.testing import FakeTwilio
 
@@ -36,8 +42,7 @@ rules:
 
 @pytest.fixture
 async def router(hooks: Hooks, twilio_a: FakeTwilio, twilio_b: FakeTwilio) -> AsyncIterator[Router]:
-    async with Router(config(hooks, twilio_a, twilio_b)) as r:
-        await hooks.serve(r)
+    async with serving(hooks, config(hooks, twilio_a, twilio_b)) as r:
         yield r
 
 
@@ -72,16 +77,7 @@ def receipt_params(
 async def test_fake_receipt_reaches_the_router_and_updates_status(
     router: Router, twilio_a: FakeTwilio
 ) -> None:
-    reports: list[DeliveryReport] = []
-    router.on_delivery_report(reports.append)
-    twilio_a.receipts("delivered")
-    result = await router.send(OTP)
-    async with asyncio.timeout(5):
-        await twilio_a.wait_receipts(1)
-    assert twilio_a.receipts_sent == [(result.provider_message_id, "delivered", 200)]
-    state = await router.status(result.message_id)
-    assert state is not None
-    assert state.status == "delivered"
+    result, reports = await delivered_round_trip(router, twilio_a, OTP)
     assert [r.status for r in reports] == ["delivered"]
     assert reports[0].message_id == result.message_id
     assert reports[0].provider_message_id == result.provider_message_id
@@ -90,11 +86,7 @@ async def test_fake_receipt_reaches_the_router_and_updates_status(
 async def test_receipt_arriving_before_send_returns_is_correlated(
     router: Router, twilio_a: FakeTwilio
 ) -> None:
-    twilio_a.receipts("delivered", before_answer=True)
-    result = await router.send(OTP)
-    assert twilio_a.receipts_sent == [(result.provider_message_id, "delivered", 200)]
-    async with asyncio.timeout(5):
-        await reaches(router, result.message_id, "delivered")
+    await assert_early_receipt_correlated(router, twilio_a, OTP)
 
 
 # -- signatures ---------------------------------------------------------------------------------
@@ -235,24 +227,15 @@ async def test_status_progresses_forward(
 async def test_stop_opts_out_marketing_but_not_otp(
     router: Router, hooks: Hooks, twilio_a: FakeTwilio
 ) -> None:
-    inbound: list[InboundMessage] = []
-    router.on_inbound(inbound.append)
-    status = await twilio_a.send_inbound(
+    await assert_stop_opts_out_marketing_not_otp(
+        router,
+        twilio_a,
         f"{hooks.url}/primary/inbound",
         sender="+4915123456789",
         recipient="+15005550006",
         text="  Stop ",
+        opted_out="+49 151 23456789",
     )
-    assert status == 200
-    assert inbound[0].keyword == "STOP"
-    assert router.is_opted_out("+49 151 23456789")
-    sent_before = twilio_a.requests
-    refused = await router.send(PROMO)
-    assert refused.status == "failed"
-    assert refused.reason == "opted_out"
-    assert refused.outcome is Outcome.REJECTED
-    assert twilio_a.requests == sent_before  # no provider was called
-    assert (await router.send(OTP)).ok
 
 
 async def test_start_opts_back_in(router: Router, hooks: Hooks, twilio_a: FakeTwilio) -> None:
@@ -311,8 +294,7 @@ async def test_provider_that_accepts_but_never_delivers_loses_its_traffic(
     cfg = config(hooks, twilio_a, twilio_b, breaker=", min_delivery_ratio: 50%, min_receipts: 5")
     twilio_a.receipts("undelivered", error_code=30003)
     twilio_b.receipts("delivered")
-    async with Router(cfg) as router:
-        await hooks.serve(router)
+    async with serving(hooks, cfg) as router:
         for _ in range(5):
             assert (await router.send(OTP)).provider == "primary"
         async with asyncio.timeout(5):
@@ -328,8 +310,7 @@ async def test_silent_provider_loses_traffic_once_receipts_are_overdue(
     cfg = config(hooks, twilio_a, twilio_b, breaker=", min_delivery_ratio: 50%, min_receipts: 5")
     clock = ManualClock()
     twilio_a.receipts("never")
-    async with Router(cfg, clock=clock) as router:
-        await hooks.serve(router)
+    async with serving(hooks, cfg, clock=clock) as router:
         for _ in range(5):
             assert (await router.send(OTP)).provider == "primary"
         clock.advance(601)  # past defaults.receipt_timeout (10m): no receipt ever came
@@ -344,8 +325,7 @@ async def test_undelivered_message_is_resent_through_the_next_provider(
     cfg = config(hooks, twilio_a, twilio_b, rule="    on_undelivered: resend")
     twilio_a.receipts("undelivered", error_code=30003)  # unreachable handset: retryable
     twilio_b.receipts("delivered")
-    async with Router(cfg) as router:
-        await hooks.serve(router)
+    async with serving(hooks, cfg) as router:
         result = await router.send(OTP)
         async with asyncio.timeout(5):
             await reaches(router, result.message_id, "delivered")
@@ -366,8 +346,7 @@ async def test_permanent_delivery_failure_is_not_resent(
 ) -> None:
     cfg = config(hooks, twilio_a, twilio_b, rule="    on_undelivered: resend")
     twilio_a.receipts("undelivered", error_code=30006)  # landline: no provider can help
-    async with Router(cfg) as router:
-        await hooks.serve(router)
+    async with serving(hooks, cfg) as router:
         await router.send(OTP)
         async with asyncio.timeout(5):
             await twilio_a.wait_receipts(1)
@@ -380,8 +359,7 @@ async def test_resend_happens_at_most_once_per_provider(
     cfg = config(hooks, twilio_a, twilio_b, rule="    on_undelivered: resend")
     twilio_a.receipts("undelivered", error_code=30003)
     twilio_b.receipts("undelivered", error_code=30003)
-    async with Router(cfg) as router:
-        await hooks.serve(router)
+    async with serving(hooks, cfg) as router:
         result = await router.send(OTP)
         async with asyncio.timeout(5):
             await twilio_b.wait_receipts(1)
