@@ -47,6 +47,7 @@ from smsroute.message import (
     SendResult,
 )
 from smsroute.numbers import Destination, NumberType, mask, normalize
+from smsroute.outbox import DeadLetter, OutboxStore, OutboxWorker, SQLiteOutbox
 from smsroute.router import RoutePlan, Router
 from smsroute.selection import Candidate
 from smsroute.webhooks import WebhookResponse
@@ -63,6 +64,7 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "ConfigReloaded",
+    "DeadLetter",
     "DeliveryReceived",
     "DeliveryReport",
     "Destination",
@@ -78,11 +80,14 @@ __all__ = [
     "MessageFinished",
     "MessageState",
     "NumberType",
+    "OutboxStore",
+    "OutboxWorker",
     "Outcome",
     "PrometheusHook",
     "RateLimitWait",
     "RoutePlan",
     "Router",
+    "SQLiteOutbox",
     "SendFailed",
     "SendResult",
     "SmsrouteError",

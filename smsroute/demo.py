@@ -45,8 +45,12 @@ from smsroute.testing import FakeTelnyx, FakeTwilio, FakeVonage
 PROVIDERS = ("twilio", "vonage", "telnyx")
 # Destinations weighted roughly like a European/US consumer service's traffic.
 DESTINATIONS = [  # (prefix, random digits, weight)
-    ("+49151", 8, 30), ("+3361", 7, 15), ("+447911", 6, 15),
-    ("+1415", 7, 25), ("+551198", 7, 8), ("+9198", 8, 7),
+    ("+49151", 8, 30),
+    ("+3361", 7, 15),
+    ("+447911", 6, 15),
+    ("+1415", 7, 25),
+    ("+551198", 7, 8),
+    ("+9198", 8, 7),
 ]
 CATEGORIES = [("otp", 40), ("transactional", 40), ("marketing", 20)]
 TEXTS = {
@@ -118,29 +122,52 @@ def _percentile(values: list[float], q: float) -> float | None:
 def render(stats: Stats, elapsed: float, duration: float, metrics_url: str) -> Group:
     """The live view: one row per provider, then the latest events."""
     total = sum(stats.accepted.values()) or 1
-    table = Table(title=f"smsroute demo — {elapsed:4.1f}s / {duration:.0f}s — {stats.phase}",
-                  title_justify="left")
-    for col in ("provider", "share", "accepted", "breaker", "p50 ms", "p99 ms", "failed over",
-                "throttled", "delivered"):
+    table = Table(
+        title=f"smsroute demo — {elapsed:4.1f}s / {duration:.0f}s — {stats.phase}",
+        title_justify="left",
+    )
+    for col in (
+        "provider",
+        "share",
+        "accepted",
+        "breaker",
+        "p50 ms",
+        "p99 ms",
+        "failed over",
+        "throttled",
+        "delivered",
+    ):
         table.add_column(col, justify="right" if col not in ("provider", "breaker") else "left")
     for p in PROVIDERS:
         lat = stats.latencies[p]
         p50, p99 = _percentile(lat, 0.5), _percentile(lat, 0.99)
-        breakers = ", ".join(f"{k.split('[')[-1].rstrip(']') if '[' in k else 'all'}: {v}"
-                             for k, v in sorted(stats.breakers.items()) if k.split("[")[0] == p
-                             and v != "closed") or "closed"
+        breakers = (
+            ", ".join(
+                f"{k.split('[')[-1].rstrip(']') if '[' in k else 'all'}: {v}"
+                for k, v in sorted(stats.breakers.items())
+                if k.split("[")[0] == p and v != "closed"
+            )
+            or "closed"
+        )
         away = sum(n for (f, _, _), n in stats.failovers.items() if f == p)
         throttled = stats.attempts[(p, Outcome.THROTTLED.value)]
         done = stats.delivered[p] + stats.undelivered[p]
         ratio = f"{stats.delivered[p] / done:.0%}" if done else "-"
         table.add_row(
-            p, f"{stats.accepted[p] / total:.0%}", str(stats.accepted[p]), breakers,
-            "-" if p50 is None else f"{p50 * 1000:.1f}", "-" if p99 is None else f"{p99 * 1000:.1f}",
-            str(away), str(throttled), ratio,
+            p,
+            f"{stats.accepted[p] / total:.0%}",
+            str(stats.accepted[p]),
+            breakers,
+            "-" if p50 is None else f"{p50 * 1000:.1f}",
+            "-" if p99 is None else f"{p99 * 1000:.1f}",
+            str(away),
+            str(throttled),
+            ratio,
         )
     recent = Text("\n".join(f"{t:5.1f}s  {line}" for t, line in stats.timeline[-6:]) or "…")
-    footer = Text(f"messages {stats.messages}  failed {stats.failed}  metrics: {metrics_url}",
-                  style="dim")
+    footer = Text(
+        f"messages {stats.messages}  failed {stats.failed}  metrics: {metrics_url}", style="dim"
+    )
     return Group(table, recent, footer)
 
 
@@ -157,12 +184,13 @@ def summary(stats: Stats) -> Table:
     table.add_row("failovers", "; ".join(f"{k}: {n}" for k, n in moved.most_common(6)) or "none")
     for phase in ("before the outage", "Twilio down for DE", "after recovery"):
         shares = {p: stats.de_by_provider[(phase, p)] for p in PROVIDERS}
-        table.add_row(f"DE traffic, {phase}",
-                      ", ".join(f"{p} {n}" for p, n in shares.items()))
+        table.add_row(f"DE traffic, {phase}", ", ".join(f"{p} {n}" for p, n in shares.items()))
     for p in PROVIDERS:
         done = stats.delivered[p] + stats.undelivered[p]
-        table.add_row(f"delivery ratio {p}",
-                      f"{stats.delivered[p] / done:.0%} of {done} receipts" if done else "no receipts")
+        table.add_row(
+            f"delivery ratio {p}",
+            f"{stats.delivered[p] / done:.0%} of {done} receipts" if done else "no receipts",
+        )
     for t, line in stats.timeline:
         if line.startswith(("breaker", "phase")):
             table.add_row(f"{t:5.1f}s", line)
@@ -193,11 +221,14 @@ async def run_demo(
     async with FakeTwilio() as twilio, FakeVonage(balance=1e9) as vonage, FakeTelnyx() as telnyx:
         environ = {
             "DEMO_WEBHOOK_PORT": str(hooks_port),
-            "DEMO_TWILIO_PORT": str(twilio.port), "DEMO_TWILIO_ACCOUNT_SID": twilio.account_sid,
+            "DEMO_TWILIO_PORT": str(twilio.port),
+            "DEMO_TWILIO_ACCOUNT_SID": twilio.account_sid,
             "DEMO_TWILIO_AUTH_TOKEN": twilio.auth_token,
-            "DEMO_VONAGE_PORT": str(vonage.port), "DEMO_VONAGE_API_KEY": vonage.api_key,
+            "DEMO_VONAGE_PORT": str(vonage.port),
+            "DEMO_VONAGE_API_KEY": vonage.api_key,
             "DEMO_VONAGE_API_SECRET": vonage.api_secret,
-            "DEMO_TELNYX_PORT": str(telnyx.port), "DEMO_TELNYX_API_KEY": telnyx.api_key,
+            "DEMO_TELNYX_PORT": str(telnyx.port),
+            "DEMO_TELNYX_API_KEY": telnyx.api_key,
             "DEMO_TELNYX_PUBLIC_KEY": telnyx.public_key,
         }
         config: Config = load_config(config_path or default_config_path(), environ=environ)
@@ -218,9 +249,17 @@ async def run_demo(
     return stats
 
 
-async def _traffic(router: Router, stats: Stats, twilio: FakeTwilio, vonage: FakeVonage,
-                   duration: float, rate: float, rng: random.Random, console: Console,
-                   metrics_url: str) -> None:
+async def _traffic(
+    router: Router,
+    stats: Stats,
+    twilio: FakeTwilio,
+    vonage: FakeVonage,
+    duration: float,
+    rate: float,
+    rng: random.Random,
+    console: Console,
+    metrics_url: str,
+) -> None:
     loop = asyncio.get_running_loop()
     start = loop.time()
     schedule: list[tuple[float, str, Callable[[], None]]] = [
@@ -241,8 +280,12 @@ async def _traffic(router: Router, stats: Stats, twilio: FakeTwilio, vonage: Fak
         with contextlib.suppress(ValueError):  # an unlucky random number is not valid
             await router.send(Message(to=number, text=TEXTS[category].format(n), category=category))
 
-    with Live(render(stats, 0, duration, metrics_url), console=console, refresh_per_second=8,
-              transient=not console.is_terminal) as live:
+    with Live(
+        render(stats, 0, duration, metrics_url),
+        console=console,
+        refresh_per_second=8,
+        transient=not console.is_terminal,
+    ) as live:
         n = 0
         next_refresh = 0.0
         while (elapsed := loop.time() - start) < duration:

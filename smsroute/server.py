@@ -30,7 +30,9 @@ def make_server_app(config: Config, router: Router | None = None) -> web.Applica
     app[ROUTER] = router
 
     async def healthz(request: web.Request) -> web.Response:
-        states = {f"{p}{'/' + c if c else ''}": s.value for (p, c), s in router.breaker_states().items()}
+        states = {
+            f"{p}{'/' + c if c else ''}": s.value for (p, c), s in router.breaker_states().items()
+        }
         return web.json_response({"status": "ok", "breakers": states})
 
     app.router.add_get("/healthz", healthz)
