@@ -65,7 +65,7 @@ from smsroute.outbox import (
 )
 from smsroute.providers import load_provider_class
 from smsroute.providers.base import OutboundSMS, Provider, Reply
-from smsroute.rules import RuleIndex, Subject
+from smsroute.rules import RuleIndex
 from smsroute.selection import Candidate, Option, bests, order, score
 from smsroute.state.backend import StateBackend, open_state
 from smsroute.webhooks import DeliveryCallback, InboundCallback, WebhookResponse, Webhooks
@@ -103,7 +103,7 @@ class RoutePlan:
         return tuple(c.provider for c in self.candidates if c.skipped is None)
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)  # internal and short-lived: mutable is cheaper to build
 class _Prepared:
     destination: Destination
     info: TextInfo
@@ -267,6 +267,11 @@ class Router:
         except ConfigError as exc:
             self._emit(ConfigReloaded(source=source, result="error", error=str(exc)))
             raise
+        if runtime.config.state != self._runtime.config.state:
+            log.warning(
+                "the reloaded config changes the 'state' section: it takes effect when the "
+                "router is restarted (breakers, health and rate limits stay where they are)"
+            )
         self._runtime = runtime
         self._emit(ConfigReloaded(source=source, result="success"))
         return runtime.config
@@ -293,8 +298,7 @@ class Router:
                 f"defaults.max_segments in {config.source}"
             )
         destination = normalize(message.to, config.defaults.default_region)
-        subject = Subject(destination, message.category, message.sender, message.tags)
-        rule = rt.index.first(subject)
+        rule = rt.index.find(destination, message.category, message.sender, message.tags)
         if rule is None:  # a validated config always has a catch-all
             raise InvalidMessage(f"no rule matches this message in {config.source}")
         return _Prepared(destination, info, rule)

@@ -117,16 +117,21 @@ class RuleIndex:
 
     def first(self, s: Subject) -> Rule | None:
         """The first matching rule, or None (a validated config always has a catch-all)."""
-        d = s.destination
+        return self.find(s.destination, s.category, s.sender, s.tags)
+
+    def find(
+        self, d: Destination, category: str, sender: str | None, tags: tuple[str, ...]
+    ) -> Rule | None:
+        """:meth:`first` without building a :class:`Subject` (the router's hot path)."""
         e164 = d.e164
         found = (
             self._country.mask(d.country)
             & self._number_type.mask(d.number_type)
-            & self._category.mask(s.category)
-            & self._sender.mask(s.sender)
+            & self._category.mask(category)
+            & self._sender.mask(sender)
         )
         if found and self._tags.by_value:
-            found &= self._tags.mask_any_of(s.tags)
+            found &= self._tags.mask_any_of(tags)
         if found and self._prefix_lengths:
             found &= self._prefix.mask_any_of(e164[:n] for n in self._prefix_lengths)
         if not found:

@@ -43,7 +43,7 @@ class Candidate:
     delivery_ratio: float | None = None
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)  # built per provider per message: mutable is cheaper to build
 class Option:
     """What a strategy knows of one provider."""
 
