@@ -95,7 +95,7 @@ MATCH_KEYS = frozenset({"country", "prefix", "number_type", "category", "sender"
 SCORE_WEIGHT_KEYS = frozenset({"price", "success", "latency"})
 CATEGORY_KEYS = frozenset({"on_timeout"})
 STATE_KEYS = frozenset(
-    {"backend", "url", "key_prefix", "sync_interval", "timeout", "health_window", "status_ttl"}
+    {"backend", "url", "key_prefix", "sync_interval", "timeout", "health_window", "receipt_ttl"}
 )
 StateBackendName = Literal["memory", "redis"]
 OUTBOX_KEYS = frozenset(
@@ -299,8 +299,8 @@ class StateSettings:
     timeout: float = 0.5
     #: Health (success, latency, delivery) is merged over this much recent time.
     health_window: float = 60.0
-    #: How long message states and provider-id mappings are kept in Redis.
-    status_ttl: float = 48 * 3600.0
+    #: How long a processed delivery receipt is remembered, so a retry is dropped.
+    receipt_ttl: float = 48 * 3600.0
 
 
 @attrs.frozen(slots=True)
@@ -484,7 +484,7 @@ class _Loader:
             health_window=self.field(
                 s, path, "health_window", _positive_duration, base.health_window
             ),
-            status_ttl=self.field(s, path, "status_ttl", _positive_duration, base.status_ttl),
+            receipt_ttl=self.field(s, path, "receipt_ttl", _positive_duration, base.receipt_ttl),
         )
         if settings.sync_interval > 1.0:
             self.error(

@@ -157,6 +157,21 @@ async def test_a_breaker_opened_by_one_replica_is_obeyed_by_the_other(
         assert twilio_a.requests == before + 1
 
 
+async def test_a_breaker_for_one_country_is_shared_for_that_country_only(
+    replicas: Callable[..., Router],
+) -> None:
+    a, b = replicas(breaker_scope="provider_country"), replicas(breaker_scope="provider_country")
+    async with a, b:
+        pcfg = a.config.providers["tw"]
+        a.state.breaker(pcfg, "DE").trip()
+        german, french = b.state.breaker(pcfg, "DE"), b.state.breaker(pcfg, "FR")
+        await until(lambda: german.state is BreakerState.OPEN)
+        assert french.state is BreakerState.CLOSED
+        c = replicas(breaker_scope="provider_country")  # created after: takes it at once
+        async with c:
+            assert c.state.breaker(pcfg, "DE").state is BreakerState.OPEN
+
+
 async def test_a_replica_that_joins_later_waits_out_the_remaining_open_time(
     replicas: Callable[..., Router],
     redis_url: str,  # noqa: F811

@@ -136,7 +136,7 @@ def new_message(
         message_id=message_id,
         message=message,
         priority=priority_of(message.category),
-        due=max(due, now) if send_at is None else due,
+        due=due,
         ttl=seconds,
         enqueued_at=now,
         idempotency_key=idempotency_key,

@@ -176,7 +176,7 @@ class OutboxWorker:
         self._main: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._stopping = False
-        self._stopped = False
+        self._stop_task: asyncio.Future[None] | None = None
         #: Messages this worker sent, scheduled for a retry, and dead-lettered.
         self.sent = 0
         self.retried = 0
@@ -224,12 +224,16 @@ class OutboxWorker:
         their messages go back to the queue (they may have been sent: at least
         once, never lost).
         """
-        if self._main is None or self._stopped:
+        if self._main is None:
             return
-        self._stopped = True
+        if self._stop_task is None:  # callers at once (async with, router.aclose) share one stop
+            self._stop_task = asyncio.ensure_future(self._stop(self._main, grace))
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self, main: asyncio.Task[None], grace: float | None) -> None:
         self._stopping = True
         self._wake.set()
-        await asyncio.gather(self._main, return_exceptions=True)
+        await asyncio.gather(main, return_exceptions=True)
         waiting = [t for mid, t in self._tasks.items() if mid not in self._sending]
         for task in waiting:
             task.cancel()
@@ -272,8 +276,8 @@ class OutboxWorker:
 
     async def drain(self) -> None:
         """Wait until nothing is due and nothing is being sent (later messages may remain)."""
-        if self._main is None:
-            raise RuntimeError("start the worker first: async with router.worker() as w")
+        if self._main is None or self._stopping:
+            raise RuntimeError("drain() needs a running worker: async with router.worker() as w")
         self._idle.clear()
         self._wake.set()
         await self._idle.wait()
@@ -410,7 +414,6 @@ class OutboxWorker:
                 result = await router._send(item.message, item.message_id, frozenset(), head.name)
             finally:
                 self._pacer.release(head)
-            await self._settle(item, prepared, result)
         except asyncio.CancelledError:
             raise  # stop() hands the lease back
         except Exception as exc:  # a bug must not lose the message: try again later
@@ -419,6 +422,17 @@ class OutboxWorker:
                 await self._later(item, f"worker error: {type(exc).__name__}", None)
             except Exception:
                 log.exception("and could not reschedule it: its lease will expire")
+            return
+        try:
+            await self._settle(item, prepared, result)
+        except Exception:  # never retry what a provider may have accepted: let the lease lapse
+            log.exception(
+                "outbox worker %s could not record the outcome of message %s (%s); "
+                "it is sent again if its lease expires",
+                self.owner,
+                item.message_id,
+                result.status,
+            )
 
     async def _settle(self, item: QueuedMessage, prepared: _Prepared, result: SendResult) -> None:
         assert self._store is not None

@@ -23,6 +23,9 @@ scripts).  Each replica estimates the offset between that clock and its own
 monotonic clock from its syncs (the sample with the shortest round trip of
 the last few), and converts on the way in and out.
 
+Needs Redis 6.2 or later (the opt-out log uses ``XADD MINID``); a single
+server or a primary with replicas, not Redis Cluster (scripts derive keys).
+
 When Redis fails, :class:`~smsroute.state.redis_link.RedisLink` says so
 (a log line and ``smsroute_state_backend_errors_total``); everything keeps
 working on local state, and what happened meanwhile (breaker changes, health
@@ -302,15 +305,18 @@ class RedisState:
                 breaker.version = shared[0]
                 self._wake.set()
         for bucket in list(self._buckets.values()):
-            seconds = bucket.pushed_pause
-            if seconds is None:
+            until = bucket.unpublished_pause
+            if until is None:
                 continue
-            call = functools.partial(
-                self.scripts.pause, keys=[bucket.pause_key], args=[repr(seconds)]
-            )
-            if await self.link.run("pause", call) is None:
-                return
-            bucket.pushed_pause = None
+            seconds = until - self.clock.now()  # what is left of it (Redis may have been away)
+            if seconds > 0.0:
+                call = functools.partial(
+                    self.scripts.pause, keys=[bucket.pause_key], args=[repr(seconds)]
+                )
+                if await self.link.run("pause", call) is None:
+                    return
+            if bucket.unpublished_pause == until:
+                bucket.unpublished_pause = None
         if self._optouts is not None and self._optouts.pending:
             await self._optouts.flush()
 

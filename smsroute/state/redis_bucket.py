@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from collections import deque
 from typing import TYPE_CHECKING
@@ -42,6 +43,12 @@ LEASE_HORIZON = 0.02
 LEASE_SHARE = 0.05
 #: Largest lease in slots, whatever the rate.
 MAX_LEASE = 1000
+#: Slots are never leased further ahead than this (seconds), whatever a caller would wait.
+MAX_HORIZON = 60.0
+#: Leases one message may wait for when others keep taking the slots first.
+MAX_LEASES_PER_MESSAGE = 8
+
+log = logging.getLogger("smsroute.state")
 
 
 class SharedBucket(TokenBucket):
@@ -54,13 +61,14 @@ class SharedBucket(TokenBucket):
         "_fallback",
         "_fetching",
         "_full_until",
+        "_late_leases",
         "_rate_est",
         "_slots",
         "_waiters",
         "name",
         "pause_key",
-        "pushed_pause",
         "rate_key",
+        "unpublished_pause",
     )
 
     def __init__(self, provider: ProviderConfig, backend: RedisState) -> None:
@@ -74,14 +82,15 @@ class SharedBucket(TokenBucket):
         self._slots: deque[float] = deque()
         #: No slot within max_wait before this local time (the schedule is full).
         self._full_until = -math.inf
-        self._fetching: asyncio.Future[None] | None = None
+        self._fetching: asyncio.Future[int] | None = None
         self._waiters = 0
+        self._late_leases = 0
         self._demand = 0
         self._demand_since = self.clock.now()
         self._rate_est = 0.0
         self._fallback: tuple[int, TokenBucket] | None = None
-        #: A local pause (Retry-After) still to be written to Redis, as seconds from now.
-        self.pushed_pause: float | None = None
+        #: The end (local clock) of a Retry-After pause still to be written to Redis.
+        self.unpublished_pause: float | None = None
 
     def configure(self, provider: ProviderConfig) -> None:
         """Take a reloaded provider's rate and burst."""
@@ -99,6 +108,10 @@ class SharedBucket(TokenBucket):
 
     def reserve(self, max_wait: float) -> float | None:
         """A leased slot: seconds to wait before using it, or None (no slot in time at hand)."""
+        self._demand += 1
+        return self._take(max_wait)
+
+    def _take(self, max_wait: float) -> float | None:
         now = self.clock.now()
         paused = self.paused_until
         if paused is not None:
@@ -107,7 +120,6 @@ class SharedBucket(TokenBucket):
             self.paused_until = None
         if self.rate is None:
             return 0.0
-        self._demand += 1
         if not self._backend.link.up:
             return self._local().reserve(max_wait)
         slots = self._slots
@@ -133,28 +145,30 @@ class SharedBucket(TokenBucket):
         """Lease more slots from Redis (one call for every message waiting now) and take one."""
         self._waiters += 1
         try:
-            while True:
-                if self.paused_until is not None or not self._backend.link.up or self._slots:
-                    return self.reserve(max_wait)
-                if self.rate is None or self.clock.now() < self._full_until:
+            for _ in range(MAX_LEASES_PER_MESSAGE):
+                wait = self._take(max_wait)
+                if wait is not None or self.paused_until is not None or self._slots:
+                    return wait  # a slot, a pause, or the next slot too far for max_wait
+                if not self._backend.link.up or self.rate is None:
+                    return wait
+                if self.clock.now() < self._full_until:
                     return None
                 fetching = self._fetching
                 if fetching is None:
                     fetching = self._start_lease(max_wait)
                 await asyncio.shield(fetching)
+                if not fetching.result() and not self._slots:
+                    return self._take(max_wait)  # Redis granted nothing: no point asking again
+                # Slots came (perhaps taken by other waiters first): take one, or lease again.
+            return self._take(max_wait)
         finally:
             self._waiters -= 1
 
-    def _start_lease(self, max_wait: float) -> asyncio.Future[None]:
+    def _start_lease(self, max_wait: float) -> asyncio.Future[int]:
         asyncio.get_running_loop()  # RuntimeError outside one, before anything is created
         fetching = self._fetching = asyncio.ensure_future(self._lease(max_wait))
-        fetching.add_done_callback(self._fetched)
+        fetching.add_done_callback(_retrieve)
         return fetching
-
-    def _fetched(self, future: asyncio.Future[None]) -> None:
-        self._fetching = None
-        if not future.cancelled():
-            future.exception()  # retrieved: _lease never raises, but never leave it unread
 
     def _lease_size(self) -> int:
         now = self.clock.now()
@@ -169,9 +183,20 @@ class SharedBucket(TokenBucket):
         cap = max(1, min(MAX_LEASE, math.ceil(self.rate * LEASE_SHARE)))
         return max(1, min(want, cap))
 
-    async def _lease(self, max_wait: float) -> None:
+    async def _lease(self, max_wait: float) -> int:
+        """Ask Redis for slots; returns how many came."""
+        try:
+            return await self._ask(min(max_wait, MAX_HORIZON))
+        except Exception:  # a bug must not fail sends: they wait for the next lease
+            log.exception("smsroute: leasing rate-limit slots of %s failed", self.name)
+            return 0
+        finally:
+            self._fetching = None  # before any waiter resumes
+
+    async def _ask(self, max_wait: float) -> int:
         rate = self.rate
-        assert rate is not None
+        if rate is None:
+            return 0
         interval = 1.0 / rate
         tau = (self.burst - 1.0) * interval
         count = self._lease_size()
@@ -184,18 +209,30 @@ class SharedBucket(TokenBucket):
             ),
         )
         if reply is None:
-            return  # Redis is down: reserve() now uses the local fallback
+            return 0  # Redis is down: reserve() now uses the local fallback
         granted, now_r, paused_r, start_r = int(reply[0]), *(float(x) for x in reply[1:])
         offset = backend.offset(now_r)
         if paused_r > 0.0:
             self.pause_until(paused_r - offset, publish=False)
-            return
+            return 0
         if granted == 0:
             self._full_until = start_r - max_wait - offset
-            return
+            return 0
+        # A slot that arrives more than GRACE after its time is dropped: sending on it
+        # now would put more sends in a second than the rate allows.  Only when this
+        # replica is so slow that a whole lease came late twice in a row are late slots
+        # used (at arrival), or it would never send at all.
+        arrived = self.clock.now()
+        too_late = arrived - GRACE
         slots = self._slots
+        kept = 0
         for i in range(granted):
-            slots.append(max(now_r, start_r + i * interval) - offset)
+            at = max(now_r, start_r + i * interval) - offset
+            if at >= too_late or self._late_leases:
+                slots.append(at if at > arrived else arrived)
+                kept += 1
+        self._late_leases = 0 if kept else self._late_leases + 1
+        return granted
 
     # -- pauses and the fallback -------------------------------------------------------
 
@@ -204,9 +241,8 @@ class SharedBucket(TokenBucket):
         super().pause_until(when)
         if publish:
             self._slots.clear()  # leased before the provider said stop
-            seconds = when - self.clock.now()
-            if seconds > 0.0 and (self.pushed_pause is None or seconds > self.pushed_pause):
-                self.pushed_pause = seconds
+            if self.unpublished_pause is None or when > self.unpublished_pause:
+                self.unpublished_pause = when
                 self._backend.wake()
 
     def _local(self) -> TokenBucket:
@@ -218,3 +254,9 @@ class SharedBucket(TokenBucket):
             burst = max(1, int(self.burst) // replicas)
             entry = self._fallback = (replicas, TokenBucket(share, burst, self.clock))
         return entry[1]
+
+
+def _retrieve(future: asyncio.Future[int]) -> None:
+    """Mark a lease's exception as seen (a lease nobody awaited must not warn)."""
+    if not future.cancelled():
+        future.exception()

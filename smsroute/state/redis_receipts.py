@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 class ReceiptLog:
-    """Which receipts some replica has already processed, kept ``status_ttl`` in Redis."""
+    """Which receipts some replica has already processed, kept ``receipt_ttl`` in Redis."""
 
     def __init__(self, backend: RedisState) -> None:
         self._backend = backend
@@ -31,7 +31,7 @@ class ReceiptLog:
         if not link.up:
             return True
         name = self._prefix + hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest()
-        ttl = max(1, int(backend.settings.status_ttl))
+        ttl = max(1, int(backend.settings.receipt_ttl))
 
         async def claim() -> bool:
             return bool(await link.client.set(name, "1", nx=True, ex=ttl))

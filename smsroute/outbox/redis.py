@@ -1,0 +1,600 @@
+"""The outbox in Redis: one store for workers on many hosts.
+
+Same guarantees as the SQLite store (:mod:`smsroute.outbox.sqlite`), each
+operation one Lua script, so atomic: at-least-once delivery (a message
+leaves the queue only when acked, dead-lettered or purged), leases that come
+back to the queue when the worker holding them dies (at the next ``lease``
+after ``lease_until``), idempotency keys, dead letters with their attempts,
+and the status history that receipts extend.  Durability is Redis's: run it
+with ``appendonly yes`` (``appendfsync everysec`` can lose the last second
+on a power cut; ``always`` loses nothing).  Not for Redis Cluster: a script
+touches keys it derives.
+
+Keys, under ``key_prefix`` + ``outbox:`` (``P``)::
+
+    P m:<id>              hash  the message: state, priority, due, expires, ttl, tries,
+                                owner, until, status, provider, ..., to, body, sender, ...
+    P pending:<priority>  zset  "seq(12 digits)" + id, scored by due: due, then enqueue order
+    P leased              zset  id by lease_until
+    P dead, P sent        zset  id by the time it got there (dead letters, purge)
+    P idem                hash  idempotency key -> id
+    P h:<id>              list  history, JSON [at, status, provider, detail]
+    P a:<id>              list  attempts, JSON [try, provider, outcome, latency, ...]
+    P seq                 int   enqueue counter
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from smsroute.message import Attempt, DeliveryReport, Message, MessageState, Outcome, SendResult
+from smsroute.outbox.store import PRIORITY_LEVELS, DeadLetter, NewMessage, QueuedMessage, State, utc
+from smsroute.state.redis_link import redact
+from smsroute.status import RANK
+
+#: Sent messages purged per script call (a long script blocks Redis).
+PURGE_BATCH = 500
+
+_COMMON = """
+local P = KEYS[1]
+local function history(id, at, status, provider, detail)
+  local p = cjson.null
+  if provider and provider ~= '' then p = provider end
+  local d = cjson.null
+  if detail and detail ~= '' then d = detail end
+  redis.call('RPUSH', P .. 'h:' .. id, '[' .. at .. ',' .. cjson.encode(status) .. ','
+    .. cjson.encode(p) .. ',' .. cjson.encode(d) .. ']')
+end
+local function attempts(id, tries, first)
+  for i = first, #ARGV do
+    redis.call('RPUSH', P .. 'a:' .. id, '[' .. tries .. ',' .. string.sub(ARGV[i], 2))
+  end
+end
+local function to_pending(key, id)
+  local prio, due, pm = unpack(redis.call('HMGET', key, 'priority', 'due', 'pm'))
+  redis.call('HSET', key, 'state', 'pending')
+  redis.call('HDEL', key, 'owner', 'until')
+  redis.call('ZREM', P .. 'leased', id)
+  redis.call('ZADD', P .. 'pending:' .. prio, due, pm)
+end
+"""
+
+#: ARGV: count, then per message: id idem priority due expires ttl enqueued to body
+#: sender category tags metadata ('' for none).  Returns the ids.
+ENQUEUE = (
+    _COMMON
+    + """
+local out = {}
+local i = 2
+for _ = 1, tonumber(ARGV[1]) do
+  local id, idem = ARGV[i], ARGV[i + 1]
+  local found = false
+  if idem ~= '' then found = redis.call('HGET', P .. 'idem', idem) end
+  if found then
+    out[#out + 1] = found
+  else
+    local key = P .. 'm:' .. id
+    if redis.call('EXISTS', key) == 0 then
+      local pm = string.format('%012d', redis.call('INCR', P .. 'seq')) .. id
+      redis.call('HSET', key, 'state', 'pending', 'status', 'pending', 'tries', 0, 'pm', pm,
+        'priority', ARGV[i + 2], 'due', ARGV[i + 3], 'enq', ARGV[i + 6], 'upd', ARGV[i + 6],
+        'to', ARGV[i + 7], 'body', ARGV[i + 8], 'cat', ARGV[i + 10])
+      local optional = {idem = i + 1, expires = i + 4, ttl = i + 5, sender = i + 9,
+                        tags = i + 11, meta = i + 12}
+      for field, at in pairs(optional) do
+        if ARGV[at] ~= '' then redis.call('HSET', key, field, ARGV[at]) end
+      end
+      redis.call('ZADD', P .. 'pending:' .. ARGV[i + 2], ARGV[i + 3], pm)
+      if idem ~= '' then redis.call('HSET', P .. 'idem', idem, id) end
+    end
+    out[#out + 1] = id
+  end
+  i = i + 13
+end
+return out
+"""
+)
+
+#: ARGV: owner, limit, now, until.  Expired leases go back first.  Returns one
+#: list per message leased: id priority due expires tries enq to body sender cat tags meta.
+LEASE = (
+    _COMMON
+    + """
+local owner, limit, now, untl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'leased', '-inf', now)) do
+  local key = P .. 'm:' .. id
+  local holder = redis.call('HGET', key, 'owner') or '?'
+  to_pending(key, id)
+  history(id, now, 'lease_expired', false, 'the lease of ' .. holder .. ' expired')
+end
+local out = {}
+for level = 0, 3 do
+  local want = limit - #out
+  if want <= 0 then break end
+  local queue = P .. 'pending:' .. level
+  for _, pm in ipairs(redis.call('ZRANGEBYSCORE', queue, '-inf', now, 'LIMIT', 0, want)) do
+    local id = string.sub(pm, 13)
+    local key = P .. 'm:' .. id
+    redis.call('ZREM', queue, pm)
+    redis.call('ZADD', P .. 'leased', untl, id)
+    redis.call('HSET', key, 'state', 'leased', 'owner', owner, 'until', untl)
+    out[#out + 1] = redis.call('HMGET', key, 'priority', 'due', 'expires', 'tries', 'enq',
+      'to', 'body', 'sender', 'cat', 'tags', 'meta')
+    table.insert(out[#out], 1, id)
+  end
+end
+return out
+"""
+)
+
+#: ARGV: owner, until, ids...  Returns how many leases the owner held.
+RENEW = (
+    _COMMON
+    + """
+local held = 0
+for i = 3, #ARGV do
+  local key = P .. 'm:' .. ARGV[i]
+  local state, owner = unpack(redis.call('HMGET', key, 'state', 'owner'))
+  if state == 'leased' and owner == ARGV[1] then
+    redis.call('HSET', key, 'until', ARGV[2])
+    redis.call('ZADD', P .. 'leased', ARGV[2], ARGV[i])
+    held = held + 1
+  end
+end
+return held
+"""
+)
+
+#: ARGV: owner, "all" or "ids", ids...  Returns how many leases went back.
+RELEASE = (
+    _COMMON
+    + """
+local ids = {}
+if ARGV[2] == 'all' then
+  ids = redis.call('ZRANGE', P .. 'leased', 0, -1)
+else
+  for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
+end
+local released = 0
+for _, id in ipairs(ids) do
+  local key = P .. 'm:' .. id
+  local state, owner = unpack(redis.call('HMGET', key, 'state', 'owner'))
+  if state == 'leased' and owner == ARGV[1] then
+    to_pending(key, id)
+    released = released + 1
+  end
+end
+return released
+"""
+)
+
+#: ARGV: id, provider, provider message id, now, attempts (JSON each)...  Returns 1 if
+#: this ack made the message sent, 0 if it already was final (a duplicate send).
+ACK = (
+    _COMMON
+    + """
+local id, now = ARGV[1], ARGV[4]
+local key = P .. 'm:' .. id
+local state, status, prio, pm = unpack(redis.call('HMGET', key, 'state', 'status', 'priority', 'pm'))
+if not state then return 0 end
+local applied, tries, detail = 0, 0, false
+if state == 'pending' or state == 'leased' then
+  redis.call('ZREM', P .. 'pending:' .. prio, pm)
+  redis.call('ZREM', P .. 'leased', id)
+  tries = redis.call('HINCRBY', key, 'tries', 1)
+  if status == 'pending' or status == 'retrying' then status = 'accepted' end
+  redis.call('HSET', key, 'state', 'sent', 'status', status, 'outcome', 'accepted', 'upd', now)
+  redis.call('HDEL', key, 'reason', 'owner', 'until', 'provider', 'pmid')
+  if ARGV[2] ~= '' then redis.call('HSET', key, 'provider', ARGV[2]) end
+  if ARGV[3] ~= '' then redis.call('HSET', key, 'pmid', ARGV[3]) end
+  redis.call('ZADD', P .. 'sent', now, id)
+  applied = 1
+else
+  tries = tonumber(redis.call('HGET', key, 'tries') or '0') + 1
+  detail = 'sent again: the message was already final'
+end
+history(id, now, 'accepted', ARGV[2], detail)
+attempts(id, tries, 5)
+return applied
+"""
+)
+
+#: Retry or dead-letter.  ARGV: id, owner, "pending" or "dead", due (''), tried (0/1),
+#: reason, outcome (''), provider (''), now, attempts...  Returns 1 if the owner held it.
+FINISH = (
+    _COMMON
+    + """
+local id, owner, target, due, tried = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local reason, outcome, provider, now = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local key = P .. 'm:' .. id
+local state, holder, prio, pm = unpack(redis.call('HMGET', key, 'state', 'owner', 'priority', 'pm'))
+if not state then return 0 end
+local applied, tries = 0, 0
+if state == 'leased' and holder == owner then
+  local status = 'dead'
+  if target == 'pending' then status = 'retrying' end
+  tries = redis.call('HINCRBY', key, 'tries', tried)
+  redis.call('HSET', key, 'state', target, 'status', status, 'reason', reason, 'upd', now)
+  if due ~= '' then redis.call('HSET', key, 'due', due) end
+  if outcome ~= '' then redis.call('HSET', key, 'outcome', outcome) end
+  redis.call('HDEL', key, 'owner', 'until')
+  redis.call('ZREM', P .. 'leased', id)
+  if target == 'pending' then
+    redis.call('ZADD', P .. 'pending:' .. prio, redis.call('HGET', key, 'due'), pm)
+  else
+    redis.call('ZADD', P .. 'dead', now, id)
+  end
+  history(id, now, status, provider, reason)
+  applied = 1
+else
+  tries = tonumber(redis.call('HGET', key, 'tries') or '0') + tried
+  history(id, now, 'lease_lost', provider, reason)
+end
+attempts(id, tries, 10)
+return applied
+"""
+)
+
+#: ARGV: id, now.  A dead letter back to pending, due now, tries and ttl reset.
+REQUEUE = (
+    _COMMON
+    + """
+local id, now = ARGV[1], ARGV[2]
+local key = P .. 'm:' .. id
+local state, ttl, prio, pm = unpack(redis.call('HMGET', key, 'state', 'ttl', 'priority', 'pm'))
+if state ~= 'dead' then return 0 end
+redis.call('HSET', key, 'state', 'pending', 'status', 'pending', 'due', now, 'tries', 0, 'upd', now)
+redis.call('HDEL', key, 'reason')
+if ttl then
+  redis.call('HSET', key, 'expires', string.format('%.6f', tonumber(now) + tonumber(ttl)))
+end
+redis.call('ZREM', P .. 'dead', id)
+redis.call('ZADD', P .. 'pending:' .. prio, now, pm)
+history(id, now, 'requeued', false, false)
+return 1
+"""
+)
+
+#: ARGV: id, status, provider, provider message id, error code (''), now, at, then
+#: the rank table as status rank pairs.  Returns 1 when the message is known here.
+RECEIPT = (
+    _COMMON
+    + """
+local id, status, now = ARGV[1], ARGV[2], ARGV[6]
+local key = P .. 'm:' .. id
+local current = redis.call('HGET', key, 'status')
+if not current then return 0 end
+local rank = {}
+for i = 8, #ARGV, 2 do rank[ARGV[i]] = tonumber(ARGV[i + 1]) end
+if (rank[status] or -1) > (rank[current] or -1) then
+  redis.call('HSET', key, 'status', status, 'provider', ARGV[3], 'pmid', ARGV[4], 'upd', now)
+  if ARGV[5] ~= '' then redis.call('HSET', key, 'err', ARGV[5]) else redis.call('HDEL', key, 'err') end
+end
+history(id, ARGV[7], status, ARGV[3], ARGV[5])
+return 1
+"""
+)
+
+#: ARGV: before, batch.  Forgets up to batch sent messages last changed before ``before``.
+PURGE = (
+    _COMMON
+    + """
+local ids = redis.call('ZRANGEBYSCORE', P .. 'sent', '-inf', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, id in ipairs(ids) do
+  local key = P .. 'm:' .. id
+  local idem = redis.call('HGET', key, 'idem')
+  if idem and redis.call('HGET', P .. 'idem', idem) == id then
+    redis.call('HDEL', P .. 'idem', idem)
+  end
+  redis.call('DEL', key, P .. 'h:' .. id, P .. 'a:' .. id)
+  redis.call('ZREM', P .. 'sent', id)
+end
+return #ids
+"""
+)
+
+
+def _text(value: float | int | str | None) -> str:
+    if value is None:
+        return ""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _attempt_rows(attempts: Sequence[Attempt]) -> list[str]:
+    """Attempts as JSON lists; the scripts put the try number in front."""
+    return [
+        _json(
+            [
+                a.provider,
+                a.outcome.value,
+                a.latency,
+                a.status_code,
+                a.error_code,
+                a.detail,
+                a.provider_message_id,
+                a.retry_after,
+            ]
+        )
+        for a in attempts
+    ]
+
+
+def _message(
+    to: str, body: str, sender: str | None, category: str, tags: str | None, meta: str | None
+) -> Message:
+    return Message(
+        to=to,
+        text=body,
+        sender=sender,
+        category=category,
+        tags=tuple(json.loads(tags)) if tags else (),
+        metadata=json.loads(meta) if meta else {},
+    )
+
+
+def _optional_float(value: str | None) -> float | None:
+    return float(value) if value else None
+
+
+class RedisOutbox:
+    """The outbox in Redis (see the module docstring).
+
+    >>> store = RedisOutbox("redis://127.0.0.1:6379/0", key_prefix="smsroute:")
+    >>> await store.counts()          # {'pending': 12, 'leased': 0, 'sent': 3400, 'dead': 1}
+    >>> await store.close()
+    """
+
+    def __init__(self, url: str, *, key_prefix: str = "smsroute:", timeout: float = 5.0) -> None:
+        self.url = redact(url)
+        self.prefix = f"{key_prefix}outbox:"
+        self._client: aioredis.Redis = aioredis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        register = self._client.register_script
+        self._enqueue = register(ENQUEUE)
+        self._lease = register(LEASE)
+        self._renew = register(RENEW)
+        self._release = register(RELEASE)
+        self._ack = register(ACK)
+        self._finish = register(FINISH)
+        self._requeue = register(REQUEUE)
+        self._receipt = register(RECEIPT)
+        self._purge = register(PURGE)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"RedisOutbox({self.url!r}, key_prefix={self.prefix[: -len('outbox:')]!r})"
+
+    def _check(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"the outbox store {self!r} is closed")
+
+    async def _run(self, script: Any, args: Sequence[object]) -> Any:
+        self._check()
+        return await script(keys=[self.prefix], args=list(args))
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._client.aclose()
+
+    # -- writing messages in ---------------------------------------------------------
+
+    async def enqueue(self, item: NewMessage) -> str:
+        (found,) = await self.enqueue_many([item])
+        return found
+
+    async def enqueue_many(self, items: Sequence[NewMessage]) -> list[str]:
+        args: list[object] = [len(items)]
+        for item in items:
+            m = item.message
+            args += [
+                item.message_id,
+                item.idempotency_key or "",
+                item.priority,
+                _text(item.due),
+                _text(item.expires),
+                _text(item.ttl),
+                _text(item.enqueued_at),
+                m.to,
+                m.text,
+                m.sender or "",
+                m.category,
+                _json(list(m.tags)) if m.tags else "",
+                _json(dict(m.metadata)) if m.metadata else "",
+            ]
+        return [str(i) for i in await self._run(self._enqueue, args)] if items else []
+
+    # -- leases ------------------------------------------------------------------------
+
+    async def lease(self, owner: str, limit: int, now: float, until: float) -> list[QueuedMessage]:
+        rows = await self._run(self._lease, [owner, limit, _text(now), _text(until)])
+        return [
+            QueuedMessage(
+                message_id=row[0],
+                message=_message(*row[6:12]),
+                priority=int(row[1]),
+                due=float(row[2]),
+                expires=_optional_float(row[3]),
+                tries=int(row[4]),
+                enqueued_at=float(row[5]),
+            )
+            for row in rows
+        ]
+
+    async def renew(self, owner: str, message_ids: Collection[str], until: float) -> int:
+        if not message_ids:
+            return 0
+        return int(await self._run(self._renew, [owner, _text(until), *message_ids]))
+
+    async def release(self, owner: str, message_ids: Collection[str] | None, now: float) -> int:
+        if message_ids is None:
+            return int(await self._run(self._release, [owner, "all"]))
+        if not message_ids:
+            return 0
+        return int(await self._run(self._release, [owner, "ids", *message_ids]))
+
+    # -- outcomes ----------------------------------------------------------------------
+
+    async def ack(self, message_id: str, owner: str, result: SendResult, now: float) -> bool:
+        # A first provider's acceptance says all there is to say; keep attempts that failed.
+        attempts = _attempt_rows(result.attempts) if len(result.attempts) > 1 else []
+        args = [message_id, result.provider or "", result.provider_message_id or "", _text(now)]
+        return bool(await self._run(self._ack, [*args, *attempts]))
+
+    async def retry(
+        self,
+        message_id: str,
+        owner: str,
+        due: float,
+        reason: str,
+        result: SendResult | None,
+        now: float,
+    ) -> bool:
+        return await self._settle(message_id, owner, "pending", due, reason, result, now)
+
+    async def dead(
+        self, message_id: str, owner: str, reason: str, result: SendResult | None, now: float
+    ) -> bool:
+        return await self._settle(message_id, owner, "dead", None, reason, result, now)
+
+    async def _settle(
+        self,
+        message_id: str,
+        owner: str,
+        state: str,
+        due: float | None,
+        reason: str,
+        result: SendResult | None,
+        now: float,
+    ) -> bool:
+        outcome = result.outcome.value if result is not None and result.outcome else ""
+        provider = result.attempts[-1].provider if result is not None and result.attempts else ""
+        args = [
+            message_id,
+            owner,
+            state,
+            _text(due),
+            1 if result is not None else 0,
+            reason,
+            outcome,
+            provider,
+            _text(now),
+            *(_attempt_rows(result.attempts) if result is not None else []),
+        ]
+        return bool(await self._run(self._finish, args))
+
+    async def requeue(self, message_id: str, now: float) -> bool:
+        return bool(await self._run(self._requeue, [message_id, _text(now)]))
+
+    # -- receipts and status -----------------------------------------------------------
+
+    async def record_receipt(self, report: DeliveryReport, now: float) -> bool:
+        if report.message_id is None:
+            return False
+        ranks = [x for status, rank in RANK.items() for x in (status, rank)]
+        args = [
+            report.message_id,
+            report.status,
+            report.provider,
+            report.provider_message_id,
+            report.error_code or "",
+            _text(now),
+            _text(report.at.timestamp()),
+            *ranks,
+        ]
+        return bool(await self._run(self._receipt, args))
+
+    async def status(self, message_id: str) -> MessageState | None:
+        self._check()
+        p = self.prefix
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.hmget(f"{p}m:{message_id}", ["status", "provider", "pmid", "err", "upd", "enq"])
+            pipe.lrange(f"{p}h:{message_id}", 0, -1)
+            (status, provider, pmid, err, upd, enq), history = await pipe.execute()
+        if status is None:
+            return None
+        entries = [json.loads(h) for h in history]
+        return MessageState(
+            message_id=message_id,
+            status=status,
+            provider=provider,
+            provider_message_id=pmid,
+            error_code=err,
+            updated_at=utc(float(upd)),
+            history=(
+                ("pending", None, utc(float(enq))),
+                *((s, prov, utc(at)) for at, s, prov, _ in entries),
+            ),
+        )
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        self._check()
+        p = self.prefix
+        ids = [str(i) for i in await self._client.zrevrange(f"{p}dead", 0, limit - 1)]
+        if not ids:
+            return []
+        fields = ["reason", "tries", "outcome", "enq", "upd", "to", "body", "sender", "cat"]
+        async with self._client.pipeline(transaction=True) as pipe:
+            for message_id in ids:
+                pipe.hmget(f"{p}m:{message_id}", [*fields, "tags", "meta"])
+                pipe.lrange(f"{p}a:{message_id}", 0, -1)
+            replies = await pipe.execute()
+        out: list[DeadLetter] = []
+        for i, message_id in enumerate(ids):
+            row, rows = replies[2 * i], replies[2 * i + 1]
+            if row[0] is None and row[5] is None:
+                continue  # purged or requeued between the two reads
+            attempts = tuple(
+                Attempt(a[1], Outcome(a[2]), a[3], a[4], a[5], a[6], a[7], a[8])
+                for a in (json.loads(r) for r in rows)
+            )
+            out.append(
+                DeadLetter(
+                    message_id=message_id,
+                    message=_message(row[5], row[6], row[7], row[8], row[9], row[10]),
+                    reason=row[0] or "",
+                    tries=int(row[1] or 0),
+                    attempts=attempts,
+                    outcome=Outcome(row[2]) if row[2] else None,
+                    enqueued_at=utc(float(row[3])),
+                    dead_at=utc(float(row[4])),
+                )
+            )
+        return out
+
+    async def next_due(self) -> float | None:
+        self._check()
+        async with self._client.pipeline(transaction=False) as pipe:
+            for level in PRIORITY_LEVELS:
+                pipe.zrange(f"{self.prefix}pending:{level}", 0, 0, withscores=True)
+            heads = await pipe.execute()
+        dues = [float(head[0][1]) for head in heads if head]
+        return min(dues) if dues else None
+
+    async def counts(self) -> Mapping[State, int]:
+        self._check()
+        p = self.prefix
+        async with self._client.pipeline(transaction=True) as pipe:
+            for level in PRIORITY_LEVELS:
+                pipe.zcard(f"{p}pending:{level}")
+            for state in ("leased", "sent", "dead"):
+                pipe.zcard(f"{p}{state}")
+            *pending, leased, sent, dead = await pipe.execute()
+        return {"pending": sum(pending), "leased": leased, "sent": sent, "dead": dead}
+
+    async def purge(self, before: float) -> int:
+        purged = 0
+        while True:
+            n = int(await self._run(self._purge, [_text(before), PURGE_BATCH]))
+            purged += n
+            if n < PURGE_BATCH:
+                return purged
