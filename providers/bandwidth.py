@@ -70,6 +70,7 @@ from smsroute.providers.base import (
     Reply,
     WebhookError,
     WebhookRequest,
+    accepted,
     classify_status,
     parse_retry_after,
 )
@@ -406,14 +407,7 @@ class BandwidthProvider(HttpProvider):
         except ValueError:
             doc = None
         if 200 <= status < 300:
-            message_id = doc.get("id") if isinstance(doc, dict) else None
-            if not isinstance(message_id, str) or not message_id:
-                return Reply(
-                    Outcome.TRANSIENT,
-                    status_code=status,
-                    detail=f"malformed reply: HTTP {status} without a message id",
-                )
-            return Reply(Outcome.ACCEPTED, provider_message_id=message_id, status_code=status)
+            return accepted(status, doc.get("id") if isinstance(doc, dict) else None, "message id")
         retry_after = parse_retry_after(headers.get("Retry-After"))
         if not isinstance(doc, dict) or not isinstance(doc.get("type"), str) or not doc["type"]:
             # e.g. 404 answers a framework error page: {"timestamp", "status", "error", ...}

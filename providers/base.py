@@ -52,8 +52,11 @@ __all__ = [
     "Reply",
     "WebhookError",
     "WebhookRequest",
+    "accepted",
     "classify_status",
     "form_encode",
+    "json_object",
+    "malformed",
     "parse_retry_after",
 ]
 
@@ -293,6 +296,40 @@ class HttpProvider(Provider):
         async with session.request(req.method, req.url, headers=headers, data=body) as resp:
             raw = await resp.read()
             return self.parse_response(resp.status, resp.headers, raw)
+
+
+def malformed(status: int, why: str) -> Reply:
+    """A TRANSIENT reply for an answer the adapter cannot read (never raise on garbage)."""
+    return Reply(Outcome.TRANSIENT, status_code=status, detail=f"malformed reply: {why}")
+
+
+def json_object(status: int, headers: CIMultiDictProxy[str], body: bytes) -> dict[str, Any] | Reply:
+    """The body as a JSON object, or the reply an answer without one comes to.
+
+    A 2xx or 5xx without a JSON object is malformed (TRANSIENT); any other status
+    without one is classified by the status alone, honouring Retry-After.
+    """
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        return doc
+    if status >= 500 or 200 <= status < 300:
+        return malformed(status, f"HTTP {status} without a JSON object")
+    return Reply(
+        classify_status(status),
+        status_code=status,
+        detail=f"HTTP {status} without a JSON body",
+        retry_after=parse_retry_after(headers.get("Retry-After")),
+    )
+
+
+def accepted(status: int, message_id: object, what: str = "message id") -> Reply:
+    """ACCEPTED with ``message_id``, or malformed when the answer carried none."""
+    if not isinstance(message_id, str) or not message_id:
+        return malformed(status, f"HTTP {status} without a {what}")
+    return Reply(Outcome.ACCEPTED, provider_message_id=message_id, status_code=status)
 
 
 _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")

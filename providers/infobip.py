@@ -58,7 +58,6 @@ import base64
 import binascii
 import datetime
 import hmac
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -77,6 +76,8 @@ from smsroute.providers.base import (
     WebhookError,
     WebhookRequest,
     classify_status,
+    json_object,
+    malformed,
     parse_retry_after,
 )
 
@@ -163,10 +164,6 @@ RECEIPT_GROUPS: Mapping[str, DeliveryStatus] = {
 }
 #: Status names more precise than their group: accepted but not yet handed over.
 RECEIPT_NAMES: Mapping[str, DeliveryStatus] = {"PENDING_ACCEPTED": "queued"}
-
-
-def _malformed(status: int, why: str) -> Reply:
-    return Reply(Outcome.TRANSIENT, status_code=status, detail=f"malformed reply: {why}")
 
 
 def _text(*parts: Any) -> str:
@@ -320,20 +317,10 @@ class InfobipProvider(HttpProvider):
         return messages
 
     def parse_response(self, status: int, headers: CIMultiDictProxy[str], body: bytes) -> Reply:
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            doc = None
+        doc = json_object(status, headers, body)
+        if isinstance(doc, Reply):
+            return doc
         retry_after = parse_retry_after(headers.get("Retry-After"))
-        if not isinstance(doc, dict):
-            if status >= 500 or 200 <= status < 300:
-                return _malformed(status, f"HTTP {status} without a JSON object")
-            return Reply(
-                classify_status(status),
-                status_code=status,
-                detail=f"HTTP {status} without a JSON body",
-                retry_after=retry_after,
-            )
         if 200 <= status < 300:
             return self._parse_messages(status, doc)
         return self._parse_error(status, doc, retry_after)
@@ -342,22 +329,22 @@ class InfobipProvider(HttpProvider):
         messages = doc.get("messages")
         first = messages[0] if isinstance(messages, list) and messages else None
         if not isinstance(first, dict):
-            return _malformed(status, "200 without a messages list")
+            return malformed(status, "200 without a messages list")
         state = first.get("status")
         if not isinstance(state, dict):
-            return _malformed(status, "message without a status")
+            return malformed(status, "message without a status")
         group = state.get("groupName")
         if not isinstance(group, str):
             group_id = state.get("groupId")
             group = _GROUP_NAMES.get(group_id) if isinstance(group_id, int) else None
         if group is None:
-            return _malformed(status, "status without a group")
+            return malformed(status, "status without a group")
         group = group.upper()
         message_id = first.get("messageId")
         message_id = message_id if isinstance(message_id, str) and message_id else None
         if group in TAKEN_GROUPS:
             if message_id is None:
-                return _malformed(status, "accepted message without a messageId")
+                return malformed(status, "accepted message without a messageId")
             return Reply(Outcome.ACCEPTED, provider_message_id=message_id, status_code=status)
         # Not taken, though the answer is a 200.  Most specific first: the status
         # name, then Infobip's own permanent/transient flag, then the group.
@@ -369,7 +356,7 @@ class InfobipProvider(HttpProvider):
         if outcome is None:
             outcome = _GROUP_FALLBACK.get(group)
         if outcome is None:
-            return _malformed(status, f"unknown status group {group[:30]!r}")
+            return malformed(status, f"unknown status group {group[:30]!r}")
         code = name if isinstance(name, str) else None
         if code is None and isinstance(state.get("id"), int):
             code = str(state["id"])

@@ -75,6 +75,7 @@ from smsroute.providers.base import (
     Reply,
     WebhookError,
     WebhookRequest,
+    accepted,
     classify_status,
     parse_retry_after,
 )
@@ -357,14 +358,7 @@ class SinchProvider(HttpProvider):
         except ValueError:
             doc = None
         if 200 <= status < 300:
-            batch_id = doc.get("id") if isinstance(doc, dict) else None
-            if not isinstance(batch_id, str) or not batch_id:
-                return Reply(
-                    Outcome.TRANSIENT,
-                    status_code=status,
-                    detail=f"malformed reply: HTTP {status} without a batch id",
-                )
-            return Reply(Outcome.ACCEPTED, provider_message_id=batch_id, status_code=status)
+            return accepted(status, doc.get("id") if isinstance(doc, dict) else None, "batch id")
         retry_after = parse_retry_after(headers.get("Retry-After"))
         error: dict[str, Any] = doc if isinstance(doc, dict) else {}
         code = error.get("code")

@@ -46,7 +46,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,6 +66,8 @@ from smsroute.providers.base import (
     WebhookError,
     WebhookRequest,
     classify_status,
+    json_object,
+    malformed,
     parse_retry_after,
 )
 
@@ -227,10 +228,6 @@ def _number(party: Any) -> str | None:
     if isinstance(party, dict):
         party = party.get("phone_number")
     return party if isinstance(party, str) and party else None
-
-
-def _malformed(status: int, why: str) -> Reply:
-    return Reply(Outcome.TRANSIENT, status_code=status, detail=f"malformed reply: {why}")
 
 
 class TelnyxProvider(HttpProvider):
@@ -394,20 +391,10 @@ class TelnyxProvider(HttpProvider):
         ]
 
     def parse_response(self, status: int, headers: CIMultiDictProxy[str], body: bytes) -> Reply:
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            doc = None
+        doc = json_object(status, headers, body)
+        if isinstance(doc, Reply):
+            return doc
         retry_after = parse_retry_after(headers.get("Retry-After"))
-        if not isinstance(doc, dict):
-            if status >= 500 or 200 <= status < 300:
-                return _malformed(status, f"HTTP {status} without a JSON object")
-            return Reply(
-                classify_status(status),
-                status_code=status,
-                detail=f"HTTP {status} without a JSON body",
-                retry_after=retry_after,
-            )
         if 200 <= status < 300:
             return self._parse_success(status, doc)
         errors = doc.get("errors")
@@ -424,10 +411,10 @@ class TelnyxProvider(HttpProvider):
     def _parse_success(self, status: int, doc: Mapping[str, Any]) -> Reply:
         data = doc.get("data")
         if not isinstance(data, dict):
-            return _malformed(status, "success without a data object")
+            return malformed(status, "success without a data object")
         message_id = data.get("id")
         if not isinstance(message_id, str) or not message_id:
-            return _malformed(status, "success without a message id")
+            return malformed(status, "success without a message id")
         # A message Telnyx refused on the spot can come back as a 200 whose recipient
         # is already "sending_failed", with the reason in data.errors.
         recipients = data.get("to")

@@ -18,7 +18,6 @@ import base64
 import datetime
 import hashlib
 import hmac
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -38,6 +37,7 @@ from smsroute.providers.base import (
     WebhookError,
     WebhookRequest,
     classify_status,
+    json_object,
     parse_retry_after,
 )
 
@@ -288,23 +288,9 @@ class TwilioProvider(HttpProvider):
         return 200, "text/plain", b""
 
     def parse_response(self, status: int, headers: CIMultiDictProxy[str], body: bytes) -> Reply:
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            doc = None
-        if not isinstance(doc, dict):
-            if status >= 500 or 200 <= status < 300:
-                return Reply(
-                    Outcome.TRANSIENT,
-                    status_code=status,
-                    detail=f"malformed reply: HTTP {status} without a JSON object",
-                )
-            return Reply(
-                classify_status(status),
-                status_code=status,
-                detail=f"HTTP {status} without a JSON body",
-                retry_after=parse_retry_after(headers.get("Retry-After")),
-            )
+        doc = json_object(status, headers, body)
+        if isinstance(doc, Reply):
+            return doc
         if 200 <= status < 300:
             sid = doc.get("sid")
             if not isinstance(sid, str) or not sid:
