@@ -466,7 +466,11 @@ class Router:
                 limit = min(defaults.max_rate_wait, deadline_at - now)
                 wait = bucket.reserve(limit)
                 if wait is None:  # a shared bucket leases more tokens: the one await here
-                    wait = await state.refill(bucket, limit)
+                    try:  # bounded whatever the shared store does: a send never hangs
+                        async with asyncio.timeout_at(loop.time() + limit + 0.05):
+                            wait = await state.refill(bucket, limit)
+                    except TimeoutError:
+                        wait = None
             if wait is None:
                 if not last_resort:
                     breaker.release(ticket)
