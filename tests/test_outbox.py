@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import datetime
 import random
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from conftest import make_config, twilio_block
+from conftest import Hooks, make_config, twilio_block
 
 from smsroute import (
     AttemptFinished,
@@ -400,28 +398,6 @@ async def test_renewed_lease_does_not_expire(router: Router, clock: ManualClock)
 
 async def test_status_of_unknown_message_is_none(router: Router) -> None:
     assert await router.status("nope") is None
-
-
-class Hooks:
-    """The router's webhook app on a socket bound before the config is written."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/sms"
-        self.runner: web.AppRunner | None = None
-
-    async def serve(self, router: Router) -> None:
-        app = web.Application()
-        app.add_subapp("/sms", router.webhook_app())
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        await web.SockSite(self.runner, self.sock).start()
-
-    async def close(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-        self.sock.close()
 
 
 async def test_status_keeps_the_durable_history_with_receipts_across_routers(
