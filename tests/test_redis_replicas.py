@@ -110,11 +110,6 @@ def busiest_second(times: list[float]) -> int:
     return most
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="the shared limit was exceeded by one message in one 1-s window (212 > 210) in "
-    "one CI run out of four: the token-lease batching lets a burst through; issue 8 open",
-)
 async def test_four_replicas_together_respect_one_providers_rate_limit(
     tmp_path: Path,
     spawned: list[Replica],

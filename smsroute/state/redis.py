@@ -129,6 +129,7 @@ class RedisState:
         self._offset: float | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._receipts = ReceiptLog(self)
         self._optouts: RedisOptOuts | None = None
         self._status: StatusStore | None = None
@@ -215,6 +216,7 @@ class RedisState:
         """
         if self._task is not None:
             return
+        self._stopping = False
         await self.link.connect()
         await self._sync()
         if self._optouts is not None:
@@ -225,6 +227,8 @@ class RedisState:
         """Stop syncing; write what is pending (briefly, if Redis answers); disconnect."""
         task, self._task = self._task, None
         if task is not None:
+            self._stopping = True  # ends the loop even if a cancellation got lost
+            self._wake.set()
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             if self.link.up:
@@ -254,11 +258,15 @@ class RedisState:
         loop = asyncio.get_running_loop()
         interval = self.settings.sync_interval
         next_sync = loop.time() + interval
-        while True:
+        while not self._stopping:
             timeout = next_sync - loop.time()
             if timeout > 0.0:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
+            if self._stopping:
+                return
             self._wake.clear()
             try:
                 if loop.time() >= next_sync:

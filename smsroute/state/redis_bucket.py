@@ -14,7 +14,12 @@ How many slots to ask for: the messages waiting now, or the demand of the
 last moments over :data:`LEASE_HORIZON` if more, never more than
 :data:`LEASE_SHARE` of a second at the provider's rate (so one replica cannot
 hoard the schedule).  A slot nobody used within :data:`GRACE` of its time is
-dropped: sending on it late could put two sends closer than the rate allows.
+dropped: sending on it late would put more sends in some second than the rate
+allows.  For the same reason a lease asks for slots that start at least a
+*lead* ahead of now, the time this replica has lately taken to read a reply
+(a busy event loop reads late), so that slots arrive before they are due;
+slots of a lease that still came late are dropped, unless this replica was
+late twice in a row (then it sends on them rather than starve).
 
 While Redis is down a replica falls back to a local bucket with the rate
 divided by the number of replicas it last saw alive.
@@ -45,8 +50,8 @@ LEASE_SHARE = 0.05
 MAX_LEASE = 1000
 #: Slots are never leased further ahead than this (seconds), whatever a caller would wait.
 MAX_HORIZON = 60.0
-#: Leases one message may wait for when others keep taking the slots first.
-MAX_LEASES_PER_MESSAGE = 8
+#: Largest lead (seconds) asked of Redis: slots start at least this far ahead.
+MAX_LEAD = 0.1
 
 log = logging.getLogger("smsroute.state")
 
@@ -62,6 +67,7 @@ class SharedBucket(TokenBucket):
         "_fetching",
         "_full_until",
         "_late_leases",
+        "_lead",
         "_rate_est",
         "_slots",
         "_waiters",
@@ -85,6 +91,7 @@ class SharedBucket(TokenBucket):
         self._fetching: asyncio.Future[int] | None = None
         self._waiters = 0
         self._late_leases = 0
+        self._lead = 0.0
         self._demand = 0
         self._demand_since = self.clock.now()
         self._rate_est = 0.0
@@ -142,11 +149,19 @@ class SharedBucket(TokenBucket):
         return None
 
     async def fill(self, max_wait: float) -> float | None:
-        """Lease more slots from Redis (one call for every message waiting now) and take one."""
+        """Lease more slots from Redis (one call for every message waiting now) and take one.
+
+        Gives up (None) when Redis has no slot within ``max_wait``, counted from the
+        call: time spent waiting for leases is part of the wait.
+        """
         self._waiters += 1
+        until = self.clock.now() + max_wait
         try:
-            for _ in range(MAX_LEASES_PER_MESSAGE):
-                wait = self._take(max_wait)
+            while True:
+                left = until - self.clock.now()
+                if left < 0.0:
+                    return None
+                wait = self._take(left)
                 if wait is not None or self.paused_until is not None or self._slots:
                     return wait  # a slot, a pause, or the next slot too far for max_wait
                 if not self._backend.link.up or self.rate is None:
@@ -155,12 +170,11 @@ class SharedBucket(TokenBucket):
                     return None
                 fetching = self._fetching
                 if fetching is None:
-                    fetching = self._start_lease(max_wait)
+                    fetching = self._start_lease(left)
                 await asyncio.shield(fetching)
                 if not fetching.result() and not self._slots:
-                    return self._take(max_wait)  # Redis granted nothing: no point asking again
+                    return self._take(until - self.clock.now())  # nothing granted: no retry
                 # Slots came (perhaps taken by other waiters first): take one, or lease again.
-            return self._take(max_wait)
         finally:
             self._waiters -= 1
 
@@ -201,17 +215,22 @@ class SharedBucket(TokenBucket):
         tau = (self.burst - 1.0) * interval
         count = self._lease_size()
         backend = self._backend
+        lead = self._lead
         reply = await backend.link.run(
             "ratelimit",
             lambda: backend.scripts.reserve(
                 keys=[self.rate_key, self.pause_key],
-                args=[count, repr(interval), repr(tau), repr(max_wait)],
+                args=[count, repr(interval), repr(tau), repr(max_wait), repr(lead)],
             ),
         )
         if reply is None:
             return 0  # Redis is down: reserve() now uses the local fallback
         granted, now_r, paused_r, start_r = int(reply[0]), *(float(x) for x in reply[1:])
         offset = backend.offset(now_r)
+        arrived = self.clock.now()
+        if not paused_r:  # how late this reply was read: the next lease starts that far ahead
+            late = arrived - (now_r - lead - offset)
+            self._lead = min(MAX_LEAD, max(0.0, self._lead + 0.3 * (late - self._lead)))
         if paused_r > 0.0:
             self.pause_until(paused_r - offset, publish=False)
             return 0
@@ -222,7 +241,6 @@ class SharedBucket(TokenBucket):
         # now would put more sends in a second than the rate allows.  Only when this
         # replica is so slow that a whole lease came late twice in a row are late slots
         # used (at arrival), or it would never send at all.
-        arrived = self.clock.now()
         too_late = arrived - GRACE
         slots = self._slots
         kept = 0

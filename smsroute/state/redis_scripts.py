@@ -58,9 +58,11 @@ return {1, packed, nowtext}
 
 #: Reserve up to ARGV[1] consecutive slots of a provider's GCRA schedule.
 #: KEYS: rate key, pause key.
-#: ARGV: count, interval (1/rate), tau ((burst-1)*interval), max_wait.
-#: Slot i is usable at max(now, start + i*interval); only slots within max_wait of
-#: now are granted.  Returns {granted, now, paused_until or "0", start}.
+#: ARGV: count, interval (1/rate), tau ((burst-1)*interval), max_wait, lead.
+#: ``lead`` is how late the caller usually reads a reply: its slots start no sooner
+#: than now + lead, so they reach it before their time.  Slot i is usable at
+#: max(now + lead, start + i*interval); only slots within max_wait of that are
+#: granted.  Returns {granted, now + lead, paused_until or "0", start}.
 RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -68,6 +70,8 @@ local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
 if paused > now then
   return {0, string.format('%.6f', now), string.format('%.6f', paused), '0'}
 end
+local real = now
+now = now + tonumber(ARGV[5])
 local interval = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
@@ -79,7 +83,7 @@ if n < 1 then
   return {0, string.format('%.6f', now), '0', string.format('%.6f', start)}
 end
 tat = tat + n * interval
-redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX', math.ceil((tat - now + 60) * 1000))
+redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX', math.ceil((tat - real + 60) * 1000))
 return {n, string.format('%.6f', now), '0', string.format('%.6f', start)}
 """
 
