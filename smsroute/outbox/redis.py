@@ -32,7 +32,15 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from smsroute.message import Attempt, DeliveryReport, Message, MessageState, Outcome, SendResult
-from smsroute.outbox.store import PRIORITY_LEVELS, DeadLetter, NewMessage, QueuedMessage, State, utc
+from smsroute.outbox.store import (
+    PRIORITY_LEVELS,
+    DeadLetter,
+    NewMessage,
+    QueuedMessage,
+    State,
+    attempt_fields,
+    utc,
+)
 from smsroute.state.redis_link import redact
 from smsroute.status import RANK
 
@@ -310,21 +318,7 @@ def _json(value: object) -> str:
 
 def _attempt_rows(attempts: Sequence[Attempt]) -> list[str]:
     """Attempts as JSON lists; the scripts put the try number in front."""
-    return [
-        _json(
-            [
-                a.provider,
-                a.outcome.value,
-                a.latency,
-                a.status_code,
-                a.error_code,
-                a.detail,
-                a.provider_message_id,
-                a.retry_after,
-            ]
-        )
-        for a in attempts
-    ]
+    return [_json(list(attempt_fields(a))) for a in attempts]
 
 
 def _message(

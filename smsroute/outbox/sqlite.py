@@ -48,6 +48,7 @@ from smsroute.outbox.store import (
     NewMessage,
     QueuedMessage,
     State,
+    attempt_fields,
     utc,
 )
 from smsroute.status import RANK
@@ -588,21 +589,7 @@ class SQLiteOutbox:
     ) -> None:
         conn.executemany(
             _ATTEMPT,
-            [
-                (
-                    message_id,
-                    tries,
-                    a.provider,
-                    a.outcome.value,
-                    a.latency,
-                    a.status_code,
-                    a.error_code,
-                    a.detail,
-                    a.provider_message_id,
-                    a.retry_after,
-                )
-                for a in attempts
-            ],
+            [(message_id, tries, *attempt_fields(a)) for a in attempts],
         )
 
     async def requeue(self, message_id: str, now: float) -> bool:

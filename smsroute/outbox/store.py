@@ -287,3 +287,17 @@ class OutboxStore(Protocol):
     async def close(self) -> None:
         """Release the store's resources; later calls raise RuntimeError."""
         ...
+
+
+def attempt_fields(a: Attempt) -> tuple[object, ...]:
+    """An attempt as the flat row both stores keep (after the message id and try number)."""
+    return (
+        a.provider,
+        a.outcome.value,
+        a.latency,
+        a.status_code,
+        a.error_code,
+        a.detail,
+        a.provider_message_id,
+        a.retry_after,
+    )
