@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import random
+
 import phonenumbers
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from phonenumbers import PhoneNumberType
 
 from smsroute import InvalidNumber, NumberType, mask, normalize
-from smsroute.numbers import scrub
+from smsroute.numbers import number_type, scrub
 
 
 def test_international_number_with_spaces_is_normalised() -> None:
@@ -93,3 +96,63 @@ def test_fast_e164_path_agrees_with_phonenumbers(raw: str) -> None:
 
 def test_italian_leading_zero_survives() -> None:
     assert normalize("+39 06 6982 0000").e164 == "+390669820000"
+
+
+# -- our number_type against phonenumbers' own --------------------------------------
+
+
+def _example_numbers() -> list[phonenumbers.PhoneNumber]:
+    found = []
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for kind in range(12):  # every PhoneNumberType value, UNKNOWN (99) aside
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is not None:
+                found.append(example)
+    return found
+
+
+def _random_numbers(per_code: int = 60) -> list[phonenumbers.PhoneNumber]:
+    """Valid-looking and invalid numbers of every length every country code allows."""
+    rng = random.Random(20261126)
+    found = []
+    for code, regions in sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE.items()):
+        lengths: set[int] = set()
+        for region in regions:
+            metadata = (
+                phonenumbers.PhoneMetadata.metadata_for_nongeo_region(code)
+                if region == "001"
+                else phonenumbers.PhoneMetadata.metadata_for_region(region)
+            )
+            if metadata is not None and metadata.general_desc is not None:
+                lengths.update(n for n in metadata.general_desc.possible_length if n > 0)
+        for _ in range(per_code * min(len(regions), 10)):  # shared codes: more samples
+            length = rng.choice(sorted(lengths or {8}))
+            national = rng.randrange(10 ** (length - 1), 10**length)
+            found.append(phonenumbers.PhoneNumber(country_code=code, national_number=national))
+    return found
+
+
+def test_number_type_agrees_with_phonenumbers_on_every_regions_examples() -> None:
+    numbers = _example_numbers()
+    assert len(numbers) > 1000  # 1,374 with phonenumbers 9.0
+    for number in numbers:
+        kind, region = number_type(number)
+        assert kind == phonenumbers.number_type(number), number
+        if kind != PhoneNumberType.UNKNOWN:
+            assert region == phonenumbers.region_code_for_number(number), number
+
+
+def test_number_type_agrees_with_phonenumbers_on_random_numbers_of_every_code() -> None:
+    numbers = _random_numbers()
+    valid = 0
+    for number in numbers:
+        kind, region = number_type(number)
+        expected = phonenumbers.number_type(number)
+        if phonenumbers.region_code_for_number(number) == "001":
+            assert (kind, region) == (PhoneNumberType.UNKNOWN, None)  # not a country: refused
+            continue
+        assert kind == expected, number
+        if kind != PhoneNumberType.UNKNOWN:
+            assert region == phonenumbers.region_code_for_number(number), number
+            valid += 1
+    assert valid > 1000  # the sample holds plenty of valid numbers, not only garbage
