@@ -26,6 +26,7 @@ import datetime
 import email.utils
 import functools
 import json
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -68,6 +69,9 @@ class OutboundSMS:
     ``to`` is E.164; ``attempt`` counts every provider tried for this message so
     far, this one included (Twilio's ``Attempt`` field exists for exactly this);
     ``status_callback`` is the URL the provider should post receipts to, or None.
+    ``timeout`` is the seconds this attempt may still take (the provider's
+    ``timeout``, or less when the message's deadline is nearer): an adapter
+    making its own HTTP call passes it on.  The router enforces it regardless.
     """
 
     message_id: str
@@ -80,6 +84,7 @@ class OutboundSMS:
     category: str
     attempt: int = 1
     status_callback: str | None = None
+    timeout: float | None = None
 
 
 @attrs.frozen(slots=True)
@@ -268,8 +273,12 @@ class HttpProvider(Provider):
     """A provider reached by one HTTP request per message.
 
     Implement :meth:`build_request` and :meth:`parse_response`, both pure, so
-    they are tested without a network; :meth:`send` does the I/O.
+    they are tested without a network; :meth:`send` does the I/O, within
+    ``sms.timeout`` (aiohttp's own total timeout: the router sets no second
+    timer of its own around it).
     """
+
+    _timeout: aiohttp.ClientTimeout | None = None
 
     @abc.abstractmethod
     def build_request(self, sms: OutboundSMS) -> HttpRequest:
@@ -293,7 +302,19 @@ class HttpProvider(Provider):
             headers["Content-Type"] = "application/json"
         else:
             body = None
-        async with session.request(req.method, req.url, headers=headers, data=body) as resp:
+        if sms.timeout is None:
+            request = session.request(req.method, req.url, headers=headers, data=body)
+        else:
+            timeout = self._timeout
+            if timeout is None or timeout.total != sms.timeout:
+                # Exact: aiohttp rounds timeouts of 5 s or more up to a whole second.
+                timeout = self._timeout = aiohttp.ClientTimeout(
+                    total=max(sms.timeout, 0.001), ceil_threshold=math.inf
+                )
+            request = session.request(
+                req.method, req.url, headers=headers, data=body, timeout=timeout
+            )
+        async with request as resp:
             raw = await resp.read()
             return self.parse_response(resp.status, resp.headers, raw)
 

@@ -60,6 +60,9 @@ def analyze(text: str) -> TextInfo:
     >>> analyze("Grüße 👋").encoding
     'UCS-2'
     """
+    if GSM7_BASIC.issuperset(text):  # the common case, checked in C
+        units = len(text)
+        return TextInfo("GSM-7", units, _split_count(None, units, GSM7_SINGLE, GSM7_MULTI))
     basic = GSM7_BASIC
     ext = GSM7_EXTENSION
     extended = 0

@@ -11,6 +11,7 @@ receipts wait briefly and are applied when the send is recorded.
 from __future__ import annotations
 
 import datetime
+import time
 from collections import OrderedDict, deque
 
 import attrs
@@ -32,17 +33,23 @@ def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+def _datetime(timestamp: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+
+
 @attrs.define(slots=True)
 class _Entry:
+    """Times are Unix timestamps: one per send, made datetimes only when read."""
+
     message_id: str
     status: str
     provider: str | None
     provider_message_id: str | None
     error_code: str | None
-    updated_at: datetime.datetime
-    accepted_at: datetime.datetime | None
+    updated_at: float
+    accepted_at: float | None
     country: str | None
-    history: list[tuple[str, str | None, datetime.datetime]]
+    history: list[tuple[str, str | None, float]]
 
     def freeze(self) -> MessageState:
         return MessageState(
@@ -51,8 +58,8 @@ class _Entry:
             provider=self.provider,
             provider_message_id=self.provider_message_id,
             error_code=self.error_code,
-            updated_at=self.updated_at,
-            history=tuple(self.history),
+            updated_at=_datetime(self.updated_at),
+            history=tuple((s, p, _datetime(at)) for s, p, at in self.history),
         )
 
 
@@ -80,7 +87,7 @@ class StatusStore:
         at: datetime.datetime | None = None,
     ) -> list[DeliveryReport]:
         """Record a send's outcome; returns receipts that arrived for it before this call."""
-        now = at or _utcnow()
+        now = at.timestamp() if at is not None else time.time()
         entry = self._entries.get(message_id)
         if entry is None:
             entry = _Entry(
@@ -122,7 +129,9 @@ class StatusStore:
     def accepted_at(self, message_id: str) -> datetime.datetime | None:
         """When the message was accepted (the latest acceptance for a resend)."""
         entry = self._entries.get(message_id)
-        return entry.accepted_at if entry is not None else None
+        if entry is None or entry.accepted_at is None:
+            return None
+        return _datetime(entry.accepted_at)
 
     def country(self, message_id: str) -> str | None:
         """The destination country recorded at send time."""
@@ -157,8 +166,9 @@ class StatusStore:
         entry.provider = report.provider
         entry.provider_message_id = report.provider_message_id
         entry.error_code = report.error_code
-        entry.updated_at = report.at
-        entry.history.append((report.status, report.provider, report.at))
+        at = report.at.timestamp()
+        entry.updated_at = at
+        entry.history.append((report.status, report.provider, at))
         return True
 
     def get(self, message_id: str) -> MessageState | None:

@@ -216,6 +216,17 @@ async def test_hanging_primary_times_out_and_otp_fails_over(
     assert 0.25 < result.attempts[0].latency < 1.0
 
 
+async def test_answer_whose_body_stalls_times_out_and_otp_fails_over(
+    router: Router, twilio_a: FakeTwilio, twilio_b: FakeTwilio
+) -> None:
+    # Status line and headers arrive at once; the body never completes. The
+    # attempt's timeout covers reading the body, not only the connection.
+    twilio_a.stall()
+    result = await router.send(OTP)
+    assert outcomes(result) == [("primary", Outcome.TIMEOUT), ("secondary", Outcome.ACCEPTED)]
+    assert 0.25 < result.attempts[0].latency < 1.0
+
+
 async def test_timeout_on_marketing_stops_to_avoid_a_duplicate(
     router: Router, twilio_a: FakeTwilio, twilio_b: FakeTwilio
 ) -> None:

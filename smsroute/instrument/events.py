@@ -1,17 +1,19 @@
-"""The events the router emits.  Each is small, frozen and free of private data:
-no phone number (only its country), no text, no secret."""
+"""The events the router emits.  Each is small, immutable and free of private
+data: no phone number (only its country), no text, no secret.
+
+Events are named tuples: two are built per message on the hot path, where a
+tuple costs a third of a frozen attrs class.  Read them by field name;
+``event._asdict()`` gives the fields as a dict."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import attrs
+from typing import NamedTuple
 
 from smsroute.message import Outcome
 
 
-@attrs.frozen(slots=True)
-class AttemptFinished:
+class AttemptFinished(NamedTuple):
     """One provider was tried for one message."""
 
     message_id: str
@@ -25,8 +27,7 @@ class AttemptFinished:
     skipped: bool = False
 
 
-@attrs.frozen(slots=True)
-class MessageFinished:
+class MessageFinished(NamedTuple):
     """``send()`` returned; ``status`` is final for this send."""
 
     message_id: str
@@ -42,8 +43,7 @@ class MessageFinished:
     rule: str | None
 
 
-@attrs.frozen(slots=True)
-class Failover:
+class Failover(NamedTuple):
     """The router moved from one provider to the next for one message."""
 
     message_id: str
@@ -52,8 +52,7 @@ class Failover:
     reason: str
 
 
-@attrs.frozen(slots=True)
-class BreakerTransition:
+class BreakerTransition(NamedTuple):
     """A circuit breaker changed state.  ``country`` is None for a provider-wide breaker."""
 
     provider: str
@@ -67,8 +66,7 @@ class BreakerTransition:
         return "provider" if self.country is None else "provider_country"
 
 
-@attrs.frozen(slots=True)
-class RateLimitWait:
+class RateLimitWait(NamedTuple):
     """The router waited for a provider's rate limit (or skipped it: ``waited`` False)."""
 
     provider: str
@@ -76,8 +74,7 @@ class RateLimitWait:
     waited: bool
 
 
-@attrs.frozen(slots=True)
-class ConfigReloaded:
+class ConfigReloaded(NamedTuple):
     """``router.reload()`` ran; ``result`` is ``success`` or ``error``."""
 
     source: str
@@ -85,8 +82,7 @@ class ConfigReloaded:
     error: str | None = None
 
 
-@attrs.frozen(slots=True)
-class DeliveryReceived:
+class DeliveryReceived(NamedTuple):
     """A delivery receipt for a message we sent arrived.
 
     ``status`` is a :data:`~smsroute.message.DeliveryStatus` (``delivered``,
@@ -100,8 +96,7 @@ class DeliveryReceived:
     latency: float | None = None
 
 
-@attrs.frozen(slots=True)
-class WebhookRefused:
+class WebhookRefused(NamedTuple):
     """A webhook request was refused.  ``kind`` is ``status`` or ``inbound``;
     ``reason`` says why in one word (``signature``, ``malformed``, ``too_large``,
     ``unknown_message``...)."""
@@ -111,8 +106,7 @@ class WebhookRefused:
     reason: str
 
 
-@attrs.frozen(slots=True)
-class StateBackendError:
+class StateBackendError(NamedTuple):
     """A call to the shared state backend (Redis) failed; the router went on with
     local state.  ``operation`` is what was being done: ``sync``, ``breaker``,
     ``ratelimit``, ``pause``, ``optouts``, ``receipts``, ``status``..."""

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import attrs
-
 from smsroute.instrument.events import (
     AttemptFinished,
     BreakerTransition,
@@ -49,10 +47,7 @@ class LoggingHook:
         if not self.logger.isEnabledFor(level):
             return
         name = _NAMES.get(type(event), type(event).__name__)
-        fields = {
-            k: (v.value if isinstance(v, Outcome) else v)
-            for k, v in attrs.asdict(event, recurse=False).items()
-        }
+        fields = {k: (v.value if isinstance(v, Outcome) else v) for k, v in event._asdict().items()}
         text = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
         self.logger.log(
             level,

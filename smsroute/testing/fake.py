@@ -160,6 +160,10 @@ class FakeProvider(abc.ABC):
         """Never answer (until :meth:`heal` or the client gives up)."""
         self._faults.append(Fault("hang", times=times, country=country))
 
+    def stall(self, times: int | None = None, *, country: str | None = None) -> None:
+        """Send the status line, headers and half the body, then nothing more (until :meth:`heal`)."""
+        self._faults.append(Fault("stall", times=times, country=country))
+
     def drop(self, times: int | None = None, *, country: str | None = None) -> None:
         """Close the connection without answering."""
         self._faults.append(Fault("drop", times=times, country=country))
@@ -353,6 +357,15 @@ class FakeProvider(abc.ABC):
             if fault.kind == "hang":
                 await self._release.wait()
                 return self.error_response(503, None)
+            if fault.kind == "stall":
+                stalled = web.StreamResponse(
+                    status=200, headers={"Content-Type": "application/json"}
+                )
+                stalled.content_length = 64
+                await stalled.prepare(request)
+                await stalled.write(b'{"sid": "')
+                await self._release.wait()
+                return stalled
             if fault.kind == "drop":
                 assert request.transport is not None
                 request.transport.close()
