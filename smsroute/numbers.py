@@ -190,15 +190,19 @@ def _type_plan(region: str) -> _TypePlan | None:
         return None
     return _TypePlan(
         general=_desc(m.general_desc),
-        special=(
-            (PhoneNumberType.PREMIUM_RATE, _desc(m.premium_rate)),
-            (PhoneNumberType.TOLL_FREE, _desc(m.toll_free)),
-            (PhoneNumberType.SHARED_COST, _desc(m.shared_cost)),
-            (PhoneNumberType.VOIP, _desc(m.voip)),
-            (PhoneNumberType.PERSONAL_NUMBER, _desc(m.personal_number)),
-            (PhoneNumberType.PAGER, _desc(m.pager)),
-            (PhoneNumberType.UAN, _desc(m.uan)),
-            (PhoneNumberType.VOICEMAIL, _desc(m.voicemail)),
+        special=tuple(
+            (kind, desc)
+            for kind, desc in (
+                (PhoneNumberType.PREMIUM_RATE, _desc(m.premium_rate)),
+                (PhoneNumberType.TOLL_FREE, _desc(m.toll_free)),
+                (PhoneNumberType.SHARED_COST, _desc(m.shared_cost)),
+                (PhoneNumberType.VOIP, _desc(m.voip)),
+                (PhoneNumberType.PERSONAL_NUMBER, _desc(m.personal_number)),
+                (PhoneNumberType.PAGER, _desc(m.pager)),
+                (PhoneNumberType.UAN, _desc(m.uan)),
+                (PhoneNumberType.VOICEMAIL, _desc(m.voicemail)),
+            )
+            if desc is not None  # a type the region does not have never matches
         ),
         fixed_line=_desc(m.fixed_line),
         mobile=_desc(m.mobile),

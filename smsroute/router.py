@@ -486,6 +486,7 @@ class Router:
                             wait = await state.refill(bucket, limit)
                     except TimeoutError:
                         wait = None
+                    now = loop.time()
             if wait is None:
                 if not last_resort:
                     breaker.release(ticket)
@@ -509,11 +510,11 @@ class Router:
                 if emit:
                     emit(RateLimitWait(name, wait, waited=True))
                 await self._sleep(wait)
+                now = loop.time()
 
             called += 1
             if previous is not None and emit:
                 emit(Failover(message_id, previous[0], name, previous[1].value))
-            now = loop.time()
             budget = pcfg.timeout if now + pcfg.timeout <= deadline_at else deadline_at - now
             sms = OutboundSMS(
                 message_id,
