@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import functools
 import re
+from collections.abc import Callable
 
 import attrs
 import phonenumbers
@@ -243,7 +244,6 @@ def number_type(number: phonenumbers.PhoneNumber) -> tuple[int, str | None]:
     return PhoneNumberType.UNKNOWN, None
 
 
-@functools.lru_cache(maxsize=16384)
 def normalize(raw: str, default_region: str | None = None) -> Destination:
     """Parse ``raw`` into a :class:`Destination`, or raise :class:`InvalidNumber` saying why.
 
@@ -254,6 +254,25 @@ def normalize(raw: str, default_region: str | None = None) -> Destination:
     >>> normalize("(415) 555-0100", "US").e164
     '+14155550100'
     """
+    return normalizer(default_region)(raw)
+
+
+@functools.cache
+def normalizer(default_region: str | None) -> Callable[[str], Destination]:
+    """:func:`normalize` for one ``default_region``, with its own cache.
+
+    The cache is keyed by the number string alone, which lru_cache stores as
+    is; a (number, region) key would be one more object kept per recipient.
+    """
+
+    @functools.lru_cache(maxsize=16384)
+    def parse(raw: str) -> Destination:
+        return _normalize(raw, default_region)
+
+    return parse
+
+
+def _normalize(raw: str, default_region: str | None) -> Destination:
     if not isinstance(raw, str) or not raw.strip():
         raise InvalidNumber("destination number is empty")
     m = _E164.fullmatch(raw)

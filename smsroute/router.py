@@ -49,7 +49,7 @@ from smsroute.message import (
     Outcome,
     SendResult,
 )
-from smsroute.numbers import Destination, NumberType, mask, normalize
+from smsroute.numbers import Destination, NumberType, mask, normalize, normalizer
 from smsroute.outbox import (
     TTL,
     DeadLetter,
@@ -113,11 +113,12 @@ class _Prepared:
 class _Runtime:
     """A config made ready to route: adapters built, rules indexed.  Swapped whole on reload."""
 
-    __slots__ = ("callbacks", "config", "index", "providers", "self_timed")
+    __slots__ = ("callbacks", "config", "index", "normalize", "providers", "self_timed")
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.index = RuleIndex(config.rules)
+        self.normalize = normalizer(config.defaults.default_region)
         self.providers: dict[str, Provider] = {}
         self.callbacks: dict[str, str | None] = {}
         webhook = config.defaults.webhook_url
@@ -302,7 +303,7 @@ class Router:
                 f"({info.units} units) but max_segments is {limit}: shorten it, or raise "
                 f"defaults.max_segments in {config.source}"
             )
-        destination = normalize(message.to, config.defaults.default_region)
+        destination = rt.normalize(message.to)
         rule = rt.index.find(destination, message.category, message.sender, message.tags)
         if rule is None:  # a validated config always has a catch-all
             raise InvalidMessage(f"no rule matches this message in {config.source}")
@@ -349,6 +350,8 @@ class Router:
         """(options in order, options skipped, last resort?)."""
         options = self._options(rt, p, full)
         ordered = order(p.rule, options, self._rng)
+        if len(ordered) == len(options) and not full:
+            return ordered, [], False  # nothing skipped (the usual case): no list to build
         skipped = [o for o in options if not o.available]
         if ordered:
             return ordered, skipped, False

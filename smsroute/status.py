@@ -39,7 +39,15 @@ def _datetime(timestamp: float) -> datetime.datetime:
 
 @attrs.define(slots=True)
 class _Entry:
-    """Times are Unix timestamps: one per send, made datetimes only when read."""
+    """Times are Unix timestamps: one per send, made datetimes only when read.
+
+    A store holds up to 100,000 of these, one per message sent, so an entry is
+    one object: the first event of its history lives in its own fields and the
+    list of later events is made only when there are some.  (Every object kept
+    per message makes Python's garbage collector run more often, and each run
+    walks every send in flight: a list and two tuples more per message cost
+    Router.send more CPU than the rest of this store.)
+    """
 
     message_id: str
     status: str
@@ -49,9 +57,18 @@ class _Entry:
     updated_at: float
     accepted_at: float | None
     country: str | None
-    history: list[tuple[str, str | None, float]]
+    first_status: str
+    first_provider: str | None
+    first_at: float
+    later: list[tuple[str, str | None, float]] | None = None
+
+    def add(self, status: str, provider: str | None, at: float) -> None:
+        if self.later is None:
+            self.later = []
+        self.later.append((status, provider, at))
 
     def freeze(self) -> MessageState:
+        first = (self.first_status, self.first_provider, _datetime(self.first_at))
         return MessageState(
             message_id=self.message_id,
             status=self.status,
@@ -59,7 +76,7 @@ class _Entry:
             provider_message_id=self.provider_message_id,
             error_code=self.error_code,
             updated_at=_datetime(self.updated_at),
-            history=tuple((s, p, _datetime(at)) for s, p, at in self.history),
+            history=(first, *((s, p, _datetime(at)) for s, p, at in self.later or ())),
         )
 
 
@@ -70,7 +87,9 @@ class StatusStore:
         self.max_messages = max_messages
         self.orphan_ttl = orphan_ttl
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._by_provider_id: dict[tuple[str, str], str] = {}
+        # provider -> its message id -> ours (nested rather than keyed by a tuple:
+        # no object made per message)
+        self._by_provider_id: dict[str, dict[str, str]] = {}
         self._orphans: dict[tuple[str, str], list[DeliveryReport]] = {}
         self._orphan_order: deque[tuple[datetime.datetime, tuple[str, str]]] = deque()
 
@@ -99,28 +118,37 @@ class StatusStore:
                 now,
                 now if status == "accepted" else None,
                 country,
-                [(status, provider, now)],
+                status,
+                provider,
+                now,
             )
             self._entries[message_id] = entry
             if len(self._entries) > self.max_messages:
                 _, old = self._entries.popitem(last=False)
                 if old.provider and old.provider_message_id:
-                    self._by_provider_id.pop((old.provider, old.provider_message_id), None)
+                    ids = self._by_provider_id.get(old.provider)
+                    if ids is not None:
+                        ids.pop(old.provider_message_id, None)
         else:  # a resend of a message we know
             entry.provider = provider or entry.provider
             entry.provider_message_id = provider_message_id or entry.provider_message_id
-            entry.history.append((status, provider, now))
+            entry.add(status, provider, now)
             if status == "accepted":
                 entry.accepted_at = now
         if provider is None or provider_message_id is None:
             return []
-        key = (provider, provider_message_id)
-        self._by_provider_id[key] = message_id
-        return self._orphans.pop(key, [])
+        ids = self._by_provider_id.get(provider)
+        if ids is None:
+            ids = self._by_provider_id[provider] = {}
+        ids[provider_message_id] = message_id
+        if not self._orphans:
+            return []
+        return self._orphans.pop((provider, provider_message_id), [])
 
     def lookup(self, provider: str, provider_message_id: str) -> str | None:
         """Our message id for a provider's id, or None."""
-        return self._by_provider_id.get((provider, provider_message_id))
+        ids = self._by_provider_id.get(provider)
+        return ids.get(provider_message_id) if ids is not None else None
 
     def knows(self, message_id: str) -> bool:
         """Whether ``message_id`` is one of ours and still remembered."""
@@ -168,7 +196,7 @@ class StatusStore:
         entry.error_code = report.error_code
         at = report.at.timestamp()
         entry.updated_at = at
-        entry.history.append((report.status, report.provider, at))
+        entry.add(report.status, report.provider, at)
         return True
 
     def get(self, message_id: str) -> MessageState | None:
