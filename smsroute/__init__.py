@@ -22,6 +22,7 @@ from smsroute.errors import (
     InvalidNumber,
     SendFailed,
     SmsrouteError,
+    StateBackendUnavailable,
 )
 from smsroute.instrument import (
     AttemptFinished,
@@ -35,6 +36,7 @@ from smsroute.instrument import (
     MessageFinished,
     PrometheusHook,
     RateLimitWait,
+    StateBackendError,
     WebhookRefused,
 )
 from smsroute.message import (
@@ -91,6 +93,8 @@ __all__ = [
     "SendFailed",
     "SendResult",
     "SmsrouteError",
+    "StateBackendError",
+    "StateBackendUnavailable",
     "SystemClock",
     "WebhookRefused",
     "WebhookResponse",

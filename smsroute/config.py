@@ -114,7 +114,7 @@ OUTBOX_KEYS = frozenset(
     }
 )
 BACKOFF_KEYS = frozenset({"base", "max"})
-OutboxBackend = Literal["sqlite"]
+OutboxBackend = Literal["sqlite", "redis"]
 Synchronous = Literal["normal", "full"]
 
 
@@ -315,6 +315,10 @@ class OutboxSettings:
           max_attempts: 10             # sends of one message (each may try several providers)
           ttl: 24h                     # how long after it is due a message may still go
           backoff: {base: 1s, max: 5m} # full jitter: uniform(0, min(max, base * 2**(tries-1)))
+
+    ``backend: redis`` keeps the queue in the Redis of the ``state`` section
+    (which must then say ``backend: redis``), under its ``key_prefix``: every
+    replica enqueues to and works off one queue; ``path`` is not used.
     """
 
     backend: OutboxBackend = "sqlite"
@@ -455,7 +459,7 @@ class _Loader:
         providers = self.providers(top.get("providers"), defaults)
         rules = self.rules(top.get("rules"), providers, categories)
         state = self.state(top.get("state"))
-        outbox = self.outbox(top.get("outbox")) if "outbox" in top else None
+        outbox = self.outbox(top.get("outbox"), state) if "outbox" in top else None
         if self.problems:
             raise ConfigError(self.problems)
         return Config(
@@ -500,7 +504,7 @@ class _Loader:
             )
         return settings
 
-    def outbox(self, value: Any) -> OutboxSettings:
+    def outbox(self, value: Any, state: StateSettings) -> OutboxSettings:
         path: yamlsource.Path = ("outbox",)
         o = self.mapping(value, path, OUTBOX_KEYS, what="outbox")
         bpath: yamlsource.Path = (*path, "backoff")
@@ -536,6 +540,12 @@ class _Loader:
             )
         if settings.backoff_max < settings.backoff_base:
             self.error((*bpath, "max"), "backoff max must be at least backoff base")
+        if settings.backend == "redis" and state.backend != "redis":
+            self.error(
+                (*path, "backend"),
+                "outbox backend redis keeps the queue in the Redis of the 'state' section: "
+                "add state: {backend: redis, url: redis://...}",
+            )
         return settings
 
     def defaults(self, value: Any) -> Defaults:
@@ -1064,7 +1074,7 @@ def _choice(options: tuple[str, ...], what: str) -> Callable[[Any], Any]:
 _strategy: Callable[[Any], Strategy] = _choice(STRATEGIES, "strategy")
 _on_timeout: Callable[[Any], OnTimeout] = _choice(("failover", "stop"), "on_timeout")
 _on_undelivered: Callable[[Any], OnUndelivered] = _choice(("resend", "ignore"), "on_undelivered")
-_outbox_backend: Callable[[Any], OutboxBackend] = _choice(("sqlite",), "outbox backend")
+_outbox_backend: Callable[[Any], OutboxBackend] = _choice(("sqlite", "redis"), "outbox backend")
 _synchronous: Callable[[Any], Synchronous] = _choice(("normal", "full"), "synchronous")
 _breaker_scope: Callable[[Any], BreakerScope] = _choice(
     ("provider", "provider_country"), "breaker_scope"

@@ -4,6 +4,7 @@
     ├── ConfigError        a config file is wrong: file, line, column and field path
     ├── InvalidNumber      a destination is not a valid phone number
     ├── InvalidMessage     a text is empty, too long, or names an unknown category
+    ├── StateBackendUnavailable  the config asks for Redis and Redis cannot be used
     └── SendFailed         raised by ``SendResult.raise_for_status()`` only
 
 Provider failures never raise out of ``Router.send``: they are outcomes in the
@@ -96,6 +97,17 @@ class InvalidNumber(SmsrouteError, ValueError):
 class InvalidMessage(SmsrouteError, ValueError):
     """A message cannot be sent as written: empty text, too many segments,
     an unknown category, and so on.  Raised before any provider is called."""
+
+
+class StateBackendUnavailable(SmsrouteError):
+    """The config asks for shared state in Redis and Redis cannot be used.
+
+    Raised by ``async with router`` (or the first ``send()``) when Redis does
+    not answer, and by ``Router(...)`` when the ``redis`` package is missing;
+    the message names the URL (never its password) and what to do.  Once
+    running, a router that loses Redis goes on with local state instead
+    (see the ``StateBackendError`` event).
+    """
 
 
 class SendFailed(SmsrouteError):

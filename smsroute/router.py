@@ -1074,7 +1074,7 @@ class Router:
         if self._outbox is None:
             if self._closed:
                 raise RuntimeError("the router is closed")
-            self._outbox = open_store(self._outbox_settings())
+            self._outbox = open_store(self._outbox_settings(), self.config.state)
         return self._outbox
 
     def _outbox_now(self) -> float:

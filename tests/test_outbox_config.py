@@ -78,14 +78,24 @@ def test_an_empty_outbox_section_means_the_defaults_beside_the_config(tmp_path: 
     ("section", "line", "message"),
     [
         ("outbox:\n  leese: 30s\n", 6, "unknown key 'leese' in outbox; did you mean 'lease'?"),
-        ("outbox:\n  backend: redis\n", 6, "unknown outbox backend 'redis'"),
+        ("outbox:\n  backend: redis\n", 6, "add state: {backend: redis"),
+        ("outbox:\n  backend: kafka\n", 6, "unknown outbox backend 'kafka'"),
         ("outbox:\n  lease: 500ms\n", 6, "lease must be at least 1s"),
         ("outbox:\n  backoff: {base: 10s, max: 1s}\n", 6, "backoff max must be at least"),
         ("outbox:\n  max_attempts: 0\n", 6, "expected a whole number from 1 to 1000"),
         ("outbox:\n  ttl: soon\n", 6, "expected a duration"),
         ("outbox:\n  synchronous: off\n", 6, "unknown synchronous"),
     ],
-    ids=["typo", "backend", "short-lease", "backoff", "max-attempts", "ttl", "synchronous"],
+    ids=[
+        "typo",
+        "redis-without-state",
+        "backend",
+        "short-lease",
+        "backoff",
+        "max-attempts",
+        "ttl",
+        "synchronous",
+    ],
 )
 def test_outbox_mistakes_are_reported_at_file_and_line(
     section: str, line: int, message: str

@@ -20,12 +20,13 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 import test_outbox
-from conftest import ROOT, twilio_block
-from redis_support import prefix, redis_url, until  # noqa: F401
+from conftest import ROOT, make_config, twilio_block
+from redis_support import prefix, redis_url, state_block, until  # noqa: F401
 
+import smsroute.outbox
 import smsroute.router
 from smsroute import Message, Outcome, Router, SendResult
-from smsroute.config import OutboxSettings
+from smsroute.config import OutboxSettings, StateSettings
 from smsroute.message import Attempt
 from smsroute.outbox import make_id, new_message
 from smsroute.outbox.redis import RedisOutbox
@@ -47,7 +48,7 @@ def outbox_in_redis(
 ) -> None:
     """Every router of a test opens its outbox in Redis, under the test's prefix."""
 
-    def open_store(settings: OutboxSettings) -> OutboxStore:
+    def open_store(settings: OutboxSettings, state: StateSettings | None = None) -> OutboxStore:
         return RedisOutbox(redis_url, key_prefix=prefix)
 
     monkeypatch.setattr(smsroute.router, "open_store", open_store)
@@ -262,3 +263,45 @@ outbox:
         f"in flight at the kills: {[len(s) for s in in_flight]}, "
         f"sent twice: {sum(texts.values()) - MESSAGES}"
     )
+
+
+# -- 4. chosen by the config ------------------------------------------------------------------
+
+
+async def test_config_outbox_backend_redis_shares_one_queue_between_replicas(
+    twilio_a: FakeTwilio,
+    redis_url: str,  # noqa: F811
+    prefix: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Undo this module's autouse patch: here the config alone must choose Redis.
+    monkeypatch.setattr(smsroute.router, "open_store", smsroute.outbox.open_store)
+    text = f"""
+providers:
+{twilio_block("tw", twilio_a)}
+rules:
+  - name: default
+    providers: [tw]
+{state_block(redis_url, prefix)}
+outbox:
+  backend: redis
+"""
+    async with (
+        Router(make_config(text), metrics=False) as one,
+        Router(make_config(text), metrics=False) as two,
+    ):
+        assert isinstance(one._outbox_store(), RedisOutbox)
+        ids = [
+            await one.enqueue(Message(to="+4915123456789", text=f"queued {i}")) for i in range(5)
+        ]
+        # The other replica's worker sees the queue the first one filled.
+        async with two.worker():
+            await until(lambda: len(twilio_a.messages) == 5, within=10, what="5 sends")
+        states = [await one.status(i) for i in ids]
+    assert [s.status for s in states if s is not None] == ["accepted"] * 5
+    assert sorted(m.text for m in twilio_a.messages) == [f"queued {i}" for i in range(5)]
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        assert await client.keys(f"{prefix}outbox:*")  # the queue lives under the prefix
+    finally:
+        await client.aclose()

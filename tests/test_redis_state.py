@@ -18,7 +18,7 @@ from redis_support import free_port, prefix, redis_url, state_block, until  # no
 
 from smsroute import BreakerState, ManualClock, Message, Outcome, Router
 from smsroute.config import Config
-from smsroute.state.backend import StateBackendUnavailable
+from smsroute.errors import StateBackendUnavailable
 from smsroute.state.redis import RedisState
 from smsroute.testing import FakeTwilio
 

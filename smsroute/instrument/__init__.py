@@ -23,6 +23,7 @@ from smsroute.instrument.events import (
     Hook,
     MessageFinished,
     RateLimitWait,
+    StateBackendError,
     WebhookRefused,
 )
 from smsroute.instrument.logging import LoggingHook
@@ -40,5 +41,6 @@ __all__ = [
     "MessageFinished",
     "PrometheusHook",
     "RateLimitWait",
+    "StateBackendError",
     "WebhookRefused",
 ]

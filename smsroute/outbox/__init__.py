@@ -2,6 +2,7 @@
 
     store.py     the OutboxStore protocol, its records and the state machine
     sqlite.py    the default store: one SQLite file in WAL mode
+    redis.py     the store shared by replicas: Redis, with Lua scripts for each step
     worker.py    the worker that leases, paces, sends and settles messages
     __main__.py  ``python -m smsroute.outbox CONFIG``: a worker as a process
 
@@ -12,7 +13,7 @@ Users meet it through the router: ``await router.enqueue(message)``,
 
 from __future__ import annotations
 
-from smsroute.config import OutboxSettings
+from smsroute.config import OutboxSettings, StateSettings
 from smsroute.outbox.sqlite import SQLiteOutbox
 from smsroute.outbox.store import (
     TTL,
@@ -29,10 +30,19 @@ from smsroute.outbox.store import (
 from smsroute.outbox.worker import OutboxWorker
 
 
-def open_store(settings: OutboxSettings) -> OutboxStore:
-    """The store ``settings`` describe (not connected until first used)."""
+def open_store(settings: OutboxSettings, state: StateSettings | None = None) -> OutboxStore:
+    """The store ``settings`` describe (not connected until first used).
+
+    A ``redis`` outbox lives in the Redis that ``state`` names, under its key prefix.
+    """
     if settings.backend == "sqlite":
         return SQLiteOutbox(settings.path, synchronous=settings.synchronous)
+    if settings.backend == "redis":
+        if state is None or state.backend != "redis" or not state.url:
+            raise ValueError("the redis outbox needs state: {backend: redis, url: ...}")
+        from smsroute.outbox.redis import RedisOutbox  # the redis package is an extra
+
+        return RedisOutbox(state.url, key_prefix=state.key_prefix, timeout=state.timeout)
     raise ValueError(f"unknown outbox backend {settings.backend!r}")
 
 

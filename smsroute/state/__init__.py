@@ -5,7 +5,8 @@
 Redis (:mod:`smsroute.state.redis`, which needs the ``redis`` extra).
 """
 
-from smsroute.state.backend import StateBackend, StateBackendUnavailable, open_state
+from smsroute.errors import StateBackendUnavailable
+from smsroute.state.backend import StateBackend, open_state
 from smsroute.state.memory import MemoryState
 
 __all__ = ["MemoryState", "StateBackend", "StateBackendUnavailable", "open_state"]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 from smsroute.breaker import CircuitBreaker, TransitionHook
 from smsroute.clock import Clock
 from smsroute.config import ProviderConfig, StateSettings
-from smsroute.errors import SmsrouteError
+from smsroute.errors import StateBackendUnavailable
 from smsroute.health import Health
 from smsroute.instrument.events import Event
 from smsroute.optout import OptOutStore
@@ -28,15 +28,6 @@ from smsroute.status import StatusStore
 
 if TYPE_CHECKING:
     from smsroute.state.redis_receipts import ReceiptLog
-
-
-class StateBackendUnavailable(SmsrouteError):
-    """The config asks for shared state in Redis and Redis cannot be used.
-
-    Raised by ``async with router`` (or the first ``send()``) when Redis does
-    not answer, and by ``Router(...)`` when the ``redis`` package is missing;
-    the message names the URL (never its password) and what to do.
-    """
 
 
 class StateBackend(Protocol):

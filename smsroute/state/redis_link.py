@@ -21,8 +21,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from smsroute.config import StateSettings
+from smsroute.errors import StateBackendUnavailable
 from smsroute.instrument.events import Event, StateBackendError
-from smsroute.state.backend import StateBackendUnavailable
 
 log = logging.getLogger("smsroute.state")
 
