@@ -1,6 +1,6 @@
 """Router.send against raw aiohttp, on the same fake Twilio server in another process.
 
-    python bench/bench_send.py [--messages 5000] [--concurrency 64] [--rounds 21]
+    python bench/bench_send.py [--messages 20000] [--concurrency 64] [--rounds 9]
                                [--without-metrics]
 
 Both clients do the same wire work per message: a form-encoded POST with Basic
@@ -11,8 +11,9 @@ builds a SendResult.  Client CPU per message is process CPU time in this
 process (the server runs elsewhere) divided by messages.  Each round runs
 both clients back to back (alternating which goes first) on a fresh set of
 numbers, so drift on a shared machine hits both; the median of the per-round
-ratios is the headline, many short rounds rather than a few long ones because
-this VM's speed moves by tens of percent from minute to minute.
+ratios is the headline.  This VM's speed moves by tens of percent from minute
+to minute: more rounds (``--rounds 21 --messages 5000``) narrow the median,
+and bench/callgrind_send.py counts instructions, which do not drift at all.
 """
 
 from __future__ import annotations
@@ -163,9 +164,9 @@ def explain_rate(rules: int, seconds: float = 2.0) -> float:
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--messages", type=int, default=5_000)
+    parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument(
         "--without-metrics",
         action="store_true",

@@ -178,6 +178,7 @@ class Router:
         )
         if self._metrics is not None:
             self._hooks = (self._metrics, *self._hooks)
+        self._direct = self._direct_metrics()
         self._session = session
         self._own_session = session is None
         self._closed = False
@@ -208,6 +209,13 @@ class Router:
     def add_hook(self, hook: Hook) -> None:
         """Add an event hook."""
         self._hooks = (*self._hooks, hook)
+        self._direct = self._direct_metrics()
+
+    def _direct_metrics(self) -> PrometheusHook | None:
+        """The Prometheus hook when it is the only hook: the two events of every
+        message then go to it as plain calls, with no event objects built."""
+        metrics = self._metrics
+        return metrics if metrics is not None and self._hooks == (metrics,) else None
 
     async def __aenter__(self) -> Router:
         self._get_session()
@@ -438,6 +446,7 @@ class Router:
         rule = p.rule
         country = p.destination.country
         emit = self._emit if self._hooks else None
+        direct = self._direct
         if (
             self._optouts
             and message.category in defaults.opt_out_categories
@@ -568,7 +577,12 @@ class Router:
                     retry_after=reply.retry_after,
                 )
             )
-            if emit:
+            if direct is not None:
+                try:
+                    direct.attempt_finished(name, country, outcome, latency)
+                except Exception:
+                    log.exception("smsroute's Prometheus hook failed on an attempt")
+            elif emit:
                 emit(
                     AttemptFinished(
                         message_id,
@@ -849,6 +863,22 @@ class Router:
         country: str,
         duration: float,
     ) -> None:
+        direct = self._direct
+        if direct is not None:
+            try:
+                direct.message_finished(
+                    message.category,
+                    result.status,
+                    duration,
+                    result.provider,
+                    country,
+                    result.segments,
+                    result.cost,
+                    result.currency,
+                )
+            except Exception:
+                log.exception("smsroute's Prometheus hook failed on a finished message")
+            return
         emit(
             MessageFinished(  # positional: a third cheaper than keywords, once per message
                 result.message_id,

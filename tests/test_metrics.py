@@ -213,6 +213,39 @@ async def test_a_failed_message_counts_no_segments_and_no_cost(
 # -- bounded labels, no private data -------------------------------------------------------
 
 
+async def test_metrics_are_the_same_whether_events_are_built_or_not(
+    twilio_a: FakeTwilio, twilio_b: FakeTwilio
+) -> None:
+    # Alone, the Prometheus hook is called directly; with another hook, through
+    # events.  The same traffic must give the same series either way.
+    def per_message(r: CollectorRegistry) -> list[tuple[str, list[tuple[str, str]], float]]:
+        names = ("smsroute_attempts", "smsroute_messages", "smsroute_segments", "smsroute_cost")
+        return sorted(
+            (s.name, sorted(s.labels.items()), s.value)
+            for m in r.collect()
+            if m.name in names or m.name.endswith("_duration_seconds")
+            for s in m.samples
+            if not s.name.endswith(("_sum", "_created")) and "le" not in s.labels
+        )
+
+    seen: list[object] = []
+    results = []
+    for hooks in ([], [seen.append]):
+        registry = CollectorRegistry()
+        config = make_config(two_providers(twilio_a, twilio_b))
+        async with Router(config, registry=registry, hooks=hooks) as router:
+            assert (router._direct is None) is bool(hooks)
+            twilio_a.fail(503, times=1)
+            for text in ("one", "two", "three"):
+                await router.send(Message(to="+4915123456789", text=text, category="otp"))
+            await router.send(Message(to="+33612345678", text="four", category="marketing"))
+        results.append(per_message(registry))
+        twilio_a.heal()
+    assert results[0] == results[1]
+    assert any(name == "smsroute_cost_total" for name, _, _ in results[0])
+    assert seen  # the second router's own hook saw the events
+
+
 def test_default_metric_countries_are_thirty_iso_codes() -> None:
     assert Defaults().metric_countries == DEFAULT_METRIC_COUNTRIES
     assert len(DEFAULT_METRIC_COUNTRIES) == 30

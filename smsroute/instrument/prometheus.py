@@ -52,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import os
 import weakref
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -74,7 +75,7 @@ from smsroute.instrument.events import (
     StateBackendError,
     WebhookRefused,
 )
-from smsroute.message import DELIVERY_STATUSES
+from smsroute.message import DELIVERY_STATUSES, Outcome
 
 __all__ = [
     "ATTEMPT_BUCKETS",
@@ -294,6 +295,7 @@ class PrometheusHook:
     ) -> None:
         self.registry: CollectorRegistry = registry if registry is not None else REGISTRY
         self._m = _metrics_for(self.registry)
+        self._shared_files = bool(self._m.shared_files)
         self._config_source = config
         self._countries: frozenset[str] = DEFAULT_METRIC_COUNTRIES
         self._providers: frozenset[str] | None = None
@@ -384,45 +386,89 @@ class PrometheusHook:
             handle(event)
 
     def _attempt(self, e: AttemptFinished) -> None:
-        if e.skipped:  # never sent: counted by smsroute_ratelimit_skips_total
-            return
-        key = (e.provider, e.country, e.outcome)
-        children = self._attempt_children.get(key)
-        if children is None:
-            outcome = e.outcome.value
-            children = self._attempt_children[key] = (
-                self._m.attempts.labels(e.provider, self.country(e.country), outcome),
-                self._m.attempt_duration.labels(e.provider, outcome),
-            )
-        children[0].inc()
-        children[1].observe(e.latency)
+        if not e.skipped:  # never sent: counted by smsroute_ratelimit_skips_total
+            self.attempt_finished(e.provider, e.country, e.outcome, e.latency)
 
     def _message(self, e: MessageFinished) -> None:
-        key = (e.category, e.status)
+        self.message_finished(
+            e.category, e.status, e.duration, e.provider, e.country, e.segments, e.cost, e.currency
+        )
+
+    # The two handlers that run for every message, callable without an event:
+    # a router whose only hook is this one calls them directly.  The children
+    # are this module's Value and Buckets, updated in place, except in
+    # multi-process mode, where they are prometheus_client's own metrics.
+
+    def attempt_finished(
+        self, provider: str, country: str, outcome: Outcome, latency: float
+    ) -> None:
+        """One provider answered (or timed out) for one message."""
+        key = (provider, country, outcome)
+        children = self._attempt_children.get(key)
+        if children is None:
+            value = outcome.value
+            children = self._attempt_children[key] = (
+                self._m.attempts.labels(provider, self.country(country), value),
+                self._m.attempt_duration.labels(provider, value),
+            )
+        if self._shared_files:
+            children[0].inc()
+            children[1].observe(latency)
+            return
+        children[0].value += 1.0
+        histogram = children[1]
+        histogram.counts[bisect_left(histogram.bounds, latency)] += 1
+        histogram.sum += latency
+
+    def message_finished(
+        self,
+        category: str,
+        status: str,
+        duration: float,
+        provider: str | None,
+        country: str,
+        segments: int,
+        cost: float | None,
+        currency: str | None,
+    ) -> None:
+        """``send()`` returned for one message."""
+        key = (category, status)
         children = self._message_children.get(key)
         if children is None:
             children = self._message_children[key] = (
-                self._m.messages.labels(e.category, e.status),
-                self._m.message_duration.labels(e.category),
+                self._m.messages.labels(category, status),
+                self._m.message_duration.labels(category),
             )
-        children[0].inc()
-        children[1].observe(e.duration)
-        provider = e.provider
+        shared = self._shared_files
+        if shared:
+            children[0].inc()
+            children[1].observe(duration)
+        else:
+            children[0].value += 1.0
+            histogram = children[1]
+            histogram.counts[bisect_left(histogram.bounds, duration)] += 1
+            histogram.sum += duration
         if provider is None:
             return
-        where = (provider, e.country)
-        segments = self._segment_children.get(where)
-        if segments is None:
-            segments = self._segment_children[where] = self._m.segments.labels(
-                provider, self.country(e.country)
+        where = (provider, country)
+        counted = self._segment_children.get(where)
+        if counted is None:
+            counted = self._segment_children[where] = self._m.segments.labels(
+                provider, self.country(country)
             )
-        segments.inc(e.segments)
-        if e.cost is not None:
-            priced = (provider, e.currency or "unknown")
-            cost = self._cost_children.get(priced)
-            if cost is None:
-                cost = self._cost_children[priced] = self._m.cost.labels(*priced)
-            cost.inc(e.cost)
+        if shared:
+            counted.inc(segments)
+        else:
+            counted.value += segments
+        if cost is not None:
+            priced = (provider, currency or "unknown")
+            spent = self._cost_children.get(priced)
+            if spent is None:
+                spent = self._cost_children[priced] = self._m.cost.labels(*priced)
+            if shared:
+                spent.inc(cost)
+            else:
+                spent.value += cost
 
     def _failover(self, e: Failover) -> None:
         self._m.failovers.labels(e.from_provider, e.to_provider, e.reason).inc()
