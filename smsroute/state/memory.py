@@ -15,6 +15,7 @@ from smsroute.config import ProviderConfig
 from smsroute.health import Health
 from smsroute.optout import OptOutStore
 from smsroute.ratelimit import TokenBucket
+from smsroute.state.slots import ConcurrencySlots
 from smsroute.status import StatusStore
 
 
@@ -27,7 +28,7 @@ class MemoryState:
         self._breakers: dict[tuple[str, str | None], CircuitBreaker] = {}
         self._health: dict[tuple[str, str | None], Health] = {}
         self._buckets: dict[str, TokenBucket] = {}
-        self._slots: dict[str, tuple[int, asyncio.Semaphore]] = {}
+        self._slots = ConcurrencySlots()
 
     def breaker(self, provider: ProviderConfig, country: str | None) -> CircuitBreaker:
         """The breaker for ``provider`` (per country when its scope is provider_country)."""
@@ -66,13 +67,7 @@ class MemoryState:
 
     def slots(self, provider: ProviderConfig) -> asyncio.Semaphore | None:
         """The concurrency cap of ``provider``, or None when uncapped."""
-        if provider.max_concurrency is None:
-            return None
-        entry = self._slots.get(provider.name)
-        if entry is None or entry[0] != provider.max_concurrency:
-            entry = (provider.max_concurrency, asyncio.Semaphore(provider.max_concurrency))
-            self._slots[provider.name] = entry
-        return entry[1]
+        return self._slots.get(provider)
 
     async def refill(self, bucket: TokenBucket, max_wait: float) -> float | None:
         """A bucket in memory has nothing more to give than ``reserve`` said: None."""

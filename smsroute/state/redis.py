@@ -60,6 +60,7 @@ from smsroute.state.redis_health import SharedHealth
 from smsroute.state.redis_link import RedisLink
 from smsroute.state.redis_optouts import RedisOptOuts
 from smsroute.state.redis_receipts import ReceiptLog
+from smsroute.state.slots import ConcurrencySlots
 from smsroute.status import StatusStore
 
 log = logging.getLogger("smsroute.state")
@@ -120,7 +121,7 @@ class RedisState:
         self._breakers: dict[tuple[str, str | None], SharedBreaker] = {}
         self._health: dict[tuple[str, str | None], SharedHealth] = {}
         self._buckets: dict[str, SharedBucket] = {}
-        self._slots: dict[str, tuple[int, asyncio.Semaphore]] = {}
+        self._slots = ConcurrencySlots()
         #: Breakers as Redis held them at the last sync, by hash field.
         self._shared: dict[str, tuple[int, str, int, float]] = {}
         self._shared_version = ""
@@ -175,13 +176,7 @@ class RedisState:
 
     def slots(self, provider: ProviderConfig) -> asyncio.Semaphore | None:
         """The concurrency cap of ``provider`` in this process (not shared), or None."""
-        if provider.max_concurrency is None:
-            return None
-        entry = self._slots.get(provider.name)
-        if entry is None or entry[0] != provider.max_concurrency:
-            entry = (provider.max_concurrency, asyncio.Semaphore(provider.max_concurrency))
-            self._slots[provider.name] = entry
-        return entry[1]
+        return self._slots.get(provider)
 
     async def refill(self, bucket: TokenBucket, max_wait: float) -> float | None:
         """Lease slots from Redis for ``bucket`` and take one (None: none in time)."""
