@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime
 import hmac
 import json
 from collections.abc import Iterable, Mapping
@@ -72,6 +71,7 @@ from smsroute.providers.base import (
     WebhookRequest,
     accepted,
     classify_status,
+    iso_time,
     parse_retry_after,
 )
 
@@ -201,16 +201,6 @@ def receipt_retryable(error_code: int | None) -> bool | None:
     if error_code in PERMANENT_RECEIPT_ERRORS:
         return False
     return None  # 9902 (receipt timed out: may have been delivered), 9999, 4301, ...
-
-
-def _time(value: Any) -> datetime.datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        when = datetime.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
 
 
 def _events(request: WebhookRequest) -> list[tuple[str, Mapping[str, Any], Mapping[str, Any]]]:
@@ -366,7 +356,7 @@ class BandwidthProvider(HttpProvider):
                     provider_message_id=message["id"],
                     status=receipt_status(kind, code),
                     error_code=str(code) if code is not None else None,
-                    at=_time(event.get("eventTime")) or _time(event.get("time")),
+                    at=iso_time(event.get("eventTime")) or iso_time(event.get("time")),
                     retryable=receipt_retryable(code),
                     message_id=tag if isinstance(tag, str) and tag else None,
                 )
@@ -396,7 +386,7 @@ class BandwidthProvider(HttpProvider):
                     recipient=recipient,
                     text=text or "",  # an MMS may carry media and no text
                     provider_message_id=message["id"],
-                    at=_time(event.get("time")),
+                    at=iso_time(event.get("time")),
                 )
             )
         return messages

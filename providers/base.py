@@ -56,9 +56,11 @@ __all__ = [
     "accepted",
     "classify_status",
     "form_encode",
+    "iso_time",
     "json_object",
     "malformed",
     "parse_retry_after",
+    "with_plus",
 ]
 
 
@@ -415,3 +417,30 @@ def classify_status(status: int) -> Outcome:
     if 400 <= status < 500:
         return Outcome.REJECTED
     return Outcome.TRANSIENT
+
+
+# -- webhook fields most providers write the same way ---------------------------------
+
+
+def iso_time(value: object) -> datetime.datetime | None:
+    """An ISO 8601 time from a webhook (``2019-08-24T14:15:22.123Z``,
+    ``2020-01-01 12:00:00``), or None when absent or unreadable.  A time
+    without an offset is UTC, which is what every provider here means by it.
+    """
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
+
+
+def with_plus(number: str) -> str:
+    """A number a provider wrote in international form without ``+``, with it back.
+
+    Seven digits or more only: short codes (3 to 6 digits) and sender names
+    stay as they are.
+    """
+    number = number.strip()
+    return "+" + number if number.isdigit() and len(number) > 6 else number

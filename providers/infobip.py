@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime
 import hmac
 from collections.abc import Mapping
 from typing import Any
@@ -76,9 +75,11 @@ from smsroute.providers.base import (
     WebhookError,
     WebhookRequest,
     classify_status,
+    iso_time,
     json_object,
     malformed,
     parse_retry_after,
+    with_plus,
 )
 
 # Infobip message status (the destination's ``status.name``) -> outcome, for a
@@ -307,11 +308,11 @@ class InfobipProvider(HttpProvider):
             message_id = result.get("messageId")
             messages.append(
                 Inbound(
-                    sender=_msisdn(sender),
-                    recipient=_msisdn(recipient),
+                    sender=with_plus(sender),
+                    recipient=with_plus(recipient),
                     text=text,
                     provider_message_id=message_id if isinstance(message_id, str) else None,
-                    at=_time(result.get("receivedAt")),
+                    at=iso_time(result.get("receivedAt")),
                 )
             )
         return messages
@@ -418,22 +419,6 @@ class InfobipProvider(HttpProvider):
         )
 
 
-def _time(value: Any) -> datetime.datetime | None:
-    """``2019-11-09T16:00:00.000+0000`` (yyyy-MM-dd'T'HH:mm:ss.SSSZ) as a time, or None."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        when = datetime.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
-
-
-def _msisdn(value: str) -> str:
-    """Infobip writes numbers in international format without ``+``: they get it back."""
-    return "+" + value if value.isdigit() and len(value) > 6 else value
-
-
 def _receipt(result: Mapping[str, Any]) -> Receipt:
     """One ``results[]`` entry of a delivery report."""
     message_id = result.get("messageId")
@@ -478,7 +463,7 @@ def _receipt(result: Mapping[str, Any]) -> Receipt:
         provider_message_id=message_id,
         status=status,
         error_code=error_code,
-        at=_time(result.get("doneAt")),
+        at=iso_time(result.get("doneAt")),
         retryable=retryable,
         message_id=reference if isinstance(reference, str) and reference else None,
     )

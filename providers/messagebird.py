@@ -75,6 +75,7 @@ from smsroute.providers.base import (
     WebhookRequest,
     classify_status,
     parse_retry_after,
+    with_plus,
 )
 
 # MessageBird error code -> outcome.  Codes: messagebird/go-rest-api test data (2, 20),
@@ -145,11 +146,6 @@ def _when(value: str | None) -> datetime.datetime | None:
         except ValueError:
             return None
     return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
-
-
-def _msisdn(value: str) -> str:
-    """MessageBird writes MSISDNs without ``+``: numbers get it back."""
-    return "+" + value if value.isdigit() and len(value) > 6 else value
 
 
 def _seconds(value: Any) -> float | None:
@@ -334,8 +330,8 @@ class MessageBirdProvider(HttpProvider):
             raise WebhookError(400, "inbound message without originator and recipient")
         return [
             Inbound(
-                sender=_msisdn(originator),
-                recipient=_msisdn(recipient),
+                sender=with_plus(originator),
+                recipient=with_plus(recipient),
                 text=text,
                 provider_message_id=provider_id or None,
                 at=_when(when),

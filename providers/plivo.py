@@ -56,7 +56,6 @@ Webhooks (delivery receipts at ``/{name}/status``, inbound at ``/{name}/inbound`
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
 import hmac
 import json
@@ -81,7 +80,9 @@ from smsroute.providers.base import (
     WebhookError,
     WebhookRequest,
     classify_status,
+    iso_time,
     parse_retry_after,
+    with_plus,
 )
 
 __all__ = [
@@ -232,25 +233,6 @@ def _url_variants(url: str) -> list[str]:
     )
     ported = urlunsplit(parts._replace(netloc=f"{host}:{parts.port or default}"))
     return list(dict.fromkeys([url, bare, ported]))
-
-
-def _plus(number: str) -> str:
-    """Plivo writes numbers without '+': put it back on full international numbers."""
-    number = number.strip()
-    if number.isdigit() and len(number) >= 8:
-        return "+" + number
-    return number
-
-
-def _time(value: str | None) -> datetime.datetime | None:
-    # "YYYY-mm-dd HH:MM:SS.ffffff", sometimes with an offset; without one, UTC is assumed.
-    if not value:
-        return None
-    try:
-        when = datetime.datetime.fromisoformat(value.strip())
-    except ValueError:
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
 
 
 _TIME_FIELDS = {
@@ -469,7 +451,7 @@ class PlivoProvider(HttpProvider):
                 provider_message_id=uuid,
                 status=status,
                 error_code=code,
-                at=_time(p.get(field)) if field else None,
+                at=iso_time(p.get(field)) if field else None,
                 retryable=retryable,
             )
         ]
@@ -483,8 +465,8 @@ class PlivoProvider(HttpProvider):
             raise WebhookError(400, "inbound message without Text")
         return [
             Inbound(
-                sender=_plus(sender),
-                recipient=_plus(recipient),
+                sender=with_plus(sender),
+                recipient=with_plus(recipient),
                 text=p.get("Text", p.get("Body", "")),
                 provider_message_id=p.get("MessageUUID") or None,
             )

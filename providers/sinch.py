@@ -77,7 +77,9 @@ from smsroute.providers.base import (
     WebhookRequest,
     accepted,
     classify_status,
+    iso_time,
     parse_retry_after,
+    with_plus,
 )
 
 #: Regions of the service-plan API: https://{region}.sms.api.sinch.com (sinch SDK, core/enums.py).
@@ -170,27 +172,11 @@ def _unix_time(value: str) -> float | None:
     try:
         number = float(value)
     except ValueError:
-        when = _iso(value)
+        when = iso_time(value)
         return when.timestamp() if when is not None else None
     if not math.isfinite(number):
         return None
     return number / 1000 if number > 1e11 else number
-
-
-def _iso(value: Any) -> datetime.datetime | None:
-    """An ISO 8601 time as Sinch writes them (``2019-08-24T14:15:22.123Z``), or None."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        when = datetime.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
-
-
-def _msisdn(value: str) -> str:
-    """Sinch writes MSISDNs with or without the ``+``: numbers get it back."""
-    return "+" + value if value.isdigit() and len(value) > 6 else value
 
 
 def _text(doc: Mapping[str, Any], key: str) -> str:
@@ -317,7 +303,7 @@ class SinchProvider(HttpProvider):
         reference = doc.get("client_reference")
         message_id = reference if isinstance(reference, str) and reference else None
         if kind == "recipient_delivery_report_sms":
-            at = _iso(doc.get("operator_status_at")) or _iso(doc.get("at"))
+            at = iso_time(doc.get("operator_status_at")) or iso_time(doc.get("at"))
             return [_receipt(batch_id, doc, message_id, at)]
         if kind == "delivery_report_sms":
             statuses = doc.get("statuses")
@@ -344,11 +330,11 @@ class SinchProvider(HttpProvider):
         message_id = doc.get("id")
         return [
             Inbound(
-                sender=_msisdn(_text(doc, "from")),
-                recipient=_msisdn(_text(doc, "to")),
+                sender=with_plus(_text(doc, "from")),
+                recipient=with_plus(_text(doc, "to")),
                 text=body,
                 provider_message_id=message_id if isinstance(message_id, str) else None,
-                at=_iso(doc.get("received_at")),
+                at=iso_time(doc.get("received_at")),
             )
         ]
 

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime
 from collections.abc import Mapping
 from typing import Any
 
@@ -66,6 +65,7 @@ from smsroute.providers.base import (
     WebhookError,
     WebhookRequest,
     classify_status,
+    iso_time,
     json_object,
     malformed,
     parse_retry_after,
@@ -184,17 +184,6 @@ PERMANENT_RECEIPT_ERRORS = frozenset(
         "40300",  # recipient sent STOP: blocked
     }
 )
-
-
-def _iso_time(value: Any) -> datetime.datetime | None:
-    """An ISO 8601 time from a webhook (``2019-01-23T18:10:02.574Z``), or None."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        when = datetime.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
 
 
 def _public_key(value: Any) -> Ed25519PublicKey | None:
@@ -359,7 +348,7 @@ class TelnyxProvider(HttpProvider):
                 provider_message_id=message_id,
                 status=RECEIPT_STATUSES.get(raw, "unknown"),
                 error_code=code,
-                at=_iso_time(data.get("occurred_at")) or _iso_time(payload.get("completed_at")),
+                at=iso_time(data.get("occurred_at")) or iso_time(payload.get("completed_at")),
                 retryable=retryable,
                 event_id=event_id if isinstance(event_id, str) and event_id else None,
             )
@@ -386,7 +375,7 @@ class TelnyxProvider(HttpProvider):
                 recipient=recipient,
                 text=text or "",  # an MMS may carry media and no text
                 provider_message_id=message_id if isinstance(message_id, str) else None,
-                at=_iso_time(data.get("occurred_at")) or _iso_time(payload.get("received_at")),
+                at=iso_time(data.get("occurred_at")) or iso_time(payload.get("received_at")),
             )
         ]
 

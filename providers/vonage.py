@@ -93,7 +93,9 @@ from smsroute.providers.base import (
     WebhookError,
     WebhookRequest,
     classify_status,
+    iso_time,
     parse_retry_after,
+    with_plus,
 )
 from smsroute.units import parse_duration
 
@@ -275,14 +277,6 @@ def _params(request: WebhookRequest) -> tuple[dict[str, str], dict[str, Any] | N
     return request.form(), None
 
 
-def _plus(number: str) -> str:
-    """Vonage writes numbers without '+': put it back on full international numbers."""
-    number = number.strip()
-    if number.isdigit() and len(number) >= 8:
-        return "+" + number
-    return number
-
-
 def _scts(value: str | None) -> datetime.datetime | None:
     # YYMMDDHHMM, "2001011400 is at 2020-01-01 14:00" (spec); no zone given: UTC assumed.
     if not value or len(value) != 10 or not value.isdigit():
@@ -291,17 +285,6 @@ def _scts(value: str | None) -> datetime.datetime | None:
         return datetime.datetime.strptime(value, "%y%m%d%H%M").replace(tzinfo=datetime.UTC)
     except ValueError:
         return None
-
-
-def _when(value: object) -> datetime.datetime | None:
-    """``message-timestamp`` (``2020-01-01 12:00:00``, UTC) or an ISO 8601 ``timestamp``."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        when = datetime.datetime.fromisoformat(value.strip())
-    except ValueError:
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
 
 
 def _retryable(code: str | None) -> bool | None:
@@ -596,7 +579,7 @@ class VonageProvider(HttpProvider):
                 provider_message_id=message_id,
                 status=status,
                 error_code=code,
-                at=_scts(params.get("scts")) or _when(params.get("message-timestamp")),
+                at=_scts(params.get("scts")) or iso_time(params.get("message-timestamp")),
                 retryable=_retryable(code) if status != "delivered" else None,
                 message_id=params.get("client-ref") or None,
             )
@@ -622,7 +605,7 @@ class VonageProvider(HttpProvider):
             provider_message_id=uuid,
             status=status,
             error_code=code,
-            at=_when(doc.get("timestamp")),
+            at=iso_time(doc.get("timestamp")),
             retryable=retryable if status != "delivered" else None,
             message_id=ref if isinstance(ref, str) and ref else None,
         )
@@ -637,11 +620,11 @@ class VonageProvider(HttpProvider):
             uuid = doc.get("message_uuid")
             return [
                 Inbound(
-                    sender=_plus(sender),
-                    recipient=_plus(recipient),
+                    sender=with_plus(sender),
+                    recipient=with_plus(recipient),
                     text=text if isinstance(text, str) else "",
                     provider_message_id=uuid if isinstance(uuid, str) else None,
-                    at=_when(doc.get("timestamp")),
+                    at=iso_time(doc.get("timestamp")),
                 )
             ]
         sender, recipient = params.get("msisdn"), params.get("to")
@@ -651,11 +634,11 @@ class VonageProvider(HttpProvider):
             raise WebhookError(400, "inbound message without text")
         return [
             Inbound(
-                sender=_plus(sender),
-                recipient=_plus(recipient),
+                sender=with_plus(sender),
+                recipient=with_plus(recipient),
                 text=params.get("text", ""),
                 provider_message_id=params.get("messageId") or None,
-                at=_when(params.get("message-timestamp")),
+                at=iso_time(params.get("message-timestamp")),
             )
         ]
 
