@@ -398,6 +398,8 @@ class PrometheusHook:
     # a router whose only hook is this one calls them directly.  The children
     # are this module's Value and Buckets, updated in place, except in
     # multi-process mode, where they are prometheus_client's own metrics.
+    # In place rather than through inc()/observe(): under callgrind the six
+    # method calls cost 21k instructions per message (3% of Router.send).
 
     def attempt_finished(
         self, provider: str, country: str, outcome: Outcome, latency: float
