@@ -70,6 +70,15 @@ class TokenBucket:
         self._tokens = tokens - 1.0
         return wait
 
+    def refund(self, at: float) -> None:
+        """Give back a token reserved for clock time ``at`` that was never used.
+
+        A send cancelled while it waited for its token returns it, so a caller
+        that gives up does not lower the rate left for everyone else.
+        """
+        if self.rate is not None:
+            self._tokens = min(self.burst, self._tokens + 1.0)
+
     def pause_until(self, when: float) -> None:
         """Refuse tokens until the absolute clock time ``when`` (keeps the later pause)."""
         if self.paused_until is None or when > self.paused_until:

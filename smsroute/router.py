@@ -498,6 +498,10 @@ class Router:
                             wait = await state.refill(bucket, limit)
                     except TimeoutError:
                         wait = None
+                    except BaseException:  # cancelled: give the probe ticket back
+                        if not last_resort:
+                            breaker.release(ticket)
+                        raise
                     now = loop.time()
             if wait is None:
                 if not last_resort:
@@ -521,7 +525,13 @@ class Router:
             if wait > 0:
                 if emit:
                     emit(RateLimitWait(name, wait, waited=True))
-                await self._sleep(wait)
+                try:
+                    await self._sleep(wait)
+                except BaseException:  # cancelled: the token and the ticket go back unused
+                    state.bucket(pcfg).refund(clock.now() + max(0.0, now + wait - loop.time()))
+                    if not last_resort:
+                        breaker.release(ticket)
+                    raise
                 now = loop.time()
 
             called += 1
@@ -541,9 +551,14 @@ class Router:
                 self._callback_url(rt, name, message_id),
                 budget,
             )
-            reply, latency = await self._attempt(
-                rt.providers[name], pcfg, sms, session, now + budget, name in rt.self_timed
-            )
+            try:
+                reply, latency = await self._attempt(
+                    rt.providers[name], pcfg, sms, session, now + budget, name in rt.self_timed
+                )
+            except BaseException:  # cancelled mid-request: the probe ticket goes back
+                if not last_resort:
+                    breaker.release(ticket)
+                raise
             outcome = reply.outcome
             health = state.health(name)
             if (
@@ -611,7 +626,7 @@ class Router:
                     last_resort=last_resort,
                     outcome=Outcome.ACCEPTED,
                 )
-                self._accepted(rt, rule, message, result, country, exclude)
+                self._accepted(rt, rule, message, result, country, exclude, reply.part_ids)
                 if emit:
                     self._finished(emit, message, result, country, loop.time() - t0)
                 return result
@@ -692,10 +707,18 @@ class Router:
         result: SendResult,
         country: str,
         exclude: frozenset[str],
+        part_ids: tuple[str, ...] = (),
     ) -> None:
+        """Record an acceptance (a new attempt of a resent message) and what it awaits."""
         assert result.provider is not None
         early = self._status.record_send(
-            result.message_id, "accepted", result.provider, result.provider_message_id, country
+            result.message_id,
+            "accepted",
+            result.provider,
+            result.provider_message_id,
+            country,
+            None,
+            part_ids,
         )
         for report in early:  # receipts that beat the provider's own answer
             task = asyncio.ensure_future(
@@ -704,10 +727,13 @@ class Router:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         if rt.callbacks[result.provider] is not None and rt.config.defaults.receipt_timeout:
-            self._awaiting_receipt.append(
-                (self._clock.now(), result.message_id, result.provider, country)
-            )
+            waiting = self._awaiting_receipt
+            waiting.append((self._clock.now(), result.message_id, result.provider, country))
             self._expire_receipts()
+            # Bounded by count too: past max_messages the status store has forgotten
+            # the oldest message anyway, so its overdue receipt could not be judged.
+            while len(waiting) > self._status.max_messages:
+                waiting.popleft()
         if rule.on_undelivered == "resend":
             tried = exclude | {a.provider for a in result.attempts}
             resend = self._resendable
@@ -720,7 +746,11 @@ class Router:
                 resend.popitem(last=False)
 
     def _expire_receipts(self) -> None:
-        """Count accepted messages whose final receipt never came as not delivered."""
+        """Count accepted messages whose final receipt never came as not delivered.
+
+        Each attempt is judged for its own provider: a resent message's first
+        provider is not blamed for the second one's silence, nor the other way round.
+        """
         timeout = self.config.defaults.receipt_timeout
         if timeout is None:
             return
@@ -728,8 +758,7 @@ class Router:
         waiting = self._awaiting_receipt
         while waiting and waiting[0][0] <= horizon:
             _, message_id, provider, country = waiting.popleft()
-            state = self._status.get(message_id)
-            if state is not None and state.status in ("accepted", "queued", "sent"):
+            if self._status.pending(message_id, provider):
                 self._record_delivery(provider, country, delivered=False, seconds=None)
 
     def _record_delivery(

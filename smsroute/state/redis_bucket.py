@@ -148,6 +148,19 @@ class SharedBucket(TokenBucket):
                 self._start_lease(max_wait)
         return None
 
+    def refund(self, at: float) -> None:
+        """Put back the leased slot for local time ``at``: its send was cancelled unused."""
+        if self.rate is None:
+            return
+        if not self._backend.link.up:
+            self._local().refund(at)
+            return
+        slots = self._slots
+        i = 0
+        while i < len(slots) and slots[i] <= at:
+            i += 1
+        slots.insert(i, at)
+
     async def fill(self, max_wait: float) -> float | None:
         """Lease more slots from Redis (one call for every message waiting now) and take one.
 
