@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import socket
 import textwrap
 from collections.abc import AsyncIterator
@@ -18,7 +17,8 @@ from smsroute import Config, DeliveryReport, Router, parse_config
 from smsroute.testing import FakeTwilio
 
 ROOT = Path(__file__).resolve().parent.parent
-SPECS_DIR = Path(os.environ.get("SMSROUTE_SPECS_DIR", ROOT.parent / "shared" / "specs"))
+#: The providers' published API specs, vendored with their sources in tests/specs/README.md.
+SPECS_DIR = ROOT / "tests" / "specs"
 
 
 def twilio_block(name: str, fake: FakeTwilio, **extra: object) -> str:

@@ -7,7 +7,7 @@ over between two Bandwidth accounts.
 Conformance, two independent references:
 
 - Bandwidth's OpenAPI description (Bandwidth/python-sdk ``bandwidth.yml``, read
-  from ``SPECS_DIR``, never copied here), checked with ``openapi-core``: the
+  vendored in ``tests/specs``), checked with ``openapi-core``: the
   request the adapter puts on the wire against ``createMessage``, FakeBandwidth's
   answers against the operation's 202 and error responses.
 - The official ``bandwidth-sdk``, generated from that spec, run against FakeBandwidth.

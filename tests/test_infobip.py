@@ -1,7 +1,7 @@
 """The Infobip adapter against FakeInfobip, and both against Infobip's official SDK.
 
 Every exchange is real HTTP over 127.0.0.1.  Infobip's OpenAPI description is
-served from its API (not a repository) and is not in shared/specs, so
+served from its API (not a repository) and is not vendored in tests/specs, so
 conformance comes from the official ``infobip-api-python-client`` SDK, which
 Infobip generates from that description: the SDK is pointed at the fake
 (``Configuration(host=...)``), and our request and the fake's answers are

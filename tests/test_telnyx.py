@@ -1,7 +1,7 @@
 """The Telnyx adapter against FakeTelnyx, and both against Telnyx's official SDK.
 
 Every exchange is real HTTP over 127.0.0.1.  Telnyx publishes its OpenAPI
-description (team-telnyx/openapi) but it is over 4 MiB and not in shared/specs,
+description (team-telnyx/openapi) but it is over 4 MiB and not vendored in tests/specs,
 so conformance comes from the official ``telnyx`` SDK, which Stainless
 generates from that spec: the SDK is pointed at the fake (``base_url``), and
 our request and the fake's answers are validated with the SDK's own models.

@@ -3,8 +3,7 @@
 Two independent references:
 
 - Twilio's own OpenAPI description of API 2010-04-01 (twilio/twilio-oai
-  ``spec/json/twilio_api_v2010.json``, read from ``SPECS_DIR``, never copied
-  here), checked with ``openapi-core``: the request the adapter puts on the wire
+  ``spec/json/twilio_api_v2010.json``, vendored in ``tests/specs``), checked with ``openapi-core``: the request the adapter puts on the wire
   against ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json``
   (``CreateMessageRequest``), and FakeTwilio's answers against the operation's
   201 schema (``api.v2010.account.message``).

@@ -7,7 +7,7 @@ accounts.
 Conformance, two independent references:
 
 - Vonage's OpenAPI description of the SMS API (Nexmo/api-specification
-  ``definitions/sms.yml``, read from ``SPECS_DIR``, never copied here), checked
+  ``definitions/sms.yml``, vendored in ``tests/specs``), checked
   with ``openapi-core``: the request the adapter puts on the wire against
   ``NewMessage``, FakeVonage's answers against ``SMS`` and ``Error``.  As
   published, the 200 answer is ``oneOf [SMS, Error]`` over open objects with no
