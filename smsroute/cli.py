@@ -9,6 +9,7 @@ failed send), 2 for bad usage or input.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import sys
@@ -21,7 +22,7 @@ from rich.table import Table
 
 from smsroute import __version__
 from smsroute.config import Config, load_config
-from smsroute.errors import ConfigError, InvalidMessage, InvalidNumber
+from smsroute.errors import ConfigError, InvalidMessage, InvalidNumber, SmsrouteError
 from smsroute.message import Message
 from smsroute.yamlsource import Placeholder
 
@@ -241,14 +242,39 @@ def serve(config: str, host: str, port: int) -> None:
 
     from smsroute.server import make_server_app
 
-    app = make_server_app(_load(config))
-    web.run_app(
-        app,
-        host=host,
-        port=port,
-        access_log=None,
-        print=lambda *_: click.echo(f"smsroute serving on http://{host}:{port}"),
-    )
+    loaded = _load(config)
+    try:
+        web.run_app(
+            make_server_app(loaded),
+            host=host,
+            port=port,
+            access_log=None,
+            print=lambda *_: click.echo(f"smsroute serving on http://{host}:{port}"),
+        )
+    except SmsrouteError as exc:  # Redis (or its package) missing at start: what to do
+        _console(stderr=True).print(f"error: {exc}", markup=False)
+        sys.exit(1)
+    except OSError as exc:  # the address: in use, not ours, not allowed
+        _console(stderr=True).print(f"error: {_listen_error(host, port, exc)}", markup=False)
+        sys.exit(1)
+
+
+def _listen_error(host: str, port: int, exc: OSError) -> str:
+    """One line on why ``smsroute serve`` cannot listen on host:port, and what to do."""
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen on {where}: the address is already in use (another process, "
+            "or another smsroute serve, listens there): stop it or choose another --port"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"cannot listen on {where}: permission denied (ports below 1024 need "
+            "privileges): choose another --port"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {where}: no interface of this host has that address: fix --host"
+    return f"cannot listen on {where}: {exc.strerror or exc}"
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

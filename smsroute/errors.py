@@ -5,6 +5,7 @@
     ├── InvalidNumber      a destination is not a valid phone number
     ├── InvalidMessage     a text is empty, too long, or names an unknown category
     ├── StateBackendUnavailable  the config asks for Redis and Redis cannot be used
+    ├── OutboxUnavailable  the outbox's store cannot be used (damaged, locked, unreachable)
     └── SendFailed         raised by ``SendResult.raise_for_status()`` only
 
 Provider failures never raise out of ``Router.send``: they are outcomes in the
@@ -107,6 +108,17 @@ class StateBackendUnavailable(SmsrouteError):
     the message names the URL (never its password) and what to do.  Once
     running, a router that loses Redis goes on with local state instead
     (see the ``StateBackendError`` event).
+    """
+
+
+class OutboxUnavailable(SmsrouteError):
+    """The outbox's store cannot be used now.
+
+    A damaged or foreign SQLite file, a database another process keeps locked
+    past the busy timeout, a Redis that does not answer, a missing package.  The
+    message names the store (its file, or its Redis URL without the password)
+    and what to do.  Nothing is remembered: the next call tries again, so a
+    lock that was released or a Redis that came back just works.
     """
 
 

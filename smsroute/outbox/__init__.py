@@ -14,6 +14,7 @@ Users meet it through the router: ``await router.enqueue(message)``,
 from __future__ import annotations
 
 from smsroute.config import OutboxSettings, StateSettings
+from smsroute.errors import OutboxUnavailable
 from smsroute.outbox.sqlite import SQLiteOutbox
 from smsroute.outbox.store import (
     TTL,
@@ -34,14 +35,20 @@ def open_store(settings: OutboxSettings, state: StateSettings | None = None) -> 
     """The store ``settings`` describe (not connected until first used).
 
     A ``redis`` outbox lives in the Redis that ``state`` names, under its key prefix.
+    Raises :class:`OutboxUnavailable` when the redis package is missing.
     """
     if settings.backend == "sqlite":
         return SQLiteOutbox(settings.path, synchronous=settings.synchronous)
     if settings.backend == "redis":
         if state is None or state.backend != "redis" or not state.url:
             raise ValueError("the redis outbox needs state: {backend: redis, url: ...}")
-        from smsroute.outbox.redis import RedisOutbox  # the redis package is an extra
-
+        try:
+            from smsroute.outbox.redis import RedisOutbox  # the redis package is an extra
+        except ImportError as exc:
+            raise OutboxUnavailable(
+                f"outbox.backend is redis but the redis package cannot be imported ({exc}): "
+                "install it with pip install 'smsroute[redis]'"
+            ) from None
         return RedisOutbox(state.url, key_prefix=state.key_prefix, timeout=state.timeout)
     raise ValueError(f"unknown outbox backend {settings.backend!r}")
 
@@ -52,6 +59,7 @@ __all__ = [
     "NewMessage",
     "OutboxSettings",
     "OutboxStore",
+    "OutboxUnavailable",
     "OutboxWorker",
     "QueuedMessage",
     "SQLiteOutbox",

@@ -3,8 +3,13 @@
 Prints one JSON line when it is working (its lease owner, store and
 concurrency), then sends queued messages until SIGTERM or SIGINT: the first
 stops gracefully (no new leases, sends under way finish, the rest goes back
-to the queue), a second cancels the sends under way.  Exit status 0 after a
-stop, 2 for a config error.
+to the queue), a second cancels the sends under way.  Stopping takes a
+bounded time whatever the store does (see :meth:`OutboxWorker.stop`).
+
+Exit status 0 after a stop; 2 for a config error; 1 when the outbox's store
+or the shared state cannot be used (a damaged or locked database, Redis not
+answering, the redis package missing): one line on stderr saying what to do,
+and nothing is started.
 """
 
 from __future__ import annotations
@@ -15,8 +20,12 @@ import json
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
-from smsroute.errors import ConfigError
+from smsroute.errors import ConfigError, SmsrouteError
+
+if TYPE_CHECKING:
+    from smsroute.outbox.worker import OutboxWorker
 
 
 async def _serve(path: str, concurrency: int | None) -> None:
@@ -24,21 +33,22 @@ async def _serve(path: str, concurrency: int | None) -> None:
 
     router = Router.from_yaml(path)
     stop = asyncio.Event()
+    worker: OutboxWorker | None = None
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            stop.set()
+        elif worker is not None:
+            worker.abort()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before connecting: a stop is never missed
+        loop.add_signal_handler(sig, on_signal)
     async with router:
         worker = router.worker(concurrency=concurrency)
-        signals = 0
-
-        def on_signal() -> None:
-            nonlocal signals
-            signals += 1
-            if signals == 1:
-                stop.set()
-            else:
-                worker.abort()
-
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal)
         await worker.start()
         print(
             json.dumps(
@@ -76,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except SmsrouteError as exc:  # the store or Redis cannot be used: what and what to do
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -25,12 +25,16 @@ Keys, under ``key_prefix`` + ``outbox:`` (``P``)::
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from smsroute.errors import OutboxUnavailable
 from smsroute.message import Attempt, DeliveryReport, Message, MessageState, Outcome, SendResult
 from smsroute.outbox.store import (
     PRIORITY_LEVELS,
@@ -371,9 +375,22 @@ class RedisOutbox:
         if self._closed:
             raise RuntimeError(f"the outbox store {self!r} is closed")
 
-    async def _run(self, script: Any, args: Sequence[object]) -> Any:
+    @contextlib.contextmanager
+    def _reaching(self) -> Iterator[None]:
+        """Redis not answering (refused, timed out, a wrong password) as one clear error."""
         self._check()
-        return await script(keys=[self.prefix], args=list(args))
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise OutboxUnavailable(
+                f"the outbox in Redis at {self.url} cannot be reached ({type(exc).__name__}: "
+                f"{exc}): start Redis there or fix state.url in the config; the next call "
+                "tries again"
+            ) from None
+
+    async def _run(self, script: Any, args: Sequence[object]) -> Any:
+        with self._reaching():
+            return await script(keys=[self.prefix], args=list(args))
 
     async def close(self) -> None:
         if not self._closed:
@@ -508,12 +525,14 @@ class RedisOutbox:
         return bool(await self._run(self._receipt, args))
 
     async def status(self, message_id: str) -> MessageState | None:
-        self._check()
         p = self.prefix
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.hmget(f"{p}m:{message_id}", ["status", "provider", "pmid", "err", "upd", "enq"])
-            pipe.lrange(f"{p}h:{message_id}", 0, -1)
-            (status, provider, pmid, err, upd, enq), history = await pipe.execute()
+        with self._reaching():
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hmget(
+                    f"{p}m:{message_id}", ["status", "provider", "pmid", "err", "upd", "enq"]
+                )
+                pipe.lrange(f"{p}h:{message_id}", 0, -1)
+                (status, provider, pmid, err, upd, enq), history = await pipe.execute()
         if status is None:
             return None
         entries = [json.loads(h) for h in history]
@@ -531,17 +550,17 @@ class RedisOutbox:
         )
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        self._check()
         p = self.prefix
-        ids = [str(i) for i in await self._client.zrevrange(f"{p}dead", 0, limit - 1)]
-        if not ids:
-            return []
-        fields = ["reason", "tries", "outcome", "enq", "upd", "to", "body", "sender", "cat"]
-        async with self._client.pipeline(transaction=True) as pipe:
-            for message_id in ids:
-                pipe.hmget(f"{p}m:{message_id}", [*fields, "tags", "meta"])
-                pipe.lrange(f"{p}a:{message_id}", 0, -1)
-            replies = await pipe.execute()
+        with self._reaching():
+            ids = [str(i) for i in await self._client.zrevrange(f"{p}dead", 0, limit - 1)]
+            if not ids:
+                return []
+            fields = ["reason", "tries", "outcome", "enq", "upd", "to", "body", "sender", "cat"]
+            async with self._client.pipeline(transaction=True) as pipe:
+                for message_id in ids:
+                    pipe.hmget(f"{p}m:{message_id}", [*fields, "tags", "meta"])
+                    pipe.lrange(f"{p}a:{message_id}", 0, -1)
+                replies = await pipe.execute()
         out: list[DeadLetter] = []
         for i, message_id in enumerate(ids):
             row, rows = replies[2 * i], replies[2 * i + 1]
@@ -566,23 +585,23 @@ class RedisOutbox:
         return out
 
     async def next_due(self) -> float | None:
-        self._check()
-        async with self._client.pipeline(transaction=False) as pipe:
-            for level in PRIORITY_LEVELS:
-                pipe.zrange(f"{self.prefix}pending:{level}", 0, 0, withscores=True)
-            heads = await pipe.execute()
+        with self._reaching():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for level in PRIORITY_LEVELS:
+                    pipe.zrange(f"{self.prefix}pending:{level}", 0, 0, withscores=True)
+                heads = await pipe.execute()
         dues = [float(head[0][1]) for head in heads if head]
         return min(dues) if dues else None
 
     async def counts(self) -> Mapping[State, int]:
-        self._check()
         p = self.prefix
-        async with self._client.pipeline(transaction=True) as pipe:
-            for level in PRIORITY_LEVELS:
-                pipe.zcard(f"{p}pending:{level}")
-            for state in ("leased", "sent", "dead"):
-                pipe.zcard(f"{p}{state}")
-            *pending, leased, sent, dead = await pipe.execute()
+        with self._reaching():
+            async with self._client.pipeline(transaction=True) as pipe:
+                for level in PRIORITY_LEVELS:
+                    pipe.zcard(f"{p}pending:{level}")
+                for state in ("leased", "sent", "dead"):
+                    pipe.zcard(f"{p}{state}")
+                *pending, leased, sent, dead = await pipe.execute()
         return {"pending": sum(pending), "leased": leased, "sent": sent, "dead": dead}
 
     async def purge(self, before: float) -> int:

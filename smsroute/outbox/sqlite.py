@@ -41,6 +41,7 @@ import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
+from smsroute.errors import OutboxUnavailable
 from smsroute.message import Attempt, DeliveryReport, Message, MessageState, Outcome, SendResult
 from smsroute.outbox.store import (
     PRIORITY_LEVELS,
@@ -187,6 +188,54 @@ def _queued(row: Sequence[Any]) -> QueuedMessage:
     )
 
 
+#: SQLite's primary result codes met here (``sqlite3.Error.sqlite_errorcode & 0xFF``).
+_PERM = 3
+_BUSY = 5
+_LOCKED = 6
+_READONLY = 8
+_IOERR = 10
+_CORRUPT = 11
+_FULL = 13
+_CANTOPEN = 14
+_NOTADB = 26
+
+
+def unavailable(path: str, exc: sqlite3.Error, busy_timeout: float) -> OutboxUnavailable | None:
+    """The clear error for ``exc`` when the file itself is the problem, else None (a bug).
+
+    Says which file and what to do; never the rows involved.
+    """
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if primary in (_CORRUPT, _NOTADB):
+        what = (
+            "is not an SQLite database"
+            if primary == _NOTADB
+            else "is damaged (the database disk image is malformed)"
+        )
+        todo = (
+            f"move it aside (mv {path} {path}.broken, and its -wal and -shm files if any): "
+            f"a new one is created at the next start (sqlite3 {path}.broken .recover may "
+            "save the messages it held)"
+        )
+    elif primary in (_BUSY, _LOCKED):
+        what = f"is locked by another process (waited busy_timeout={busy_timeout:g} s)"
+        todo = (
+            "find the process holding a write transaction on it (a sqlite3 shell, a backup) "
+            "and end it; the next call tries again"
+        )
+    elif primary in (_PERM, _READONLY, _CANTOPEN):
+        folder = os.path.dirname(os.path.abspath(path))
+        what = f"cannot be opened for writing ({exc})"
+        todo = f"check that the folder {folder} exists and that this user may write in it"
+    elif primary in (_FULL, _IOERR):
+        what = f"cannot be written ({exc})"
+        todo = "free space on its disk (or fix the disk); the next call tries again"
+    else:
+        return None
+    return OutboxUnavailable(f"the outbox database {path} {what}: {todo}")
+
+
 def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
     for i in range(0, len(items), CHUNK):
         yield items[i : i + CHUNK]
@@ -211,6 +260,16 @@ class _Job:
         self.fn = fn
         self.future = future
         self.loop = loop
+
+
+def _fatal(exc: Exception) -> bool:
+    """An error of the file (locked, damaged, full), which fails every job, not one."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (
+        isinstance(exc, sqlite3.Error)
+        and isinstance(code, int)
+        and (code & 0xFF in (_BUSY, _LOCKED, _CORRUPT, _NOTADB, _FULL, _IOERR, _READONLY))
+    )
 
 
 def _settle(done: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
@@ -271,28 +330,30 @@ class _Connection:
             await asyncio.get_running_loop().run_in_executor(None, self._stopped.wait)
 
     def _connect(self) -> sqlite3.Connection:
+        """Open the file and make the schema; raises :class:`OutboxUnavailable` saying why not."""
+        conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(
                 self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=True
             )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+            conn.executescript(SCHEMA)
         except sqlite3.Error as exc:
-            folder = os.path.dirname(os.path.abspath(self.path))
-            raise RuntimeError(
-                f"cannot open the outbox database {self.path}: {exc} "
-                f"(does the folder {folder} exist and is it writable?)"
-            ) from None
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
-        conn.executescript(SCHEMA)
+            if conn is not None:
+                conn.close()
+            clear = unavailable(self.path, exc, self.busy_timeout)
+            if clear is None:
+                folder = os.path.dirname(os.path.abspath(self.path))
+                clear = OutboxUnavailable(
+                    f"the outbox database {self.path} cannot be opened ({exc}): check that the "
+                    f"folder {folder} exists and is writable"
+                )
+            raise clear from None
         return conn
 
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
-        broken: BaseException | None = None
-        try:
-            conn = self._connect()
-        except Exception as exc:
-            broken = exc
         try:
             while True:
                 jobs = self._jobs.get()
@@ -309,11 +370,13 @@ class _Connection:
                         stop = True
                         break
                     batch += more
-                if conn is None:
-                    assert broken is not None
-                    self._deliver([(j, None, broken) for j in batch])
-                else:
-                    self._deliver(self._execute(conn, batch))
+                if conn is None:  # not yet, or the last try failed: every batch tries again
+                    try:
+                        conn = self._connect()
+                    except Exception as exc:
+                        self._deliver([(j, None, exc) for j in batch])
+                if conn is not None:
+                    self._deliver(self._execute(conn, batch, self.path, self.busy_timeout))
                 if stop:
                     break
         finally:
@@ -323,7 +386,7 @@ class _Connection:
 
     @staticmethod
     def _execute(
-        conn: sqlite3.Connection, batch: list[_Job]
+        conn: sqlite3.Connection, batch: list[_Job], path: str, busy_timeout: float
     ) -> list[tuple[_Job, Any, BaseException | None]]:
         done: list[tuple[_Job, Any, BaseException | None]] = []
         try:
@@ -336,6 +399,8 @@ class _Connection:
                     try:
                         value = job.fn(conn)
                     except Exception as exc:
+                        if _fatal(exc):  # the file, not this job: the whole batch fails
+                            raise
                         conn.execute("ROLLBACK TO job")
                         conn.execute("RELEASE job")
                         done.append((job, None, exc))
@@ -347,9 +412,11 @@ class _Connection:
             if conn.in_transaction:
                 try:
                     conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    log.exception("rollback failed in the outbox store")
-            return [(job, None, exc) for job in batch]
+                except sqlite3.Error as again:
+                    log.error("rollback failed in the outbox store %s: %s", path, again)
+            clear = unavailable(path, exc, busy_timeout) if isinstance(exc, sqlite3.Error) else None
+            error: BaseException = exc if clear is None else clear
+            return [(job, None, error) for job in batch]
         return done
 
     @staticmethod

@@ -45,8 +45,9 @@ from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from smsroute.aio import stop_task, stop_tasks, wait_event
 from smsroute.config import OutboxSettings, ProviderConfig
-from smsroute.errors import InvalidMessage, InvalidNumber
+from smsroute.errors import InvalidMessage, InvalidNumber, OutboxUnavailable, SmsrouteError
 from smsroute.message import Outcome, SendResult
 from smsroute.outbox.store import OutboxStore, QueuedMessage
 
@@ -57,6 +58,8 @@ log = logging.getLogger("smsroute.outbox")
 
 #: How often sent messages older than ``retention`` are purged.
 PURGE_EVERY = 3600.0
+#: Seconds :meth:`OutboxWorker.stop` waits on the store in all (sends under way aside).
+STORE_WAIT = 5.0
 
 
 def _window(rate: float) -> tuple[int, float]:
@@ -123,7 +126,12 @@ class _Pacer:
                     break
                 await sleep(max(bucket.paused_for(), 0.01))  # a Retry-After pause
             if wait > 0:
-                await sleep(wait)
+                reserved_for = clock.now() + wait
+                try:
+                    await sleep(wait)
+                except BaseException:  # cancelled: the token goes back unused
+                    bucket.refund(reserved_for)
+                    raise
             if sent is not None:
                 sent.append(clock.now())
             self._inflight[name] = self._inflight.get(name, 0) + 1
@@ -175,8 +183,13 @@ class OutboxWorker:
         self._idle = asyncio.Event()
         self._main: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
+        #: Set when no new lease may be taken; _halt when the lease keeper must end too.
         self._stopping = False
+        self._halt = asyncio.Event()
         self._stop_task: asyncio.Future[None] | None = None
+        #: Leases of cancelled messages on their way back to the queue.
+        self._handbacks: set[asyncio.Task[None]] = set()
+        self._store_up = True
         #: Messages this worker sent, scheduled for a retry, and dead-lettered.
         self.sent = 0
         self.retried = 0
@@ -200,10 +213,22 @@ class OutboxWorker:
         await self.stop()
 
     async def start(self) -> None:
-        """Start leasing and sending in background tasks."""
+        """Check that the store answers, then lease and send in background tasks.
+
+        Raises :class:`~smsroute.errors.OutboxUnavailable` (naming the store and
+        what to do) when the store cannot be used: nothing is started then.
+        """
         if self._main is not None:
             raise RuntimeError("this worker was started already")
-        self._store = self._router._outbox_store()
+        self._store = store = self._router._outbox_store()
+        try:
+            await store.next_due()
+        except SmsrouteError:
+            raise
+        except Exception as exc:  # a store of a third party: still one clear line
+            raise OutboxUnavailable(
+                f"the outbox store {store!r} cannot be used ({type(exc).__name__}: {exc})"
+            ) from None
         self._router._outbox_register(self, running=True)
         self._main = asyncio.create_task(self._run(), name=f"smsroute-outbox {self.owner}")
         self._keeper = asyncio.create_task(
@@ -213,46 +238,50 @@ class OutboxWorker:
             "outbox worker %s started: concurrency %d, store %r",
             self.owner,
             self.concurrency,
-            self._store,
+            store,
         )
 
-    async def stop(self, grace: float | None = None) -> None:
+    async def stop(self, grace: float | None = None, *, store_wait: float = STORE_WAIT) -> None:
         """Stop gracefully; see the class docstring.
 
         Sends under way are given ``grace`` seconds (default: until they end,
         which the router's deadline bounds); then they are cancelled too and
         their messages go back to the queue (they may have been sent: at least
-        once, never lost).
+        once, never lost).  Whatever the store does, stopping waits on it at
+        most ``store_wait`` seconds in all: a lease loop or lease keeper stuck in
+        a store call is cancelled (again and again: see :mod:`smsroute.aio`),
+        and leases that could not be handed back expire after ``outbox.lease``.
         """
         if self._main is None:
             return
         if self._stop_task is None:  # callers at once (async with, router.aclose) share one stop
-            self._stop_task = asyncio.ensure_future(self._stop(self._main, grace))
+            self._stop_task = asyncio.ensure_future(self._stop(self._main, grace, store_wait))
         await asyncio.shield(self._stop_task)
 
-    async def _stop(self, main: asyncio.Task[None], grace: float | None) -> None:
+    async def _stop(self, main: asyncio.Task[None], grace: float | None, wait: float) -> None:
+        # Shares of ``wait``: the lease loop 0.4, cancelled sends 0.1 + 0.1, the
+        # keeper 0.2, handing leases back 0.2.  Each phase ends in its share.
         self._stopping = True
         self._wake.set()
-        await asyncio.gather(main, return_exceptions=True)
+        if not await stop_task(main, 0.4 * wait, patience=0.2 * wait):
+            log.warning(
+                "outbox worker %s: its lease loop did not end in %.1f s (the store hangs?); "
+                "left behind",
+                self.owner,
+                0.4 * wait,
+            )
         waiting = [t for mid, t in self._tasks.items() if mid not in self._sending]
-        for task in waiting:
-            task.cancel()
-        await asyncio.gather(*waiting, return_exceptions=True)
+        await stop_tasks(waiting, 0.1 * wait)  # not sent yet: their leases go back
         sending = list(self._tasks.values())
         if sending:
             _, late = await asyncio.wait(sending, timeout=grace)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-        if self._keeper is not None:
-            self._keeper.cancel()
-            await asyncio.gather(self._keeper, return_exceptions=True)
-        released = 0
-        if self._store is not None:
-            try:
-                released = await self._store.release(self.owner, None, self._now())
-            except Exception:
-                log.exception("outbox worker %s could not hand its leases back", self.owner)
+            await stop_tasks(late, 0.1 * wait)
+        self._halt.set()
+        if self._keeper is not None and not await stop_task(
+            self._keeper, 0.2 * wait, patience=0.1 * wait
+        ):
+            log.warning("outbox worker %s: its lease keeper did not end; left behind", self.owner)
+        released = await self._release_all(0.2 * wait)
         self._router._outbox_register(self, running=False)
         log.info(
             "outbox worker %s stopped: %d sent, %d retried, %d dead-lettered, %d handed back",
@@ -262,6 +291,32 @@ class OutboxWorker:
             self.dead,
             released,
         )
+
+    async def _release_all(self, seconds: float) -> int:
+        """Hand back every lease this worker holds, within ``seconds``."""
+        store = self._store
+        if store is None:
+            return 0
+        handbacks = list(self._handbacks)
+        try:
+            async with asyncio.timeout(seconds):
+                if handbacks:  # one call for all below: these only need to end
+                    await asyncio.gather(*handbacks, return_exceptions=True)
+                return await store.release(self.owner, None, self._now())
+        except TimeoutError:
+            reason = f"the store did not answer in {seconds:.1f} s"
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, SmsrouteError) else repr(exc)
+        finally:
+            await stop_tasks(handbacks, 0.0)
+        log.warning(
+            "outbox worker %s could not hand its leases back (%s): its messages are sent "
+            "once their leases expire (outbox.lease, %g s)",
+            self.owner,
+            reason,
+            self.settings.lease,
+        )
+        return 0
 
     def abort(self) -> None:
         """Cancel every send under way now (a second Ctrl-C); :meth:`stop` still hands leases back."""
@@ -325,56 +380,100 @@ class OutboxWorker:
         assert self._store is not None
         try:
             due = await self._store.next_due()
-        except Exception:
-            log.exception("outbox worker %s cannot read the queue", self.owner)
+        except Exception as exc:
+            self._store_failed("read the queue", exc)
             return poll
         if due is None:
             return poll
         return min(poll, max(0.0, due - self._now()))
 
     async def _nap(self, seconds: float | None) -> None:
-        try:
-            async with asyncio.timeout(seconds):
-                await self._wake.wait()
-        except TimeoutError:
-            pass
+        await wait_event(self._wake, seconds)
 
     async def _lease(self, n: int) -> list[QueuedMessage]:
         assert self._store is not None
         now = self._now()
         try:
-            return await self._store.lease(self.owner, n, now, now + self.settings.lease)
-        except Exception:
-            log.exception("outbox worker %s cannot lease messages", self.owner)
+            batch = await self._store.lease(self.owner, n, now, now + self.settings.lease)
+        except Exception as exc:
+            self._store_failed("lease messages", exc)
             return []
+        if not self._store_up:
+            self._store_up = True
+            log.warning("outbox worker %s: the store %r answers again", self.owner, self._store)
+        return batch
+
+    def _store_failed(self, doing: str, exc: Exception) -> None:
+        """A store call failed: a bug with its traceback, the store being unusable in one line
+        (at ERROR the first time, then at DEBUG until it answers again)."""
+        if not isinstance(exc, SmsrouteError):
+            log.error("outbox worker %s cannot %s", self.owner, doing, exc_info=exc)
+        elif self._store_up:
+            self._store_up = False
+            log.error(
+                "outbox worker %s cannot %s: %s (trying again every %g s)",
+                self.owner,
+                doing,
+                exc,
+                self.settings.poll,
+            )
+        else:
+            log.debug("outbox worker %s cannot %s: %s", self.owner, doing, exc)
 
     async def _hand_back(self, batch: list[QueuedMessage]) -> None:
         if batch and self._store is not None:
-            await self._store.release(self.owner, [i.message_id for i in batch], self._now())
+            try:
+                await self._store.release(self.owner, [i.message_id for i in batch], self._now())
+            except Exception as exc:  # stop() hands back everything of ours once more
+                self._store_failed("hand leases back", exc)
+
+    def _give_back(self, message_id: str) -> None:
+        """Hand back the lease of a message whose handling was cancelled (in the background:
+        a cancelled task must not wait; :meth:`stop` waits for these, within its bound)."""
+        if self._store is None:
+            return
+        task = asyncio.ensure_future(self._hand_back_one(message_id))
+        self._handbacks.add(task)
+        task.add_done_callback(self._handbacks.discard)
+
+    async def _hand_back_one(self, message_id: str) -> None:
+        assert self._store is not None
+        try:
+            async with asyncio.timeout(STORE_WAIT):
+                await self._store.release(self.owner, [message_id], self._now())
+        except Exception as exc:  # TimeoutError included: the lease expires instead
+            log.warning(
+                "outbox worker %s could not hand back the lease of message %s (%s): it is "
+                "sent once the lease expires",
+                self.owner,
+                message_id,
+                exc if isinstance(exc, SmsrouteError) else type(exc).__name__,
+            )
 
     async def _keep(self) -> None:
-        """Renew leases every lease/3; purge old sent messages every hour."""
+        """Renew leases every lease/3; purge old sent messages every hour; end on ``_halt``."""
         assert self._store is not None
         settings = self.settings
         next_purge = self._now()
-        while True:
+        while not self._halt.is_set():
             now = self._now()
             if settings.retention is not None and now >= next_purge:
                 next_purge = now + PURGE_EVERY
                 try:
                     purged = await self._store.purge(now - settings.retention)
-                except Exception:
-                    log.exception("outbox worker %s could not purge old messages", self.owner)
+                except Exception as exc:
+                    self._store_failed("purge old messages", exc)
                 else:
                     if purged:
                         log.info("outbox: purged %d messages sent before the retention", purged)
-            await asyncio.sleep(settings.lease / 3)
+            if await wait_event(self._halt, settings.lease / 3):
+                return
             ids = list(self._tasks)
             if ids:
                 try:
                     await self._store.renew(self.owner, ids, self._now() + settings.lease)
-                except Exception:
-                    log.exception("outbox worker %s could not renew its leases", self.owner)
+                except Exception as exc:
+                    self._store_failed("renew its leases", exc)
 
     def _spawn(self, item: QueuedMessage) -> asyncio.Task[None]:
         mid = item.message_id
@@ -415,7 +514,11 @@ class OutboxWorker:
             finally:
                 self._pacer.release(head)
         except asyncio.CancelledError:
-            raise  # stop() hands the lease back
+            self._give_back(item.message_id)  # its token went back in the pacer
+            raise
+        except OutboxUnavailable as exc:  # the store cannot be used: the lease lapses, no harm
+            self._store_failed(f"record message {item.message_id}", exc)
+            return
         except Exception as exc:  # a bug must not lose the message: try again later
             log.exception("outbox worker %s failed on message %s", self.owner, item.message_id)
             try:
@@ -425,13 +528,14 @@ class OutboxWorker:
             return
         try:
             await self._settle(item, prepared, result)
-        except Exception:  # never retry what a provider may have accepted: let the lease lapse
-            log.exception(
+        except Exception as exc:  # never retry what a provider may have accepted: let it lapse
+            log.error(
                 "outbox worker %s could not record the outcome of message %s (%s); "
                 "it is sent again if its lease expires",
                 self.owner,
                 item.message_id,
                 result.status,
+                exc_info=None if isinstance(exc, SmsrouteError) else exc,
             )
 
     async def _settle(self, item: QueuedMessage, prepared: _Prepared, result: SendResult) -> None:
