@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smsroute import ManualClock
 from smsroute.ratelimit import TokenBucket
@@ -57,3 +61,50 @@ def test_pause_refuses_until_retry_after() -> None:
 def test_unlimited_bucket_never_waits() -> None:
     bucket = TokenBucket(rate=None, burst=None, clock=ManualClock())
     assert all(bucket.try_acquire() == 0.0 for _ in range(1000))
+
+
+def grants_in_busiest_second(grants: list[float]) -> int:
+    """The most grants in any closed window of one second (windows start at each grant)."""
+    grants = sorted(grants)
+    most, end = 0, 0
+    for start, t in enumerate(grants):
+        while end < len(grants) and grants[end] <= t + 1.0:
+            end += 1
+        most = max(most, end - start)
+    return most
+
+
+#: One step: advance the clock by ``dt`` seconds (0 often: several asks at one instant),
+#: then ``reserve(max_wait)`` (0: take only a token free now; inf: any token, however late).
+steps = st.lists(
+    st.tuples(
+        st.one_of(st.just(0.0), st.floats(0.0, 2.5)),
+        st.one_of(st.just(0.0), st.just(math.inf), st.floats(0.0, 3.0)),
+    ),
+    max_size=150,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rate=st.one_of(st.sampled_from([1.0, 10.0, 50.0]), st.floats(0.2, 400.0)),
+    burst=st.one_of(st.none(), st.integers(1, 60)),
+    steps=steps,
+)
+def test_grants_in_any_second_never_exceed_rate_plus_burst(
+    rate: float, burst: int | None, steps: list[tuple[float, float]]
+) -> None:
+    """Whatever the asks and their timing, the tokens granted (at the time each may be
+    used: now + the wait returned) in any 1-s window are at most rate x 1 s + burst."""
+    clock = ManualClock(start=1000.0)
+    bucket = TokenBucket(rate=rate, burst=burst, clock=clock)
+    grants: list[float] = []
+    for dt, max_wait in steps:
+        clock.advance(dt)
+        wait = bucket.reserve(max_wait)
+        if wait is not None:
+            assert 0.0 <= wait <= max_wait
+            grants.append(clock.now() + wait)
+    configured = burst if burst is not None else max(1, int(rate))  # the documented default
+    bound = math.floor(rate * 1.0 + configured + 1e-9)
+    assert grants_in_busiest_second(grants) <= bound

@@ -32,6 +32,7 @@ import contextlib
 import logging
 import math
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from smsroute.config import ProviderConfig
@@ -55,6 +56,12 @@ MAX_LEAD = 0.1
 
 log = logging.getLogger("smsroute.state")
 
+#: A recording hook called once per lease (never per message): the Redis times of the
+#: lease's slots in order, how many of them were kept (the last ones, now also the last
+#: entries of the bucket's local slot queue), and the offset (Redis time minus local
+#: clock) they were converted with.  Tests set it to check the grants themselves.
+LeaseHook = Callable[[list[float], int, float], None]
+
 
 class SharedBucket(TokenBucket):
     """A :class:`TokenBucket` whose tokens are slots of a schedule shared through Redis."""
@@ -72,6 +79,7 @@ class SharedBucket(TokenBucket):
         "_slots",
         "_waiters",
         "name",
+        "on_lease",
         "pause_key",
         "rate_key",
         "unpublished_pause",
@@ -98,6 +106,8 @@ class SharedBucket(TokenBucket):
         self._fallback: tuple[int, TokenBucket] | None = None
         #: The end (local clock) of a Retry-After pause still to be written to Redis.
         self.unpublished_pause: float | None = None
+        #: See :data:`LeaseHook`; None (the default) records nothing.
+        self.on_lease: LeaseHook | None = None
 
     def configure(self, provider: ProviderConfig) -> None:
         """Take a reloaded provider's rate and burst."""
@@ -263,6 +273,10 @@ class SharedBucket(TokenBucket):
                 slots.append(at if at > arrived else arrived)
                 kept += 1
         self._late_leases = 0 if kept else self._late_leases + 1
+        on_lease = self.on_lease
+        if on_lease is not None:  # a test's record of the grants (slot times only grow, so
+            # the kept slots are the last ones)
+            on_lease([max(now_r, start_r + i * interval) for i in range(granted)], kept, offset)
         return granted
 
     # -- pauses and the fallback -------------------------------------------------------
