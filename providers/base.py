@@ -60,7 +60,10 @@ __all__ = [
     "json_object",
     "malformed",
     "parse_retry_after",
+    "unix_seconds",
+    "url_problem",
     "with_plus",
+    "within",
 ]
 
 
@@ -95,7 +98,9 @@ class Reply:
 
     ``detail`` is a short explanation safe for logs: never the number, the text
     or a credential.  ``retry_after`` is in seconds when the provider said when
-    to come back.
+    to come back.  ``part_ids`` are the ids of the message's parts when the
+    provider gave each part its own id and reports each part's delivery apart
+    (Vonage): empty for a message of one part or one id.
     """
 
     outcome: Outcome
@@ -104,6 +109,7 @@ class Reply:
     error_code: str | None = None
     detail: str | None = None
     retry_after: float | None = None
+    part_ids: tuple[str, ...] = ()
 
 
 class WebhookError(Exception):
@@ -120,25 +126,50 @@ class WebhookError(Exception):
 @attrs.frozen(slots=True)
 class WebhookRequest:
     """A webhook call as a provider made it: ``url`` is the public URL it called
-    (the one it signed), ``body`` the raw bytes."""
+    (the one it signed), ``body`` the raw bytes.
+
+    Everything here reads what anyone may have sent: each reader either returns
+    or raises :class:`WebhookError`, never anything else.
+    """
 
     method: str
     url: str
     headers: CIMultiDictProxy[str]
     body: bytes
 
+    def check_url(self) -> None:
+        """:class:`WebhookError` 400 unless ``url`` is an absolute http(s) URL
+        every adapter can take apart (UTF-8, a host, a port from 1 to 65535)."""
+        problem = url_problem(self.url)
+        if problem is not None:
+            raise WebhookError(400, f"the request's URL cannot be rebuilt: {problem}")
+
     @property
     def query(self) -> dict[str, str]:
         """The URL's query parameters (the last value of a repeated one)."""
         return dict(parse_qsl(urlsplit(self.url).query, keep_blank_values=True))
 
-    def form(self) -> dict[str, str]:
-        """The body as ``application/x-www-form-urlencoded`` parameters."""
+    def header(self, name: str) -> str | None:
+        """A signature, credential or timestamp header, stripped; None when absent
+        or blank, :class:`WebhookError` 403 when it is not ASCII (none of those is)."""
+        value = self.headers.get(name)
+        if value is None or not value.strip():
+            return None
+        if not value.isascii():
+            raise WebhookError(403, f"{name} is not ASCII")
+        return value.strip()
+
+    def form_pairs(self) -> list[tuple[str, str]]:
+        """The body as ``application/x-www-form-urlencoded`` (name, value) pairs, in
+        order; :class:`WebhookError` 400 unless it, and each escape in it, is UTF-8."""
         try:
-            text = self.body.decode("utf-8")
+            return parse_qsl(self.body.decode("utf-8"), keep_blank_values=True, errors="strict")
         except UnicodeDecodeError:
             raise WebhookError(400, "body is not UTF-8 form data") from None
-        return dict(parse_qsl(text, keep_blank_values=True))
+
+    def form(self) -> dict[str, str]:
+        """The body as ``application/x-www-form-urlencoded`` parameters."""
+        return dict(self.form_pairs())
 
     def params(self) -> dict[str, str]:
         """Query parameters for GET, form parameters (over the query's) for POST."""
@@ -147,11 +178,78 @@ class WebhookRequest:
         return {**self.query, **self.form()}
 
     def json(self) -> Any:
-        """The body parsed as JSON; :class:`WebhookError` 400 when it is not."""
+        """The body parsed as JSON; :class:`WebhookError` 400 when it is not.
+
+        Strict: UTF-8 only (RFC 8259), no NaN or Infinity, no lone surrogate
+        escape (``"\\ud800"``: no text can hold it), nesting within the
+        interpreter's recursion limit.
+        """
         try:
-            return json.loads(self.body)
+            text = self.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise WebhookError(400, "body is not UTF-8 JSON") from None
+        try:
+            doc = json.loads(text, parse_constant=_no_constant)
+        except RecursionError:
+            raise WebhookError(400, "JSON body is nested too deeply") from None
         except ValueError:
             raise WebhookError(400, "body is not valid JSON") from None
+        if "\\u" in text:  # only an escape can make a surrogate out of valid UTF-8
+            try:
+                json.dumps(doc, ensure_ascii=False).encode("utf-8")
+            except RecursionError:
+                raise WebhookError(400, "JSON body is nested too deeply") from None
+            except UnicodeEncodeError:
+                raise WebhookError(400, "JSON body has a lone surrogate escape") from None
+        return doc
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` is no absolute http(s) URL with a readable host and port, or None."""
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:
+        return "it holds bytes that are not UTF-8"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "its host or port is malformed"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "it has no http(s) scheme and host"
+    if port == 0:
+        return "its port is 0"
+    return None
+
+
+#: Unix seconds are at most this many digits (until the year 33658).
+_MAX_SECOND_DIGITS = 12
+
+
+def unix_seconds(value: str | None) -> int | None:
+    """A timestamp written as whole Unix seconds (ASCII digits, 12 at most), or None."""
+    if (
+        value is None
+        or not 0 < len(value) <= _MAX_SECOND_DIGITS
+        or not value.isascii()
+        or not value.isdigit()
+    ):
+        return None
+    return int(value)
+
+
+def within(signed_at: object, now: float, tolerance: float) -> bool:
+    """Whether a signed time (seconds, a number from the request) is a real number
+    within ``tolerance`` of ``now``: False for NaN, infinities, huge integers, bools."""
+    if isinstance(signed_at, bool) or not isinstance(signed_at, int | float):
+        return False
+    if not -1e15 < signed_at < 1e15:  # exact for any int: no float overflow
+        return False
+    return abs(now - signed_at) <= tolerance
 
 
 @attrs.frozen(slots=True)
@@ -218,6 +316,18 @@ class Provider(abc.ABC):
         ``options`` is the whole section as written (common keys such as
         ``from`` included).  The loader has already checked that required
         options are present and no unknown key is given; override to check values.
+        """
+        return []
+
+    @classmethod
+    def check_webhook_options(
+        cls, options: Mapping[str, Any], webhook_url: str | None
+    ) -> list[tuple[str, str]]:
+        """Whether the options can verify the webhooks this provider will be sent:
+        a list of (key, problem), as :meth:`check_options`.
+
+        ``webhook_url`` is where its delivery receipts go (its ``status_callback``,
+        or ``defaults.webhook_url``), None when the config asks for none.
         """
         return []
 

@@ -55,7 +55,6 @@ outbound SMS message report" and "Receive inbound SMS messages" webhooks):
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 from collections.abc import Mapping
 from typing import Any
@@ -273,13 +272,13 @@ class InfobipProvider(HttpProvider):
         credentials = self.callback_credentials
         if credentials is None:
             return  # Infobip signs nothing: without credentials, accept (see module)
-        scheme, _, encoded = request.headers.get("Authorization", "").strip().partition(" ")
-        if scheme.lower() != "basic" or not encoded:
+        scheme, _, encoded = (request.header("Authorization") or "").partition(" ")
+        if scheme.lower() != "basic" or not encoded.strip():
             raise WebhookError(403, "missing HTTP Basic credentials")
         try:
             decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            raise WebhookError(403, "unreadable HTTP Basic credentials") from None
+        except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError
+            raise WebhookError(403, "HTTP Basic credentials are not base64 of UTF-8") from None
         username, _, password = decoded.partition(":")
         good_user = hmac.compare_digest(username.encode(), credentials[0].encode())
         good_password = hmac.compare_digest(password.encode(), credentials[1].encode())

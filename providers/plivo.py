@@ -376,15 +376,15 @@ class PlivoProvider(HttpProvider):
             self._verify_v3(request)
             return
         v2 = [
-            value.strip()
+            value
             for value in (
-                headers.get("X-Plivo-Signature-V2"),
-                headers.get("X-Plivo-Signature-Ma-V2"),
+                request.header("X-Plivo-Signature-V2"),
+                request.header("X-Plivo-Signature-Ma-V2"),
             )
-            if value
+            if value is not None
         ]
-        nonce = headers.get("X-Plivo-Signature-V2-Nonce")
-        if not v2 or not nonce:
+        nonce = request.header("X-Plivo-Signature-V2-Nonce")
+        if not v2 or nonce is None:
             raise WebhookError(
                 403, "unsigned: no X-Plivo-Signature-V3 or X-Plivo-Signature-V2 with its nonce"
             )
@@ -396,22 +396,18 @@ class PlivoProvider(HttpProvider):
         raise WebhookError(403, "X-Plivo-Signature-V2 does not match")
 
     def _verify_v3(self, request: WebhookRequest) -> None:
-        headers = request.headers
-        nonce = headers.get("X-Plivo-Signature-V3-Nonce")
+        nonce = request.header("X-Plivo-Signature-V3-Nonce")
         given = [
             part.strip()
             for header in ("X-Plivo-Signature-V3", "X-Plivo-Signature-Ma-V3")
-            for part in headers.get(header, "").split(",")
+            for part in (request.header(header) or "").split(",")
             if part.strip()
         ]
-        if not nonce or not given:
+        if nonce is None or not given:
             raise WebhookError(403, "X-Plivo-Signature-V3 without its nonce")
         body: list[tuple[str, str]] = []
         if request.method != "GET" and request.body:
-            try:
-                body = parse_qsl(request.body.decode("utf-8"), keep_blank_values=True)
-            except UnicodeDecodeError:
-                raise WebhookError(400, "body is not UTF-8 form data") from None
+            body = request.form_pairs()
         for url in _url_variants(request.url):
             expected = signature_v3(self._auth_token, request.method, url, nonce, body).encode()
             if any(hmac.compare_digest(expected, sig.encode()) for sig in given):

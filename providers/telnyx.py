@@ -69,6 +69,8 @@ from smsroute.providers.base import (
     json_object,
     malformed,
     parse_retry_after,
+    unix_seconds,
+    within,
 )
 
 # Telnyx error code -> outcome.  Sources:
@@ -293,20 +295,19 @@ class TelnyxProvider(HttpProvider):
         key = self._webhook_key
         if key is None:
             return  # no public_key configured: accepted unverified (see the module doc)
-        signature = request.headers.get(SIGNATURE_HEADER)
-        stamp = request.headers.get(TIMESTAMP_HEADER)
-        if not signature or not stamp:
+        signature = request.header(SIGNATURE_HEADER)
+        stamp = request.header(TIMESTAMP_HEADER)
+        if signature is None or stamp is None:
             raise WebhookError(403, f"missing {SIGNATURE_HEADER} or {TIMESTAMP_HEADER}")
-        try:
-            sent_at = int(stamp)
-        except ValueError:
-            raise WebhookError(403, f"{TIMESTAMP_HEADER} is not Unix seconds") from None
-        if abs(now - sent_at) > TIMESTAMP_TOLERANCE:
+        sent_at = unix_seconds(stamp)
+        if sent_at is None:
+            raise WebhookError(403, f"{TIMESTAMP_HEADER} is not Unix seconds")
+        if not within(sent_at, now, TIMESTAMP_TOLERANCE):
             raise WebhookError(
                 403, f"{TIMESTAMP_HEADER} is more than {TIMESTAMP_TOLERANCE} s from now"
             )
         try:
-            raw = base64.b64decode(signature.strip(), validate=True)
+            raw = base64.b64decode(signature, validate=True)
         except (binascii.Error, ValueError):
             raise WebhookError(403, f"{SIGNATURE_HEADER} is not base64") from None
         if len(raw) != 64:

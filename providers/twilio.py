@@ -5,7 +5,7 @@ in tests/test_twilio_conformance.py, and by running the official ``twilio`` SDK
 against :class:`smsroute.testing.FakeTwilio`):
 
 - ``POST {base}/2010-04-01/Accounts/{AccountSid}/Messages.json``, HTTP Basic
-  (Account SID or API key SID : auth token or key secret), form body with
+  (Account SID : Auth Token, or API key SID : API key secret), form body with
   ``To``, ``From`` or ``MessagingServiceSid``, ``Body``, and optionally
   ``StatusCallback``, ``ValidityPeriod``, ``Attempt``.
 - Success: HTTP 201, JSON message resource with ``sid`` (``SM...``).
@@ -20,7 +20,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from multidict import CIMultiDictProxy
 
@@ -164,28 +164,55 @@ class TwilioProvider(HttpProvider):
           account_sid: ${TWILIO_ACCOUNT_SID}
           auth_token: ${TWILIO_AUTH_TOKEN}
           from: "+15005550006"              # or messaging_service_sid: MG...
+
+    Or sending with an API key (``SK...``) and its secret::
+
+          account_sid: ${TWILIO_ACCOUNT_SID}
+          api_key_sid: ${TWILIO_API_KEY_SID}
+          api_key_secret: ${TWILIO_API_KEY_SECRET}
+          auth_token: ${TWILIO_AUTH_TOKEN}  # verifies webhooks: Twilio signs them with it
+
+    Twilio signs every webhook with the account's Auth Token, never with an
+    API key's secret: with an API key, webhooks are verified only when
+    ``auth_token`` (or ``webhook_secret``) is given too, and refused (403)
+    otherwise.  A config that asks for receipts (``defaults.webhook_url`` or
+    ``status_callback``) without it is a ConfigError.
     """
 
     type_name = "twilio"
-    required_options = frozenset({"account_sid", "auth_token"})
+    required_options = frozenset({"account_sid"})
     optional_options = frozenset(
-        {"messaging_service_sid", "api_key_sid", "validity_period", "webhook_secret"}
+        {
+            "auth_token",
+            "api_key_sid",
+            "api_key_secret",
+            "messaging_service_sid",
+            "validity_period",
+            "webhook_secret",
+        }
     )
-    secret_options = frozenset({"auth_token", "webhook_secret"})
+    secret_options = frozenset({"auth_token", "api_key_secret", "webhook_secret"})
     default_base_url = "https://api.twilio.com"
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
         opts = config.options
         self.account_sid = str(opts["account_sid"])
-        username = str(opts.get("api_key_sid") or self.account_sid)
+        key_sid = opts.get("api_key_sid")
+        if key_sid:
+            username, password = str(key_sid), str(opts.get("api_key_secret") or "")
+        else:
+            username, password = self.account_sid, str(opts.get("auth_token") or "")
         self.url = f"{self.base_url}/2010-04-01/Accounts/{self.account_sid}/Messages.json"
         self.messaging_service_sid = opts.get("messaging_service_sid")
         self.validity_period = opts.get("validity_period")
         self._headers = {
-            "Authorization": _basic_auth(username, str(opts["auth_token"])),
+            "Authorization": _basic_auth(username, password),
             "Accept": "application/json",
         }
+        #: What webhooks are verified with (None: nothing can verify them, all are refused).
+        key = opts.get("webhook_secret") or opts.get("auth_token")
+        self._webhook_key = str(key) if key else None
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -201,7 +228,47 @@ class TwilioProvider(HttpProvider):
             isinstance(vp, bool) or not isinstance(vp, int) or not 1 <= vp <= 36000
         ):
             problems.append(("validity_period", "validity_period is whole seconds from 1 to 36000"))
+        key_sid, key_secret = options.get("api_key_sid"), options.get("api_key_secret")
+        if key_sid and not str(key_sid).startswith("SK"):
+            problems.append(("api_key_sid", "a Twilio API key SID starts with 'SK'"))
+        if key_sid and not key_secret:
+            problems.append(
+                (
+                    "api_key_secret",
+                    "api_key_sid needs api_key_secret: the secret Twilio showed when the key "
+                    "was made (auth_token is the account's Auth Token, not the key's secret)",
+                )
+            )
+        if key_secret and not key_sid:
+            problems.append(
+                ("api_key_sid", "api_key_secret needs api_key_sid: the key's SID (SK...)")
+            )
+        if not key_sid and not options.get("auth_token"):
+            problems.append(
+                (
+                    "auth_token",
+                    "a twilio provider needs auth_token (the account's Auth Token), or "
+                    "api_key_sid and api_key_secret",
+                )
+            )
         return problems
+
+    @classmethod
+    def check_webhook_options(
+        cls, options: Mapping[str, Any], webhook_url: str | None
+    ) -> list[tuple[str, str]]:
+        if webhook_url is None or not options.get("api_key_sid"):
+            return []
+        if options.get("auth_token") or options.get("webhook_secret"):
+            return []
+        return [
+            (
+                "api_key_sid",
+                "webhooks cannot be verified: Twilio signs them with the account's Auth "
+                "Token, not with the API key's secret; add auth_token: ${TWILIO_AUTH_TOKEN} "
+                "to this provider (or remove webhook_url and status_callback)",
+            )
+        ]
 
     def build_request(self, sms: OutboundSMS) -> HttpRequest:
         form = {"To": sms.to, "Body": sms.text}
@@ -221,27 +288,32 @@ class TwilioProvider(HttpProvider):
     webhook_methods = {"status": frozenset({"POST"}), "inbound": frozenset({"POST", "GET"})}
 
     def verify_webhook(self, kind: str, request: WebhookRequest, now: float) -> None:
-        signature = request.headers.get("X-Twilio-Signature")
-        if not signature:
+        key = self._webhook_key
+        if key is None:
+            raise WebhookError(
+                403,
+                f"cannot verify: Twilio signs webhooks with the account's Auth Token; "
+                f"give provider {self.name} auth_token",
+            )
+        signature = request.header("X-Twilio-Signature")
+        if signature is None:
             raise WebhookError(403, "missing X-Twilio-Signature")
-        settings = request.headers.get("X-Twilio-Webhooks-Signature-Settings", "")
+        settings = request.header("X-Twilio-Webhooks-Signature-Settings") or ""
         algorithm = "HMAC_SHA1"
         for part in settings.split(","):
             name, _, value = part.partition("=")
             if name.strip() == "algorithm" and value.strip():
                 algorithm = value.strip().upper()
         if algorithm not in ("HMAC_SHA1", "HMAC_SHA256"):
-            raise WebhookError(403, f"unsupported signature algorithm {algorithm}")
-        key = str(self.config.options.get("webhook_secret") or self.config.options["auth_token"])
-        params: list[tuple[str, str]] = []
-        if request.method == "POST":
-            try:
-                params = parse_qsl(request.body.decode("utf-8"), keep_blank_values=True)
-            except UnicodeDecodeError:
-                raise WebhookError(400, "body is not UTF-8 form data") from None
+            raise WebhookError(
+                403,
+                "X-Twilio-Webhooks-Signature-Settings names an algorithm other than "
+                "HMAC_SHA1 and HMAC_SHA256",
+            )
+        params = request.form_pairs() if request.method == "POST" else []
         for url in _url_variants(request.url):
             expected = twilio_signature(key, url, params, algorithm)
-            if hmac.compare_digest(expected.encode(), signature.strip().encode()):
+            if hmac.compare_digest(expected.encode(), signature.encode()):
                 return
         raise WebhookError(403, "X-Twilio-Signature does not match")
 

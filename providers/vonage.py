@@ -16,7 +16,8 @@ official ``vonage`` SDK (``vonage-sms``) against :class:`smsroute.testing.FakeVo
   [...]}`` with one entry per SMS part.  Each entry has ``status`` "0" and a
   ``message-id``, or a non-zero ``status`` and ``error-text``.  A long text is
   split by Vonage into parts, each with its own id; the first part's id is the
-  message's :attr:`Reply.provider_message_id`.
+  message's :attr:`Reply.provider_message_id`, and all of them are its
+  :attr:`Reply.part_ids` (each part gets a delivery receipt of its own).
 - Non-200 answers come from Vonage's edge (5xx, or a 429 there): classified by
   HTTP status.
 
@@ -95,7 +96,9 @@ from smsroute.providers.base import (
     classify_status,
     iso_time,
     parse_retry_after,
+    unix_seconds,
     with_plus,
+    within,
 )
 from smsroute.units import parse_duration
 
@@ -465,7 +468,13 @@ class VonageProvider(HttpProvider):
         first_id = ids[0] if ids else None
         failed = next(((p, code) for p, code in zip(parts, codes, strict=True) if code != 0), None)
         if failed is None:
-            return Reply(Outcome.ACCEPTED, provider_message_id=first_id, status_code=status)
+            return Reply(
+                Outcome.ACCEPTED,
+                provider_message_id=first_id,
+                status_code=status,
+                # Each part has its own id and its own delivery receipt.
+                part_ids=tuple(ids) if len(ids) > 1 else (),
+            )
         part, code = failed
         assert code is not None
         text = part.get("error-text")
@@ -514,8 +523,8 @@ class VonageProvider(HttpProvider):
         secret = self._webhook_secret
         if secret is None:
             return  # no signature secret configured: accepted unverified (module docstring)
-        auth = request.headers.get("Authorization", "")
-        scheme, _, token = auth.strip().partition(" ")
+        auth = request.header("Authorization") or ""
+        scheme, _, token = auth.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             self._verify_jwt(token.strip(), request.body, secret, now)
             return
@@ -523,10 +532,9 @@ class VonageProvider(HttpProvider):
         signature = params.get("sig")
         if not signature:
             raise WebhookError(403, "unsigned: no sig parameter and no Authorization bearer JWT")
-        try:
-            signed_at = int(params.get("timestamp", ""))
-        except ValueError:
-            raise WebhookError(403, "signed webhook without a numeric timestamp") from None
+        signed_at = unix_seconds(params.get("timestamp"))
+        if signed_at is None:
+            raise WebhookError(403, "signed webhook without a timestamp in Unix seconds")
         self._check_age(signed_at, now, "timestamp")
         expected = sign(params, secret, self.signature_method)
         if not hmac.compare_digest(signature.strip().lower().encode(), expected.encode()):
@@ -551,13 +559,17 @@ class VonageProvider(HttpProvider):
             raise WebhookError(403, "bearer JWT with a non-numeric iat")
         self._check_age(issued, now, "JWT iat")
         claimed = claims["payload_hash"]
-        if not isinstance(claimed, str) or not hmac.compare_digest(
-            claimed.strip().lower().encode(), payload_hash(body).encode()
+        if (
+            not isinstance(claimed, str)
+            or not claimed.isascii()
+            or not hmac.compare_digest(
+                claimed.strip().lower().encode(), payload_hash(body).encode()
+            )
         ):
             raise WebhookError(403, "payload_hash does not match the body")
 
     def _check_age(self, signed_at: float, now: float, what: str) -> None:
-        if abs(now - signed_at) > self.webhook_tolerance:
+        if not within(signed_at, now, self.webhook_tolerance):
             raise WebhookError(
                 403, f"stale: {what} is more than {self.webhook_tolerance:g} s from now"
             )

@@ -13,15 +13,32 @@ if TYPE_CHECKING:
     from smsroute.router import Router
 
 
-def public_url(router: Router, request: web.Request, provider: str, kind: str) -> str:
-    """The URL the provider called, as it signed it.
+#: The answer to a request whose URL cannot be rebuilt (see :func:`public_url`).
+BAD_HOST = (
+    "the Host header makes no URL: it must be host[:port], a port from 1 to 65535 "
+    "(behind a proxy, set defaults.webhook_url to the public URL)"
+)
+
+
+#: The answer to a body that cannot be read as its headers describe it.
+BAD_BODY = "the body is not what its Content-Encoding or Transfer-Encoding says"
+
+
+def public_url(router: Router, request: web.Request, provider: str, kind: str) -> str | None:
+    """The URL the provider called, as it signed it; None when the request's
+    ``Host`` header makes no URL (a port that is no number or over 65535, a
+    host IDNA cannot encode).
 
     Behind a proxy the request's own URL is not the public one: when
-    ``defaults.webhook_url`` is set, the path under it is rebuilt on that base.
+    ``defaults.webhook_url`` is set, the path under it is rebuilt on that base
+    (and the Host header is not read).
     """
     base = router.config.defaults.webhook_url
     if base is None:
-        return str(request.url)
+        try:
+            return str(request.url)
+        except ValueError:  # yarl refuses the Host header (UnicodeError is one too)
+            return None
     # The raw (still percent-encoded) query: signatures cover the bytes the provider sent.
     raw = request.rel_url.raw_query_string
     query = f"?{raw}" if raw else ""
@@ -40,13 +57,13 @@ def add_webhook_routes(app: web.Application, router: Router, prefix: str = "") -
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return web.Response(status=413, text=f"body over {MAX_BODY} bytes")
+        except web.RequestPayloadError:  # e.g. Content-Encoding: gzip over bytes that are not
+            return web.Response(status=400, text=BAD_BODY)
+        url = public_url(router, request, provider, kind)
+        if url is None:
+            return web.Response(status=400, text=BAD_HOST)
         answer = await router.handle_webhook(
-            provider,
-            kind,
-            request.method,
-            public_url(router, request, provider, kind),
-            request.headers,
-            body,
+            provider, kind, request.method, url, request.headers, body
         )
         return web.Response(
             status=answer.status, body=answer.body, content_type=answer.content_type.split(";")[0]
