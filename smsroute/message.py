@@ -217,7 +217,10 @@ class MessageState:
 
     ``status`` starts as the send's outcome (``accepted`` or ``failed``) and
     then follows delivery receipts (``queued`` ... ``delivered``), never going
-    backwards.  ``history`` holds every change as (status, provider, at).
+    backwards.  A resend through another provider is a new attempt: the
+    message is ``accepted`` by that provider again, and only that provider's
+    receipts move it from then on.  ``history`` holds every change as
+    (status, provider, at), a replaced attempt's late receipts included.
     """
 
     message_id: str

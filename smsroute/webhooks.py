@@ -50,6 +50,10 @@ REFUSAL_REASONS = {
     413: "too_large",
 }
 
+#: At most this many receipts, and as many inbound messages, are remembered in
+#: memory to drop the provider's retries (besides ``state.receipt_ttl``).
+DEDUPE_SIZE = 100_000
+
 DeliveryCallback = Callable[[DeliveryReport], Awaitable[None] | None]
 InboundCallback = Callable[[InboundMessage], Awaitable[None] | None]
 
@@ -67,15 +71,43 @@ def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+class _Seen:
+    """Keys seen lately: at most ``size`` of them, none older than the ``ttl`` given."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._keys: OrderedDict[tuple[Any, ...], float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def first_time(self, key: tuple[Any, ...], now: float, ttl: float) -> bool:
+        """Remember ``key``; False when it was seen within the last ``ttl`` seconds."""
+        keys = self._keys
+        horizon = now - ttl
+        while keys:
+            oldest, at = next(iter(keys.items()))
+            if at > horizon:
+                break
+            del keys[oldest]
+        if key in keys:
+            return False
+        keys[key] = now
+        while len(keys) > self.size:
+            keys.popitem(last=False)
+        return True
+
+
 class Webhooks:
     """The receiving half of a router (one per router)."""
 
-    def __init__(self, router: Router, *, dedupe_size: int = 100_000) -> None:
+    def __init__(self, router: Router, *, dedupe_size: int = DEDUPE_SIZE) -> None:
         self.router = router
         self.delivery_callbacks: list[DeliveryCallback] = []
         self.inbound_callbacks: list[InboundCallback] = []
-        self._seen: OrderedDict[tuple[Any, ...], None] = OrderedDict()
-        self._dedupe_size = dedupe_size
+        #: Receipts and inbound messages processed here lately (providers retry).
+        self._seen = _Seen(dedupe_size)
+        self._seen_inbound = _Seen(dedupe_size)
 
     async def handle(
         self,
@@ -99,9 +131,21 @@ class Webhooks:
             headers = CIMultiDictProxy(CIMultiDict(headers))
         request = WebhookRequest(method.upper(), url, headers, body)
         try:
+            request.check_url()
             provider.verify_webhook(kind, request, _utcnow().timestamp())
         except WebhookError as exc:
             return self._refuse(provider_name, kind, exc.status, exc.reason)
+        except Exception as exc:  # an adapter's bug: neither a 500 nor a way in
+            # The type only: an exception's text may quote the request (a number).
+            log.error(
+                "%s webhook of %s: the signature check raised %s (an adapter bug: report it)",
+                kind,
+                provider_name,
+                type(exc).__name__,
+            )
+            return self._refuse(
+                provider_name, kind, 403, "the signature check failed in the adapter: refused"
+            )
         try:
             if kind == "status":
                 receipts = provider.parse_receipts(request)
@@ -144,16 +188,19 @@ class Webhooks:
 
     # -- receipts ----------------------------------------------------------------------
 
-    def _first_time(self, key: tuple[Any, ...]) -> bool:
-        seen = self._seen
-        if key in seen:
-            return False
-        seen[key] = None
-        if len(seen) > self._dedupe_size:
-            seen.popitem(last=False)
-        return True
+    def _first_time(self, seen: _Seen, key: tuple[Any, ...]) -> bool:
+        router = self.router
+        return seen.first_time(key, router._clock.now(), router.config.state.receipt_ttl)
 
     async def _receipt(self, provider: str, request: WebhookRequest, receipt: Receipt) -> None:
+        """Correlate one receipt that reached ``provider``'s endpoint, and apply it.
+
+        It may move only a message this provider sent, under the id this
+        provider gave it (see :meth:`StatusStore.correlate`): our id in the
+        callback URL or a client reference is checked against that, never
+        trusted alone, so the endpoint of one provider (perhaps one that signs
+        nothing) cannot move what another provider sent.
+        """
         router = self.router
         store = router._status
         key = (
@@ -163,12 +210,17 @@ class Webhooks:
             receipt.error_code,
             receipt.event_id,
         )
-        if not self._first_time(key):
+        if not self._first_time(self._seen, key):
             return  # providers retry: process each receipt once
-        claimed = receipt.message_id or request.query.get("smsroute_id")
-        message_id = claimed
-        if message_id is None or not store.knows(message_id):
-            message_id = store.lookup(provider, receipt.provider_message_id)
+        claimed = receipt.message_id or request.query.get("smsroute_id") or None
+        message_id = store.correlate(provider, receipt.provider_message_id, claimed)
+        if message_id is False:
+            log.warning(
+                "receipt at the %s endpoint names a message %s did not send under that id: ignored",
+                provider,
+                provider,
+            )
+            return
         report = DeliveryReport(
             message_id=message_id,
             provider=provider,
@@ -178,17 +230,18 @@ class Webhooks:
             at=receipt.at or _utcnow(),
             retryable=receipt.retryable,
         )
-        if message_id is None and claimed is not None:
+        if (
+            message_id is None
+            and claimed is not None
+            and not store.knows(claimed)
             # Sent by another process (an outbox worker): its durable record knows it.
-            durable = attrs.evolve(report, message_id=claimed)
-            if await router._outbox_receipt(durable):
-                router._emit(DeliveryReceived(provider, "unknown", report.status, None))
-                for callback in self.delivery_callbacks:
-                    await _call(callback, durable)
-                return
+            and await self._durable_receipt(attrs.evolve(report, message_id=claimed))
+        ):
+            return
         if message_id is None:
-            # Not (yet) ours: perhaps send() has not recorded the provider's id.
-            store.park(report)
+            # Not (yet) ours: perhaps send() has not recorded the provider's id.  Kept
+            # with the id it claims, so that it can apply to that message only.
+            store.park(attrs.evolve(report, message_id=claimed))
             router._emit(DeliveryReceived(provider, "unknown", report.status, None))
             log.info("receipt from %s for an unknown message id (parked)", provider)
             return
@@ -197,12 +250,49 @@ class Webhooks:
             return  # a retry another replica received and applied first
         await self.deliver(report)
 
-    async def deliver(self, report: DeliveryReport) -> None:
-        """Apply a correlated receipt: state, health, breaker, resend, callbacks."""
+    async def _durable_receipt(self, report: DeliveryReport) -> bool:
+        """A receipt for a message only the outbox knows; True when it was handled.
+
+        Recorded only when the outbox's record says this provider sent the
+        message under the receipt's id (the record knows no part ids: a part's
+        own receipt is not recorded).
+        """
         router = self.router
         assert report.message_id is not None
-        if not router._status.apply(report):
-            return  # stale or duplicate in effect: never move a message backwards
+        state = await router._outbox_status(report.message_id)
+        if state is None or state.provider is None:
+            return False  # not known, or not sent yet: nothing to check it against
+        if (state.provider, state.provider_message_id) != (
+            report.provider,
+            report.provider_message_id,
+        ):
+            log.warning(
+                "receipt at the %s endpoint names an outbox message %s did not send "
+                "under that id: ignored",
+                report.provider,
+                report.provider,
+            )
+            return True
+        if not await router._outbox_receipt(report):
+            return False
+        router._emit(DeliveryReceived(report.provider, "unknown", report.status, None))
+        for callback in self.delivery_callbacks:
+            await _call(callback, report)
+        return True
+
+    async def deliver(self, report: DeliveryReport) -> None:
+        """Apply a correlated receipt: state, health, breaker, resend, callbacks.
+
+        Nothing happens unless it moves the message's current attempt forward
+        (a replaced attempt's receipt is kept in the history only); for a message
+        sent in parts, what is applied is the status of the whole.
+        """
+        router = self.router
+        applied = router._status.apply(report)
+        if applied is None:
+            return  # stale, duplicate in effect or another attempt's: never move back
+        report = applied
+        assert report.message_id is not None
         await router._outbox_receipt(report)
         country = router._status.country(report.message_id) or "unknown"
         latency = None
@@ -218,7 +308,18 @@ class Webhooks:
     # -- inbound -----------------------------------------------------------------------
 
     async def _inbound(self, provider: str, data: Inbound) -> None:
+        """Opt-outs and callbacks for one inbound message, once per provider and its
+        id (providers retry; with state in Redis, once across replicas) within
+        ``state.receipt_ttl``.  A message without a provider id cannot be told
+        from a retry and is always processed: never judged by sender and text."""
         router = self.router
+        if data.provider_message_id:
+            key = ("inbound", provider, data.provider_message_id)
+            if not self._first_time(self._seen_inbound, key):
+                return
+            shared = router._state.receipt_log
+            if shared is not None and not await shared.first_time(key):
+                return  # a retry another replica received first
         region = router.config.defaults.default_region
         try:
             sender = normalize(data.sender, region).e164

@@ -105,13 +105,14 @@ async def test_receipt_arriving_before_send_returns_is_correlated(
     await assert_early_receipt_correlated(router, fake, OTP)
 
 
-async def test_the_echoed_tag_correlates_on_its_own(router: Router, fake: FakeBandwidth) -> None:
+async def test_the_echoed_tag_alone_does_not_correlate(router: Router, fake: FakeBandwidth) -> None:
+    """Our id in the tag must come with the id Bandwidth gave that message (issue 12)."""
     message_id, record = await sent_record(router, fake, OTP)
     _, url, headers, body = fake.receipt_request(record, "delivered", None)
     (event,) = events(body)
     event["message"]["id"] = "1589228074636lm4k2je7j7jklbn2"  # an id we never recorded
     assert await call("POST", url, headers, json.dumps([event]).encode()) == 200
-    assert await state_of(router, message_id) == "delivered"
+    assert await state_of(router, message_id) == "accepted"
 
 
 async def test_every_event_of_an_array_is_applied_in_order(

@@ -1,10 +1,12 @@
-"""Receipts processed once across replicas: providers retry, and a retry may reach another replica.
+"""Receipts and inbound messages processed once across replicas: providers retry,
+and a retry may reach another replica.
 
 The webhooks first check their own memory (a retry to the same replica costs
 no round trip), then claim the receipt in Redis with ``SET NX``: the replica
 that sets the key processes the receipt, the others drop it.  While Redis is
 down every replica processes what it receives (a duplicate is better than a
-lost receipt; state only moves forward anyway).
+lost receipt; state only moves forward anyway).  Inbound messages are claimed
+the same way, keyed ``("inbound", provider, the provider's message id)``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ if TYPE_CHECKING:
 
 
 class ReceiptLog:
-    """Which receipts some replica has already processed, kept ``receipt_ttl`` in Redis."""
+    """Which receipts (and inbound messages) some replica has already processed,
+    kept ``receipt_ttl`` in Redis."""
 
     def __init__(self, backend: RedisState) -> None:
         self._backend = backend
