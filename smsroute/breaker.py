@@ -7,17 +7,31 @@
     HALF_OPEN --(any failure)--> OPEN, for longer: open_for * 2**(opens-1), capped at max_open_for
 
 The reopen time is stored as an absolute time, never a duration that each
-reader restarts.  Only the router's send path feeds a breaker.
+reader restarts.  The router's send path feeds a breaker with attempt
+outcomes; delivery receipts feed it through :meth:`CircuitBreaker.record_receipt`
+when ``min_delivery_ratio`` is set:
+
+    judged:  only receipts for messages accepted since the breaker last opened
+             (older ones describe the provider before it was judged), once
+             min_receipts of them are in; a receipt that says delivered never opens
+    CLOSED/HALF_OPEN --(an undelivered receipt, ratio < min_delivery_ratio)--> OPEN
+    recovered: the ratio reaches halfway from min_delivery_ratio to 100% (hysteresis);
+             until then a breaker that closed after a delivery trip keeps its open
+             count, so opening again on delivery waits twice as long
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from collections.abc import Callable
 
 from smsroute.clock import Clock
 from smsroute.config import BreakerSettings
+
+#: Receipts a breaker judges its delivery ratio over (or min_receipts when larger).
+DELIVERY_WINDOW = 100
 
 
 class BreakerState(enum.Enum):
@@ -51,10 +65,14 @@ class CircuitBreaker:
         "_failures",
         "_probe_successes",
         "_probes_in_flight",
+        "_receipts",
         "_state",
+        "_undelivered",
         "clock",
         "key",
+        "on_probation",
         "on_transition",
+        "opened_at",
         "opens",
         "reopen_at",
         "settings",
@@ -79,10 +97,19 @@ class CircuitBreaker:
         self._consecutive = 0
         self._probes_in_flight = 0
         self._probe_successes = 0
-        #: How many times in a row the breaker opened without closing in between.
+        #: How many times in a row the breaker opened without closing in between
+        #: (after a delivery trip: without the receipts showing delivery again).
         self.opens = 0
         #: Absolute clock time at which an open breaker lets probes through.
         self.reopen_at: float | None = None
+        #: Clock time the breaker last opened: receipts for messages accepted
+        #: before it are not judged.
+        self.opened_at = -math.inf
+        #: Receipts (True: delivered) for messages accepted since ``opened_at``.
+        self._receipts: deque[bool] = deque()
+        self._undelivered = 0
+        #: Opened on the delivery ratio and not yet seen to deliver again.
+        self.on_probation = False
 
     # -- reading ---------------------------------------------------------------------
 
@@ -181,6 +208,52 @@ class CircuitBreaker:
         if self.state is not BreakerState.OPEN:
             self._open()
 
+    # -- delivery receipts ---------------------------------------------------------------
+
+    def record_receipt(self, delivered: bool, accepted_at: float | None) -> bool:
+        """A final receipt for a message accepted at ``accepted_at`` (clock time;
+        None: unknown, taken as recent).  True when it opened the breaker.
+
+        Does nothing unless ``min_delivery_ratio`` is set.  Receipts for messages
+        accepted before the breaker last opened are ignored.  The ratio is judged
+        over the last :data:`DELIVERY_WINDOW` receipts once ``min_receipts`` are in;
+        only a receipt saying undelivered can open the breaker.
+        """
+        s = self.settings
+        minimum = s.min_delivery_ratio
+        if minimum is None or (accepted_at is not None and accepted_at <= self.opened_at):
+            return False
+        window = self._receipts
+        window.append(delivered)
+        if not delivered:
+            self._undelivered += 1
+        if len(window) > max(DELIVERY_WINDOW, s.min_receipts) and not window.popleft():
+            self._undelivered -= 1
+        n = len(window)
+        if n < s.min_receipts:
+            return False
+        ratio = (n - self._undelivered) / n
+        if self.on_probation and ratio >= (1.0 + minimum) / 2:
+            self.on_probation = False  # delivering again: the next trip starts at open_for
+            if self._state is BreakerState.CLOSED:
+                self.opens = 0
+        if delivered or ratio >= minimum or self.state is BreakerState.OPEN:
+            return False
+        self.on_probation = True
+        self._open()
+        return True
+
+    @property
+    def delivery_ratio(self) -> float | None:
+        """Share of the judged receipts that said delivered, or None before any."""
+        n = len(self._receipts)
+        return (n - self._undelivered) / n if n else None
+
+    @property
+    def receipts(self) -> int:
+        """How many receipts the breaker judges its delivery ratio over now."""
+        return len(self._receipts)
+
     # -- internals -----------------------------------------------------------------------
 
     def _push(self, failed: bool) -> None:
@@ -215,7 +288,8 @@ class CircuitBreaker:
         self._transition(BreakerState.OPEN)
 
     def _close(self) -> None:
-        self.opens = 0
+        if not self.on_probation:  # after a delivery trip: until receipts show delivery
+            self.opens = 0
         self.reopen_at = None
         self._calls.clear()
         self._failures = 0
@@ -229,7 +303,11 @@ class CircuitBreaker:
         if before is to:
             return
         self._state = to
-        if to is BreakerState.HALF_OPEN:
+        if to is BreakerState.OPEN:  # a new epoch: judge only messages sent from now on
+            self.opened_at = self.clock.now()
+            self._receipts.clear()
+            self._undelivered = 0
+        elif to is BreakerState.HALF_OPEN:
             self._probes_in_flight = 0
             self._probe_successes = 0
         if self.on_transition is not None:

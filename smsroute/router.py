@@ -63,10 +63,11 @@ from smsroute.outbox import (
     open_store,
     outbox_clock,
 )
+from smsroute.outbox.worker import STORE_WAIT
 from smsroute.providers import load_provider_class
 from smsroute.providers.base import HttpProvider, OutboundSMS, Provider, Reply
 from smsroute.rules import RuleIndex
-from smsroute.selection import Candidate, Option, bests, order, score
+from smsroute.selection import Candidate, Option, bests, observe, order, score
 from smsroute.state.backend import StateBackend, open_state
 from smsroute.webhooks import DeliveryCallback, InboundCallback, WebhookResponse, Webhooks
 
@@ -218,8 +219,8 @@ class Router:
         return metrics if metrics is not None and self._hooks == (metrics,) else None
 
     async def __aenter__(self) -> Router:
+        await self._start_state()  # first: a router that cannot start leaves no session open
         self._get_session()
-        await self._start_state()
         return self
 
     async def __aexit__(
@@ -326,6 +327,7 @@ class Router:
         strategy = p.rule.strategy
         prices = full or strategy == "cheapest" or strategy == "score"
         speeds = full or strategy == "fastest" or strategy == "score"
+        now = self._clock.now() if speeds else 0.0
         out: list[Option] = []
         for name in p.rule.providers:
             pcfg = providers[name]
@@ -343,12 +345,7 @@ class Router:
                 per_segment = pcfg.prices.price_for(country)
                 option.price = None if per_segment is None else per_segment * segments
             if speeds:
-                health = state.health(name)
-                delivery = state.health(name, country)
-                option.latency = health.latency
-                option.success_rate = health.success_rate
-                option.delivery_ratio = delivery.delivery_ratio
-                option.time_to_deliver = delivery.time_to_deliver
+                observe(option, state.health(name), state.health(name, country), now)
             out.append(option)
         return out
 
@@ -757,38 +754,35 @@ class Router:
         horizon = self._clock.now() - timeout
         waiting = self._awaiting_receipt
         while waiting and waiting[0][0] <= horizon:
-            _, message_id, provider, country = waiting.popleft()
+            accepted, message_id, provider, country = waiting.popleft()
             if self._status.pending(message_id, provider):
-                self._record_delivery(provider, country, delivered=False, seconds=None)
+                seconds = self._clock.now() - accepted
+                self._record_delivery(provider, country, delivered=False, seconds=seconds)
 
     def _record_delivery(
         self, provider: str, country: str, *, delivered: bool, seconds: float | None
     ) -> None:
+        """A final receipt (or one overdue: not delivered) ``seconds`` after the
+        message was accepted (None: unknown): feed health, and the breaker when
+        the provider has a ``min_delivery_ratio``."""
         state = self._state
         state.health(provider).record_delivery(delivered, seconds)
-        by_country = state.health(provider, country)
-        by_country.record_delivery(delivered, seconds)
+        state.health(provider, country).record_delivery(delivered, seconds)
         pcfg = self.config.providers.get(provider)
         if pcfg is None or pcfg.breaker.min_delivery_ratio is None:
             return
-        health = by_country if pcfg.breaker_scope == "provider_country" else state.health(provider)
-        ratio = health.delivery_ratio
-        if (
-            ratio is not None
-            and health.receipts >= pcfg.breaker.min_receipts
-            and ratio < pcfg.breaker.min_delivery_ratio
-        ):
-            breaker = state.breaker(pcfg, country)
-            if breaker.state is not BreakerState.OPEN:
-                log.warning(
-                    "%s delivered %.0f%% of the last %d messages%s (minimum %.0f%%): opening its breaker",
-                    provider,
-                    ratio * 100,
-                    health.receipts,
-                    f" to {country}" if pcfg.breaker_scope == "provider_country" else "",
-                    pcfg.breaker.min_delivery_ratio * 100,
-                )
-                breaker.trip()
+        breaker = state.breaker(pcfg, country)
+        accepted_at = None if seconds is None else self._clock.now() - seconds
+        if breaker.record_receipt(delivered, accepted_at):
+            log.warning(
+                "%s delivered %.0f%% of the %d messages%s sent since its breaker last opened "
+                "(minimum %.0f%%): opening its breaker",
+                provider,
+                (breaker.delivery_ratio or 0.0) * 100,
+                breaker.receipts,
+                f" to {country}" if pcfg.breaker_scope == "provider_country" else "",
+                pcfg.breaker.min_delivery_ratio * 100,
+            )
 
     def _delivery_outcome(
         self, report: DeliveryReport, country: str, seconds: float | None
@@ -799,7 +793,7 @@ class Router:
             self._resendable.pop(report.message_id or "", None)
             return
         if report.retryable is not False:  # a permanent failure is the number's, not the provider's
-            self._record_delivery(report.provider, country, delivered=False, seconds=None)
+            self._record_delivery(report.provider, country, delivered=False, seconds=seconds)
         entry = self._resendable.get(report.message_id or "")
         if entry is None or report.retryable is False:
             return
@@ -1187,7 +1181,17 @@ class Router:
             return False
 
     async def _close_outbox(self) -> None:
-        for worker in self._outbox_workers:
-            await worker.stop()
+        """Stop this router's workers (together: each within its bound), then close the store."""
+        workers = self._outbox_workers
+        if workers:
+            await asyncio.gather(*(worker.stop() for worker in workers))
         if self._outbox is not None:
-            await self._outbox.close()
+            try:  # a store that hangs must not hang aclose(): what it holds is durable already
+                async with asyncio.timeout(STORE_WAIT):
+                    await self._outbox.close()
+            except TimeoutError:
+                log.warning(
+                    "the outbox store %r did not close in %g s; left behind",
+                    self._outbox,
+                    STORE_WAIT,
+                )

@@ -11,6 +11,12 @@
 
 Providers whose breaker refuses calls are skipped; when every provider is
 refused, the one that reopens soonest is kept as a last resort.
+
+Health ages (see :mod:`smsroute.health`): :func:`observe` reads a provider's
+figures as of now, and under ``fastest`` and ``score`` a provider whose figures
+are stale (a half-life old: it has not been picked lately) is put first on
+:data:`EXPLORE_SHARE` of picks, drawn from the same rng, so a provider that
+recovered while it got no traffic is measured again and can win its share back.
 """
 
 from __future__ import annotations
@@ -21,6 +27,10 @@ from collections.abc import Sequence
 import attrs
 
 from smsroute.config import Rule
+from smsroute.health import Health
+
+#: Largest share of picks that put a stale provider first under fastest and score.
+EXPLORE_SHARE = 0.05
 
 
 @attrs.frozen(slots=True)
@@ -56,6 +66,8 @@ class Option:
     reopen_at: float | None = None
     delivery_ratio: float | None = None
     time_to_deliver: float | None = None
+    #: Its health figures are a half-life old (see :data:`EXPLORE_SHARE`).
+    stale: bool = False
 
     @property
     def speed(self) -> float | None:
@@ -66,6 +78,33 @@ class Option:
         seconds = (self.latency or 0.0) + (self.time_to_deliver or 0.0)
         ratio = 1.0 if self.delivery_ratio is None else self.delivery_ratio
         return seconds / max(ratio, 0.01)
+
+
+def observe(option: Option, health: Health, delivery: Health, now: float) -> None:
+    """Fill ``option``'s latency and success rate from ``health`` and its delivery
+    figures from ``delivery`` (towards the message's country), as of ``now``:
+    rates aged toward 100% by their weight, ``stale`` set when a half-life old
+    or when the provider never answered."""
+    weight = health.answers_weight(now)
+    option.latency = health.latency
+    rate = health.success_rate
+    if rate is None:  # never answered: as stale as it gets (score would never try it)
+        option.success_rate = None
+        option.stale = True
+    elif weight == 1.0:
+        option.success_rate = rate
+    else:
+        option.success_rate = 1.0 - (1.0 - rate) * weight
+        option.stale = weight <= 0.5
+    weight = delivery.deliveries_weight(now)
+    option.time_to_deliver = delivery.time_to_deliver
+    ratio = delivery.delivery_ratio
+    if weight == 1.0 or ratio is None:
+        option.delivery_ratio = ratio
+    else:
+        option.delivery_ratio = 1.0 - (1.0 - ratio) * weight
+        if weight <= 0.5:
+            option.stale = True
 
 
 def score(
@@ -106,9 +145,24 @@ def order(rule: Rule, options: Sequence[Option], rng: random.Random) -> list[Opt
     if strategy == "weighted":
         return _weighted(rule, ready, rng)
     if strategy == "fastest":
-        return _fastest(rule, ready, rng)
+        return _explore(_fastest(rule, ready, rng), rng)
     best_price, best_latency = bests(ready)
-    return sorted(ready, key=lambda o: -score(rule, o, best_price, best_latency))
+    return _explore(sorted(ready, key=lambda o: -score(rule, o, best_price, best_latency)), rng)
+
+
+def _explore(ordered: list[Option], rng: random.Random) -> list[Option]:
+    """On :data:`EXPLORE_SHARE` of picks, put a stale provider (not already first) first."""
+    stale = 0
+    for o in ordered:
+        if o.stale:
+            stale += 1
+    if not stale or (stale == 1 and ordered[0].stale) or rng.random() >= EXPLORE_SHARE:
+        return ordered
+    candidates = [o for o in ordered[1:] if o.stale]
+    first = candidates[rng.randrange(len(candidates))] if len(candidates) > 1 else candidates[0]
+    ordered.remove(first)
+    ordered.insert(0, first)
+    return ordered
 
 
 def bests(options: Sequence[Option]) -> tuple[float | None, float | None]:

@@ -92,7 +92,7 @@ def open_state(
     if settings.backend == "memory":
         from smsroute.state.memory import MemoryState
 
-        return MemoryState(clock, on_transition)
+        return MemoryState(clock, on_transition, settings.health_half_life)
     try:
         from smsroute.state.redis import RedisState
     except ImportError as exc:

@@ -12,7 +12,7 @@ import asyncio
 from smsroute.breaker import CircuitBreaker, TransitionHook
 from smsroute.clock import Clock
 from smsroute.config import ProviderConfig
-from smsroute.health import Health
+from smsroute.health import HALF_LIFE, Health
 from smsroute.optout import OptOutStore
 from smsroute.ratelimit import TokenBucket
 from smsroute.state.slots import ConcurrencySlots
@@ -22,8 +22,14 @@ from smsroute.status import StatusStore
 class MemoryState:
     """All live provider state for one router."""
 
-    def __init__(self, clock: Clock, on_transition: TransitionHook | None = None) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        on_transition: TransitionHook | None = None,
+        health_half_life: float = HALF_LIFE,
+    ) -> None:
         self.clock = clock
+        self.health_half_life = health_half_life
         self.on_transition = on_transition
         self._breakers: dict[tuple[str, str | None], CircuitBreaker] = {}
         self._health: dict[tuple[str, str | None], Health] = {}
@@ -52,7 +58,7 @@ class MemoryState:
         key = (provider, country)
         health = self._health.get(key)
         if health is None:
-            health = self._health[key] = Health()
+            health = self._health[key] = Health(clock=self.clock, half_life=self.health_half_life)
         return health
 
     def bucket(self, provider: ProviderConfig) -> TokenBucket:

@@ -46,6 +46,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from smsroute.aio import stop_task, wait_event
 from smsroute.breaker import BreakerState, CircuitBreaker, TransitionHook
 from smsroute.clock import Clock
 from smsroute.config import ProviderConfig, StateSettings
@@ -162,7 +163,11 @@ class RedisState:
         key = (provider, country)
         health = self._health.get(key)
         if health is None:
-            health = self._health[key] = SharedHealth(f"{provider}|{country or ''}")
+            health = self._health[key] = SharedHealth(
+                f"{provider}|{country or ''}",
+                clock=self.clock,
+                half_life=self.settings.health_half_life,
+            )
         return health
 
     def bucket(self, provider: ProviderConfig) -> TokenBucket:
@@ -224,8 +229,8 @@ class RedisState:
         if task is not None:
             self._stopping = True  # ends the loop even if a cancellation got lost
             self._wake.set()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            if not await stop_task(task, max(1.0, 2 * self.settings.timeout)):
+                log.warning("smsroute: the Redis sync task did not stop; left behind")
             if self.link.up:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(1.0, 2 * self.settings.timeout)):
@@ -256,10 +261,7 @@ class RedisState:
         while not self._stopping:
             timeout = next_sync - loop.time()
             if timeout > 0.0:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
-                        await self._wake.wait()
+                await wait_event(self._wake, timeout)  # see smsroute.aio: never wait_for
             if self._stopping:
                 return
             self._wake.clear()

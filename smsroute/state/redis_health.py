@@ -6,11 +6,17 @@ sync flushes those counts into per-time-slot hashes in Redis and reads back
 the sums of every replica over ``health_window``.  Readers then see the merged
 numbers plus this replica's counts not yet flushed; before the first sync, or
 for a provider nobody has data on, the local window answers.
+
+Ageing (see :mod:`smsroute.health`): merged sums cover the last
+``health_window`` only, so a sync that brings any answer (or receipt) from any
+replica makes those figures current here too; a provider nobody used for a
+half-life reads as stale on every replica, and its local figures age.
 """
 
 from __future__ import annotations
 
-from smsroute.health import Health
+from smsroute.clock import Clock
+from smsroute.health import HALF_LIFE, Health
 
 #: Order of the counters in a flush and in the merged sums (as in the SYNC script).
 FIELDS = ("ok", "fail", "lat", "latn", "dlv", "und", "ttd", "ttdn")
@@ -21,8 +27,16 @@ class SharedHealth(Health):
 
     __slots__ = ("id", "merged", "pending")
 
-    def __init__(self, id: str, window: int = 100, alpha: float = 0.2) -> None:
-        super().__init__(window, alpha)
+    def __init__(
+        self,
+        id: str,
+        window: int = 100,
+        alpha: float = 0.2,
+        *,
+        clock: Clock | None = None,
+        half_life: float = HALF_LIFE,
+    ) -> None:
+        super().__init__(window, alpha, clock=clock, half_life=half_life)
         #: The health's name in Redis: ``provider|`` or ``provider|COUNTRY``.
         self.id = id
         #: Counts since the last flush, in :data:`FIELDS` order.
@@ -61,6 +75,10 @@ class SharedHealth(Health):
     def merge(self, sums: tuple[float, ...]) -> None:
         """Take everyone's sums; mean latency and time to deliver replace the local ones."""
         self.merged = sums
+        if sums[0] or sums[1]:  # someone has answers from the last health_window
+            self.touch_answers(self._clock.now())
+        if sums[4] or sums[5]:
+            self.touch_deliveries(self._clock.now())
         if sums[3]:
             self.latency = sums[2] / sums[3]
         if sums[7]:
