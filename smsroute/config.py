@@ -20,7 +20,7 @@ from smsroute import yamlsource
 from smsroute.errors import ConfigError, ConfigProblem
 from smsroute.numbers import NumberType
 from smsroute.units import parse_duration, parse_fraction, parse_rate
-from smsroute.yamlsource import Located, format_path
+from smsroute.yamlsource import Located, config_error, format_path, shown
 
 Strategy = Literal["priority", "weighted", "cheapest", "fastest", "score"]
 STRATEGIES: tuple[Strategy, ...] = ("priority", "weighted", "cheapest", "fastest", "score")
@@ -95,7 +95,16 @@ MATCH_KEYS = frozenset({"country", "prefix", "number_type", "category", "sender"
 SCORE_WEIGHT_KEYS = frozenset({"price", "success", "latency"})
 CATEGORY_KEYS = frozenset({"on_timeout"})
 STATE_KEYS = frozenset(
-    {"backend", "url", "key_prefix", "sync_interval", "timeout", "health_window", "receipt_ttl"}
+    {
+        "backend",
+        "url",
+        "key_prefix",
+        "sync_interval",
+        "timeout",
+        "health_window",
+        "health_half_life",
+        "receipt_ttl",
+    }
 )
 StateBackendName = Literal["memory", "redis"]
 OUTBOX_KEYS = frozenset(
@@ -299,6 +308,8 @@ class StateSettings:
     timeout: float = 0.5
     #: Health (success, latency, delivery) is merged over this much recent time.
     health_window: float = 60.0
+    #: Health figures not refreshed for this long count half as much (see smsroute.health).
+    health_half_life: float = 300.0
     #: How long a processed delivery receipt is remembered, so a retry is dropped.
     receipt_ttl: float = 48 * 3600.0
 
@@ -357,23 +368,14 @@ class Config:
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate the YAML config at ``path``; raise :class:`ConfigError` on any problem."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            [
-                ConfigProblem(
-                    f"cannot read config: {exc.strerror}",
-                    file=str(p),
-                    line=None,
-                    column=None,
-                    path="",
-                )
-            ]
-        ) from None
-    return parse_config(text, file=str(p), environ=environ)
+    """Read and validate the YAML config at ``path``; raise :class:`ConfigError` on any problem.
+
+    ConfigError is the only exception raised, whatever the file holds (see
+    :mod:`smsroute.yamlsource` for the bounds on size, nesting and aliases).
+    """
+    file = str(Path(path))
+    text = yamlsource.read_text(path, file)
+    return parse_config(text, file=file, environ=environ)
 
 
 def parse_config(
@@ -446,7 +448,7 @@ class _Loader:
         root = self.src.value
         if root is None:
             self.error((), "the config is empty: it needs at least 'providers' and 'rules'")
-            raise ConfigError(self.problems)
+            raise config_error(self.problems)
         top = self.mapping(root, (), TOP_KEYS, what="the config")
         version = self.field(top, (), "version", _int_in(1, 1), 1)
         defaults = self.defaults(top.get("defaults"))
@@ -461,7 +463,7 @@ class _Loader:
         state = self.state(top.get("state"))
         outbox = self.outbox(top.get("outbox"), state) if "outbox" in top else None
         if self.problems:
-            raise ConfigError(self.problems)
+            raise config_error(self.problems)
         return Config(
             defaults=defaults,
             providers=providers,
@@ -487,6 +489,9 @@ class _Loader:
             timeout=self.field(s, path, "timeout", _positive_duration, base.timeout),
             health_window=self.field(
                 s, path, "health_window", _positive_duration, base.health_window
+            ),
+            health_half_life=self.field(
+                s, path, "health_half_life", _positive_duration, base.health_half_life
             ),
             receipt_ttl=self.field(s, path, "receipt_ttl", _positive_duration, base.receipt_ttl),
         )
@@ -516,7 +521,7 @@ class _Loader:
                 return None
             return self.field(section, path, key, _positive_duration, default)
 
-        where = self.field(o, path, "path", _nonempty("database path"), base.path)
+        where = self.field(o, path, "path", _file_path, base.path)
         if where != ":memory:" and not Path(where).is_absolute():
             where = str(self.base_dir / where)
         settings = OutboxSettings(
@@ -584,8 +589,11 @@ class _Loader:
         if b.get("window") is not None:
             raw = b["window"]
             if isinstance(raw, int) and not isinstance(raw, bool):
-                if raw < 1:
-                    self.error((*path, "window"), "window must be at least 1 call")
+                if not 1 <= raw <= 1_000_000:
+                    self.error(
+                        (*path, "window"),
+                        f"window must be from 1 to 1,000,000 calls (or a duration), got {shown(raw)}",
+                    )
                 else:
                     window, window_seconds = raw, None
             else:
@@ -594,7 +602,7 @@ class _Loader:
                 except ValueError:
                     self.error(
                         (*path, "window"),
-                        f"window is a number of calls (50) or a duration (60s), got {raw!r}",
+                        f"window is a number of calls (50) or a duration (60s), got {shown(raw)}",
                     )
         consecutive = base.consecutive_failures
         if "consecutive_failures" in b:
@@ -629,7 +637,7 @@ class _Loader:
         if isinstance(value, list):
             for i, name in enumerate(value):
                 if not isinstance(name, str) or not name:
-                    self.error((*path, i), f"a category name must be a string, got {name!r}")
+                    self.error((*path, i), f"a category name must be a string, got {shown(name)}")
                     continue
                 out.setdefault(name, Category(name, "failover"))
             return out
@@ -696,9 +704,22 @@ class _Loader:
             options = {
                 k: v for k, v in body.items() if k in cls.required_options | cls.optional_options
             }
-            for option, problem in cls.check_options(body):
+            try:
+                option_problems = cls.check_options(body)
+            except Exception as exc:  # an adapter's check meeting a value it did not expect
+                option_problems = [
+                    (
+                        "type",
+                        f"the '{type_name}' adapter failed checking provider '{name}' "
+                        f"({type(exc).__name__}): check its options' values and types",
+                    )
+                ]
+            for option, problem in option_problems:
                 if not isinstance(body.get(option), yamlsource.Placeholder):
                     self.error((*ppath, option), problem)
+            receipts_at = body.get("status_callback") or defaults.webhook_url
+            for option, problem in cls.check_webhook_options(body, receipts_at):
+                self.error((*ppath, option), problem)
             currency = self.field(body, ppath, "currency", _currency, defaults.currency)
             out[name] = ProviderConfig(
                 name=name,
@@ -745,20 +766,20 @@ class _Loader:
                 except ValueError as exc:
                     self.problems.append(src.problem((*path, key), str(exc)))
                 continue
-            if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < 0:
-                self.problems.append(
-                    src.problem((*path, key), f"a price must be a non-negative number, got {raw!r}")
-                )
+            try:
+                price = _price(raw)
+            except ValueError as exc:
+                self.problems.append(src.problem((*path, key), str(exc)))
                 continue
             if key == "default":
-                default = float(raw)
+                default = price
             elif isinstance(key, str) and len(key) == 2 and key.isalpha() and key.isupper():
-                prices[key] = float(raw)
+                prices[key] = price
             else:
                 self.problems.append(
                     src.problem(
                         (*path, key),
-                        f"price keys are ISO country codes like DE or 'default', got '{key}'",
+                        f"price keys are ISO country codes like DE or 'default', got {shown(key)}",
                         at_key=True,
                     )
                 )
@@ -768,15 +789,18 @@ class _Loader:
         file = Path(ref)
         if not file.is_absolute():
             file = self.base_dir / file
-            if not file.exists():
-                file = Path.cwd() / ref
+            try:
+                if not file.exists():
+                    file = Path.cwd() / ref
+            except (OSError, ValueError):  # a name too long, a NUL byte: read_bytes says
+                pass
         try:
-            text = file.read_text(encoding="utf-8")
-        except OSError as exc:
-            self.error(path, f"cannot read price file '{ref}': {exc.strerror}")
+            data = yamlsource.read_bytes(file)
+        except yamlsource.ReadFailure as exc:
+            self.error(path, f"cannot read price file {shown(ref)}: {exc}")
             return PriceTable(currency=currency)
         try:
-            located = yamlsource.load(text, str(file))
+            located = yamlsource.load(yamlsource.decode(data, str(file)), str(file))
         except ConfigError as exc:
             self.problems.extend(exc.problems)
             return PriceTable(currency=currency)
@@ -825,7 +849,13 @@ class _Loader:
             )
             strategy: Strategy = self.field(r, rpath, "strategy", _strategy, "priority")
             weights = self.weights(r.get("weights"), (*rpath, "weights"), provider_names)
-            if strategy == "weighted" and not weights:
+            written = r.get("weights")
+            # (weights written but all refused: each refusal is reported already)
+            if (
+                strategy == "weighted"
+                and not weights
+                and not (isinstance(written, dict) and written)
+            ):
                 self.error(
                     rpath,
                     f"rule '{name}' uses strategy 'weighted' but gives no 'weights' "
@@ -889,7 +919,7 @@ class _Loader:
         out: list[str] = []
         for j, name in enumerate(value):
             if not isinstance(name, str):
-                self.error((*path, j), f"a provider name must be a string, got {name!r}")
+                self.error((*path, j), f"a provider name must be a string, got {shown(name)}")
                 continue
             if providers and name not in providers:
                 hint = difflib.get_close_matches(name, sorted(providers), n=1)
@@ -916,10 +946,10 @@ class _Loader:
         for name, raw in w.items():
             if name not in provider_names:
                 continue
-            if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < 0:
-                self.error((*path, name), f"a weight must be a non-negative number, got {raw!r}")
-                continue
-            out[name] = float(raw)
+            try:
+                out[name] = _weight(raw)
+            except ValueError as exc:
+                self.error((*path, name), str(exc))
         if out and not any(out.values()):
             self.error(path, "at least one weight must be positive")
         return out
@@ -945,6 +975,8 @@ class _Loader:
             return out
 
         def category(name: Any) -> str:
+            if not isinstance(name, str):
+                raise ValueError(f"a category must be a name, got {shown(name)}")
             if name not in categories:
                 hint = difflib.get_close_matches(str(name), sorted(categories), n=1)
                 suggestion = f"did you mean '{hint[0]}'? " if hint else ""
@@ -984,7 +1016,7 @@ def _kind(value: Any) -> str:
 def _int_in(low: int, high: int) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected a whole number from {low} to {high}, got {value!r}")
+            raise ValueError(f"expected a whole number from {low} to {high}, got {shown(value)}")
         if not low <= value <= high:
             raise ValueError(f"expected a whole number from {low} to {high}, got {value}")
         return value
@@ -992,16 +1024,38 @@ def _int_in(low: int, high: int) -> Callable[[Any], int]:
     return parse
 
 
-def _non_negative(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"expected a non-negative number, got {value!r}")
-    return float(value)
+#: Highest price of one segment accepted, in the provider's currency.
+MAX_PRICE = 1e9
+#: Highest rule weight or score weight accepted (weights are relative).
+MAX_WEIGHT = 1e6
+
+
+def _number_in(what: str, high: float) -> Callable[[Any], float]:
+    """A finite number from 0 to ``high`` (``.nan``, ``.inf`` and huge numbers refused)."""
+
+    def parse(value: Any) -> float:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 <= value <= high  # False for nan
+        ):
+            raise ValueError(
+                f"{what} must be a non-negative number of at most {high:,.0f}, got {shown(value)}"
+            )
+        return float(value)
+
+    return parse
+
+
+_price = _number_in("a price", MAX_PRICE)
+_weight = _number_in("a weight", MAX_WEIGHT)
+_non_negative = _number_in("a score weight", MAX_WEIGHT)
 
 
 def _positive_duration(value: Any) -> float:
     seconds = parse_duration(value)
     if seconds <= 0:
-        raise ValueError(f"expected a duration greater than zero, got {value!r}")
+        raise ValueError(f"expected a duration greater than zero, got {shown(value)}")
     return seconds
 
 
@@ -1009,13 +1063,15 @@ def _region(value: Any) -> str:
     import phonenumbers
 
     if not isinstance(value, str) or value.upper() not in phonenumbers.SUPPORTED_REGIONS:
-        raise ValueError(f"expected an ISO 3166 country code like US or DE, got {value!r}")
+        raise ValueError(f"expected an ISO 3166 country code like US or DE, got {shown(value)}")
     return value.upper()
 
 
 def _region_set(value: Any) -> frozenset[str]:
     if not isinstance(value, list):
-        raise ValueError(f"expected a list of ISO 3166 country codes like [US, DE], got {value!r}")
+        raise ValueError(
+            f"expected a list of ISO 3166 country codes like [US, DE], got {shown(value)}"
+        )
     return frozenset(_region(item) for item in value)
 
 
@@ -1023,8 +1079,9 @@ def _prefix(value: Any) -> str:
     # YAML reads an unquoted +4915 as the integer 4915: put the plus back.
     text = f"+{value}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
     text = text.strip()
-    if not text.startswith("+") or not text[1:].isdigit() or len(text) < 2:
-        raise ValueError(f"expected an E.164 prefix like +4915, got {value!r}")
+    digits = text[1:]
+    if not text.startswith("+") or not (digits.isascii() and digits.isdigit()) or len(digits) > 15:
+        raise ValueError(f"expected an E.164 prefix like +4915, got {shown(value)}")
     return text
 
 
@@ -1033,7 +1090,9 @@ def _number_type(value: Any) -> str:
     if value not in names:
         hint = difflib.get_close_matches(str(value), names, n=1)
         suggestion = f"did you mean '{hint[0]}'? " if hint else ""
-        raise ValueError(f"unknown number_type {value!r}: {suggestion}known: {', '.join(names)}")
+        raise ValueError(
+            f"unknown number_type {shown(value)}: {suggestion}known: {', '.join(names)}"
+        )
     return str(value)
 
 
@@ -1042,17 +1101,25 @@ def _nonempty(what: str) -> Callable[[Any], str]:
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
         if not isinstance(value, str) or not value:
-            raise ValueError(f"a {what} must be a non-empty string, got {value!r}")
+            raise ValueError(f"a {what} must be a non-empty string, got {shown(value)}")
         return value
 
     return parse
+
+
+def _file_path(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"a database path must be a non-empty string, got {shown(value)}")
+    if "\0" in value:
+        raise ValueError("a database path cannot contain a NUL byte (\\0): remove it")
+    return value
 
 
 def _name_set(what: str) -> Callable[[Any], frozenset[str]]:
     def parse(value: Any) -> frozenset[str]:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
-            raise ValueError(f"expected a list of {what} names, got {value!r}")
+            raise ValueError(f"expected a list of {what} names, got {shown(value)}")
         return frozenset(items)
 
     return parse
@@ -1064,7 +1131,7 @@ def _choice(options: tuple[str, ...], what: str) -> Callable[[Any], Any]:
             hint = difflib.get_close_matches(str(value), options, n=1)
             suggestion = f"did you mean '{hint[0]}'? " if hint else ""
             raise ValueError(
-                f"unknown {what} {value!r}: {suggestion}choose one of {', '.join(options)}"
+                f"unknown {what} {shown(value)}: {suggestion}choose one of {', '.join(options)}"
             )
         return value
 
@@ -1090,26 +1157,28 @@ def _redis_url(value: Any) -> str:
     if not isinstance(value, str) or not value.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(
             "expected a Redis URL like redis://127.0.0.1:6379/0 (or rediss://, unix://), "
-            f"got {value!r}"
+            f"got {shown(value)}"
         )
     return value
 
 
 def _key_prefix(value: Any) -> str:
     if not isinstance(value, str) or not value or any(c.isspace() for c in value):
-        raise ValueError(f"expected a key prefix without spaces like 'smsroute:', got {value!r}")
+        raise ValueError(
+            f"expected a key prefix without spaces like 'smsroute:', got {shown(value)}"
+        )
     return value
 
 
 def _url(value: Any) -> str:
     if not isinstance(value, str) or not value.startswith(("http://", "https://")):
-        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        raise ValueError(f"expected an http:// or https:// URL, got {shown(value)}")
     return value
 
 
 def _currency(value: Any) -> str:
     if not isinstance(value, str) or len(value) != 3 or not value.isalpha():
-        raise ValueError(f"expected an ISO 4217 currency code like USD, got {value!r}")
+        raise ValueError(f"expected an ISO 4217 currency code like USD, got {shown(value)}")
     return value.upper()
 
 
@@ -1117,7 +1186,9 @@ def _sender(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str) or not value:
-        raise ValueError(f"'from' must be a phone number, short code or sender ID, got {value!r}")
+        raise ValueError(
+            f"'from' must be a phone number, short code or sender ID, got {shown(value)}"
+        )
     return value
 
 
