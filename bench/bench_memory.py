@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_send as b  # noqa: E402
+import bench_send as b
 
-from smsroute import Message, Router, parse_config  # noqa: E402
+from smsroute import Message, Router, parse_config
 
 
 def rss_mib() -> float:

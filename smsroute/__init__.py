@@ -10,8 +10,6 @@ The whole public API is here::
         print(result.status, result.provider, result.attempts)
 """
 
-__version__ = "0.1.0"
-
 from smsroute.breaker import BreakerState, CircuitBreaker
 from smsroute.clock import Clock, ManualClock, SystemClock
 from smsroute.config import Config, load_config, parse_config
@@ -21,7 +19,6 @@ from smsroute.errors import (
     InvalidMessage,
     InvalidNumber,
     OutboxUnavailable,
-    SendFailed,
     SmsrouteError,
     StateBackendUnavailable,
 )
@@ -47,12 +44,14 @@ from smsroute.message import (
     Message,
     MessageState,
     Outcome,
+    SendFailed,
     SendResult,
 )
 from smsroute.numbers import Destination, NumberType, mask, normalize
 from smsroute.outbox import DeadLetter, OutboxStore, OutboxWorker, SQLiteOutbox
 from smsroute.router import RoutePlan, Router
 from smsroute.selection import Candidate
+from smsroute.version import __version__
 from smsroute.webhooks import WebhookResponse
 
 __all__ = [

@@ -6,7 +6,9 @@
     ├── InvalidMessage     a text is empty, too long, or names an unknown category
     ├── StateBackendUnavailable  the config asks for Redis and Redis cannot be used
     ├── OutboxUnavailable  the outbox's store cannot be used (damaged, locked, unreachable)
-    └── SendFailed         raised by ``SendResult.raise_for_status()`` only
+    └── SendFailed         raised by ``SendResult.raise_for_status()`` only (defined in
+                           ``smsroute.message``, beside the result it carries: this
+                           module is the bottom layer and imports nothing of smsroute)
 
 Provider failures never raise out of ``Router.send``: they are outcomes in the
 result (see ``smsroute.providers.base``).  The default text of every exception
@@ -14,11 +16,6 @@ here is free of phone numbers, message text and secrets.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from smsroute.message import SendResult
 
 
 class SmsrouteError(Exception):
@@ -91,7 +88,9 @@ class InvalidNumber(SmsrouteError, ValueError):
     """A destination is not a phone number we can send to.
 
     The message says why (too short, unknown country code, needs a +country
-    prefix, ...) and shows the number masked.
+    prefix, ...) and shows the number masked (``number +49151*******89 is too
+    long``), or says it has no digits at all
+    (``the destination (written without digits) is not a phone number``).
     """
 
 
@@ -120,12 +119,3 @@ class OutboxUnavailable(SmsrouteError):
     and what to do.  Nothing is remembered: the next call tries again, so a
     lock that was released or a Redis that came back just works.
     """
-
-
-class SendFailed(SmsrouteError):
-    """Raised by :meth:`SendResult.raise_for_status` when a send failed."""
-
-    def __init__(self, result: SendResult) -> None:
-        self.result = result
-        tried = ", ".join(f"{a.provider}={a.outcome.value}" for a in result.attempts) or "none"
-        super().__init__(f"message {result.message_id} failed: {result.reason} (attempts: {tried})")

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import attrs
 
-from smsroute.errors import SendFailed
+from smsroute.errors import SmsrouteError
 
 #: Categories every config knows; a config may declare more.
 BUILTIN_CATEGORIES = ("otp", "transactional", "marketing")
@@ -148,6 +148,19 @@ class SendResult:
         if self.status != "accepted":
             raise SendFailed(self)
         return self
+
+
+class SendFailed(SmsrouteError):
+    """Raised by :meth:`SendResult.raise_for_status` when a send failed.
+
+    Part of the :mod:`smsroute.errors` hierarchy; defined here, beside the
+    result it carries, so that the errors module depends on nothing.
+    """
+
+    def __init__(self, result: SendResult) -> None:
+        self.result = result
+        tried = ", ".join(f"{a.provider}={a.outcome.value}" for a in result.attempts) or "none"
+        super().__init__(f"message {result.message_id} failed: {result.reason} (attempts: {tried})")
 
 
 DeliveryStatus = Literal["queued", "sent", "delivered", "undelivered", "failed", "unknown"]

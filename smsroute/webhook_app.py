@@ -3,14 +3,34 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Protocol
 
 from aiohttp import web
 
-from smsroute.webhooks import MAX_BODY
+from smsroute.config import Config
+from smsroute.webhooks import MAX_BODY, WebhookResponse
 
-if TYPE_CHECKING:
-    from smsroute.router import Router
+
+class WebhookEndpoint(Protocol):
+    """What the routes need of a router (a :class:`~smsroute.router.Router` is one)."""
+
+    @property
+    def config(self) -> Config:
+        """The config in force (``defaults.webhook_url``)."""
+        ...
+
+    async def handle_webhook(
+        self,
+        provider_name: str,
+        kind: str,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> WebhookResponse:
+        """Process one webhook call (see :meth:`Router.handle_webhook`)."""
+        ...
 
 
 #: The answer to a request whose URL cannot be rebuilt (see :func:`public_url`).
@@ -24,7 +44,9 @@ BAD_HOST = (
 BAD_BODY = "the body is not what its Content-Encoding or Transfer-Encoding says"
 
 
-def public_url(router: Router, request: web.Request, provider: str, kind: str) -> str | None:
+def public_url(
+    router: WebhookEndpoint, request: web.Request, provider: str, kind: str
+) -> str | None:
     """The URL the provider called, as it signed it; None when the request's
     ``Host`` header makes no URL (a port that is no number or over 65535, a
     host IDNA cannot encode).
@@ -45,7 +67,7 @@ def public_url(router: Router, request: web.Request, provider: str, kind: str) -
     return f"{base.rstrip('/')}/{provider}/{kind}{query}"
 
 
-def add_webhook_routes(app: web.Application, router: Router, prefix: str = "") -> None:
+def add_webhook_routes(app: web.Application, router: WebhookEndpoint, prefix: str = "") -> None:
     """Route ``{prefix}/{provider}/{status|inbound}`` (GET and POST) to the router."""
 
     async def handle(request: web.Request) -> web.Response:
@@ -74,7 +96,7 @@ def add_webhook_routes(app: web.Application, router: Router, prefix: str = "") -
     app.router.add_route("GET", path, handle)
 
 
-def make_webhook_app(router: Router) -> web.Application:
+def make_webhook_app(router: WebhookEndpoint) -> web.Application:
     """An application with just the webhook routes (mount it with ``add_subapp``)."""
     app = web.Application(client_max_size=MAX_BODY + 1)
     add_webhook_routes(app, router)

@@ -12,30 +12,31 @@ sees it and returns what to answer:
                                                 not know, so the provider stops retrying)
 
 Nothing a caller sends can raise out of here or change state before the
-signature is checked.
+signature is checked.  What a correlated receipt changes is the business of
+:class:`~smsroute.receipts.Receipts` (:meth:`Receipts.deliver`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime
-import inspect
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from smsroute.instrument.events import DeliveryReceived, WebhookRefused
+from smsroute.clock import Clock
+from smsroute.config import Config
+from smsroute.instrument.events import DeliveryReceived, Event, WebhookRefused
 from smsroute.message import DeliveryReport, InboundMessage
 from smsroute.numbers import normalize
-from smsroute.optout import keyword
-from smsroute.providers.base import Inbound, Receipt, WebhookError, WebhookRequest
-
-if TYPE_CHECKING:
-    from smsroute.router import Router
+from smsroute.optout import OptOutStore, keyword
+from smsroute.providers.base import Inbound, Provider, Receipt, WebhookError, WebhookRequest
+from smsroute.receipts import DeliveryCallback, Receipts, run_callback
+from smsroute.state.backend import StateBackend
+from smsroute.status import StatusStore
 
 log = logging.getLogger("smsroute.webhooks")
 
@@ -54,7 +55,17 @@ REFUSAL_REASONS = {
 #: memory to drop the provider's retries (besides ``state.receipt_ttl``).
 DEDUPE_SIZE = 100_000
 
-DeliveryCallback = Callable[[DeliveryReport], Awaitable[None] | None]
+__all__ = [
+    "DEDUPE_SIZE",
+    "KINDS",
+    "MAX_BODY",
+    "REFUSAL_REASONS",
+    "DeliveryCallback",
+    "InboundCallback",
+    "WebhookResponse",
+    "Webhooks",
+]
+
 InboundCallback = Callable[[InboundMessage], Awaitable[None] | None]
 
 
@@ -99,11 +110,33 @@ class _Seen:
 
 
 class Webhooks:
-    """The receiving half of a router (one per router)."""
+    """The receiving half of a router (one per router): requests in, answers out.
 
-    def __init__(self, router: Router, *, dedupe_size: int = DEDUPE_SIZE) -> None:
-        self.router = router
-        self.delivery_callbacks: list[DeliveryCallback] = []
+    ``providers`` gives the adapters in force (by name), ``config`` the config;
+    correlated receipts go to ``receipts``, opt-outs to ``optouts``.
+    """
+
+    def __init__(
+        self,
+        *,
+        providers: Callable[[], Mapping[str, Provider]],
+        config: Callable[[], Config],
+        clock: Clock,
+        emit: Callable[[Event], None],
+        status: StatusStore,
+        state: StateBackend,
+        optouts: OptOutStore,
+        receipts: Receipts,
+        dedupe_size: int = DEDUPE_SIZE,
+    ) -> None:
+        self._providers = providers
+        self._config = config
+        self._clock = clock
+        self._emit = emit
+        self._status = status
+        self._state = state
+        self._optouts = optouts
+        self._receipts = receipts
         self.inbound_callbacks: list[InboundCallback] = []
         #: Receipts and inbound messages processed here lately (providers retry).
         self._seen = _Seen(dedupe_size)
@@ -121,7 +154,7 @@ class Webhooks:
         """Process one webhook call; never raises for anything the caller sent."""
         if len(body) > MAX_BODY:
             return self._refuse(provider_name, kind, 413, f"body over {MAX_BODY} bytes")
-        provider = self.router._runtime.providers.get(provider_name)
+        provider = self._providers().get(provider_name)
         if provider is None or kind not in KINDS:
             return self._refuse(provider_name, kind, 404, "no such webhook")
         allowed = provider.webhook_methods.get(kind, frozenset())
@@ -169,7 +202,7 @@ class Webhooks:
 
     def _refuse(self, provider: str, kind: str, status: int, reason: str) -> WebhookResponse:
         # Anyone can call a webhook URL: labels come from closed sets, never from the request.
-        known = provider in self.router._runtime.providers
+        known = provider in self._providers()
         log.warning(
             "refused %s webhook for %r: %d %s",
             kind if kind in KINDS else "?",
@@ -177,7 +210,7 @@ class Webhooks:
             status,
             reason,
         )
-        self.router._emit(
+        self._emit(
             WebhookRefused(
                 provider if known else "unknown",
                 kind if kind in KINDS else "unknown",
@@ -189,8 +222,7 @@ class Webhooks:
     # -- receipts ----------------------------------------------------------------------
 
     def _first_time(self, seen: _Seen, key: tuple[Any, ...]) -> bool:
-        router = self.router
-        return seen.first_time(key, router._clock.now(), router.config.state.receipt_ttl)
+        return seen.first_time(key, self._clock.now(), self._config().state.receipt_ttl)
 
     async def _receipt(self, provider: str, request: WebhookRequest, receipt: Receipt) -> None:
         """Correlate one receipt that reached ``provider``'s endpoint, and apply it.
@@ -201,8 +233,7 @@ class Webhooks:
         trusted alone, so the endpoint of one provider (perhaps one that signs
         nothing) cannot move what another provider sent.
         """
-        router = self.router
-        store = router._status
+        store = self._status
         key = (
             provider,
             receipt.provider_message_id,
@@ -235,75 +266,20 @@ class Webhooks:
             and claimed is not None
             and not store.knows(claimed)
             # Sent by another process (an outbox worker): its durable record knows it.
-            and await self._durable_receipt(attrs.evolve(report, message_id=claimed))
+            and await self._receipts.deliver_durable(attrs.evolve(report, message_id=claimed))
         ):
             return
         if message_id is None:
             # Not (yet) ours: perhaps send() has not recorded the provider's id.  Kept
             # with the id it claims, so that it can apply to that message only.
             store.park(attrs.evolve(report, message_id=claimed))
-            router._emit(DeliveryReceived(provider, "unknown", report.status, None))
+            self._emit(DeliveryReceived(provider, "unknown", report.status, None))
             log.info("receipt from %s for an unknown message id (parked)", provider)
             return
-        shared = router._state.receipt_log
+        shared = self._state.receipt_log
         if shared is not None and not await shared.first_time(key):
             return  # a retry another replica received and applied first
-        await self.deliver(report)
-
-    async def _durable_receipt(self, report: DeliveryReport) -> bool:
-        """A receipt for a message only the outbox knows; True when it was handled.
-
-        Recorded only when the outbox's record says this provider sent the
-        message under the receipt's id (the record knows no part ids: a part's
-        own receipt is not recorded).
-        """
-        router = self.router
-        assert report.message_id is not None
-        state = await router._outbox_status(report.message_id)
-        if state is None or state.provider is None:
-            return False  # not known, or not sent yet: nothing to check it against
-        if (state.provider, state.provider_message_id) != (
-            report.provider,
-            report.provider_message_id,
-        ):
-            log.warning(
-                "receipt at the %s endpoint names an outbox message %s did not send "
-                "under that id: ignored",
-                report.provider,
-                report.provider,
-            )
-            return True
-        if not await router._outbox_receipt(report):
-            return False
-        router._emit(DeliveryReceived(report.provider, "unknown", report.status, None))
-        for callback in self.delivery_callbacks:
-            await _call(callback, report)
-        return True
-
-    async def deliver(self, report: DeliveryReport) -> None:
-        """Apply a correlated receipt: state, health, breaker, resend, callbacks.
-
-        Nothing happens unless it moves the message's current attempt forward
-        (a replaced attempt's receipt is kept in the history only); for a message
-        sent in parts, what is applied is the status of the whole.
-        """
-        router = self.router
-        applied = router._status.apply(report)
-        if applied is None:
-            return  # stale, duplicate in effect or another attempt's: never move back
-        report = applied
-        assert report.message_id is not None
-        await router._outbox_receipt(report)
-        country = router._status.country(report.message_id) or "unknown"
-        latency = None
-        if report.final:
-            accepted = router._status.accepted_at(report.message_id)
-            if accepted is not None:
-                latency = max(0.0, (report.at - accepted).total_seconds())
-            router._delivery_outcome(report, country, latency)
-        router._emit(DeliveryReceived(report.provider, country, report.status, latency))
-        for callback in self.delivery_callbacks:
-            await _call(callback, report)
+        await self._receipts.deliver(report)
 
     # -- inbound -----------------------------------------------------------------------
 
@@ -312,24 +288,23 @@ class Webhooks:
         id (providers retry; with state in Redis, once across replicas) within
         ``state.receipt_ttl``.  A message without a provider id cannot be told
         from a retry and is always processed: never judged by sender and text."""
-        router = self.router
         if data.provider_message_id:
             key = ("inbound", provider, data.provider_message_id)
             if not self._first_time(self._seen_inbound, key):
                 return
-            shared = router._state.receipt_log
+            shared = self._state.receipt_log
             if shared is not None and not await shared.first_time(key):
                 return  # a retry another replica received first
-        region = router.config.defaults.default_region
+        region = self._config().defaults.default_region
         try:
             sender = normalize(data.sender, region).e164
         except ValueError:
             sender = data.sender
         word = keyword(data.text)
         if word == "STOP":
-            router._optouts.opt_out(sender)
+            self._optouts.opt_out(sender)
         elif word == "START":
-            router._optouts.opt_in(sender)
+            self._optouts.opt_in(sender)
         message = InboundMessage(
             provider=provider,
             sender=sender,
@@ -340,15 +315,4 @@ class Webhooks:
             keyword=word,
         )
         for callback in self.inbound_callbacks:
-            await _call(callback, message)
-
-
-async def _call(callback: Callable[[Any], Awaitable[None] | None], arg: Any) -> None:
-    try:
-        result = callback(arg)
-        if inspect.isawaitable(result):
-            await result
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("smsroute callback %r failed", callback)
+            await run_callback(callback, message)

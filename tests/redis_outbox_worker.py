@@ -25,7 +25,7 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
     router = Router.from_yaml(args.config, metrics=False)
-    router._outbox = RedisOutbox(args.url, key_prefix=args.prefix)
+    router.outbox_service.adopt(RedisOutbox(args.url, key_prefix=args.prefix))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -189,7 +189,7 @@ async def test_other_hmac_algorithms_are_accepted(
     result = await router.send(OTP)
     method, url, _, _ = fake.receipt_request(fake.messages[0], "delivered", None)
     key = fake.signing_key * 2  # long enough for HS512 without PyJWT's key-length warning
-    provider = router._runtime.providers["primary"]
+    provider = router.dispatcher.runtime.providers["primary"]
     assert isinstance(provider, MessageBirdProvider)
     provider.signing_key = key
     headers = {"MessageBird-Signature-JWT": token(key, url, alg=alg)}
@@ -212,7 +212,7 @@ async def test_unsigned_token_alg_none_is_refused(router: Router, fake: FakeMess
 
 
 async def test_malformed_signed_report_is_a_400(router: Router, hooks: Hooks) -> None:
-    provider = router._runtime.providers["primary"]
+    provider = router.dispatcher.runtime.providers["primary"]
     assert isinstance(provider, MessageBirdProvider)
     assert provider.signing_key is not None
     url = f"{hooks.url}/primary/status?{urlencode({'id': 'abc', 'recipient': '31612345678'})}"

@@ -234,7 +234,7 @@ async def test_metrics_are_the_same_whether_events_are_built_or_not(
         registry = CollectorRegistry()
         config = make_config(two_providers(twilio_a, twilio_b))
         async with Router(config, registry=registry, hooks=hooks) as router:
-            assert (router._direct is None) is bool(hooks)
+            assert (router.dispatcher.direct_metrics is None) is bool(hooks)
             twilio_a.fail(503, times=1)
             for text in ("one", "two", "three"):
                 await router.send(Message(to="+4915123456789", text=text, category="otp"))

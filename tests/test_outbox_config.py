@@ -64,7 +64,7 @@ outbox:
 def test_without_an_outbox_section_the_router_uses_the_defaults() -> None:
     config = parse_config(BASE)
     assert config.outbox is None
-    assert Router(config, metrics=False)._outbox_settings() == OutboxSettings()
+    assert Router(config, metrics=False).outbox_service.settings() == OutboxSettings()
 
 
 def test_an_empty_outbox_section_means_the_defaults_beside_the_config(tmp_path: Path) -> None:

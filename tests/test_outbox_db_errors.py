@@ -116,7 +116,7 @@ async def test_router_and_worker_refuse_a_corrupt_outbox_clearly(
             await worker.start()  # before it says it works: nothing runs
         assert_clear(caught.value, path, "move it aside")
         assert worker._main is None
-        assert not router._outbox_workers
+        assert not router.outbox_service.workers
 
 
 class Locker:

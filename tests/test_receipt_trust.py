@@ -191,12 +191,12 @@ async def test_what_waits_for_a_receipt_is_bounded_by_count(
 ) -> None:
     """At 1,000 messages/s, a receipt_timeout of 10 minutes alone would keep 600,000."""
     async with serving(hooks, make_config(two_providers(hooks, twilio_a, infobip))) as router:
-        store = router._status
+        store = router.dispatcher.status_store
         store.max_messages = 5
         store.max_orphans = 5
         for _ in range(8):
             assert (await router.send(OTP)).ok
-        assert len(router._awaiting_receipt) == 5
+        assert router.receipts.awaiting == 5
         assert len(store) == 5
         # Receipts of no known message, which anyone may post to this endpoint, are parked...
         endpoint = f"{hooks.url}/infobip/status"

@@ -290,7 +290,7 @@ outbox:
         Router(make_config(text), metrics=False) as one,
         Router(make_config(text), metrics=False) as two,
     ):
-        assert isinstance(one._outbox_store(), RedisOutbox)
+        assert isinstance(one.outbox_service.store(), RedisOutbox)
         ids = [
             await one.enqueue(Message(to="+4915123456789", text=f"queued {i}")) for i in range(5)
         ]

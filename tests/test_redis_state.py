@@ -135,7 +135,7 @@ async def test_replicas_opening_a_breaker_at_once_count_one_open(
         assert ba.reopen_at is not None
         assert bb.reopen_at is not None
         assert abs(ba.reopen_at - bb.reopen_at) < 0.05
-        assert 29.0 < ba.reopen_at - a._clock.now() <= 30.0
+        assert 29.0 < ba.reopen_at - a.dispatcher.clock.now() <= 30.0
 
 
 async def test_a_breaker_opened_by_one_replica_is_obeyed_by_the_other(
@@ -232,7 +232,7 @@ async def test_a_failed_probe_reopens_for_longer_everywhere(
         await until(lambda: bb.opens == 2)
         assert bb.state is BreakerState.OPEN
         assert bb.reopen_at is not None
-        assert 0.2 < bb.reopen_at - b._clock.now() <= 0.4  # open_for x 2
+        assert 0.2 < bb.reopen_at - b.dispatcher.clock.now() <= 0.4  # open_for x 2
         assert (await breaker_in_redis(redis_url, prefix))[1:3] == ["open", "2"]
 
 
@@ -294,16 +294,16 @@ async def test_a_stop_received_by_one_replica_is_obeyed_by_another(
 ) -> None:
     a, b = replicas(), replicas()
     async with a, b:
-        a._optouts.opt_out(DE)
+        a.dispatcher.optouts.opt_out(DE)
         await until(lambda: b.is_opted_out(DE))
         result = await b.send(Message(to=DE, text="sale!", category="marketing"))
         assert result.reason == "opted_out"
-        a._optouts.opt_in(DE)
+        a.dispatcher.optouts.opt_in(DE)
         await until(lambda: not b.is_opted_out(DE))
         c = replicas()  # a replica started later reads the whole set
         async with c:
             assert not c.is_opted_out(DE)
-            b._optouts.opt_out(DE)
+            b.dispatcher.optouts.opt_out(DE)
             await until(lambda: c.is_opted_out(DE))
 
 

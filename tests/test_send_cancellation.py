@@ -159,7 +159,7 @@ async def test_cancel_while_waiting_for_or_holding_a_concurrency_slot(
 async def test_cancel_during_shared_token_refill_takes_nothing(
     twilio_a: FakeTwilio,
     twilio_b: FakeTwilio,
-    redis_url: str,
+    redis_url: str,  # noqa: F811  (the fixture)
     prefix: str,  # noqa: F811
 ) -> None:
     body = config(twilio_a, twilio_b, rate_limit=50, burst=1) + (

@@ -155,7 +155,7 @@ async def test_200_start_stop_cycles_on_the_redis_outbox_each_stop_within_its_bo
 ) -> None:
     loop = asyncio.get_running_loop()
     router = Router(make_config(redis_config(twilio_a, redis_url, prefix)), metrics=False)
-    router._outbox = LosesCancellations(redis_url, key_prefix=prefix)
+    router.outbox_service.adopt(LosesCancellations(redis_url, key_prefix=prefix))
     slowest = 0.0
     started = loop.time()
     async with router:
@@ -202,7 +202,7 @@ async def test_stop_and_aclose_return_within_their_bound_while_redis_hangs(
     )
     router = Router(config, metrics=False)
     # The store's own timeout is generous: only stop()'s bound can end the wait.
-    router._outbox = RedisOutbox(proxy.url, key_prefix=prefix, timeout=30.0)
+    router.outbox_service.adopt(RedisOutbox(proxy.url, key_prefix=prefix, timeout=30.0))
     await router.__aenter__()
     worker = router.worker(concurrency=8)
     await worker.start()

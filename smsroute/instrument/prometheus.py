@@ -60,7 +60,6 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from smsroute import __version__
 from smsroute.config import DEFAULT_METRIC_COUNTRIES, BreakerScope, Config
 from smsroute.instrument._values import Family, ValuesCollector
 from smsroute.instrument.events import (
@@ -76,6 +75,7 @@ from smsroute.instrument.events import (
     WebhookRefused,
 )
 from smsroute.message import DELIVERY_STATUSES, Outcome
+from smsroute.version import __version__
 
 __all__ = [
     "ATTEMPT_BUCKETS",

@@ -1,6 +1,6 @@
 """The outbox worker: lease what is due, pace it, send it through the router, settle it.
 
-    lease (most urgent first) --> pace (per provider) --> Router._send --> ack
+    lease (most urgent first) --> pace (per provider) --> Dispatcher.send --> ack
       ^  renew leases every lease/3                             |-------> retry later
       |                                                         '-------> dead letter
       '-- expired leases come back to the queue (a worker died)
@@ -43,23 +43,38 @@ import secrets
 import socket
 from collections import deque
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from smsroute.aio import stop_task, stop_tasks, wait_event
 from smsroute.config import OutboxSettings, ProviderConfig
+from smsroute.dispatch import Dispatcher
 from smsroute.errors import InvalidMessage, InvalidNumber, OutboxUnavailable, SmsrouteError
 from smsroute.message import Outcome, SendResult
+from smsroute.outbox.service import STORE_WAIT, OutboxService
 from smsroute.outbox.store import OutboxStore, QueuedMessage
-
-if TYPE_CHECKING:
-    from smsroute.router import Router, _Prepared, _Runtime
+from smsroute.runtime import Prepared, Runtime
 
 log = logging.getLogger("smsroute.outbox")
 
 #: How often sent messages older than ``retention`` are purged.
 PURGE_EVERY = 3600.0
-#: Seconds :meth:`OutboxWorker.stop` waits on the store in all (sends under way aside).
-STORE_WAIT = 5.0
+
+__all__ = ["PURGE_EVERY", "STORE_WAIT", "OutboxWorker", "WorkerHost"]
+
+
+class WorkerHost(Protocol):
+    """What a worker needs of its router (a :class:`~smsroute.router.Router` is one):
+    the dispatcher to plan and send through, and the outbox service for the store."""
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """Plans and sends one message (see :mod:`smsroute.dispatch`)."""
+        ...
+
+    @property
+    def outbox_service(self) -> OutboxService:
+        """The store, its settings and time, and the registry of running workers."""
+        ...
 
 
 def _window(rate: float) -> tuple[int, float]:
@@ -71,21 +86,21 @@ def _window(rate: float) -> tuple[int, float]:
 class _Pacer:
     """Per provider: the moment each of the worker's sends may go (see the module docstring)."""
 
-    def __init__(self, router: Router, margin: float) -> None:
-        self._router = router
+    def __init__(self, dispatcher: Dispatcher, margin: float) -> None:
+        self._dispatcher = dispatcher
         self._margin = margin
         self._locks: dict[str, asyncio.Lock] = {}
         self._sent: dict[str, deque[float]] = {}
         self._inflight: dict[str, int] = {}
         self._freed: dict[str, asyncio.Event] = {}
 
-    def head(self, rt: _Runtime, prepared: _Prepared) -> ProviderConfig:
+    def head(self, rt: Runtime, prepared: Prepared) -> ProviderConfig:
         """The provider the send should start with: the plan's first that is not paused."""
         providers = rt.config.providers
         if len(prepared.rule.providers) == 1:  # no plan to make (the router's will be the same)
             return providers[prepared.rule.providers[0]]
-        ordered, _, _ = self._router._plan(rt, prepared)
-        state = self._router._state
+        ordered, _, _ = self._dispatcher.plan(rt, prepared)
+        state = self._dispatcher.state
         candidates = [providers[o.provider] for o in ordered]
         for pcfg in candidates:
             if state.bucket(pcfg).paused_for() == 0.0:
@@ -95,8 +110,8 @@ class _Pacer:
     async def acquire(self, pcfg: ProviderConfig) -> None:
         """Wait until a send to ``pcfg`` may go, and count it as going."""
         name = pcfg.name
-        router = self._router
-        clock, sleep = router._clock, router._sleep
+        dispatcher = self._dispatcher
+        clock, sleep = dispatcher.clock, dispatcher.sleep
         lock = self._locks.get(name)
         if lock is None:
             lock = self._locks[name] = asyncio.Lock()
@@ -107,7 +122,7 @@ class _Pacer:
                 while self._inflight.get(name, 0) >= cap:
                     freed.clear()
                     await freed.wait()
-            bucket = router._state.bucket(pcfg)
+            bucket = dispatcher.state.bucket(pcfg)
             sent: deque[float] | None = None
             if bucket.rate is not None:
                 n, window = _window(bucket.rate)
@@ -121,7 +136,7 @@ class _Pacer:
             while True:
                 wait = bucket.reserve(math.inf)
                 if wait is None and not bucket.paused_for():  # a shared bucket leases more
-                    wait = await router._state.refill(bucket, math.inf)
+                    wait = await dispatcher.state.refill(bucket, math.inf)
                 if wait is not None:
                     break
                 await sleep(max(bucket.paused_for(), 0.01))  # a Retry-After pause
@@ -160,22 +175,23 @@ class OutboxWorker:
 
     def __init__(
         self,
-        router: Router,
+        router: WorkerHost,
         *,
         concurrency: int | None = None,
         rng: random.Random | None = None,
         owner: str | None = None,
     ) -> None:
-        settings: OutboxSettings = router._outbox_settings()
+        self._dispatcher = dispatcher = router.dispatcher
+        self._service = service = router.outbox_service
+        settings: OutboxSettings = service.settings()
         self.concurrency = settings.concurrency if concurrency is None else concurrency
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self.settings = settings
         #: Who holds the leases: host, process and a random tag.
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self._router = router
-        self._rng = rng or router._rng
-        self._pacer = _Pacer(router, settings.rate_margin)
+        self._rng = rng or dispatcher.rng
+        self._pacer = _Pacer(dispatcher, settings.rate_margin)
         self._store: OutboxStore | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._sending: set[str] = set()
@@ -220,7 +236,7 @@ class OutboxWorker:
         """
         if self._main is not None:
             raise RuntimeError("this worker was started already")
-        self._store = store = self._router._outbox_store()
+        self._store = store = self._service.store()
         try:
             await store.next_due()
         except SmsrouteError:
@@ -229,7 +245,7 @@ class OutboxWorker:
             raise OutboxUnavailable(
                 f"the outbox store {store!r} cannot be used ({type(exc).__name__}: {exc})"
             ) from None
-        self._router._outbox_register(self, running=True)
+        self._service.register(self, running=True)
         self._main = asyncio.create_task(self._run(), name=f"smsroute-outbox {self.owner}")
         self._keeper = asyncio.create_task(
             self._keep(), name=f"smsroute-outbox-leases {self.owner}"
@@ -282,7 +298,7 @@ class OutboxWorker:
         ):
             log.warning("outbox worker %s: its lease keeper did not end; left behind", self.owner)
         released = await self._release_all(0.2 * wait)
-        self._router._outbox_register(self, running=False)
+        self._service.register(self, running=False)
         log.info(
             "outbox worker %s stopped: %d sent, %d retried, %d dead-lettered, %d handed back",
             self.owner,
@@ -344,7 +360,7 @@ class OutboxWorker:
         :class:`ManualClock`, and nothing waits in real time but the sends.
         """
         if self._store is None:
-            self._store = self._router._outbox_store()
+            self._store = self._service.store()
         batch = await self._lease(self.concurrency)
         tasks = [self._spawn(item) for item in batch]
         await asyncio.gather(*tasks)
@@ -353,7 +369,7 @@ class OutboxWorker:
     # -- the loops ------------------------------------------------------------------
 
     def _now(self) -> float:
-        return self._router._outbox_now()
+        return self._service.now()
 
     async def _run(self) -> None:
         assert self._store is not None
@@ -493,16 +509,16 @@ class OutboxWorker:
     # -- one message ----------------------------------------------------------------
 
     async def _handle(self, item: QueuedMessage) -> None:
-        router = self._router
+        dispatcher = self._dispatcher
         try:
             if item.expires is not None and self._now() >= item.expires:
                 await self._dead(
                     item, f"its ttl ran out before it could be sent ({item.tries} tries)", None
                 )
                 return
-            rt = router._runtime
+            rt = dispatcher.runtime
             try:
-                prepared = router._prepare(rt, item.message)
+                prepared = rt.prepare(item.message)
             except (InvalidNumber, InvalidMessage) as exc:
                 await self._dead(item, f"it can no longer be sent as written: {exc}", None)
                 return
@@ -510,7 +526,9 @@ class OutboxWorker:
             await self._pacer.acquire(head)  # cancelled here, nothing was sent
             self._sending.add(item.message_id)
             try:
-                result = await router._send(item.message, item.message_id, frozenset(), head.name)
+                result = await dispatcher.send(
+                    item.message, item.message_id, frozenset(), head.name
+                )
             finally:
                 self._pacer.release(head)
         except asyncio.CancelledError:
@@ -538,7 +556,7 @@ class OutboxWorker:
                 exc_info=None if isinstance(exc, SmsrouteError) else exc,
             )
 
-    async def _settle(self, item: QueuedMessage, prepared: _Prepared, result: SendResult) -> None:
+    async def _settle(self, item: QueuedMessage, prepared: Prepared, result: SendResult) -> None:
         assert self._store is not None
         if result.ok:
             await self._store.ack(item.message_id, self.owner, result, self._now())
@@ -549,7 +567,7 @@ class OutboxWorker:
             await self._dead(item, reason, result)
             return
         if result.outcome is Outcome.TIMEOUT:
-            config = self._router.config
+            config = self._dispatcher.runtime.config
             category = config.categories.get(item.message.category)
             on_timeout = prepared.rule.on_timeout or (category.on_timeout if category else None)
             if on_timeout == "stop":

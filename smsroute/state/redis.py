@@ -54,13 +54,13 @@ from smsroute.health import Health
 from smsroute.instrument.events import Event
 from smsroute.optout import OptOutStore
 from smsroute.ratelimit import TokenBucket
-from smsroute.state import redis_scripts
 from smsroute.state.redis_breaker import SharedBreaker
 from smsroute.state.redis_bucket import SharedBucket
 from smsroute.state.redis_health import SharedHealth
 from smsroute.state.redis_link import RedisLink
 from smsroute.state.redis_optouts import RedisOptOuts
 from smsroute.state.redis_receipts import ReceiptLog
+from smsroute.state.redis_shared import Scripts
 from smsroute.state.slots import ConcurrencySlots
 from smsroute.status import StatusStore
 
@@ -70,16 +70,6 @@ log = logging.getLogger("smsroute.state")
 HEALTH_SLOTS = 6
 #: Clock-offset samples kept; the one with the shortest round trip wins.
 CLOCK_SAMPLES = 16
-
-
-class _Scripts:
-    """The Lua scripts, registered once per client."""
-
-    def __init__(self, link: RedisLink) -> None:
-        self.breaker_set = link.script(redis_scripts.BREAKER_SET)
-        self.reserve = link.script(redis_scripts.RESERVE)
-        self.pause = link.script(redis_scripts.PAUSE)
-        self.sync = link.script(redis_scripts.SYNC)
 
 
 def _parse_breaker(packed: str) -> tuple[int, str, int, float]:
@@ -107,7 +97,7 @@ class RedisState:
         self.clock = clock
         self.on_transition = on_transition
         self.link = RedisLink(settings, emit)
-        self.scripts = _Scripts(self.link)
+        self.scripts = Scripts(self.link)
         #: This process among the replicas (host:pid:random).
         self.replica = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         #: Live replicas seen at the last sync (this one included).
@@ -144,7 +134,11 @@ class RedisState:
         breaker = self._breakers.get(key)
         if breaker is None:
             breaker = SharedBreaker(
-                provider.breaker, self.clock, self, key=key, on_transition=self.on_transition
+                provider.breaker,
+                self.clock,
+                self.publish,
+                key=key,
+                on_transition=self.on_transition,
             )
             self._breakers[key] = breaker
             shared = self._shared.get(breaker.field)

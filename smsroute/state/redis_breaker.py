@@ -19,14 +19,11 @@ time; every replica reads it as half-open from then on and sends up to
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from smsroute.breaker import BreakerState, CircuitBreaker, TransitionHook
 from smsroute.clock import Clock
 from smsroute.config import BreakerSettings
-
-if TYPE_CHECKING:
-    from smsroute.state.redis import RedisState
 
 
 def field_of(key: tuple[str, str | None]) -> str:
@@ -43,19 +40,19 @@ def key_of(field: str) -> tuple[str, str | None]:
 class SharedBreaker(CircuitBreaker):
     """A :class:`CircuitBreaker` that publishes its transitions and adopts other replicas'."""
 
-    __slots__ = ("_adopting", "_backend", "field", "pending", "version")
+    __slots__ = ("_adopting", "_publish", "field", "pending", "version")
 
     def __init__(
         self,
         settings: BreakerSettings,
         clock: Clock,
-        backend: RedisState,
+        publish: Callable[[SharedBreaker], None],
         *,
         key: tuple[str, str | None],
         on_transition: TransitionHook | None = None,
     ) -> None:
         super().__init__(settings, clock, key=key, on_transition=on_transition)
-        self._backend = backend
+        self._publish = publish  # RedisState.publish: write this breaker to Redis now
         self._adopting = False
         self.field = field_of(key)
         #: The shared version this replica last wrote or adopted (0: never written).
@@ -69,7 +66,7 @@ class SharedBreaker(CircuitBreaker):
         # Half-open is not written: every replica derives it from the shared reopen time.
         if not self._adopting and before is not to and to is not BreakerState.HALF_OPEN:
             self.pending = to
-            self._backend.publish(self)
+            self._publish(self)
 
     def adopt(self, version: int, state: str, opens: int, reopen_at: float | None) -> None:
         """Take the shared state (``reopen_at`` already on this replica's clock)."""

@@ -39,7 +39,7 @@ from smsroute.config import ProviderConfig
 from smsroute.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
-    from smsroute.state.redis import RedisState
+    from smsroute.state.redis_shared import SharedBackend
 
 #: Seconds after its time that an unused slot may still be taken.
 GRACE = 0.010
@@ -85,7 +85,7 @@ class SharedBucket(TokenBucket):
         "unpublished_pause",
     )
 
-    def __init__(self, provider: ProviderConfig, backend: RedisState) -> None:
+    def __init__(self, provider: ProviderConfig, backend: SharedBackend) -> None:
         super().__init__(provider.rate_limit, provider.burst, backend.clock)
         self._backend = backend
         self.name = provider.name

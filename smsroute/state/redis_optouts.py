@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from smsroute.optout import OptOutStore
 
 if TYPE_CHECKING:
-    from smsroute.state.redis import RedisState
+    from smsroute.state.redis_shared import SharedBackend
 
 #: Seconds of changes the log keeps; a replica out of touch for longer reads the whole set.
 LOG_KEEP = 3600.0
@@ -56,7 +56,7 @@ return {id, redis.call('SMEMBERS', KEYS[1])}
 class RedisOptOuts(OptOutStore):
     """An :class:`OptOutStore` kept in step with every replica's through Redis."""
 
-    def __init__(self, backend: RedisState) -> None:
+    def __init__(self, backend: SharedBackend) -> None:
         super().__init__()
         self._backend = backend
         prefix = backend.settings.key_prefix

@@ -16,14 +16,14 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from smsroute.state.redis import RedisState
+    from smsroute.state.redis_shared import SharedBackend
 
 
 class ReceiptLog:
     """Which receipts (and inbound messages) some replica has already processed,
     kept ``receipt_ttl`` in Redis."""
 
-    def __init__(self, backend: RedisState) -> None:
+    def __init__(self, backend: SharedBackend) -> None:
         self._backend = backend
         self._prefix = f"{backend.settings.key_prefix}receipt:"
 

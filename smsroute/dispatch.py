@@ -1,0 +1,689 @@
+"""The dispatch of one message: prepare, plan, the attempts, the result.
+
+One message's path: validate and normalise -> first matching rule -> the
+rule's strategy orders its providers (open breakers skipped) -> for each
+provider in turn: rate-limit token, concurrency slot, one request under the
+per-attempt timeout and the overall deadline -> classify the answer, feed
+the breaker and health, emit events -> stop or move on.
+
+:class:`Dispatcher` owns what that path reads and changes: the runtime (a
+config made ready, swapped by :meth:`Router.reload`), the live state
+(breakers, health, buckets, slots), the HTTP session, and the event hooks.
+It knows nothing of receipts or of the outbox: an accepted message is
+handed to the ``on_accepted`` callback the router wires to its
+:class:`~smsroute.receipts.Receipts`.  :meth:`Dispatcher.send` is the hot
+path (measured in instructions per message by ``bench/callgrind_send.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol
+
+import aiohttp
+
+from smsroute.breaker import PROBE, BreakerState, CircuitBreaker
+from smsroute.clock import Clock
+from smsroute.config import Config, ProviderConfig, Rule, load_config
+from smsroute.errors import ConfigError
+from smsroute.instrument.events import (
+    AttemptFinished,
+    BreakerTransition,
+    ConfigReloaded,
+    Event,
+    Failover,
+    Hook,
+    MessageFinished,
+    RateLimitWait,
+)
+from smsroute.instrument.prometheus import PrometheusHook
+from smsroute.message import Attempt, Message, Outcome, SendResult
+from smsroute.optout import OptOutStore
+from smsroute.providers.base import OutboundSMS, Provider, Reply
+from smsroute.runtime import Prepared, Runtime
+from smsroute.selection import Option, observe, order
+from smsroute.state.backend import StateBackend, open_state
+from smsroute.status import StatusStore
+from smsroute.version import __version__
+
+log = logging.getLogger("smsroute")
+
+#: How long a provider is paused after a throttling answer that gave no Retry-After.
+DEFAULT_THROTTLE_PAUSE = 1.0
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class OnAccepted(Protocol):
+    """Called once a provider accepted a message (see :meth:`Receipts.accepted`)."""
+
+    def __call__(
+        self,
+        rt: Runtime,
+        rule: Rule,
+        message: Message,
+        result: SendResult,
+        country: str,
+        exclude: frozenset[str],
+        part_ids: tuple[str, ...] = (),
+        /,
+    ) -> None: ...
+
+
+def _nothing_awaited(
+    rt: Runtime,
+    rule: Rule,
+    message: Message,
+    result: SendResult,
+    country: str,
+    exclude: frozenset[str],
+    part_ids: tuple[str, ...] = (),
+    /,
+) -> None:
+    """The default ``on_accepted``: record nothing beyond the status store."""
+
+
+class Dispatcher:
+    """Sends one message at a time through the providers of its rule.
+
+    ``runtime`` is swapped whole by :meth:`swap`; ``state`` is opened from
+    the config's ``state`` section here and started by :meth:`start` (or the
+    first :meth:`send`).  :meth:`use_metrics` names the Prometheus hook when
+    metrics are on; the callback given to :meth:`on_accepted` is called after
+    each acceptance, before the result is returned.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        clock: Clock,
+        rng: random.Random,
+        sleep: Sleep,
+        hooks: Iterable[Hook],
+        session: aiohttp.ClientSession | None,
+    ) -> None:
+        self._runtime = runtime
+        self._clock = clock
+        self._rng = rng
+        self._sleep = sleep
+        self._metrics: PrometheusHook | None = None
+        self._hooks: tuple[Hook, ...] = tuple(hooks)
+        self._direct: PrometheusHook | None = None
+        self._state: StateBackend = open_state(
+            runtime.config.state, clock, self.breaker_changed, self.emit
+        )
+        self._state_started: asyncio.Future[None] | None = None
+        self._state_ready = False
+        self._session = session
+        self._own_session = session is None
+        self._status: StatusStore = self._state.status_store()
+        self._optouts: OptOutStore = self._state.optout_store()
+        self._on_accepted: OnAccepted = _nothing_awaited
+
+    # -- what the other parts read ------------------------------------------------------
+
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime in force now (sends under way keep the one they started with)."""
+        return self._runtime
+
+    def swap(self, runtime: Runtime) -> None:
+        """Put ``runtime`` in force for the sends that start from now on."""
+        self._runtime = runtime
+
+    def reload(self, path: str | os.PathLike[str] | None = None) -> Config:
+        """Load the config at ``path`` (default: the current file) and :meth:`swap` to it,
+        emitting :class:`ConfigReloaded`; on error the old one stays (see :meth:`Router.reload`)."""
+        source = os.fspath(path) if path is not None else self._runtime.config.source
+        try:
+            runtime = Runtime(load_config(source))
+        except ConfigError as exc:
+            self.emit(ConfigReloaded(source=source, result="error", error=str(exc)))
+            raise
+        if runtime.config.state != self._runtime.config.state:
+            log.warning(
+                "the reloaded config changes the 'state' section: it takes effect when the "
+                "router is restarted (breakers, health and rate limits stay where they are)"
+            )
+        self.swap(runtime)
+        self.emit(ConfigReloaded(source=source, result="success"))
+        return runtime.config
+
+    @property
+    def state(self) -> StateBackend:
+        """Live breaker, health and rate-limit state."""
+        return self._state
+
+    @property
+    def status_store(self) -> StatusStore:
+        """The record of each message's state (from the state backend)."""
+        return self._status
+
+    @property
+    def optouts(self) -> OptOutStore:
+        """Numbers that replied STOP (from the state backend)."""
+        return self._optouts
+
+    @property
+    def clock(self) -> Clock:
+        """The clock every part reads."""
+        return self._clock
+
+    @property
+    def rng(self) -> random.Random:
+        """The random numbers of weighted strategies (and the outbox's default jitter)."""
+        return self._rng
+
+    @property
+    def sleep(self) -> Sleep:
+        """How the dispatcher waits (``asyncio.sleep``, or a test clock's)."""
+        return self._sleep
+
+    @property
+    def direct_metrics(self) -> PrometheusHook | None:
+        """The Prometheus hook when it is the only hook (then fed by plain calls)."""
+        return self._direct
+
+    def on_accepted(self, callback: OnAccepted) -> None:
+        """Call ``callback`` after every acceptance (the router's receipts part)."""
+        self._on_accepted = callback
+
+    def use_metrics(self, hook: PrometheusHook) -> None:
+        """Feed ``hook`` first of all hooks, and count requests in flight with it."""
+        self._metrics = hook
+        self._hooks = (hook, *self._hooks)
+        self._direct = self._direct_metrics()
+
+    def add_hook(self, hook: Hook) -> None:
+        """Add an event hook."""
+        self._hooks = (*self._hooks, hook)
+        self._direct = self._direct_metrics()
+
+    def _direct_metrics(self) -> PrometheusHook | None:
+        """The Prometheus hook when it is the only hook: the two events of every
+        message then go to it as plain calls, with no event objects built."""
+        metrics = self._metrics
+        return metrics if metrics is not None and self._hooks == (metrics,) else None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect the state backend once (Redis: raises StateBackendUnavailable if down)."""
+        await self._start_state()
+
+    async def _start_state(self) -> None:
+        started = self._state_started
+        if started is None or (started.done() and (started.cancelled() or started.exception())):
+            started = self._state_started = asyncio.ensure_future(self._state.start())
+        await asyncio.shield(started)
+        self._state_ready = True
+
+    def session(self) -> aiohttp.ClientSession:
+        """The HTTP session (made here, and remade after a close, unless one was given)."""
+        return self._get_session()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        session = self._session
+        if session is None or session.closed:
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
+                timeout=aiohttp.ClientTimeout(total=None),
+                headers={"User-Agent": f"smsroute/{__version__}"},
+            )
+            self._session = session
+            self._own_session = True
+        return session
+
+    async def aclose(self) -> None:
+        """Close the state backend, the adapters and the session (if made here)."""
+        if self._state_started is not None:
+            self._state_started = None
+            self._state_ready = False
+            await self._state.aclose()
+        for provider in self._runtime.providers.values():
+            await provider.aclose()
+        if self._session is not None and self._own_session:
+            await self._session.close()
+        self._session = None
+
+    # -- planning -----------------------------------------------------------------------
+
+    def _options(self, rt: Runtime, p: Prepared, full: bool) -> list[Option]:
+        """What the strategy needs of each provider (``full``: everything, for explain)."""
+        providers = rt.config.providers
+        state = self._state
+        country = p.destination.country
+        segments = p.info.segments
+        strategy = p.rule.strategy
+        prices = full or strategy == "cheapest" or strategy == "score"
+        speeds = full or strategy == "fastest" or strategy == "score"
+        now = self._clock.now() if speeds else 0.0
+        out: list[Option] = []
+        for name in p.rule.providers:
+            pcfg = providers[name]
+            breaker = state.breaker(pcfg, country)
+            option = Option(
+                name,
+                None,
+                None,
+                None,
+                breaker.state.value,
+                breaker.available(),
+                breaker.reopen_at,
+            )
+            if prices:
+                per_segment = pcfg.prices.price_for(country)
+                option.price = None if per_segment is None else per_segment * segments
+            if speeds:
+                observe(option, state.health(name), state.health(name, country), now)
+            out.append(option)
+        return out
+
+    def plan(
+        self, rt: Runtime, p: Prepared, full: bool = False
+    ) -> tuple[list[Option], list[Option], bool]:
+        """(options in order, options skipped, last resort?) for a prepared message.
+
+        ``full`` fills in every price and health figure (for :func:`explain`);
+        otherwise only what the rule's strategy reads.  No I/O.
+        """
+        options = self._options(rt, p, full)
+        ordered = order(p.rule, options, self._rng)
+        if len(ordered) == len(options) and not full:
+            return ordered, [], False  # nothing skipped (the usual case): no list to build
+        skipped = [o for o in options if not o.available]
+        if ordered:
+            return ordered, skipped, False
+        soonest = min(skipped, key=lambda o: o.reopen_at if o.reopen_at is not None else 0.0)
+        return [soonest], [o for o in skipped if o is not soonest], True
+
+    async def send(
+        self,
+        message: Message,
+        message_id: str,
+        exclude: frozenset[str],
+        reserved: str | None = None,
+    ) -> SendResult:
+        """Send ``message`` as ``message_id``: :meth:`Router.send` (with a new id), a
+        resend (``exclude``: the providers tried already) or the outbox worker
+        (``reserved``: the provider it holds a rate-limit token of, tried first)."""
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        if not self._state_ready:
+            await self._start_state()
+        rt = self._runtime
+        p = rt.prepare(message)
+        config = rt.config
+        defaults = config.defaults
+        rule = p.rule
+        country = p.destination.country
+        emit = self.emit if self._hooks else None
+        direct = self._direct
+        if (
+            self._optouts
+            and message.category in defaults.opt_out_categories
+            and p.destination.e164 in self._optouts
+        ):
+            return self._opted_out(message, message_id, p, emit, loop.time() - t0)
+        ordered, _, last_resort = self.plan(rt, p)
+        if exclude:
+            ordered = [o for o in ordered if o.provider not in exclude]
+        if reserved is not None:  # the outbox worker holds a token of this provider: start there
+            ordered.sort(key=lambda o: o.provider != reserved)
+        deadline_at = t0 + (rule.deadline or defaults.deadline)
+        max_attempts = rule.max_attempts or defaults.max_attempts
+        on_timeout = rule.on_timeout or config.categories[message.category].on_timeout
+        session = self._get_session()
+        state = self._state
+        clock = self._clock
+
+        attempts: list[Attempt] = []
+        called = 0
+        reason: str | None = None
+        previous: tuple[str, Outcome] | None = None
+        for option in ordered:
+            name = option.provider
+            if called >= max_attempts:
+                reason = f"gave up after max_attempts={max_attempts} providers"
+                break
+            now = loop.time()
+            if now >= deadline_at:
+                reason = "deadline exceeded before a provider accepted the message"
+                break
+            pcfg = config.providers[name]
+            breaker = state.breaker(pcfg, country)
+            ticket = PROBE if last_resort else breaker.allow()
+            if not ticket:  # the breaker opened while earlier providers were tried
+                attempts.append(
+                    Attempt(name, Outcome.TRANSIENT, 0.0, detail="skipped: breaker open")
+                )
+                continue
+            if name == reserved:
+                wait: float | None = 0.0
+            else:
+                bucket = state.bucket(pcfg)
+                limit = min(defaults.max_rate_wait, deadline_at - now)
+                wait = bucket.reserve(limit)
+                if wait is None:  # a shared bucket leases more tokens: the one await here
+                    try:  # bounded whatever the shared store does: a send never hangs
+                        async with asyncio.timeout_at(loop.time() + limit + 0.05):
+                            wait = await state.refill(bucket, limit)
+                    except TimeoutError:
+                        wait = None
+                    except BaseException:  # cancelled: give the probe ticket back
+                        if not last_resort:
+                            breaker.release(ticket)
+                        raise
+                    now = loop.time()
+            if wait is None:
+                if not last_resort:
+                    breaker.release(ticket)
+                attempts.append(
+                    Attempt(
+                        name,
+                        Outcome.THROTTLED,
+                        0.0,
+                        detail="skipped: rate limit or Retry-After pause",
+                    )
+                )
+                if emit:
+                    emit(RateLimitWait(name, state.bucket(pcfg).wait_time(), waited=False))
+                    emit(
+                        AttemptFinished(
+                            message_id, name, country, Outcome.THROTTLED, 0.0, called, skipped=True
+                        )
+                    )
+                continue
+            if wait > 0:
+                if emit:
+                    emit(RateLimitWait(name, wait, waited=True))
+                try:
+                    await self._sleep(wait)
+                except BaseException:  # cancelled: the token and the ticket go back unused
+                    state.bucket(pcfg).refund(clock.now() + max(0.0, now + wait - loop.time()))
+                    if not last_resort:
+                        breaker.release(ticket)
+                    raise
+                now = loop.time()
+
+            called += 1
+            if previous is not None and emit:
+                emit(Failover(message_id, previous[0], name, previous[1].value))
+            budget = pcfg.timeout if now + pcfg.timeout <= deadline_at else deadline_at - now
+            sms = OutboundSMS(
+                message_id,
+                p.destination.e164,
+                country,
+                message.text,
+                message.sender or pcfg.sender,
+                p.info.encoding,
+                p.info.segments,
+                message.category,
+                called,
+                rt.callback_url(name, message_id),
+                budget,
+            )
+            try:
+                reply, latency = await self._attempt(
+                    rt.providers[name], pcfg, sms, session, now + budget, name in rt.self_timed
+                )
+            except BaseException:  # cancelled mid-request: the probe ticket goes back
+                if not last_resort:
+                    breaker.release(ticket)
+                raise
+            outcome = reply.outcome
+            health = state.health(name)
+            if (
+                outcome is Outcome.ACCEPTED
+                or outcome is Outcome.REJECTED
+                or outcome is Outcome.UNROUTABLE
+            ):
+                if not last_resort:
+                    breaker.record_success(ticket)
+                health.record(True, latency)
+            elif outcome is Outcome.THROTTLED:
+                if not last_resort:
+                    breaker.release(ticket)
+                pause = (
+                    reply.retry_after if reply.retry_after is not None else DEFAULT_THROTTLE_PAUSE
+                )
+                state.bucket(pcfg).pause_until(clock.now() + pause)
+            else:
+                if not last_resort:
+                    breaker.record_failure(ticket, trip=outcome is Outcome.AUTH)
+                health.record(False, latency if outcome is Outcome.TIMEOUT else None)
+            attempts.append(
+                Attempt(
+                    provider=name,
+                    outcome=outcome,
+                    latency=latency,
+                    status_code=reply.status_code,
+                    error_code=reply.error_code,
+                    detail=reply.detail,
+                    provider_message_id=reply.provider_message_id,
+                    retry_after=reply.retry_after,
+                )
+            )
+            if direct is not None:
+                try:
+                    direct.attempt_finished(name, country, outcome, latency)
+                except Exception:
+                    log.exception("smsroute's Prometheus hook failed on an attempt")
+            elif emit:
+                emit(
+                    AttemptFinished(
+                        message_id,
+                        name,
+                        country,
+                        outcome,
+                        latency,
+                        called,
+                        reply.status_code,
+                        reply.error_code,
+                    )
+                )
+            if outcome is Outcome.ACCEPTED:
+                per_segment = pcfg.prices.price_for(country)
+                result = SendResult(
+                    message_id=message_id,
+                    status="accepted",
+                    provider=name,
+                    provider_message_id=reply.provider_message_id,
+                    attempts=tuple(attempts),
+                    segments=p.info.segments,
+                    encoding=p.info.encoding,
+                    cost=None if per_segment is None else per_segment * p.info.segments,
+                    currency=pcfg.prices.currency,
+                    rule=rule.name,
+                    last_resort=last_resort,
+                    outcome=Outcome.ACCEPTED,
+                )
+                self._on_accepted(rt, rule, message, result, country, exclude, reply.part_ids)
+                if emit:
+                    self._finished(emit, message, result, country, loop.time() - t0)
+                return result
+            if outcome is Outcome.REJECTED:
+                reason = f"rejected by {name}" + (f": {reply.detail}" if reply.detail else "")
+                break
+            if outcome is Outcome.TIMEOUT and on_timeout == "stop":
+                reason = (
+                    f"timeout at {name}: the message may have been sent, and rule "
+                    f"'{rule.name}' says on_timeout: stop, so no other provider was tried"
+                )
+                break
+            previous = (name, outcome)
+
+        if reason is None:
+            if not attempts:
+                reason = f"no provider of rule '{rule.name}' could be tried"
+            else:
+                tried = ", ".join(f"{a.provider}: {a.outcome.value}" for a in attempts)
+                reason = f"every provider of rule '{rule.name}' failed ({tried})"
+        if last_resort:
+            reason += " (every breaker was open; the soonest to reopen was tried as a last resort)"
+        result = SendResult(
+            message_id=message_id,
+            status="failed",
+            provider=None,
+            provider_message_id=None,
+            attempts=tuple(attempts),
+            segments=p.info.segments,
+            encoding=p.info.encoding,
+            reason=reason,
+            rule=rule.name,
+            last_resort=last_resort,
+            outcome=attempts[-1].outcome if attempts else None,
+        )
+        self._status.record_send(message_id, "failed", None, None, country)
+        if emit:
+            self._finished(emit, message, result, country, loop.time() - t0)
+        return result
+
+    def _opted_out(
+        self,
+        message: Message,
+        message_id: str,
+        p: Prepared,
+        emit: Callable[[Event], None] | None,
+        duration: float,
+    ) -> SendResult:
+        result = SendResult(
+            message_id=message_id,
+            status="failed",
+            provider=None,
+            provider_message_id=None,
+            attempts=(),
+            segments=p.info.segments,
+            encoding=p.info.encoding,
+            reason="opted_out",
+            rule=p.rule.name,
+            outcome=Outcome.REJECTED,
+        )
+        self._status.record_send(message_id, "failed", None, None, p.destination.country)
+        if emit:
+            self._finished(emit, message, result, p.destination.country, duration)
+        return result
+
+    async def _attempt(
+        self,
+        provider: Provider,
+        pcfg: ProviderConfig,
+        sms: OutboundSMS,
+        session: aiohttp.ClientSession,
+        attempt_deadline: float,
+        self_timed: bool,
+    ) -> tuple[Reply, float]:
+        loop = asyncio.get_running_loop()
+        slots = self._state.slots(pcfg)
+        inflight = self._metrics.inflight(pcfg.name) if self._metrics is not None else None
+        started = loop.time()
+        holding = counted = False
+        try:
+            if self_timed and slots is None:
+                # The adapter's aiohttp request enforces sms.timeout: a second
+                # timer here would cost a tenth of the router's own CPU per message.
+                if inflight is not None:
+                    inflight.inc()
+                    counted = True
+                reply = await provider.send(sms, session)
+            else:
+                async with asyncio.timeout_at(attempt_deadline):
+                    if slots is not None:
+                        await slots.acquire()
+                        holding = True
+                        started = loop.time()
+                    if inflight is not None:
+                        inflight.inc()
+                        counted = True
+                    reply = await provider.send(sms, session)
+        except TimeoutError:
+            if slots is not None and not holding:
+                reply = Reply(
+                    Outcome.THROTTLED, detail="no free slot under max_concurrency in time"
+                )
+                return reply, 0.0
+            waited = loop.time() - started
+            reply = Reply(Outcome.TIMEOUT, detail=f"no answer within {waited:.3g}s")
+        except aiohttp.ClientConnectorError as exc:
+            reply = Reply(Outcome.TRANSIENT, detail=f"cannot connect to {exc.host}:{exc.port}")
+        except (aiohttp.ClientError, OSError) as exc:
+            reply = Reply(Outcome.TRANSIENT, detail=f"connection error: {type(exc).__name__}")
+        except Exception as exc:  # an adapter bug must not lose the message
+            log.exception("provider %s (type %s) raised instead of answering", pcfg.name, pcfg.type)
+            reply = Reply(Outcome.TRANSIENT, detail=f"adapter error: {type(exc).__name__}")
+        finally:
+            if counted and inflight is not None:
+                inflight.dec()
+            if holding and slots is not None:
+                slots.release()
+        return reply, loop.time() - started
+
+    # -- events -------------------------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        """Hand ``event`` to every hook (a hook that raises is logged and skipped)."""
+        for hook in self._hooks:
+            try:
+                hook(event)
+            except Exception:
+                log.exception("smsroute hook %r failed on %s", hook, type(event).__name__)
+
+    def _finished(
+        self,
+        emit: Callable[[Event], None],
+        message: Message,
+        result: SendResult,
+        country: str,
+        duration: float,
+    ) -> None:
+        direct = self._direct
+        if direct is not None:
+            try:
+                direct.message_finished(
+                    message.category,
+                    result.status,
+                    duration,
+                    result.provider,
+                    country,
+                    result.segments,
+                    result.cost,
+                    result.currency,
+                )
+            except Exception:
+                log.exception("smsroute's Prometheus hook failed on a finished message")
+            return
+        emit(
+            MessageFinished(  # positional: a third cheaper than keywords, once per message
+                result.message_id,
+                message.category,
+                country,
+                result.status,
+                duration,
+                result.provider,
+                result.segments,
+                result.cost,
+                result.currency,
+                result.reason,
+                result.rule,
+            )
+        )
+
+    def breaker_changed(
+        self, breaker: CircuitBreaker, before: BreakerState, after: BreakerState
+    ) -> None:
+        """Log an opening breaker and emit a :class:`BreakerTransition` (the state's hook)."""
+        provider, country = breaker.key
+        if after is BreakerState.OPEN:
+            log.warning(
+                "circuit breaker for %s%s opened (open #%d in a row)",
+                provider,
+                f" [{country}]" if country else "",
+                breaker.opens,
+            )
+        if self._hooks:
+            self.emit(BreakerTransition(provider, country, before.value, after.value))
