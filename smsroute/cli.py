@@ -1,9 +1,19 @@
 """The ``smsroute`` command: check, explain, send, serve, worker and demo.
 
 Every command has ``--help`` with an example.  Output is plain text with
-colour only on a terminal (``NO_COLOR`` is honoured); errors go to stderr with
-a non-zero exit status: 1 for a failure the command reports (a bad config, a
-failed send), 2 for bad usage or input.
+colour only on a terminal (``NO_COLOR`` is honoured); errors go to stderr, one
+line each, never a traceback.  The exit status means the same for every
+command (and for ``python -m smsroute.outbox``, which ``worker`` runs):
+
+    0    success
+    1    the command ran and reports a failure: a send failed, the outbox's store
+         or Redis cannot be used, the port is in use
+    2    bad usage or input: an unknown option, a missing argument, a NUMBER or
+         TEXT that cannot be sent
+    3    config error: the file cannot be read or is invalid, or an environment
+         variable it names is not set (``check --strict``, ``send``, ``serve``,
+         ``worker``; ``check`` and ``explain`` only warn)
+    130  interrupted (Ctrl-C)
 """
 
 from __future__ import annotations
@@ -12,9 +22,10 @@ import asyncio
 import errno
 import json
 import os
+import re
 import sys
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -22,49 +33,93 @@ from rich.table import Table
 
 from smsroute import __version__
 from smsroute.config import Config, load_config
-from smsroute.errors import ConfigError, InvalidMessage, InvalidNumber, SmsrouteError
+from smsroute.errors import ConfigError, ConfigProblem, InvalidMessage, InvalidNumber, SmsrouteError
 from smsroute.message import Message
-from smsroute.yamlsource import Placeholder
+from smsroute.numbers import scrub
+
+#: Exit statuses, the same for every command (see the module docstring).
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_INTERRUPTED = 130
+
+EXIT_STATUS_HELP = """\b
+Exit status, the same for every command:
+  0    success
+  1    the command ran and reports a failure (a send failed, the outbox's
+       store or Redis cannot be used, the port is in use)
+  2    bad usage or input (an unknown option, a number that cannot be sent)
+  3    config error (unreadable, invalid, or an unset ${VAR} where it is
+       needed: check --strict, send, serve, worker)
+  130  interrupted (Ctrl-C)"""
 
 
 def _console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
-class _Placeholders(Mapping[str, str]):
-    """The environment, with a stand-in for every variable that is not set."""
+def _fail(code: int, message: str) -> NoReturn:
+    """One line on stderr, ``error: ...``, then exit with ``code``."""
+    _console(stderr=True).print(f"error: {message}", markup=False)
+    sys.exit(code)
 
-    def __init__(self, real: Mapping[str, str]) -> None:
-        self.real = real
 
-    def __getitem__(self, key: str) -> str:
-        return self.real[key] if key in self.real else Placeholder(f"<{key}>")
+def _print_problems(problems: Sequence[ConfigProblem], prefix: str = "") -> None:
+    err = _console(stderr=True)
+    for problem in problems:
+        err.print(
+            f"{prefix}{problem}",
+            markup=False,
+            style=("yellow" if prefix else "bold red") if err.is_terminal else None,
+        )
 
-    def __contains__(self, key: object) -> bool:
-        return True
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.real)
-
-    def __len__(self) -> int:
-        return len(self.real)
+def _config_failed(exc: ConfigError) -> NoReturn:
+    _print_problems(exc.problems)
+    sys.exit(EXIT_CONFIG)
 
 
 def _load(path: str) -> Config:
+    """The config with every ${VAR} set (for commands that send): else exit 3."""
     try:
         return load_config(path)
     except ConfigError as exc:
-        _print_problems(exc)
-        sys.exit(1)
+        _config_failed(exc)
 
 
-def _print_problems(exc: ConfigError) -> None:
-    err = _console(stderr=True)
-    for problem in exc.problems:
-        err.print(f"[bold red]{problem}[/]" if err.is_terminal else str(problem))
+def _load_unset_ok(path: str) -> tuple[Config, list[ConfigProblem]]:
+    """The config, unset ${VARS} standing in as placeholders, and their problems."""
+    unset: list[ConfigProblem] = []
+    try:
+        return load_config(path, unset=unset), unset
+    except ConfigError as exc:
+        _config_failed(exc)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Whatever goes wrong, one line on stderr and a documented exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            sys.exit(EXIT_INTERRUPTED)
+        except ConfigError as exc:
+            _config_failed(exc)
+        except Exception as exc:
+            if os.environ.get("SMSROUTE_TRACEBACK"):
+                raise
+            _fail(
+                EXIT_FAILED,
+                f"unexpected {type(exc).__name__}: {scrub(str(exc))[:300]}: this is a bug in "
+                "smsroute, please report it (SMSROUTE_TRACEBACK=1 shows where it happened)",
+            )
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="smsroute")
 def main() -> None:
     """Route SMS through several providers with YAML rules, circuit breakers and failover.
@@ -75,41 +130,86 @@ def main() -> None:
     """
 
 
-@main.command()
-@click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option(
+main.help = f"{main.help}\n\n{EXIT_STATUS_HELP}"
+
+
+_CONFIG = click.argument("config", type=click.Path())
+_ENV_PLACEHOLDERS = click.option(
     "--env-placeholders",
     is_flag=True,
-    help="Stand in for unset ${VARS} (check a config in CI without its secrets).",
+    hidden=True,  # the default since unset variables are warnings; kept for old scripts
+    help="Accepted for compatibility: unset ${VARS} always stand in as placeholders.",
 )
-def check(config: str, as_json: bool, env_placeholders: bool) -> None:
+
+
+_UNSET = re.compile(r"environment variable (\S+) is not set")
+
+
+def _unset_note(unset: Sequence[ConfigProblem]) -> str:
+    names = sorted({m[1] for p in unset if (m := _UNSET.match(p.message))})
+    return (
+        f"{len(names)} environment variable{'s' if len(names) != 1 else ''} not set "
+        f"({', '.join(names)}): send, serve and worker need them"
+    )
+
+
+@main.command()
+@_CONFIG
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="An unset ${VAR} is an error, not a warning (a deployment's check).",
+)
+@_ENV_PLACEHOLDERS
+def check(config: str, as_json: bool, strict: bool, env_placeholders: bool) -> None:
     """Validate CONFIG; print each problem as file:line:column: message.
+
+    An environment variable the config names (${TWILIO_AUTH_TOKEN}) that is not
+    set is a warning, so a config can be checked without its secrets (in CI, on
+    a laptop); with --strict it is an error, as it is for send, serve and worker.
 
     \b
     Example:
-      smsroute check config/routing.yaml --env-placeholders
-    Exit status: 0 valid, 1 problems found.
+      smsroute check config/routing.yaml
+      smsroute check config/routing.yaml --strict    # where the secrets are set
+    Exit status: 0 valid, 3 problems found (see smsroute --help).
     """
-    environ = _Placeholders(os.environ) if env_placeholders else None
+    unset: list[ConfigProblem] = []
     try:
-        loaded = load_config(config, environ=environ)
+        loaded = load_config(config, unset=unset)
     except ConfigError as exc:
+        problems = [*exc.problems, *(unset if strict else ())]
         if as_json:
-            click.echo(
-                json.dumps({"ok": False, "problems": [p.as_dict() for p in exc.problems]}, indent=2)
-            )
+            doc = {"ok": False, "problems": [p.as_dict() for p in problems]}
+            if not strict:
+                doc["unset"] = [p.as_dict() for p in unset]
+            click.echo(json.dumps(doc, indent=2))
         else:
-            _print_problems(exc)
-        sys.exit(1)
+            _print_problems(problems)
+            _print_problems([] if strict else unset, prefix="warning: ")
+        sys.exit(EXIT_CONFIG)
     providers = {name: p.type for name, p in loaded.providers.items()}
     if as_json:
-        summary = {"ok": True, "providers": providers, "rules": [r.name for r in loaded.rules]}
+        summary: dict[str, Any] = {
+            "ok": not (strict and unset),
+            "providers": providers,
+            "rules": [r.name for r in loaded.rules],
+            "unset": [p.as_dict() for p in unset],
+        }
         click.echo(json.dumps(summary, indent=2))
+        if strict and unset:
+            sys.exit(EXIT_CONFIG)
         return
+    if strict and unset:
+        _print_problems(unset)
+        sys.exit(EXIT_CONFIG)
+    _print_problems(unset, prefix="warning: ")
+    note = f"; {_unset_note(unset)} (--strict makes that an error)" if unset else ""
     click.echo(
         f"{config}: ok: {len(providers)} providers "
         f"({', '.join(f'{n} ({t})' for n, t in providers.items())}), {len(loaded.rules)} rules"
+        f"{note}"
     )
 
 
@@ -120,7 +220,7 @@ def _message(
 
 
 @main.command()
-@click.argument("config", type=click.Path(dir_okay=False))
+@_CONFIG
 @click.argument("number")
 @click.option(
     "--text", default="Hello", show_default=True, help="The text (sets encoding and segments)."
@@ -128,7 +228,7 @@ def _message(
 @click.option("--category", default="transactional", show_default=True)
 @click.option("--sender", default=None, help="Sender ID or number, for rules that match on it.")
 @click.option("--tag", "tags", multiple=True, help="A message tag (repeatable).")
-@click.option("--env-placeholders", is_flag=True, help="Stand in for unset ${VARS}.")
+@_ENV_PLACEHOLDERS
 def explain(
     config: str,
     number: str,
@@ -140,23 +240,23 @@ def explain(
 ) -> None:
     """Show which rule matches NUMBER and in what order providers would be tried.
 
+    Nothing is sent; no network is used; no credentials are needed (an unset
+    ${VAR} in CONFIG is a warning).
+
     \b
     Example:
-      smsroute explain config/routing.yaml +4915123456789 --category otp --env-placeholders
-    Nothing is sent; no network is used.
+      smsroute explain config/routing.yaml +4915123456789 --category otp
+    Exit status: 0 explained, 2 a bad NUMBER or text, 3 a config error.
     """
     from smsroute.router import Router
 
-    environ = _Placeholders(os.environ) if env_placeholders else None
+    loaded, unset = _load_unset_ok(config)
+    if unset:
+        _console(stderr=True).print(f"warning: {_unset_note(unset)}", markup=False)
     try:
-        router = Router(load_config(config, environ=environ), metrics=False)
-        plan = router.explain(_message(number, text, category, sender, tags))
-    except ConfigError as exc:
-        _print_problems(exc)
-        sys.exit(1)
+        plan = Router(loaded, metrics=False).explain(_message(number, text, category, sender, tags))
     except (InvalidNumber, InvalidMessage) as exc:
-        _console(stderr=True).print(f"error: {exc}")
-        sys.exit(2)
+        _fail(EXIT_USAGE, str(exc))
     out = _console()
     out.print(f"number   {plan.to}  ({plan.country}, {plan.number_type.value})")
     out.print(f"text     {plan.segments} segment(s), {plan.encoding}")
@@ -179,7 +279,7 @@ def explain(
 
 
 @main.command()
-@click.argument("config", type=click.Path(dir_okay=False))
+@_CONFIG
 @click.argument("number")
 @click.argument("text")
 @click.option("--category", default="transactional", show_default=True)
@@ -191,7 +291,8 @@ def send(config: str, number: str, text: str, category: str, sender: str | None)
     Example:
       export TWILIO_ACCOUNT_SID=AC... TWILIO_AUTH_TOKEN=...
       smsroute send config/routing.yaml +4915123456789 "Your code is 123456" --category otp
-    Exit status: 0 accepted, 1 failed, 2 bad number or text.
+    Exit status: 0 accepted, 1 failed, 2 bad number or text, 3 a config error
+    (an unset ${VAR} included).
     """
     from smsroute.router import Router
 
@@ -204,81 +305,100 @@ def send(config: str, number: str, text: str, category: str, sender: str | None)
     try:
         result = asyncio.run(run())
     except (InvalidNumber, InvalidMessage) as exc:
-        _console(stderr=True).print(f"error: {exc}")
-        sys.exit(2)
+        _fail(EXIT_USAGE, str(exc))
+    except ConfigError as exc:
+        _config_failed(exc)
+    except SmsrouteError as exc:  # Redis (or its package) missing: what to do
+        _fail(EXIT_FAILED, str(exc))
     out = _console()
     for i, a in enumerate(result.attempts, 1):
         code = f" {a.error_code}" if a.error_code else ""
         status = f" HTTP {a.status_code}" if a.status_code else ""
         out.print(
             f"attempt {i}: {a.provider:<16} {a.outcome.value:<10} {a.latency * 1000:7.1f} ms"
-            f"{status}{code}{'  ' + a.detail if a.detail else ''}"
+            f"{status}{code}{'  ' + a.detail if a.detail else ''}",
+            markup=False,
         )
     if result.ok:
         cost = f", cost {result.cost:.4f} {result.currency}" if result.cost is not None else ""
         out.print(
             f"accepted by {result.provider} as {result.provider_message_id} "
-            f"(message {result.message_id}, {result.segments} segment(s){cost})"
+            f"(message {result.message_id}, {result.segments} segment(s){cost})",
+            markup=False,
         )
         return
-    out.print(f"failed: {result.reason}")
-    sys.exit(1)
+    out.print(f"failed: {result.reason}", markup=False)
+    sys.exit(EXIT_FAILED)
 
 
 @main.command()
-@click.argument("config", type=click.Path(dir_okay=False))
+@_CONFIG
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
 def serve(config: str, host: str, port: int) -> None:
     """Serve webhooks, /metrics and /healthz for CONFIG in one aiohttp server.
 
     \b
     Example:
       smsroute serve config/routing.yaml --host 0.0.0.0 --port 8080
-    Webhooks are served under the path of defaults.webhook_url (e.g. /sms/twilio/status).
+    On start it prints each URL it serves: /healthz, /metrics, and each
+    provider's delivery-receipt (status) and inbound URL, under the path of
+    defaults.webhook_url (e.g. /sms/twilio/status).
     SIGTERM or Ctrl-C shuts down gracefully.
+    Exit status: 0 after a shutdown, 1 the port or Redis cannot be used, 3 a
+    config error (an unset ${VAR} included).
     """
     from aiohttp import web
 
-    from smsroute.server import make_server_app
+    from smsroute.server import make_server_app, served_routes
 
     loaded = _load(config)
+    base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+    def started(*_: object) -> None:
+        lines = [f"smsroute serving on {base}"]
+        lines += [f"  {url}  {what}" for url, what in served_routes(loaded, base)]
+        if loaded.defaults.webhook_url is not None:
+            public = loaded.defaults.webhook_url.rstrip("/")
+            lines.append(f"  providers call them as {public}/<provider>/... (defaults.webhook_url)")
+        click.echo("\n".join(lines))
+
     try:
         web.run_app(
             make_server_app(loaded),
             host=host,
             port=port,
             access_log=None,
-            print=lambda *_: click.echo(f"smsroute serving on http://{host}:{port}"),
+            print=started,
         )
+    except ConfigError as exc:
+        _config_failed(exc)
     except SmsrouteError as exc:  # Redis (or its package) missing at start: what to do
-        _console(stderr=True).print(f"error: {exc}", markup=False)
-        sys.exit(1)
+        _fail(EXIT_FAILED, str(exc))
     except OSError as exc:  # the address: in use, not ours, not allowed
-        _console(stderr=True).print(f"error: {_listen_error(host, port, exc)}", markup=False)
-        sys.exit(1)
+        _fail(EXIT_FAILED, _listen_error(host, port, exc))
 
 
-def _listen_error(host: str, port: int, exc: OSError) -> str:
+def _listen_error(host: str, port: int, exc: OSError, option: str = "--port") -> str:
     """One line on why ``smsroute serve`` cannot listen on host:port, and what to do."""
     where = f"{host}:{port}"
     if exc.errno == errno.EADDRINUSE:
         return (
             f"cannot listen on {where}: the address is already in use (another process, "
-            "or another smsroute serve, listens there): stop it or choose another --port"
+            f"or another smsroute, listens there): stop it or choose another {option}"
         )
     if exc.errno == errno.EACCES:
         return (
             f"cannot listen on {where}: permission denied (ports below 1024 need "
-            "privileges): choose another --port"
+            f"privileges): choose another {option}"
         )
     if exc.errno == errno.EADDRNOTAVAIL:
         return f"cannot listen on {where}: no interface of this host has that address: fix --host"
     return f"cannot listen on {where}: {exc.strerror or exc}"
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
-@click.argument("config", type=click.Path(dir_okay=False))
+@main.command()
+@_CONFIG
 @click.option(
     "--concurrency",
     type=int,
@@ -295,6 +415,10 @@ def worker(config: str, concurrency: int | None, log_level: str) -> None:
     Producers call router.enqueue(); any number of workers drain the queue.
     The first SIGTERM stops gracefully (sends under way finish, the rest is
     returned to the queue); a second cancels the sends under way.
+    Without an outbox: section the queue is the SQLite file smsroute-outbox.db
+    in the current directory (outbox.path is relative to CONFIG's folder).
+    Exit status: 0 after a stop, 1 the outbox's store or Redis cannot be used,
+    3 a config error (an unset ${VAR} included).
     """
     from smsroute.outbox.__main__ import main as worker_main
 
@@ -311,21 +435,30 @@ def worker(config: str, concurrency: int | None, log_level: str) -> None:
     "--config",
     "config_path",
     default=None,
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
     help="A config in the shape of the shipped config/demo.yaml.",
 )
 @click.option("--seed", default=None, type=int, help="Random seed, for a repeatable run.")
-def demo(duration: float, rate: float, config_path: str | None, seed: int | None) -> None:
+@click.option(
+    "--metrics-port",
+    default=0,
+    type=click.IntRange(0, 65535),
+    help="Port of /metrics on 127.0.0.1  [default: any free port]",
+)
+def demo(
+    duration: float, rate: float, config_path: str | None, seed: int | None, metrics_port: int
+) -> None:
     """Watch smsroute route live traffic through three fake providers.
 
     \b
     Example:
       smsroute demo                  # 30 seconds, 40 messages/s
-      smsroute demo --duration 10
+      smsroute demo --duration 10 --metrics-port 9464
     No credentials, network or servers needed: the providers are fakes on
     127.0.0.1 speaking each provider's real wire format.  Part way through,
     Twilio goes down for Germany and comes back, and Vonage throttles.
-    /metrics is served while it runs (the URL is shown).
+    /metrics is served while it runs: its URL is the first line printed.
+    Exit status: 0 done, 1 the metrics port cannot be used, 3 a config error.
     """
     import logging
 
@@ -334,20 +467,24 @@ def demo(duration: float, rate: float, config_path: str | None, seed: int | None
     # The live view shows breakers and failovers; the log lines would only garble it.
     logging.getLogger("smsroute").setLevel(logging.ERROR)
 
+    console = _console()
+    if not console.is_terminal:
+        console.width = max(console.width, 120)  # the summary is read from logs and pipes
     try:
-        console = _console()
-        if not console.is_terminal:
-            console.width = max(console.width, 120)  # the summary is read from logs and pipes
         asyncio.run(
             run_demo(
-                duration=duration, rate=rate, config_path=config_path, console=console, seed=seed
+                duration=duration,
+                rate=rate,
+                config_path=config_path,
+                console=console,
+                seed=seed,
+                metrics_port=metrics_port,
             )
         )
     except ConfigError as exc:
-        _print_problems(exc)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+        _config_failed(exc)
+    except OSError as exc:  # the metrics port: in use, not allowed
+        _fail(EXIT_FAILED, _listen_error("127.0.0.1", metrics_port, exc, "--metrics-port"))
 
 
 if __name__ == "__main__":

@@ -367,22 +367,35 @@ class Config:
     outbox: OutboxSettings | None = None
 
 
-def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike[str],
+    environ: Mapping[str, str] | None = None,
+    *,
+    unset: list[ConfigProblem] | None = None,
+) -> Config:
     """Read and validate the YAML config at ``path``; raise :class:`ConfigError` on any problem.
 
     ConfigError is the only exception raised, whatever the file holds (see
     :mod:`smsroute.yamlsource` for the bounds on size, nesting and aliases).
+    With ``unset`` (a list), an unset ``${VAR}`` is not an error: its value is a
+    placeholder and its problem is appended to ``unset`` (``smsroute check``
+    and ``explain`` validate a config without its secrets this way).
     """
     file = str(Path(path))
     text = yamlsource.read_text(path, file)
-    return parse_config(text, file=file, environ=environ)
+    return parse_config(text, file=file, environ=environ, unset=unset)
 
 
 def parse_config(
-    text: str, *, file: str = "<config>", environ: Mapping[str, str] | None = None
+    text: str,
+    *,
+    file: str = "<config>",
+    environ: Mapping[str, str] | None = None,
+    unset: list[ConfigProblem] | None = None,
 ) -> Config:
-    """Validate YAML ``text``.  ``file`` is used in messages and to resolve price files."""
-    located = yamlsource.load(text, file, environ)
+    """Validate YAML ``text``.  ``file`` is used in messages and to resolve price files;
+    ``unset`` is as for :func:`load_config`."""
+    located = yamlsource.load(text, file, environ, unset=unset)
     return _Loader(located).load()
 
 
@@ -394,6 +407,9 @@ class _Loader:
     def __init__(self, located: Located) -> None:
         self.src = located
         self.problems: list[ConfigProblem] = []
+        # Declared providers refused for a problem of their own (say, an unknown type):
+        # rules naming them are not told "unknown provider" again.
+        self.refused_providers: set[str] = set()
         self.base_dir = Path(located.file).parent if located.file != "<config>" else Path.cwd()
 
     # -- reporting -----------------------------------------------------------------
@@ -740,6 +756,7 @@ class _Loader:
                 status_callback=self.field(body, ppath, "status_callback", _url, None),
                 options=options,
             )
+        self.refused_providers = {str(name) for name in value if name not in out}
         return out
 
     def prices(self, value: Any, path: yamlsource.Path, currency: str) -> PriceTable:
@@ -921,7 +938,7 @@ class _Loader:
             if not isinstance(name, str):
                 self.error((*path, j), f"a provider name must be a string, got {shown(name)}")
                 continue
-            if providers and name not in providers:
+            if providers and name not in providers and name not in self.refused_providers:
                 hint = difflib.get_close_matches(name, sorted(providers), n=1)
                 suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
                 self.error(

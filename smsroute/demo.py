@@ -29,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from smsroute.config import Config, load_config
+from smsroute.errors import ConfigError
 from smsroute.instrument.events import (
     AttemptFinished,
     BreakerTransition,
@@ -197,10 +198,14 @@ def summary(stats: Stats) -> Table:
     return table
 
 
-def _bound_socket() -> socket.socket:
+def _bound_socket(port: int = 0) -> socket.socket:
     sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
@@ -211,12 +216,18 @@ async def run_demo(
     config_path: str | Path | None = None,
     console: Console | None = None,
     seed: int | None = None,
+    metrics_port: int = 0,
 ) -> Stats:
-    """Run the demo; returns the statistics it showed."""
+    """Run the demo; returns the statistics it showed.
+
+    ``/metrics`` (and the fakes' receipts) are served on 127.0.0.1:``metrics_port``
+    (0: a free port); the URL is printed first, terminal or not.  An OSError
+    when that port cannot be bound.
+    """
     console = console or Console()
     rng = random.Random(seed)
     stats = Stats()
-    hooks_sock = _bound_socket()
+    hooks_sock = _bound_socket(metrics_port)
     hooks_port = hooks_sock.getsockname()[1]
     async with FakeTwilio() as twilio, FakeVonage(balance=1e9) as vonage, FakeTelnyx() as telnyx:
         environ = {
@@ -231,7 +242,11 @@ async def run_demo(
             "DEMO_TELNYX_API_KEY": telnyx.api_key,
             "DEMO_TELNYX_PUBLIC_KEY": telnyx.public_key,
         }
-        config: Config = load_config(config_path or default_config_path(), environ=environ)
+        try:
+            config: Config = load_config(config_path or default_config_path(), environ=environ)
+        except ConfigError:
+            hooks_sock.close()
+            raise
         for fake, delay in ((twilio, 0.3), (vonage, 0.5), (telnyx, 0.4)):
             with contextlib.suppress(NotImplementedError):
                 fake.receipts("delivered", delay=delay * duration / 30)
@@ -241,6 +256,8 @@ async def run_demo(
         await runner.setup()
         await web.SockSite(runner, hooks_sock).start()
         metrics_url = f"http://127.0.0.1:{hooks_port}/metrics"
+        console.print(f"metrics: {metrics_url} (while the demo runs)", markup=False)
+        console.file.flush()
         try:
             await _traffic(router, stats, twilio, vonage, duration, rate, rng, console, metrics_url)
         finally:

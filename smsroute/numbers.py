@@ -111,6 +111,12 @@ def mask(number: str) -> str:
     return ("+" if number.lstrip().startswith("+") else "") + head + stars + tail
 
 
+def _named(raw: str) -> str:
+    """How an error names the number ``raw``: masked, or said to have no digits."""
+    shown = mask(raw)
+    return f"number {shown}" if shown else "the destination (written without digits)"
+
+
 _E164 = re.compile(r"\+([1-9]\d{6,14})")
 
 
@@ -288,7 +294,7 @@ def _normalize(raw: str, default_region: str | None) -> Destination:
             parsed = phonenumbers.parse(raw, default_region)
         except NumberParseException as exc:
             reason = _PARSE_REASONS.get(exc.error_type, "cannot be parsed")
-            raise InvalidNumber(f"number {mask(raw)} {reason}") from None
+            raise InvalidNumber(f"{_named(raw)} {reason}") from None
         kind, country = number_type(parsed)
     code = parsed.country_code or 0
     if (
@@ -306,7 +312,7 @@ def _normalize(raw: str, default_region: str | None) -> Destination:
         why = _POSSIBLE_REASONS.get(possible) or (
             f"is not a valid number in any numbering plan (country code +{code})"
         )
-        raise InvalidNumber(f"number {mask(raw)} {why}")
+        raise InvalidNumber(f"{_named(raw)} {why}")
     assert country is not None
     e164 = f"+{code}{phonenumbers.national_significant_number(parsed)}"
     return Destination(e164=e164, country=country, number_type=_TYPES.get(kind, NumberType.UNKNOWN))

@@ -23,6 +23,24 @@ def webhook_prefix(config: Config) -> str:
     return urlsplit(config.defaults.webhook_url).path.rstrip("/")
 
 
+def served_routes(config: Config, base: str) -> list[tuple[str, str]]:
+    """(URL, what it is) for every route :func:`make_server_app` serves, ``base``
+    being where it listens (``http://127.0.0.1:8080``): what ``smsroute serve`` prints."""
+    prefix = webhook_prefix(config)
+    routes = [
+        (f"{base}/healthz", "health: ok, and each breaker's state"),
+        (f"{base}/metrics", "Prometheus metrics"),
+    ]
+    for name, provider in config.providers.items():
+        routes.append(
+            (f"{base}{prefix}/{name}/status", f"{name} ({provider.type}): delivery receipts")
+        )
+        routes.append(
+            (f"{base}{prefix}/{name}/inbound", f"{name} ({provider.type}): inbound messages")
+        )
+    return routes
+
+
 def make_server_app(config: Config, router: Router | None = None) -> web.Application:
     """The app: ``{prefix}/{provider}/{status|inbound}``, ``/metrics``, ``/healthz``."""
     router = router or Router(config)

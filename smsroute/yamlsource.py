@@ -3,7 +3,9 @@
 The config loader validates plain Python values but must point at file:line:column
 for every problem; :func:`load` returns both the values and a map from each
 value's field path (``("rules", 1, "providers", 0)``) to its position.
-``${VAR}`` and ``${VAR:-default}`` in strings are replaced from the environment.
+``${VAR}`` and ``${VAR:-default}`` in strings are replaced from the environment;
+an unset variable without a default is a problem, or, when the caller collects
+them (``unset=[...]``), a :class:`Placeholder` and a problem in that list.
 
 Whatever a file holds, reading it raises :class:`ConfigError` and nothing else,
 quickly and in bounded memory: each stage (read, decode, parse, compose, build)
@@ -101,7 +103,8 @@ def shown(value: object) -> str:
 
 
 class Placeholder(str):
-    """A stand-in for an unset environment variable (``smsroute check --env-placeholders``).
+    """A value written with an unset environment variable, ``<VAR>`` in its place
+    (``smsroute check`` and ``explain`` load a config without its secrets).
 
     Value checks skip placeholders: only the config's shape is being checked.
     """
@@ -469,9 +472,12 @@ def _tag_name(tag: str) -> str:
 
 
 class _Builder:
-    def __init__(self, file: str, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self, file: str, environ: Mapping[str, str], unset: list[ConfigProblem] | None
+    ) -> None:
         self.file = file
         self.environ = environ
+        self.unset = unset
         self.constructor = SafeConstructor()
         self.value_marks: dict[Path, tuple[int, int]] = {}
         self.key_marks: dict[Path, tuple[int, int]] = {}
@@ -592,24 +598,36 @@ class _Builder:
             return _INVALID
 
     def _substitute(self, text: str, node: Node, path: Path) -> str:
+        missing = False
+
         def replace(m: re.Match[str]) -> str:
+            nonlocal missing
             name, default = m.group(1), m.group(2)
             if name in self.environ:
                 return self.environ[name]
             if default is not None:
                 return default
-            self._problem(
-                node,
-                path,
+            line, column = self._mark(node)
+            problem = ConfigProblem(
                 f"environment variable {name} is not set: export it, "
                 f"or write ${{{name}:-default}} to give a default",
+                file=self.file,
+                line=line,
+                column=column,
+                path=format_path(path),
             )
-            return ""
+            if self.unset is None:
+                self.problems.append(problem)
+                return ""
+            self.unset.append(problem)
+            missing = True
+            return f"<{name}>"
 
         whole = _ENV.fullmatch(text)
         if whole is not None and whole.group(1) in self.environ:
             return self.environ[whole.group(1)]  # keeps a Placeholder a Placeholder
-        return _ENV.sub(replace, text)
+        value = _ENV.sub(replace, text)
+        return Placeholder(value) if missing else value
 
 
 def _problem_at(file: str, mark: Mark | None, message: str) -> ConfigError:
@@ -618,8 +636,20 @@ def _problem_at(file: str, mark: Mark | None, message: str) -> ConfigError:
     return ConfigError([ConfigProblem(message, file=file, line=line, column=column, path="")])
 
 
-def load(text: str, file: str = "<config>", environ: Mapping[str, str] | None = None) -> Located:
-    """Parse YAML ``text``; raise :class:`ConfigError`, and only it, on any problem."""
+def load(
+    text: str,
+    file: str = "<config>",
+    environ: Mapping[str, str] | None = None,
+    *,
+    unset: list[ConfigProblem] | None = None,
+) -> Located:
+    """Parse YAML ``text``; raise :class:`ConfigError`, and only it, on any problem.
+
+    ``${VAR}`` is read from ``environ`` (default: ``os.environ``).  An unset
+    variable without a default is a problem, unless ``unset`` is given: then the
+    value becomes a :class:`Placeholder` and the problem is appended to ``unset``
+    instead (a warning: the config's shape can be checked without its secrets).
+    """
     if len(text) > MAX_FILE_BYTES:
         raise ConfigError(
             [
@@ -663,7 +693,7 @@ def load(text: str, file: str = "<config>", environ: Mapping[str, str] | None = 
         raise _problem_at(file, exc.problem_mark or exc.context_mark, message) from None
     except yaml.YAMLError as exc:
         raise _problem_at(file, None, f"YAML error: {shown(str(exc))}") from None
-    builder = _Builder(file, os.environ if environ is None else environ)
+    builder = _Builder(file, os.environ if environ is None else environ, unset)
     value = None if root is None else builder.build(root, ())
     if builder.problems:
         raise config_error(builder.problems)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 from click.testing import CliRunner
 from conftest import ROOT, twilio_block
 
@@ -46,16 +47,54 @@ def test_every_command_has_help_with_an_example() -> None:
         assert "Example:" in out
 
 
-def test_check_accepts_a_good_config_with_placeholders() -> None:
+def test_check_accepts_a_good_config_without_its_secrets_and_warns() -> None:
+    code, out, err = run("check", str(GOOD))
+    assert code == 0
+    assert "ok: 2 providers" in out
+    assert "5 environment variables not set" in out
+    warnings = err.strip().splitlines()
+    assert len(warnings) == 5
+    assert warnings[0].startswith(
+        "warning: " + f"{GOOD}:25:18: providers.twilio-main.account_sid: environment variable "
+        "TWILIO_ACCOUNT_SID is not set"
+    )
+
+
+def test_check_env_placeholders_is_still_accepted() -> None:
     code, out, _ = run("check", str(GOOD), "--env-placeholders")
     assert code == 0
     assert "ok: 2 providers" in out
 
 
-def test_check_reports_missing_secrets_without_placeholders() -> None:
-    code, _, err = run("check", str(GOOD))
-    assert code == 1
-    assert "routing.yaml:25:18: providers.twilio-main.account_sid: environment variable" in err
+def test_check_strict_refuses_missing_secrets_with_exit_3() -> None:
+    code, out, err = run("check", str(GOOD), "--strict")
+    assert code == 3
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 5
+    assert lines[0].startswith(
+        f"{GOOD}:25:18: providers.twilio-main.account_sid: environment variable"
+    )
+
+
+def test_check_strict_passes_when_the_secrets_are_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "TWILIO_ACCOUNT_SID",
+        "TWILIO_AUTH_TOKEN",
+        "TWILIO_BACKUP_ACCOUNT_SID",
+        "TWILIO_BACKUP_AUTH_TOKEN",
+        "TWILIO_BACKUP_MESSAGING_SERVICE_SID",
+    ):
+        monkeypatch.setenv(name, ("AC" if name.endswith("ACCOUNT_SID") else "MG") + "0" * 32)
+    code, out, err = run("check", str(GOOD), "--strict", "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out)["unset"] == []
+
+
+def test_send_refuses_missing_secrets_with_exit_3() -> None:
+    code, _, err = run("send", str(GOOD), "+4915123456789", "hi")
+    assert code == 3
+    assert f"{GOOD}:25:18: providers.twilio-main.account_sid: environment variable" in err
 
 
 def test_check_prints_file_line_column_for_each_problem(tmp_path: Path) -> None:
@@ -69,7 +108,7 @@ def test_check_prints_file_line_column_for_each_problem(tmp_path: Path) -> None:
         "    providers: [tx]\n"
     )
     code, _, err = run("check", str(bad))
-    assert code == 1
+    assert code == 3
     lines = err.strip().splitlines()
     assert lines[0].startswith(f"{bad}:2:64: providers.tw.timeout: expected a duration")
     assert any(
@@ -83,29 +122,64 @@ def test_check_json_lists_problems(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("providers: {}\nrules: []\n")
     code, out, _ = run("check", str(bad), "--json")
-    assert code == 1
+    assert code == 3
     doc = json.loads(out)
     assert doc["ok"] is False
     assert {p["path"] for p in doc["problems"]} == {"providers", "rules"}
     assert all(p["line"] for p in doc["problems"])
 
 
-def test_explain_shows_rule_order_and_why() -> None:
-    code, out, _ = run(
-        "explain", str(GOOD), "+4915123456789", "--category", "otp", "--env-placeholders"
-    )
+def test_explain_shows_rule_order_and_why_without_secrets() -> None:
+    code, out, err = run("explain", str(GOOD), "+4915123456789", "--category", "otp")
     assert code == 0
     assert "rule     otp-europe  (strategy: fastest)" in out
     assert "twilio-main" in out
     assert "tried first" in out
     assert "+49151******89" in out
-    assert "4915123456789" not in out
+    assert "4915123456789" not in out + err
+    assert err.startswith("warning: 5 environment variables not set (TWILIO_ACCOUNT_SID, ")
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_explain_refuses_a_bad_number_with_exit_2() -> None:
-    code, _, err = run("explain", str(GOOD), "+1 555 000 0000", "--env-placeholders")
+    code, _, err = run("explain", str(GOOD), "+1 555 000 0000")
     assert code == 2
     assert "not a valid number" in err
+
+
+def test_a_number_without_digits_is_named_so_not_as_an_empty_mask() -> None:
+    code, out, err = run("explain", str(GOOD), "hello")
+    assert code == 2
+    assert out == ""
+    line = err.strip().splitlines()[-1]
+    assert line == "error: the destination (written without digits) is not a phone number"
+    assert "number  " not in err
+
+
+def test_an_unknown_provider_type_is_reported_once(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "providers:\n"
+        "  tw: {type: twilio, account_sid: AC1, auth_token: x}\n"
+        "  sms: {type: twillio, account_sid: AC1, auth_token: x}\n"
+        "rules:\n"
+        "  - name: vip\n"
+        "    match: {tags: [vip]}\n"
+        "    strategy: weighted\n"
+        "    weights: {sms: 1, tw: 2}\n"
+        "    providers: [sms, tw]\n"
+        "  - name: default\n"
+        "    providers: [sms]\n"
+    )
+    code, out, err = run("check", str(bad))
+    assert code == 3
+    assert out == ""
+    assert err.strip().splitlines() == [
+        f"{bad}:3:15: providers.sms.type: unknown provider type 'twillio': did you mean "
+        "'twilio'? known types: bandwidth, http, infobip, messagebird, plivo, sinch, telnyx, "
+        "twilio, vonage (third-party adapters register under the entry point group "
+        "'smsroute.providers')"
+    ]
 
 
 def config_for(fake: FakeTwilio, tmp_path: Path, extra_defaults: str = "") -> Path:
@@ -162,10 +236,20 @@ async def test_serve_answers_healthz_metrics_and_a_signed_webhook(
         str(port),
         stdout=asyncio.subprocess.PIPE,
     )
+    base = f"http://127.0.0.1:{port}"
     try:
         assert proc.stdout is not None
         async with asyncio.timeout(20):
-            assert b"serving on" in await proc.stdout.readline()
+            assert await proc.stdout.readline() == f"smsroute serving on {base}\n".encode()
+            printed = [(await proc.stdout.readline()).decode().rstrip("\n") for _ in range(5)]
+        # Every route it serves, each provider's receipt (status) and inbound URL.
+        assert printed == [
+            f"  {base}/healthz  health: ok, and each breaker's state",
+            f"  {base}/metrics  Prometheus metrics",
+            f"  {base}/hooks/twilio/status  twilio (twilio): delivery receipts",
+            f"  {base}/hooks/twilio/inbound  twilio (twilio): inbound messages",
+            f"  providers call them as {base}/hooks/<provider>/... (defaults.webhook_url)",
+        ]
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
                 assert r.status == 200
@@ -233,3 +317,52 @@ outbox:
             code = await proc.wait()
     assert code == 0
     assert sorted(m.text for m in twilio_a.messages) == ["m0", "m1", "m2"]
+
+
+async def test_demo_prints_its_metrics_url_when_not_on_a_terminal() -> None:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "smsroute",
+        "demo",
+        "--duration",
+        "3",
+        "--rate",
+        "20",
+        "--metrics-port",
+        str(port),
+        stdout=asyncio.subprocess.PIPE,  # a pipe: not a terminal
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(20):
+            first = (await proc.stdout.readline()).decode()
+        url = f"http://127.0.0.1:{port}/metrics"
+        assert first == f"metrics: {url} (while the demo runs)\n"
+        async with aiohttp.ClientSession() as http, http.get(url) as r:
+            assert r.status == 200
+            assert "smsroute_info" in await r.text()
+        async with asyncio.timeout(30):
+            rest, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err
+    assert b"What happened" in rest
+
+
+async def test_demo_on_a_port_in_use_is_one_line_and_exit_1() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = await run_process("demo", "--duration", "1", "--metrics-port", str(port))
+    assert code == 1
+    assert out == ""
+    assert err.splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port}: the address is already in use (another "
+        "process, or another smsroute, listens there): stop it or choose another --metrics-port"
+    ]

@@ -6,10 +6,11 @@ stops gracefully (no new leases, sends under way finish, the rest goes back
 to the queue), a second cancels the sends under way.  Stopping takes a
 bounded time whatever the store does (see :meth:`OutboxWorker.stop`).
 
-Exit status 0 after a stop; 2 for a config error; 1 when the outbox's store
-or the shared state cannot be used (a damaged or locked database, Redis not
-answering, the redis package missing): one line on stderr saying what to do,
-and nothing is started.
+Exit status, as for every ``smsroute`` command: 0 after a stop; 1 when the
+outbox's store or the shared state cannot be used (a damaged or locked
+database, Redis not answering, the redis package missing): one line on stderr
+saying what to do, and nothing is started; 2 bad usage; 3 a config error
+(each problem on a line of its own); 130 interrupted before it started.
 """
 
 from __future__ import annotations
@@ -85,10 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_serve(args.config, args.concurrency))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        return 2
+        return 3
     except SmsrouteError as exc:  # the store or Redis cannot be used: what and what to do
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # before its signal handlers were installed
+        return 130
     return 0
 
 
