@@ -49,12 +49,24 @@ class DurableRecord(Protocol):
         """Record ``report``; True when the outbox knows its message.  Never raises."""
         ...
 
+    async def record_accepted(
+        self, message_id: str, provider: str, provider_message_id: str | None
+    ) -> bool:
+        """A resend was accepted by ``provider``: its attempt is now the current one.
+        True when the outbox knows the message.  Never raises."""
+        ...
+
 
 class _NoDurableRecord:
     async def status(self, message_id: str) -> MessageState | None:
         return None
 
     async def record_receipt(self, report: DeliveryReport) -> bool:
+        return False
+
+    async def record_accepted(
+        self, message_id: str, provider: str, provider_message_id: str | None
+    ) -> bool:
         return False
 
 
@@ -177,9 +189,8 @@ class Receipts:
             report.provider_message_id,
         ):
             log.warning(
-                "receipt at the %s endpoint names an outbox message %s did not send "
-                "under that id: ignored",
-                report.provider,
+                "receipt at the %s endpoint names an outbox message that provider did not "
+                "send under that id: ignored",
                 report.provider,
             )
             return True
@@ -302,3 +313,6 @@ class Receipts:
         if not result.ok:
             log.warning("resend of %s found no other provider: %s", message_id, result.reason)
             self._resendable.pop(message_id, None)
+            return
+        assert result.provider is not None
+        await self._durable.record_accepted(message_id, result.provider, result.provider_message_id)

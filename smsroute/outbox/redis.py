@@ -280,13 +280,30 @@ local id, status, now = ARGV[1], ARGV[2], ARGV[6]
 local key = P .. 'm:' .. id
 local current = redis.call('HGET', key, 'status')
 if not current then return 0 end
+local sender = redis.call('HGET', key, 'provider')
 local rank = {}
 for i = 8, #ARGV, 2 do rank[ARGV[i]] = tonumber(ARGV[i + 1]) end
-if (rank[status] or -1) > (rank[current] or -1) then
+-- Only the current attempt's provider moves the message; others are history.
+if (not sender or sender == ARGV[3]) and (rank[status] or -1) > (rank[current] or -1) then
   redis.call('HSET', key, 'status', status, 'provider', ARGV[3], 'pmid', ARGV[4], 'upd', now)
   if ARGV[5] ~= '' then redis.call('HSET', key, 'err', ARGV[5]) else redis.call('HDEL', key, 'err') end
 end
 history(id, ARGV[7], status, ARGV[3], ARGV[5])
+return 1
+"""
+)
+
+#: ARGV: id, provider, provider message id, now.  A resend was accepted: the new attempt
+#: is current (status accepted), whatever the last one's state.  1 when known here.
+ACCEPTED = (
+    _COMMON
+    + """
+local id, now = ARGV[1], ARGV[4]
+local key = P .. 'm:' .. id
+if not redis.call('HGET', key, 'status') then return 0 end
+redis.call('HSET', key, 'status', 'accepted', 'provider', ARGV[2], 'pmid', ARGV[3], 'upd', now)
+redis.call('HDEL', key, 'err')
+history(id, now, 'accepted', ARGV[2], '')
 return 1
 """
 )
@@ -365,6 +382,7 @@ class RedisOutbox:
         self._finish = register(FINISH)
         self._requeue = register(REQUEUE)
         self._receipt = register(RECEIPT)
+        self._accepted = register(ACCEPTED)
         self._purge = register(PURGE)
         self._closed = False
 
@@ -523,6 +541,12 @@ class RedisOutbox:
             *ranks,
         ]
         return bool(await self._run(self._receipt, args))
+
+    async def record_accepted(
+        self, message_id: str, provider: str, provider_message_id: str | None, now: float
+    ) -> bool:
+        args = [message_id, provider, provider_message_id or "", _text(now)]
+        return bool(await self._run(self._accepted, args))
 
     async def status(self, message_id: str) -> MessageState | None:
         p = self.prefix

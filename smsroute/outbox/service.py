@@ -210,6 +210,21 @@ class OutboxService:
             log.exception("could not record a delivery receipt in the outbox")
             return False
 
+    async def record_accepted(
+        self, message_id: str, provider: str, provider_message_id: str | None
+    ) -> bool:
+        """Record that a resend was accepted by ``provider``, when this router uses an
+        outbox that knows the message (the new attempt is the current one)."""
+        if not self._in_use():
+            return False
+        try:
+            return await self.store().record_accepted(
+                message_id, provider, provider_message_id, self.now()
+            )
+        except Exception:  # the resend was recorded in memory; losing its record is not fatal
+            log.exception("could not record a resend in the outbox")
+            return False
+
     async def aclose(self) -> None:
         """Stop this router's workers (together: each within its bound), then close the store."""
         self._closed = True

@@ -683,10 +683,13 @@ class SQLiteOutbox:
         at = report.at.timestamp()
 
         def run(conn: sqlite3.Connection) -> bool:
-            row = conn.execute("SELECT status FROM messages WHERE id = ?", (message_id,)).fetchone()
+            row = conn.execute(
+                "SELECT status, provider FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
             if row is None:
                 return False
-            if RANK.get(report.status, -1) > RANK.get(row[0], -1):
+            current = row[1] is None or row[1] == report.provider  # others' are history
+            if current and RANK.get(report.status, -1) > RANK.get(row[0], -1):
                 conn.execute(
                     "UPDATE messages SET status = ?, provider = ?, provider_message_id = ?,"
                     " error_code = ?, updated_at = ? WHERE id = ?",
@@ -702,6 +705,22 @@ class SQLiteOutbox:
             conn.execute(
                 _HISTORY, (message_id, at, report.status, report.provider, report.error_code)
             )
+            return True
+
+        return await self._db.call(run)
+
+    async def record_accepted(
+        self, message_id: str, provider: str, provider_message_id: str | None, now: float
+    ) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE messages SET status = 'accepted', provider = ?, provider_message_id = ?,"
+                " error_code = NULL, updated_at = ? WHERE id = ?",
+                (provider, provider_message_id, now, message_id),
+            )
+            if cur.rowcount == 0:
+                return False
+            conn.execute(_HISTORY, (message_id, now, "accepted", provider, None))
             return True
 
         return await self._db.call(run)

@@ -261,7 +261,18 @@ class OutboxStore(Protocol):
         ...
 
     async def record_receipt(self, report: DeliveryReport, now: float) -> bool:
-        """Record a delivery receipt of a message in the store; False when unknown here."""
+        """Record a delivery receipt of a message in the store; False when unknown here.
+
+        Only a receipt from the provider of the message's current attempt moves
+        its status; any other is kept in the history.
+        """
+        ...
+
+    async def record_accepted(
+        self, message_id: str, provider: str, provider_message_id: str | None, now: float
+    ) -> bool:
+        """A resend of the message was accepted by ``provider``: that attempt is now the
+        current one (status ``accepted``, whatever the last one's); False when unknown here."""
         ...
 
     async def status(self, message_id: str) -> MessageState | None:
