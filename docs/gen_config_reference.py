@@ -74,7 +74,7 @@ _UNSET_MEANS = {
 
 def loader_defaults() -> dict[str, Any]:
     """Every default the loader applies, by YAML path (``defaults.deadline``, ...)."""
-    from smsroute.config import parse_config
+    from smsroute.configload import parse_config
 
     config = parse_config(_MINIMAL, file="<docs>")
     # A second parse with other defaults tells which provider keys inherit from them.

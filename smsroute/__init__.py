@@ -12,7 +12,8 @@ The whole public API is here::
 
 from smsroute.breaker import BreakerState, CircuitBreaker
 from smsroute.clock import Clock, ManualClock, SystemClock
-from smsroute.config import Config, load_config, parse_config
+from smsroute.config import Config
+from smsroute.configload import load_config, parse_config
 from smsroute.errors import (
     ConfigError,
     ConfigProblem,

@@ -32,7 +32,8 @@ from rich.console import Console
 from rich.table import Table
 
 from smsroute import __version__
-from smsroute.config import Config, load_config
+from smsroute.config import Config
+from smsroute.configload import load_config
 from smsroute.errors import ConfigError, ConfigProblem, InvalidMessage, InvalidNumber, SmsrouteError
 from smsroute.message import Message
 from smsroute.numbers import scrub

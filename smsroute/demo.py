@@ -28,7 +28,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from smsroute.config import Config, load_config
+from smsroute.config import Config
+from smsroute.configload import load_config
 from smsroute.errors import ConfigError
 from smsroute.instrument.events import (
     AttemptFinished,

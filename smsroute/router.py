@@ -26,7 +26,8 @@ from aiohttp import web
 
 from smsroute.breaker import BreakerState
 from smsroute.clock import Clock, SystemClock
-from smsroute.config import Config, OutboxSettings, StateSettings, load_config
+from smsroute.config import Config, OutboxSettings, StateSettings
+from smsroute.configload import load_config
 from smsroute.dispatch import DEFAULT_THROTTLE_PAUSE, Dispatcher, Sleep
 from smsroute.explain import RoutePlan, explain
 from smsroute.ids import new_message_id

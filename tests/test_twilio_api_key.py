@@ -22,7 +22,7 @@ from conftest import Hooks, call, make_config, state_of
 from provider_support import otp_to, routing_yaml, sent_record, serving
 
 from smsroute import Router
-from smsroute.config import parse_config
+from smsroute.configload import parse_config
 from smsroute.errors import ConfigError
 from smsroute.providers.twilio import twilio_signature
 from smsroute.testing import FakeTwilio
