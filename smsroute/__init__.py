@@ -52,6 +52,7 @@ from smsroute.numbers import Destination, NumberType, mask, normalize
 from smsroute.outbox import DeadLetter, OutboxStore, OutboxWorker, SQLiteOutbox
 from smsroute.router import RoutePlan, Router
 from smsroute.selection import Candidate
+from smsroute.sync import SyncRouter
 from smsroute.version import __version__
 from smsroute.webhooks import WebhookResponse
 
@@ -97,6 +98,7 @@ __all__ = [
     "SmsrouteError",
     "StateBackendError",
     "StateBackendUnavailable",
+    "SyncRouter",
     "SystemClock",
     "WebhookRefused",
     "WebhookResponse",
