@@ -1,7 +1,7 @@
 """Router.send against raw aiohttp, on the same fake Twilio server in another process.
 
     python bench/bench_send.py [--messages 20000] [--concurrency 64] [--rounds 9]
-                               [--without-metrics]
+                               [--without-metrics] [--realistic] [--sdk]
 
 Both clients do the same wire work per message: a form-encoded POST with Basic
 auth to Twilio's Messages endpoint, read the body, decode the JSON, take the
@@ -14,6 +14,12 @@ numbers, so drift on a shared machine hits both; the median of the per-round
 ratios is the headline.  This VM's speed moves by tens of percent from minute
 to minute: more rounds (``--rounds 21 --messages 5000``) narrow the median,
 and bench/callgrind_send.py counts instructions, which do not drift at all.
+
+Two router configs: the minimal one (one provider, two rules: ``router_config``)
+and, with ``--realistic``, ``bench/realistic.yaml`` (two Twilio accounts with
+price tables and ``max_concurrency``, twelve rules, ``priority`` and
+``cheapest``; the message matches the eighth rule).  ``--sdk`` adds the
+official twilio SDK's async client as a peer.
 """
 
 from __future__ import annotations
@@ -29,11 +35,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from smsroute import Message, Router, parse_config
+from smsroute import Config, Message, Router, load_config, parse_config
+
+HERE = Path(__file__).resolve().parent
+#: The realistic config (issue 15); ${BENCH_*} are the fake's URL and credentials.
+REALISTIC = HERE / "realistic.yaml"
 
 
 def start_fake() -> tuple[subprocess.Popen[str], dict[str, str]]:
@@ -113,10 +124,34 @@ rules:
 """
 
 
+def realistic_config(info: dict[str, str], *, capped: bool = True) -> Config:
+    """bench/realistic.yaml pointed at the fake ``info`` describes (``capped=False``:
+    without its ``max_concurrency`` lines, to measure what the cap costs)."""
+    environ = {
+        "BENCH_URL": info["url"],
+        "BENCH_ACCOUNT_SID": info["account_sid"],
+        "BENCH_AUTH_TOKEN": info["auth_token"],
+    }
+    if capped:
+        return load_config(REALISTIC, environ=environ)
+    lines = REALISTIC.read_text().splitlines(keepends=True)
+    text = "".join(line for line in lines if "max_concurrency:" not in line)
+    return parse_config(text, file=str(REALISTIC), environ=environ)
+
+
 async def router_round(
-    info: dict[str, str], items: list[str], concurrency: int, **router_kwargs: Any
+    info: dict[str, str],
+    items: list[str],
+    concurrency: int,
+    *,
+    realistic: bool = False,
+    capped: bool = True,
+    **router_kwargs: Any,
 ) -> tuple[float, float]:
-    config = parse_config(router_config(info))
+    if realistic:
+        config = realistic_config(info, capped=capped)
+    else:
+        config = parse_config(router_config(info))
     ok = 0
     async with Router(config, **router_kwargs) as router:
 
@@ -134,6 +169,39 @@ async def router_round(
         await run(concurrency, items, one)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     assert ok == len(items), f"router: {ok}/{len(items)} accepted"
+    return cpu, wall
+
+
+async def sdk_round(
+    info: dict[str, str], items: list[str], concurrency: int
+) -> tuple[float, float]:
+    """The official twilio SDK's async client (``AsyncTwilioHttpClient``), same wire work."""
+    from twilio.http.async_http_client import AsyncTwilioHttpClient
+    from twilio.rest import Client
+
+    http = AsyncTwilioHttpClient()
+    client = Client(info["account_sid"], info["auth_token"], http_client=http)
+    client.api.base_url = info["url"]  # the fake, in place of https://api.twilio.com
+    messages = client.api.v2010.accounts(info["account_sid"]).messages
+    ok = 0
+    try:
+
+        async def one(number: str) -> None:
+            nonlocal ok
+            msg = await messages.create_async(
+                to=number, from_="+15005550006", body="Your code is 123456"
+            )
+            if msg.sid:
+                ok += 1
+
+        await run(concurrency, items[:concurrency], one)
+        ok = 0
+        cpu, wall = time.process_time(), time.perf_counter()
+        await run(concurrency, items, one)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    finally:
+        await http.close()
+    assert ok == len(items), f"sdk: {ok}/{len(items)} accepted"
     return cpu, wall
 
 
@@ -173,11 +241,20 @@ async def main() -> None:
         action="store_true",
         help="also run the router with metrics=False each round (the Prometheus hook's cost)",
     )
+    parser.add_argument(
+        "--realistic",
+        action="store_true",
+        help="also run the router with bench/realistic.yaml each round",
+    )
+    parser.add_argument(
+        "--sdk", action="store_true", help="also run the twilio SDK's async client each round"
+    )
     args = parser.parse_args()
 
     proc, info = start_fake()
     try:
         raw_cpu, raw_wall, r_cpu, r_wall, off_cpu = [], [], [], [], []
+        extra: dict[str, list[float]] = {"realistic": [], "sdk": []}
         for i in range(args.rounds):
             items = numbers(args.messages, seed=100 + i)
             # Alternate which client goes first, so slow drift favours neither.
@@ -198,6 +275,14 @@ async def main() -> None:
                 c, _ = await router_round(info, items, args.concurrency, metrics=False)
                 off_cpu.append(c)
                 line += f" | router, metrics off {c:.2f}s cpu"
+            if args.realistic:
+                c, _ = await router_round(info, items, args.concurrency, realistic=True)
+                extra["realistic"].append(c)
+                line += f" | router, realistic config {c:.2f}s cpu"
+            if args.sdk:
+                c, _ = await sdk_round(info, items, args.concurrency)
+                extra["sdk"].append(c)
+                line += f" | twilio SDK {c:.2f}s cpu"
             print(line, flush=True)
     finally:
         proc.terminate()
@@ -229,6 +314,13 @@ async def main() -> None:
             f"metrics     : Router.send with metrics off {statistics.median(off_cpu) / n * 1e6:.1f} "
             f"us CPU/msg; on/off {statistics.median(off):.3f}x (median of rounds)"
         )
+    for name, label in (("realistic", "realistic  "), ("sdk", "twilio SDK ")):
+        if extra[name]:
+            paired = sorted(c / r for c, r in zip(extra[name], raw_cpu, strict=True))
+            print(
+                f"{label}: {statistics.median(extra[name]) / n * 1e6:7.1f} us CPU/msg; "
+                f"to raw aiohttp {statistics.median(paired):.3f}x (median of rounds)"
+            )
     e10, e1000 = explain_rate(10), explain_rate(1000)
     print(
         f"explain     : {e10:8.0f}/s with 10 rules, {e1000:8.0f}/s with 1000 rules "

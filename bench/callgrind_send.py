@@ -1,6 +1,7 @@
 """Router.send against raw aiohttp in instructions per message, under callgrind.
 
-    python bench/callgrind_send.py [--messages 1000] [--base 300]
+    python bench/callgrind_send.py [--messages 1000] [--base 300] [--arm ARM ...]
+                                   [--profile DIR]
 
 bench_send.py measures CPU time, which on a shared VM drifts by tens of
 percent from minute to minute.  This counts the instructions the client
@@ -15,6 +16,14 @@ out.  The fake Twilio runs in its own process, outside valgrind.
 Instructions are not time (a cache miss costs more than an add), but for the
 same interpreter running similar Python they track CPU time closely; the CPU
 time ratio from bench_send.py is the target's measure, this is its check.
+
+Arms (``--arm`` picks some; all by default): ``raw``, ``router`` (the minimal
+config: one provider, two rules), ``router-no-metrics``, ``router-realistic``
+(bench/realistic.yaml: two Twilio accounts, twelve rules, prices,
+``max_concurrency``, metrics on), ``router-realistic-uncapped`` (the same
+without ``max_concurrency``: the difference is what an uncontended slot costs)
+and ``sdk`` (the twilio SDK's async client).
+``--profile DIR`` keeps each run's callgrind file there (for callgrind_annotate).
 """
 
 from __future__ import annotations
@@ -33,6 +42,9 @@ ARMS = {
     "raw": "raw aiohttp",
     "router": "Router.send",
     "router-no-metrics": "Router.send, metrics off",
+    "router-realistic": "Router.send, realistic",
+    "router-realistic-uncapped": "realistic, no max_concurrency",
+    "sdk": "twilio SDK (async)",
 }
 
 
@@ -47,22 +59,30 @@ async def client(arm: str, count: int) -> None:
         if arm == "raw":
             await b.raw_round(info, warm, 64)
             await b.raw_round(info, items, 64)
+        elif arm == "sdk":
+            await b.sdk_round(info, warm, 64)
+            await b.sdk_round(info, items, 64)
         else:
-            metrics = arm == "router"
-            await b.router_round(info, warm, 64, metrics=metrics)
-            await b.router_round(info, items, 64, metrics=metrics)
+            kw = {
+                "metrics": arm != "router-no-metrics",
+                "realistic": arm.startswith("router-realistic"),
+                "capped": arm != "router-realistic-uncapped",
+            }
+            await b.router_round(info, warm, 64, **kw)
+            await b.router_round(info, items, 64, **kw)
     finally:
         proc.terminate()
         proc.wait()
 
 
-def instructions(arm: str, count: int) -> int:
+def instructions(arm: str, count: int, profile: Path | None = None) -> int:
     """Instructions the client executes sending ``count`` messages (plus fixed costs)."""
+    out_file = "/dev/null" if profile is None else str(profile / f"callgrind.{arm}.{count}")
     out = subprocess.run(
         [
             "valgrind",
             "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
+            f"--callgrind-out-file={out_file}",
             sys.executable,
             __file__,
             "--arm",
@@ -84,26 +104,34 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--base", type=int, default=300)
-    parser.add_argument("--arm", choices=sorted(ARMS), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--arm", choices=sorted(ARMS), action="append", help="run only these arms (repeatable)"
+    )
+    parser.add_argument("--profile", type=Path, help="keep the callgrind files in this directory")
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.arm is not None:  # one measured client, run by valgrind
-        asyncio.run(client(args.arm, args.count))
+    if args.count is not None:  # one measured client, run by valgrind
+        asyncio.run(client(args.arm[0], args.count))
         return
+    arms = [arm for arm in ARMS if args.arm is None or arm in args.arm]
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is needed: apt-get install valgrind")
 
     per_message: dict[str, float] = {}
     with ThreadPoolExecutor(max_workers=2) as pool:  # two valgrinds at once on 2 cores
-        for arm in ARMS:
-            small = pool.submit(instructions, arm, args.base)
-            large = pool.submit(instructions, arm, args.base + args.messages)
+        for arm in arms:
+            small = pool.submit(instructions, arm, args.base, args.profile)
+            large = pool.submit(instructions, arm, args.base + args.messages, args.profile)
             per_message[arm] = (large.result() - small.result()) / args.messages
             print(f"{ARMS[arm]:26s}: {per_message[arm] / 1000:8.1f} k instructions/msg", flush=True)
-    raw = per_message["raw"]
+    raw = per_message.get("raw")
+    if raw is None:
+        return
+    ratios = ", ".join(f"{ARMS[arm]} {per_message[arm] / raw:.3f}x" for arm in arms if arm != "raw")
     print(
-        f"ratio to raw aiohttp      : Router.send {per_message['router'] / raw:.3f}x, "
-        f"metrics off {per_message['router-no-metrics'] / raw:.3f}x "
+        f"ratio to raw aiohttp      : {ratios} "
         f"({args.messages} messages over a base of {args.base}, concurrency 64)"
     )
 

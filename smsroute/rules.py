@@ -124,11 +124,13 @@ class RuleIndex:
     ) -> Rule | None:
         """:meth:`first` without building a :class:`Subject` (the router's hot path)."""
         e164 = d.e164
+        # _Dimension.mask inlined: four method calls were half of this lookup's cost.
+        country, kind, cat, snd = self._country, self._number_type, self._category, self._sender
         found = (
-            self._country.mask(d.country)
-            & self._number_type.mask(d.number_type)
-            & self._category.mask(category)
-            & self._sender.mask(sender)
+            (country.any | country.by_value.get(d.country, 0))
+            & (kind.any | kind.by_value.get(d.number_type, 0))
+            & (cat.any | cat.by_value.get(category, 0))
+            & (snd.any | snd.by_value.get(sender, 0))
         )
         if found and self._tags.by_value:
             found &= self._tags.mask_any_of(tags)

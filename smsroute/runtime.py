@@ -32,7 +32,7 @@ class Prepared:
 class Runtime:
     """A config made ready to route: adapters built, rules indexed.  Swapped whole on reload."""
 
-    __slots__ = ("callbacks", "config", "index", "normalize", "providers", "self_timed")
+    __slots__ = ("callbacks", "config", "index", "normalize", "orders", "providers", "self_timed")
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -52,6 +52,11 @@ class Runtime:
         self.self_timed = frozenset(
             name for name, p in self.providers.items() if type(p).send is HttpProvider.send
         )
+        #: The order of a ``cheapest`` rule's providers when every breaker is closed, by
+        #: (id of the rule, country, segments): prices are fixed for a runtime's life, so
+        #: it is worked out once (see :meth:`Dispatcher.send`).  Bounded by the config:
+        #: rules x countries x max_segments.
+        self.orders: dict[tuple[int, str, int], tuple[str, ...]] = {}
 
     def prepare(self, message: Message) -> Prepared:
         """Check ``message`` and find its rule; raises :class:`InvalidMessage` or

@@ -141,6 +141,11 @@ def order(rule: Rule, options: Sequence[Option], rng: random.Random) -> list[Opt
     if strategy == "priority":
         return ready
     if strategy == "cheapest":
+        if len(ready) == 2:  # the common pair: one comparison, no key function or tuples
+            a, b = ready
+            if b.price is not None and (a.price is None or b.price < a.price):
+                return [b, a]
+            return ready
         return sorted(ready, key=lambda o: (o.price is None, o.price or 0.0))
     if strategy == "weighted":
         return _weighted(rule, ready, rng)

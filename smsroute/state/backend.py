@@ -12,7 +12,6 @@ bucket has no token at hand.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -24,6 +23,7 @@ from smsroute.health import Health
 from smsroute.instrument.events import Event
 from smsroute.optout import OptOutStore
 from smsroute.ratelimit import TokenBucket
+from smsroute.state.slots import ConcurrencySlot
 from smsroute.status import StatusStore
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class StateBackend(Protocol):
         """The rate limiter of ``provider``."""
         ...
 
-    def slots(self, provider: ProviderConfig) -> asyncio.Semaphore | None:
+    def slots(self, provider: ProviderConfig) -> ConcurrencySlot | None:
         """The concurrency cap of ``provider`` in this process, or None."""
         ...
 

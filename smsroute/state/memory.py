@@ -7,15 +7,13 @@ still known to be failing after it.
 
 from __future__ import annotations
 
-import asyncio
-
 from smsroute.breaker import CircuitBreaker, TransitionHook
 from smsroute.clock import Clock
 from smsroute.config import ProviderConfig
 from smsroute.health import HALF_LIFE, Health
 from smsroute.optout import OptOutStore
 from smsroute.ratelimit import TokenBucket
-from smsroute.state.slots import ConcurrencySlots
+from smsroute.state.slots import ConcurrencySlot, ConcurrencySlots
 from smsroute.status import StatusStore
 
 
@@ -71,7 +69,7 @@ class MemoryState:
             bucket.rate = provider.rate_limit
         return bucket
 
-    def slots(self, provider: ProviderConfig) -> asyncio.Semaphore | None:
+    def slots(self, provider: ProviderConfig) -> ConcurrencySlot | None:
         """The concurrency cap of ``provider``, or None when uncapped."""
         return self._slots.get(provider)
 

@@ -61,7 +61,7 @@ from smsroute.state.redis_link import RedisLink
 from smsroute.state.redis_optouts import RedisOptOuts
 from smsroute.state.redis_receipts import ReceiptLog
 from smsroute.state.redis_shared import Scripts
-from smsroute.state.slots import ConcurrencySlots
+from smsroute.state.slots import ConcurrencySlot, ConcurrencySlots
 from smsroute.status import StatusStore
 
 log = logging.getLogger("smsroute.state")
@@ -173,7 +173,7 @@ class RedisState:
             bucket.configure(provider)
         return bucket
 
-    def slots(self, provider: ProviderConfig) -> asyncio.Semaphore | None:
+    def slots(self, provider: ProviderConfig) -> ConcurrencySlot | None:
         """The concurrency cap of ``provider`` in this process (not shared), or None."""
         return self._slots.get(provider)
 
