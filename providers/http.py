@@ -55,12 +55,33 @@ Classifying an answer
     integer), or it is a malformed reply (TRANSIENT).  ``Retry-After`` is read
     on every answer that is not accepted.  Paths are dotted names and ``[n]``
     indexes (negative from the end): ``data.messages[0].id``, ``[0].status``.
+
+Webhooks (see config/http-aggregator.yaml)
+    ``receipts: {format: json|form, method: POST|GET, message_id, status, statuses,
+    reference?, error_code?, timestamp?, list?}`` and ``inbound: {format, method,
+    sender, recipient, text, message_id?, timestamp?, list?}`` say where each field
+    is: a dotted path into a JSON body (``results.0.status``), or a field name of a
+    form body (the query of a GET).  ``statuses`` maps the gateway's values (as
+    text) to ours; any other value is ``unknown``.  ``list`` is a path to an array
+    when one call carries several; the paths are then inside each item.
+
+    ``webhook_auth`` is ``{hmac: {header, algorithm: sha1|sha256|sha512, secret,
+    signed: body|url+body|timestamp.body, timestamp_header?, tolerance?: 300s,
+    encoding: hex|base64, prefix?}}``, ``{basic: {username, password}}``,
+    ``{token: {header | query, value}}``, or ``none``.  Without it every webhook is
+    refused (403), and declaring receipts or inbound without it is a ConfigError:
+    unsigned webhooks are accepted only when the config says ``none``.  Secrets are
+    compared in constant time; a method other than the declared one is a 405.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import datetime
 import difflib
+import hashlib
+import hmac
 import json
 import re
 import string
@@ -72,16 +93,25 @@ import attrs
 from multidict import CIMultiDictProxy
 
 from smsroute.config import ProviderConfig
-from smsroute.message import Outcome
+from smsroute.message import DELIVERY_STATUSES, DeliveryStatus, Outcome
 from smsroute.numbers import scrub
 from smsroute.providers.base import (
     HttpProvider,
     HttpRequest,
+    Inbound,
     OutboundSMS,
+    Receipt,
     Reply,
+    WebhookError,
+    WebhookRequest,
     classify_status,
+    iso_time,
     parse_retry_after,
+    unix_seconds,
+    with_plus,
+    within,
 )
+from smsroute.units import parse_duration
 
 __all__ = ["TEMPLATE_FIELDS", "HttpApiProvider", "JsonPath", "Template", "compile_options"]
 
@@ -320,6 +350,561 @@ def _as_text(value: Any) -> str | None:
     return None
 
 
+# -- webhooks: receipts, inbound messages and their authentication -----------------------------
+
+WEBHOOK_FORMATS = ("json", "form")
+WEBHOOK_METHODS = ("POST", "GET")
+RECEIPT_FIELDS: Mapping[str, bool] = {  # field -> required
+    "message_id": True,
+    "status": True,
+    "reference": False,
+    "error_code": False,
+    "timestamp": False,
+}
+INBOUND_FIELDS: Mapping[str, bool] = {
+    "sender": True,
+    "recipient": True,
+    "text": True,
+    "message_id": False,
+    "timestamp": False,
+}
+HMAC_ALGORITHMS: Mapping[str, Callable[[], Any]] = {
+    "sha1": hashlib.sha1,
+    "sha256": hashlib.sha256,
+    "sha512": hashlib.sha512,
+}
+HMAC_SIGNED = ("body", "url+body", "timestamp.body")
+HMAC_ENCODINGS = ("hex", "base64")
+HMAC_KEYS = frozenset(
+    {
+        "header",
+        "algorithm",
+        "secret",
+        "signed",
+        "timestamp_header",
+        "tolerance",
+        "encoding",
+        "prefix",
+    }
+)
+#: Seconds a signed timestamp may be off from now (``tolerance``'s default).
+DEFAULT_TOLERANCE = 300.0
+#: The last Unix second a datetime can hold (9999-12-31T23:59:59Z).
+_LAST_SECOND = 253402300799
+#: What ``webhook_auth: none`` is written as.
+UNSIGNED = "none"
+
+
+@attrs.frozen(slots=True)
+class FormField:
+    """A field of a form body or query string, by its name."""
+
+    source: str
+
+    def find(self, document: Any) -> Any:
+        return document.get(self.source) if isinstance(document, dict) else None
+
+
+Locator: TypeAlias = JsonPath | FormField
+
+
+@attrs.frozen(slots=True)
+class WebhookSpec:
+    """A ``receipts:`` or ``inbound:`` section, parsed."""
+
+    format: str
+    method: str
+    list: JsonPath | None
+    fields: Mapping[str, Locator]
+    #: The provider's status values (as text) -> ours; receipts only.
+    statuses: Mapping[str, DeliveryStatus] = attrs.field(factory=dict)
+
+
+@attrs.frozen(slots=True)
+class HmacAuth:
+    header: str
+    algorithm: str
+    secret: bytes = attrs.field(repr=False)
+    signed: str
+    timestamp_header: str | None
+    tolerance: float
+    encoding: str
+    prefix: str
+
+
+@attrs.frozen(slots=True)
+class BasicAuth:
+    username: bytes = attrs.field(repr=False)
+    password: bytes = attrs.field(repr=False)
+
+
+@attrs.frozen(slots=True)
+class TokenAuth:
+    header: str | None
+    query: str | None
+    value: bytes = attrs.field(repr=False)
+
+
+@attrs.frozen(slots=True)
+class Unsigned:
+    """``webhook_auth: none``: the config accepts unsigned webhooks, on purpose."""
+
+
+WebhookAuth: TypeAlias = HmacAuth | BasicAuth | TokenAuth | Unsigned
+
+
+class _Problems(Exception):
+    """Several (key, problem) pairs at once, raised out of a section's parser."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__(problems)
+        self.problems = problems
+
+
+def _webhook_spec(section: str, value: Any) -> WebhookSpec:
+    """A ``receipts`` or ``inbound`` section; :class:`_Problems` keyed by dotted paths."""
+    roles = RECEIPT_FIELDS if section == "receipts" else INBOUND_FIELDS
+    allowed = {
+        "format",
+        "method",
+        "list",
+        *roles,
+        *(("statuses",) if section == "receipts" else ()),
+    }
+    if not isinstance(value, dict):
+        example = "{format: json, message_id: id, status: status, statuses: {DELIVRD: delivered}}"
+        if section == "inbound":
+            example = "{format: json, sender: from, recipient: to, text: text}"
+        raise _Problems(
+            [(section, f"{section} must be a mapping like {example}, got {_kind(value)}")]
+        )
+    problems: list[tuple[str, str]] = []
+    for key in value:
+        if key not in allowed:
+            problems.append(
+                (
+                    f"{section}.{key}",
+                    f"unknown key '{key}' in {section}: {_did_you_mean(str(key), allowed)}"
+                    f"allowed: {', '.join(sorted(allowed))}",
+                )
+            )
+    method = value.get("method", "POST")
+    if not isinstance(method, str) or method.upper() not in WEBHOOK_METHODS:
+        problems.append(
+            (f"{section}.method", f"method is POST or GET (how the gateway calls), got {method!r}")
+        )
+        method = "POST"
+    method = method.upper()
+    fmt = value.get("format", "form" if method == "GET" else "json")
+    if fmt not in WEBHOOK_FORMATS:
+        problems.append(
+            (
+                f"{section}.format",
+                f"format is json (a JSON body) or form (form fields, or the query of a GET), "
+                f"got {fmt!r}",
+            )
+        )
+        fmt = "json"
+    if method == "GET" and fmt == "json":
+        problems.append(
+            (
+                f"{section}.format",
+                "a GET has no body: its fields are in the query, write format: form",
+            )
+        )
+    list_path: JsonPath | None = None
+    if value.get("list") is not None:
+        if fmt != "json":
+            problems.append(
+                (f"{section}.list", "list is a path into a JSON body: a form carries one record")
+            )
+        else:
+            try:
+                list_path = JsonPath.parse(value["list"])
+            except ValueError as exc:
+                problems.append((f"{section}.list", str(exc)))
+    fields: dict[str, Locator] = {}
+    for role, required in roles.items():
+        given = value.get(role)
+        if given is None:
+            if required:
+                problems.append(
+                    (
+                        f"{section}.{role}",
+                        f"{section} needs '{role}': where it is in the "
+                        f"{'body' if method == 'POST' else 'query'}",
+                    )
+                )
+            continue
+        if fmt == "form":
+            if isinstance(given, str) and given:
+                fields[role] = FormField(given)
+            else:
+                problems.append((f"{section}.{role}", f"a form field name, got {given!r}"))
+            continue
+        try:
+            fields[role] = JsonPath.parse(given)
+        except ValueError as exc:
+            problems.append((f"{section}.{role}", str(exc)))
+    statuses: dict[str, DeliveryStatus] = {}
+    if section == "receipts":
+        table = value.get("statuses")
+        if not isinstance(table, dict) or not table:
+            problems.append(
+                (
+                    "receipts.statuses",
+                    "receipts need 'statuses': the gateway's values -> ours, like "
+                    "{DELIVRD: delivered, UNDELIV: undelivered}",
+                )
+            )
+        else:
+            for raw, ours in table.items():
+                if ours in DELIVERY_STATUSES:
+                    statuses[str(raw)] = ours
+                else:
+                    problems.append(
+                        (
+                            f"receipts.statuses.{raw}",
+                            f"unknown status {ours!r}: {_did_you_mean(str(ours), DELIVERY_STATUSES)}"
+                            f"choose one of {', '.join(DELIVERY_STATUSES)}",
+                        )
+                    )
+    if problems:
+        raise _Problems(problems)
+    return WebhookSpec(fmt, method, list_path, fields, statuses)
+
+
+def _secret_text(value: Any, where: str) -> str:
+    """A credential of ``webhook_auth``: never quoted in a message."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value:
+        raise _Problems([(where, f"{where.rsplit('.', 1)[-1]} must be a non-empty string")])
+    return value
+
+
+def _header_name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not _HEADER_NAME.fullmatch(value):
+        raise _Problems([(where, f"expected an HTTP header name like X-Signature, got {value!r}")])
+    return value
+
+
+def _hmac_auth(value: Any) -> HmacAuth:
+    where = "webhook_auth.hmac"
+    if not isinstance(value, dict):
+        raise _Problems([(where, f"hmac must be a mapping of {', '.join(sorted(HMAC_KEYS))}")])
+    extra = sorted(str(k) for k in set(value) - HMAC_KEYS)
+    if extra:
+        raise _Problems(
+            [
+                (
+                    f"{where}.{extra[0]}",
+                    f"unknown key '{extra[0]}' in hmac: {_did_you_mean(extra[0], HMAC_KEYS)}"
+                    f"allowed: {', '.join(sorted(HMAC_KEYS))}",
+                )
+            ]
+        )
+    problems: list[tuple[str, str]] = []
+
+    def part(key: str, parse: Callable[[Any, str], Any], default: Any = _MISSING) -> Any:
+        if value.get(key) is None:
+            if default is _MISSING:
+                problems.append((f"{where}.{key}", f"hmac needs '{key}'"))
+            return default
+        try:
+            return parse(value[key], f"{where}.{key}")
+        except _Problems as exc:
+            problems.extend(exc.problems)
+            return None
+
+    def choice(options: tuple[str, ...]) -> Callable[[Any, str], str]:
+        def parse(given: Any, at: str) -> str:
+            if not isinstance(given, str) or given.lower() not in options:
+                raise _Problems(
+                    [
+                        (
+                            at,
+                            f"unsupported {at.rsplit('.', 1)[-1]} {given!r}: choose {' or '.join(options)}",
+                        )
+                    ]
+                )
+            return given.lower()
+
+        return parse
+
+    def tolerance(given: Any, at: str) -> float:
+        try:
+            seconds = parse_duration(given)
+        except ValueError as exc:
+            raise _Problems([(at, str(exc))]) from None
+        if seconds <= 0:
+            raise _Problems([(at, "tolerance must be more than 0s, like 300s")])
+        return seconds
+
+    def prefix(given: Any, at: str) -> str:
+        if not isinstance(given, str) or not given.isascii():
+            raise _Problems([(at, f"prefix is ASCII text like 'sha256=', got {given!r}")])
+        return given
+
+    header = part("header", _header_name)
+    algorithm = part("algorithm", choice(tuple(HMAC_ALGORITHMS)))
+    secret = part("secret", _secret_text)
+    signed = part("signed", choice(HMAC_SIGNED))
+    timestamp_header = part("timestamp_header", _header_name, None)
+    seconds = part("tolerance", tolerance, DEFAULT_TOLERANCE)
+    encoding = part("encoding", choice(HMAC_ENCODINGS), "hex")
+    text_prefix = part("prefix", prefix, "")
+    stamped = signed == "timestamp.body"
+    if stamped and value.get("timestamp_header") is None:
+        problems.append(
+            (f"{where}.timestamp_header", "signed: timestamp.body needs timestamp_header")
+        )
+    if not stamped and signed is not None:
+        for key in ("timestamp_header", "tolerance"):
+            if value.get(key) is not None:
+                problems.append(
+                    (
+                        f"{where}.{key}",
+                        f"{key} applies to signed: timestamp.body only: a timestamp outside "
+                        "the signature proves nothing",
+                    )
+                )
+    if problems:
+        raise _Problems(problems)
+    return HmacAuth(
+        header=header,
+        algorithm=algorithm,
+        secret=secret.encode(),
+        signed=signed,
+        timestamp_header=timestamp_header,
+        tolerance=seconds,
+        encoding=encoding,
+        prefix=text_prefix,
+    )
+
+
+def _basic_webhook_auth(value: Any) -> BasicAuth:
+    where = "webhook_auth.basic"
+    if not isinstance(value, dict) or set(value) != {"username", "password"}:
+        raise _Problems([(where, "basic takes exactly username and password")])
+    username = _secret_text(value["username"], f"{where}.username")
+    password = _secret_text(value["password"], f"{where}.password")
+    if ":" in username:
+        raise _Problems([(f"{where}.username", "an HTTP Basic username has no ':'")])
+    return BasicAuth(username.encode(), password.encode())
+
+
+def _token_webhook_auth(value: Any) -> TokenAuth:
+    where = "webhook_auth.token"
+    if not isinstance(value, dict) or "value" not in value or len(value) != 2:
+        raise _Problems(
+            [(where, "token takes value, and one of header (a header's name) or query")]
+        )
+    header, query = value.get("header"), value.get("query")
+    if (header is None) == (query is None):
+        raise _Problems(
+            [(where, "token takes value, and one of header (a header's name) or query")]
+        )
+    token = _secret_text(value["value"], f"{where}.value")
+    if header is not None:
+        return TokenAuth(_header_name(header, f"{where}.header"), None, token.encode())
+    if not isinstance(query, str) or not query:
+        raise _Problems([(f"{where}.query", "query is the name of a query parameter")])
+    return TokenAuth(None, query, token.encode())
+
+
+_WEBHOOK_AUTH_KINDS: Mapping[str, Callable[[Any], WebhookAuth]] = {
+    "hmac": _hmac_auth,
+    "basic": _basic_webhook_auth,
+    "token": _token_webhook_auth,
+}
+
+
+def _webhook_auth(value: Any) -> WebhookAuth:
+    """A ``webhook_auth`` section.  Messages never quote a secret."""
+    if value == UNSIGNED:
+        return Unsigned()
+    kinds = ", ".join(_WEBHOOK_AUTH_KINDS)
+    if not isinstance(value, dict) or len(value) != 1:
+        raise _Problems(
+            [
+                (
+                    "webhook_auth",
+                    f"webhook_auth is one of {kinds} (a mapping with one key, like "
+                    "{hmac: {header: X-Signature, ...}}), or 'none' to accept unsigned webhooks",
+                )
+            ]
+        )
+    ((kind, body),) = value.items()
+    parse = _WEBHOOK_AUTH_KINDS.get(kind) if isinstance(kind, str) else None
+    if parse is None:
+        raise _Problems(
+            [
+                (
+                    "webhook_auth",
+                    f"unknown webhook_auth kind {kind!r}: "
+                    f"{_did_you_mean(str(kind), _WEBHOOK_AUTH_KINDS)}choose one of {kinds}, "
+                    "or 'none'",
+                )
+            ]
+        )
+    return parse(body)
+
+
+def _webhooks(
+    options: Mapping[str, Any],
+) -> tuple[WebhookSpec | None, WebhookSpec | None, WebhookAuth | None, list[tuple[str, str]]]:
+    """The ``receipts``, ``inbound`` and ``webhook_auth`` sections: (each or None, problems)."""
+    problems: list[tuple[str, str]] = []
+    parsed: dict[str, Any] = {}
+    for key, parse in (
+        ("receipts", lambda v: _webhook_spec("receipts", v)),
+        ("inbound", lambda v: _webhook_spec("inbound", v)),
+        ("webhook_auth", _webhook_auth),
+    ):
+        if options.get(key) is None:
+            parsed[key] = None
+            continue
+        try:
+            parsed[key] = parse(options[key])
+        except _Problems as exc:
+            problems.extend(exc.problems)
+            parsed[key] = None
+    receipts, inbound, auth = parsed["receipts"], parsed["inbound"], parsed["webhook_auth"]
+    declared = [s for s in ("receipts", "inbound") if options.get(s) is not None]
+    if declared and options.get("webhook_auth") is None:
+        problems.append(
+            (
+                "webhook_auth",
+                f"{' and '.join(declared)} need webhook_auth: how the gateway signs its calls "
+                "(hmac, basic or token), or webhook_auth: none to accept unsigned ones from "
+                "anyone who finds the URL",
+            )
+        )
+    if isinstance(auth, HmacAuth) and auth.signed == "body":
+        for spec, name in ((receipts, "receipts"), (inbound, "inbound")):
+            if spec is not None and spec.method == "GET":
+                problems.append(
+                    (
+                        "webhook_auth.hmac.signed",
+                        f"{name} come by GET, which has no body: sign url+body",
+                    )
+                )
+    return receipts, inbound, auth, problems
+
+
+def _text_of(value: Any, limit: int) -> str | None:
+    """A scalar of a webhook as text (a string or an integer), cut to ``limit``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)[:limit]
+    if isinstance(value, str) and value:
+        return value[:limit]
+    return None
+
+
+def _webhook_time(value: Any) -> datetime.datetime | None:
+    """Unix seconds (a number or digits) or ISO 8601; None when absent or unreadable."""
+    if isinstance(value, str) and value.isdigit():
+        value = unix_seconds(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return iso_time(value)
+    if not 0 <= value <= _LAST_SECOND:  # False for NaN too
+        return None
+    return datetime.datetime.fromtimestamp(value, datetime.UTC)
+
+
+def _records(spec: WebhookSpec, request: WebhookRequest, what: str) -> list[Any]:
+    """The records of a webhook call: its body (or query), or each item of ``list``."""
+    if spec.format == "form":
+        if spec.method == "GET":
+            return [request.query]
+        return [request.form()]
+    doc = request.json()
+    if spec.list is None:
+        if not isinstance(doc, dict):
+            raise WebhookError(400, f"{what} body is not a JSON object")
+        return [doc]
+    items = spec.list.find(doc)
+    if not isinstance(items, list):
+        raise WebhookError(400, f"{what} body has no list at '{spec.list.source}'")
+    return items
+
+
+def _source(locator: Locator) -> str:
+    return locator.source
+
+
+def hmac_signature(auth: HmacAuth, request: WebhookRequest, timestamp: str | None) -> bytes:
+    """The digest the gateway should have sent for ``request``."""
+    if auth.signed == "body":
+        signed = request.body
+    elif auth.signed == "url+body":
+        signed = request.url.encode() + request.body
+    else:
+        signed = (timestamp or "").encode() + b"." + request.body
+    return hmac.new(auth.secret, signed, HMAC_ALGORITHMS[auth.algorithm]).digest()
+
+
+def _verify_hmac(auth: HmacAuth, request: WebhookRequest, now: float) -> None:
+    presented = request.header(auth.header)
+    if presented is None:
+        raise WebhookError(403, f"missing {auth.header}")
+    if not presented.startswith(auth.prefix):
+        raise WebhookError(403, f"{auth.header} does not start with '{auth.prefix}'")
+    encoded = presented[len(auth.prefix) :].strip()
+    try:
+        if auth.encoding == "hex":
+            digest = bytes.fromhex(encoded)
+        else:
+            digest = base64.b64decode(encoded, validate=True)
+    except (ValueError, binascii.Error):
+        raise WebhookError(403, f"{auth.header} is not {auth.encoding}") from None
+    timestamp = None
+    if auth.timestamp_header is not None:
+        timestamp = request.header(auth.timestamp_header)
+        if timestamp is None:
+            raise WebhookError(403, f"missing {auth.timestamp_header}")
+    expected = hmac_signature(auth, request, timestamp)
+    if not hmac.compare_digest(expected, digest):
+        raise WebhookError(403, f"{auth.header} does not match")
+    if auth.timestamp_header is not None:
+        signed_at = unix_seconds(timestamp)
+        if signed_at is None:
+            raise WebhookError(403, f"{auth.timestamp_header} is not Unix seconds")
+        if not within(signed_at, now, auth.tolerance):
+            raise WebhookError(403, f"stale {auth.timestamp_header}: replayed or a clock is off")
+
+
+def _verify_basic(auth: BasicAuth, request: WebhookRequest) -> None:
+    scheme, _, encoded = (request.header("Authorization") or "").partition(" ")
+    if scheme.lower() != "basic" or not encoded.strip():
+        raise WebhookError(403, "missing HTTP Basic credentials")
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True)
+    except (ValueError, binascii.Error):
+        raise WebhookError(403, "HTTP Basic credentials are not base64") from None
+    username, _, password = decoded.partition(b":")
+    good_user = hmac.compare_digest(username, auth.username)
+    good_password = hmac.compare_digest(password, auth.password)
+    if not (good_user and good_password):
+        raise WebhookError(403, "wrong HTTP Basic credentials")
+
+
+def _verify_token(auth: TokenAuth, request: WebhookRequest) -> None:
+    if auth.header is not None:
+        where = auth.header
+        presented = request.header(auth.header)
+    else:
+        where = f"query parameter {auth.query}"
+        presented = request.query.get(auth.query or "") or None
+    if presented is None:
+        raise WebhookError(403, f"missing {where}")
+    if not hmac.compare_digest(presented.encode("utf-8", "surrogatepass"), auth.value):
+        raise WebhookError(403, f"wrong {where}")
+
+
 # -- the compiled config -----------------------------------------------------------------------
 
 
@@ -352,6 +937,10 @@ class Spec:
     auth_headers: Mapping[str, str] = attrs.field(repr=False)
     auth_query: tuple[tuple[str, str], ...] = attrs.field(repr=False)
     secrets: tuple[str, ...] = attrs.field(repr=False)
+    #: What its webhooks carry, and how they are authenticated (None: refused).
+    receipts: WebhookSpec | None = None
+    inbound: WebhookSpec | None = None
+    webhook_auth: WebhookAuth | None = None
 
 
 def _auth(
@@ -496,6 +1085,8 @@ def compile_options(
     if options.get("code_outcomes") is not None and options.get("code_path") is None:
         problems.append(("code_outcomes", "code_outcomes needs code_path: where the code is"))
     auth = take("auth", _auth, ({}, (), ()))
+    receipts, inbound, webhook_auth, webhook_problems = _webhooks(options)
+    problems += webhook_problems
     if problems:
         return None, problems
     spec = Spec(
@@ -514,6 +1105,9 @@ def compile_options(
         auth_headers=auth[0],
         auth_query=auth[1],
         secrets=auth[2],
+        receipts=receipts,
+        inbound=inbound,
+        webhook_auth=webhook_auth,
     )
     return spec, []
 
@@ -564,9 +1158,12 @@ class HttpApiProvider(HttpProvider):
             "code_outcomes",
             "detail_path",
             "status_outcomes",
+            "receipts",
+            "inbound",
+            "webhook_auth",
         }
     )
-    secret_options = frozenset({"auth"})
+    secret_options = frozenset({"auth", "webhook_auth"})
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
@@ -589,6 +1186,96 @@ class HttpApiProvider(HttpProvider):
             for key, problem in problems
             if key not in cls.required_options or options.get(key) is not None
         ]
+
+    # -- webhooks --------------------------------------------------------------------------
+
+    # Either method may be declared; verify_webhook refuses (405) the one that was not.
+    webhook_methods = {
+        "status": frozenset({"POST", "GET"}),
+        "inbound": frozenset({"POST", "GET"}),
+    }
+
+    def _declared(self, kind: str) -> WebhookSpec | None:
+        return self.spec.receipts if kind == "status" else self.spec.inbound
+
+    def verify_webhook(self, kind: str, request: WebhookRequest, now: float) -> None:
+        auth = self.spec.webhook_auth
+        if auth is None:
+            raise WebhookError(
+                403,
+                f"provider {self.name} declares no webhook_auth: give it hmac, basic or token "
+                "(or webhook_auth: none to accept unsigned webhooks)",
+            )
+        declared = self._declared(kind)
+        if declared is None:
+            section = "receipts" if kind == "status" else "inbound"
+            raise WebhookError(404, f"provider {self.name} declares no {section}: section")
+        if request.method != declared.method:
+            raise WebhookError(405, f"method {request.method} not allowed: {declared.method}")
+        if isinstance(auth, HmacAuth):
+            _verify_hmac(auth, request, now)
+        elif isinstance(auth, BasicAuth):
+            _verify_basic(auth, request)
+        elif isinstance(auth, TokenAuth):
+            _verify_token(auth, request)
+
+    def parse_receipts(self, request: WebhookRequest) -> list[Receipt]:
+        spec = self.spec.receipts
+        if spec is None:
+            raise WebhookError(404, f"provider {self.name} declares no receipts: section")
+        receipts = []
+        for record in _records(spec, request, "receipt"):
+            f = spec.fields
+            found = _text_of(f["message_id"].find(record), 200)
+            if found is None:
+                raise WebhookError(
+                    400, f"receipt without a message id at '{_source(f['message_id'])}'"
+                )
+            raw = _as_text(f["status"].find(record))
+            if raw is None:
+                raise WebhookError(400, f"receipt without a status at '{_source(f['status'])}'")
+            reference = _text_of(f["reference"].find(record), 200) if "reference" in f else None
+            code = _text_of(f["error_code"].find(record), 100) if "error_code" in f else None
+            at = _webhook_time(f["timestamp"].find(record)) if "timestamp" in f else None
+            receipts.append(
+                Receipt(
+                    provider_message_id=found,
+                    status=spec.statuses.get(raw, "unknown"),
+                    error_code=code,
+                    at=at,
+                    message_id=reference,
+                )
+            )
+        return receipts
+
+    def parse_inbound(self, request: WebhookRequest) -> list[Inbound]:
+        spec = self.spec.inbound
+        if spec is None:
+            raise WebhookError(404, f"provider {self.name} declares no inbound: section")
+        messages = []
+        for record in _records(spec, request, "inbound message"):
+            f = spec.fields
+            sender = _text_of(f["sender"].find(record), 64)
+            recipient = _text_of(f["recipient"].find(record), 64)
+            text = f["text"].find(record)
+            if sender is None or recipient is None or not isinstance(text, str):
+                raise WebhookError(
+                    400,
+                    f"inbound message without a sender at '{_source(f['sender'])}', a recipient "
+                    f"at '{_source(f['recipient'])}' and a text at '{_source(f['text'])}'",
+                )
+            found = _text_of(f["message_id"].find(record), 200) if "message_id" in f else None
+            at = _webhook_time(f["timestamp"].find(record)) if "timestamp" in f else None
+            messages.append(
+                Inbound(
+                    sender=with_plus(sender),
+                    recipient=with_plus(recipient),
+                    text=text,
+                    provider_message_id=found,
+                    at=at,
+                )
+            )
+        return messages
 
     def build_request(self, sms: OutboundSMS) -> HttpRequest:
         spec = self.spec

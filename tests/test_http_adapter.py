@@ -1,27 +1,25 @@
 """The generic ``http`` adapter, declared in YAML, against a local aggregator on 127.0.0.1.
 
-No vendor stands behind this adapter, so the server is written here: a small
-SMS gateway as a user might run on their own network, in two dialects
-(``LocalAggregator``): a JSON API that answers with HTTP errors, and a legacy
-form gateway that answers HTTP 200 with a status inside.  The adapter's
-declarations come from the shipped example, config/http-aggregator.yaml, so
-the example is what is tested.
+No vendor stands behind this adapter, so the server is written in
+tests/local_aggregator.py: a small SMS gateway as a user might run on their own
+network, in two dialects (``LocalAggregator``): a JSON API that answers with HTTP
+errors, and a legacy form gateway that answers HTTP 200 with a status inside.
+The adapter's declarations come from the shipped example,
+config/http-aggregator.yaml, so the example is what is tested.  Its webhooks
+(receipts, inbound messages, their authentication) are in test_http_webhooks.py.
 """
 
 from __future__ import annotations
 
-import base64
 import copy
-import hmac
-import json
 import secrets
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from aiohttp import web
+from local_aggregator import LocalAggregator
 from provider_support import attempts
 
 from smsroute import (
@@ -38,8 +36,6 @@ from smsroute import (
 )
 from smsroute.providers.base import OutboundSMS
 from smsroute.providers.http import HttpApiProvider
-from smsroute.testing import FakeProvider, Incoming, ReceivedMessage
-from smsroute.testing.fake import country_of
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_PATH = ROOT / "config" / "http-aggregator.yaml"
@@ -49,155 +45,6 @@ TO = "+4915123456789"
 OTP = Message(to=TO, text="Your code is 123456", category="otp")
 CALLBACK = "https://hooks.example.com/sms"
 
-JSON_PATH = "/api/v1/messages"
-FORM_PATH = "/cgi-bin/sendsms"
-
-# The form gateway's status codes (HTTP 200 for all of them).
-FORM_TEXTS = {
-    1: "Throttled",
-    2: "Missing parameter",
-    3: "Invalid to",
-    4: "Bad credentials",
-    5: "Internal error",
-    6: "Unroutable",
-}
-
-
-class LocalAggregator(FakeProvider):
-    """A tiny SMS gateway, in the ``json`` or the ``form`` dialect of the example config.
-
-    ``auth`` is how it checks callers: ``basic`` (``username`` : ``token``),
-    ``bearer``, ``header`` (``X-Api-Key``) or ``query`` (``?key=``).  Numbers
-    in ``unroutable`` countries get NO_ROUTE (form: status 6).  Error messages
-    quote the number back, and a refused credential is quoted too, as careless
-    gateways do.
-    """
-
-    def __init__(
-        self, variant: str = "json", auth: str = "bearer", unroutable: Iterable[str] = ()
-    ) -> None:
-        super().__init__()
-        self.variant = variant
-        self.auth = auth
-        self.username = "acme"
-        self.token = secrets.token_hex(12)
-        self.unroutable = set(unroutable)
-
-    def auth_section(self, token: str | None = None) -> dict[str, str]:
-        """The ``auth:`` a config needs to call this gateway."""
-        value = token or self.token
-        return {
-            "basic": {"kind": "basic", "username": self.username, "password": value},
-            "bearer": {"kind": "bearer", "token": value},
-            "header": {"kind": "header", "name": "X-Api-Key", "value": value},
-            "query": {"kind": "query", "name": "key", "value": value},
-        }[self.auth]
-
-    def add_routes(self, app: web.Application) -> None:
-        path = JSON_PATH if self.variant == "json" else FORM_PATH
-        app.router.add_post(path, self.handle_send)
-        app.router.add_get(path, self.handle_send)
-
-    def new_message_id(self) -> str:
-        self._counter += 1
-        return f"agg-{self._counter:06d}" if self.variant == "json" else secrets.token_hex(8)
-
-    async def read(self, request: web.Request) -> Incoming:
-        fields: dict[str, Any] = {k: v for k, v in request.query.items() if k != "key"}
-        if request.method != "GET":
-            if self.variant == "json":
-                try:
-                    doc = json.loads(await request.read())
-                except ValueError:
-                    doc = None
-                if isinstance(doc, dict):
-                    fields.update(doc)
-            else:
-                fields.update({k: str(v) for k, v in (await request.post()).items()})
-        to = fields.get("to")
-        if isinstance(to, str) and to.isdigit():
-            to = "+" + to
-        return Incoming(fields=fields, to=to if isinstance(to, str) else None)
-
-    def _presented(self, request: web.Request) -> str | None:
-        header = request.headers.get("Authorization", "")
-        if self.auth == "basic" and header.startswith("Basic "):
-            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
-            return password if user == self.username else ""
-        if self.auth == "bearer" and header.startswith("Bearer "):
-            return header[7:]
-        if self.auth == "header":
-            return request.headers.get("X-Api-Key")
-        if self.auth == "query":
-            return request.query.get("key")
-        return None
-
-    def check(self, request: web.Request, incoming: Incoming) -> web.Response | None:
-        presented = self._presented(request)
-        if presented is None or not hmac.compare_digest(presented, self.token):
-            return self.refuse(401, "UNAUTHORIZED", f"invalid credential '{presented}'")
-        f = incoming.fields
-        for name in ("to", "text"):
-            if not f.get(name):
-                return self.refuse(400, "MISSING_FIELD", f"missing {name}")
-        if country_of(incoming.to) is None:
-            return self.refuse(400, "INVALID_NUMBER", f"number {incoming.to} is not valid")
-        if country_of(incoming.to) in self.unroutable:
-            return self.refuse(422, "NO_ROUTE", f"no route to {incoming.to}")
-        return None
-
-    def accept(
-        self, request: web.Request, incoming: Incoming, message_id: str
-    ) -> tuple[web.Response, ReceivedMessage]:
-        f = incoming.fields
-        assert incoming.to is not None
-        record = ReceivedMessage(
-            provider_message_id=message_id,
-            to=incoming.to,
-            sender=f.get("from"),
-            text=str(f["text"]),
-            fields=dict(f),
-            received_at=self.now(),
-            status_callback=f.get("callback_url") or f.get("dlr-url"),
-        )
-        if self.variant == "json":
-            data = {"messages": [{"id": message_id, "to": f["to"], "status": "queued"}]}
-            return web.json_response({"data": data}, status=202), record
-        part = {"status": "0", "message-id": message_id, "to": f["to"]}
-        return web.json_response({"message-count": "1", "messages": [part]}), record
-
-    def refuse(self, status: int, code: str, message: str) -> web.Response:
-        """An error in this gateway's dialect."""
-        if self.variant == "json":
-            return web.json_response({"error": {"code": code, "message": message}}, status=status)
-        number = {
-            "UNAUTHORIZED": 4,
-            "MISSING_FIELD": 2,
-            "INVALID_NUMBER": 3,
-            "NO_ROUTE": 6,
-            "RATE_LIMITED": 1,
-        }.get(code, 5)
-        part = {"status": str(number), "error-text": f"{FORM_TEXTS[number]}: {message}"}
-        return web.json_response({"message-count": "1", "messages": [part]})
-
-    def error_response(self, status: int, code: Any) -> web.Response:
-        if status >= 500 and code is None:
-            return web.Response(status=status, text=f"<h1>{status}</h1>", content_type="text/html")
-        if code is None:
-            code = {401: "UNAUTHORIZED", 402: "NO_CREDIT", 422: "NO_ROUTE", 429: "RATE_LIMITED"}
-            code = code.get(status, "BAD_REQUEST")
-        if self.variant == "form" and str(code).isdigit():
-            part = {"status": str(code), "error-text": FORM_TEXTS.get(int(code), "Error")}
-            return web.json_response({"messages": [part]}, status=status)
-        return self.refuse(status, str(code), "scripted failure")
-
-    def throttle_response(self, retry_after: float | None) -> web.Response:
-        resp = self.refuse(429, "RATE_LIMITED", "slow down")
-        if retry_after is not None:
-            resp.headers["Retry-After"] = f"{retry_after:g}"
-        return resp
-
-
 # -- configs built from the shipped example ----------------------------------------------
 
 
@@ -205,7 +52,12 @@ def section(name: str, gateway: LocalAggregator, **changes: Any) -> dict[str, An
     """The example's provider ``name`` pointed at ``gateway`` with its credentials."""
     body: dict[str, Any] = copy.deepcopy(EXAMPLE["providers"][name])
     body.pop("prices", None)
-    body.update(base_url=gateway.url, auth=gateway.auth_section(), timeout="300ms")
+    body.update(
+        base_url=gateway.url,
+        auth=gateway.auth_section(),
+        webhook_auth=gateway.webhook_auth_section(),
+        timeout="300ms",
+    )
     body.update(changes)
     return {k: v for k, v in body.items() if v is not None}
 

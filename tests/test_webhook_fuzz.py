@@ -26,7 +26,9 @@ import pytest
 from conftest import Hooks, make_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from local_aggregator import LocalAggregator
 from provider_support import otp_to, provider_settings, routing_yaml
+from test_http_adapter import section as http_section
 
 from smsroute import DeliveryReport, InboundMessage, Router
 from smsroute.providers import BUILTIN
@@ -107,6 +109,10 @@ class Case:
     status_callback: bool = True
 
     def settings(self, fake: FakeProvider, *, secured: bool) -> list[str]:
+        if self.name == "http":  # the generic adapter: receipts, inbound and auth in YAML
+            assert isinstance(fake, LocalAggregator)
+            body = http_section("aggregator", fake)  # webhook_auth: hmac, or none when unsecured
+            return [f"{key}: {json.dumps(value)}" for key, value in body.items()]
         if self.name == "vonage":  # signs its own requests with the signature secret
             lines = ["type: vonage", f"base_url: {fake.url}", f'api_key: "{fake.api_key}"']  # type: ignore[attr-defined]
             lines.append("from: Acme")
@@ -195,6 +201,14 @@ CASES = [
         ("MessageBird-Signature-JWT",),
         handset="+31612345678",
         region="NL",
+    ),
+    Case(
+        "http",
+        lambda url, secured: LocalAggregator(
+            "json", "bearer", webhook_auth="hmac" if secured else "none"
+        ),
+        lambda fake: [],  # its webhook_auth is among its settings
+        ("X-Aggregator-Signature", "X-Aggregator-Timestamp"),
     ),
 ]
 BY_NAME = {case.name: case for case in CASES}
