@@ -130,7 +130,11 @@ async def test_sigkilled_worker_loses_nothing_and_duplicates_only_what_was_in_fl
     everything_in_flight = set().union(*in_flight)
     assert duplicated <= everything_in_flight
     assert sum(at_fakes.values()) - MESSAGES <= sum(len(s) for s in in_flight)
-    assert all(0 < len(s) <= CONCURRENCY for s in in_flight), "each kill caught sends in flight"
+    # Never more in flight than the worker's concurrency; and the kills did catch sends in
+    # flight (not every one need: on a loaded machine a kill can land in the instant
+    # between one batch's end and the next lease, which is fine).
+    assert all(len(s) <= CONCURRENCY for s in in_flight), "more leased than the concurrency"
+    assert any(in_flight), "no kill caught a send in flight: the test proved nothing"
     print(
         f"in flight at the kills: {[len(s) for s in in_flight]}, "
         f"sent twice: {sum(at_fakes.values()) - MESSAGES}"
