@@ -24,7 +24,6 @@ from __future__ import annotations
 import abc
 import datetime
 import email.utils
-import functools
 import json
 import math
 import re
@@ -59,6 +58,9 @@ __all__ = [
     "iso_time",
     "json_object",
     "malformed",
+    "new_http_request",
+    "new_outbound_sms",
+    "new_reply",
     "parse_retry_after",
     "unix_seconds",
     "url_problem",
@@ -67,8 +69,46 @@ __all__ = [
 ]
 
 
+# The send path builds OutboundSMS, HttpRequest and Reply with new_outbound_sms,
+# new_http_request and new_reply: attrs' frozen __init__ sets each field through
+# ``object.__setattr__`` (a method-wrapper call per field; 12.6k instructions for
+# an OutboundSMS).  Each class's slots live in a plain base class (attrs adds none
+# of its own when a base has them): its instance is filled by ordinary attribute
+# stores and then becomes the frozen class by ``__class__`` assignment, allowed
+# between a class and a subclass that adds no slot.  The same pattern as
+# smsroute.message.new_attempt; tests/test_hot_path.py compares every field.
+
+
+class _OutboundSMSSlots:
+    __slots__ = (
+        "__weakref__",
+        "attempt",
+        "category",
+        "country",
+        "encoding",
+        "message_id",
+        "segments",
+        "sender",
+        "status_callback",
+        "text",
+        "timeout",
+        "to",
+    )
+    message_id: str
+    to: str
+    country: str
+    text: str
+    sender: str | None
+    encoding: Encoding
+    segments: int
+    category: str
+    attempt: int
+    status_callback: str | None
+    timeout: float | None
+
+
 @attrs.frozen(slots=True)
-class OutboundSMS:
+class OutboundSMS(_OutboundSMSSlots):
     """One message as handed to one provider: already validated and normalised.
 
     ``to`` is E.164; ``attempt`` counts every provider tried for this message so
@@ -92,8 +132,58 @@ class OutboundSMS:
     timeout: float | None = None
 
 
+def new_outbound_sms(
+    message_id: str,
+    to: str,
+    country: str,
+    text: str,
+    sender: str | None,
+    encoding: Encoding,
+    segments: int,
+    category: str,
+    attempt: int = 1,
+    status_callback: str | None = None,
+    timeout: float | None = None,
+) -> OutboundSMS:
+    """``OutboundSMS(...)`` with the same arguments, in under a third of the instructions."""
+    self = _OutboundSMSSlots()
+    self.message_id = message_id
+    self.to = to
+    self.country = country
+    self.text = text
+    self.sender = sender
+    self.encoding = encoding
+    self.segments = segments
+    self.category = category
+    self.attempt = attempt
+    self.status_callback = status_callback
+    self.timeout = timeout
+    self.__class__ = OutboundSMS
+    return self  # type: ignore[return-value]  # it is an OutboundSMS now
+
+
+class _ReplySlots:
+    __slots__ = (
+        "__weakref__",
+        "detail",
+        "error_code",
+        "outcome",
+        "part_ids",
+        "provider_message_id",
+        "retry_after",
+        "status_code",
+    )
+    outcome: Outcome
+    provider_message_id: str | None
+    status_code: int | None
+    error_code: str | None
+    detail: str | None
+    retry_after: float | None
+    part_ids: tuple[str, ...]
+
+
 @attrs.frozen(slots=True)
-class Reply:
+class Reply(_ReplySlots):
     """A provider's answer, classified.
 
     ``detail`` is a short explanation safe for logs: never the number, the text
@@ -110,6 +200,28 @@ class Reply:
     detail: str | None = None
     retry_after: float | None = None
     part_ids: tuple[str, ...] = ()
+
+
+def new_reply(
+    outcome: Outcome,
+    provider_message_id: str | None = None,
+    status_code: int | None = None,
+    error_code: str | None = None,
+    detail: str | None = None,
+    retry_after: float | None = None,
+    part_ids: tuple[str, ...] = (),
+) -> Reply:
+    """``Reply(...)`` with the same arguments, in under a third of the instructions."""
+    self = _ReplySlots()
+    self.outcome = outcome
+    self.provider_message_id = provider_message_id
+    self.status_code = status_code
+    self.error_code = error_code
+    self.detail = detail
+    self.retry_after = retry_after
+    self.part_ids = part_ids
+    self.__class__ = Reply
+    return self  # type: ignore[return-value]  # it is a Reply now
 
 
 class WebhookError(Exception):
@@ -370,8 +482,17 @@ class Provider(abc.ABC):
         return 200, "text/plain", b"ok"
 
 
+class _HttpRequestSlots:
+    __slots__ = ("__weakref__", "data", "headers", "json", "method", "url")
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    data: Mapping[str, str] | None
+    json: Any
+
+
 @attrs.frozen(slots=True)
-class HttpRequest:
+class HttpRequest(_HttpRequestSlots):
     """One HTTP request an :class:`HttpProvider` wants made."""
 
     method: str
@@ -379,6 +500,24 @@ class HttpRequest:
     headers: Mapping[str, str] = attrs.field(repr=False)  # credentials live here
     data: Mapping[str, str] | None = attrs.field(default=None, repr=False)
     json: Any = attrs.field(default=None, repr=False)
+
+
+def new_http_request(
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    data: Mapping[str, str] | None = None,
+    json: Any = None,
+) -> HttpRequest:
+    """``HttpRequest(...)`` with the same arguments, in under half the instructions."""
+    self = _HttpRequestSlots()
+    self.method = method
+    self.url = url
+    self.headers = headers
+    self.data = data
+    self.json = json
+    self.__class__ = HttpRequest
+    return self  # type: ignore[return-value]  # it is an HttpRequest now
 
 
 class HttpProvider(Provider):
@@ -462,33 +601,45 @@ def accepted(status: int, message_id: object, what: str = "message id") -> Reply
     """ACCEPTED with ``message_id``, or malformed when the answer carried none."""
     if not isinstance(message_id, str) or not message_id:
         return malformed(status, f"HTTP {status} without a {what}")
-    return Reply(Outcome.ACCEPTED, provider_message_id=message_id, status_code=status)
+    return new_reply(Outcome.ACCEPTED, message_id, status)
 
 
 _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
 _PHONE = re.compile(r"\+?[0-9]*")
 
 
-@functools.lru_cache(maxsize=512)
-def _quoted_key(key: str) -> str:
-    return quote_plus(key)
+#: Field names, quoted (adapters use a handful; bounded all the same).
+_QUOTED_KEYS: dict[str, str] = {}
 
 
 def form_encode(data: Mapping[str, str]) -> str:
     """``application/x-www-form-urlencoded`` of ``data``, as ``urllib.parse.urlencode``
-    writes it, in about a third of the time: field names are quoted once and
+    writes it, in a fraction of the time: field names are quoted once and
     cached, and values that need no quoting (ids, digits, E.164 numbers) skip
-    the general quoter.  A property test keeps it equal to ``urlencode``.
+    the general quoter, told apart by string methods before any regex.  A
+    property test keeps it equal to ``urlencode``.
     """
     parts = []
+    keys = _QUOTED_KEYS
     for key, value in data.items():
-        if _UNRESERVED.fullmatch(value):
+        if not value.isascii():
+            value = quote_plus(value)
+        elif value.isalnum():
+            pass
+        elif value[:1] == "+" and value[1:].isdigit():
+            value = "%2B" + value[1:]
+        elif _UNRESERVED.fullmatch(value):
             pass
         elif _PHONE.fullmatch(value):
             value = value.replace("+", "%2B")
         else:
             value = quote_plus(value)
-        parts.append(f"{_quoted_key(key)}={value}")
+        quoted = keys.get(key)
+        if quoted is None:
+            quoted = quote_plus(key)
+            if len(keys) < 512:
+                keys[key] = quoted
+        parts.append(f"{quoted}={value}")
     return "&".join(parts)
 
 

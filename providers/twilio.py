@@ -38,6 +38,8 @@ from smsroute.providers.base import (
     WebhookRequest,
     classify_status,
     json_object,
+    new_http_request,
+    new_reply,
     parse_retry_after,
 )
 
@@ -281,7 +283,7 @@ class TwilioProvider(HttpProvider):
         if self.validity_period is not None:
             form["ValidityPeriod"] = str(self.validity_period)
         form["Attempt"] = str(sms.attempt)
-        return HttpRequest("POST", self.url, self._headers, data=form)
+        return new_http_request("POST", self.url, self._headers, form)
 
     # -- webhooks ------------------------------------------------------------------------
 
@@ -371,7 +373,7 @@ class TwilioProvider(HttpProvider):
                     status_code=status,
                     detail="malformed reply: success without a message sid",
                 )
-            return Reply(Outcome.ACCEPTED, provider_message_id=sid, status_code=status)
+            return new_reply(Outcome.ACCEPTED, sid, status)
         code = doc.get("code")
         outcome = ERROR_OUTCOMES.get(code) if isinstance(code, int) else None
         if outcome is None:

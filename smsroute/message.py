@@ -91,8 +91,44 @@ class Message:
         )
 
 
+# -- the send path's constructors -------------------------------------------------------
+#
+# attrs' frozen __init__ sets each field through ``object.__setattr__`` (a
+# method-wrapper call per field): under callgrind an Attempt cost 9.1k
+# instructions and a SendResult 14-15k.  The send path builds them with
+# new_attempt/new_send_result instead: each class's slots live in a plain
+# base class (attrs adds none of its own when a base has them), whose
+# instance is filled by ordinary attribute stores and then becomes the frozen
+# class by ``__class__`` assignment, which CPython allows between a class and
+# a subclass that adds no slot.  What comes out is an ordinary Attempt or
+# SendResult (tests/test_hot_path.py compares every field with one made by
+# attrs' __init__).
+
+
+class _AttemptSlots:
+    __slots__ = (
+        "__weakref__",
+        "detail",
+        "error_code",
+        "latency",
+        "outcome",
+        "provider",
+        "provider_message_id",
+        "retry_after",
+        "status_code",
+    )
+    provider: str
+    outcome: Outcome
+    latency: float
+    status_code: int | None
+    error_code: str | None
+    detail: str | None
+    provider_message_id: str | None
+    retry_after: float | None
+
+
 @attrs.frozen(slots=True)
-class Attempt:
+class Attempt(_AttemptSlots):
     """One try at one provider, as recorded in :attr:`SendResult.attempts`.
 
     ``latency`` is seconds from sending the request to its outcome (0.0 when the
@@ -110,8 +146,40 @@ class Attempt:
     retry_after: float | None = None
 
 
+class _SendResultSlots:
+    __slots__ = (
+        "__weakref__",
+        "attempts",
+        "cost",
+        "currency",
+        "encoding",
+        "last_resort",
+        "message_id",
+        "outcome",
+        "provider",
+        "provider_message_id",
+        "reason",
+        "rule",
+        "segments",
+        "status",
+    )
+    message_id: str
+    status: SendStatus
+    provider: str | None
+    provider_message_id: str | None
+    attempts: tuple[Attempt, ...]
+    segments: int
+    encoding: Encoding
+    cost: float | None
+    currency: str | None
+    reason: str | None
+    rule: str | None
+    last_resort: bool
+    outcome: Outcome | None
+
+
 @attrs.frozen(slots=True)
-class SendResult:
+class SendResult(_SendResultSlots):
     """The outcome of :meth:`Router.send`.
 
     ``status`` is ``"accepted"`` when a provider took the message, else
@@ -148,6 +216,64 @@ class SendResult:
         if self.status != "accepted":
             raise SendFailed(self)
         return self
+
+
+def new_attempt(
+    provider: str,
+    outcome: Outcome,
+    latency: float,
+    status_code: int | None = None,
+    error_code: str | None = None,
+    detail: str | None = None,
+    provider_message_id: str | None = None,
+    retry_after: float | None = None,
+) -> Attempt:
+    """``Attempt(...)`` with the same arguments, in under a third of the instructions."""
+    self = _AttemptSlots()
+    self.provider = provider
+    self.outcome = outcome
+    self.latency = latency
+    self.status_code = status_code
+    self.error_code = error_code
+    self.detail = detail
+    self.provider_message_id = provider_message_id
+    self.retry_after = retry_after
+    self.__class__ = Attempt
+    return self  # type: ignore[return-value]  # it is an Attempt now
+
+
+def new_send_result(
+    message_id: str,
+    status: SendStatus,
+    provider: str | None,
+    provider_message_id: str | None,
+    attempts: tuple[Attempt, ...],
+    segments: int,
+    encoding: Encoding,
+    cost: float | None = None,
+    currency: str | None = None,
+    reason: str | None = None,
+    rule: str | None = None,
+    last_resort: bool = False,
+    outcome: Outcome | None = None,
+) -> SendResult:
+    """``SendResult(...)`` with the same arguments, in under a third of the instructions."""
+    self = _SendResultSlots()
+    self.message_id = message_id
+    self.status = status
+    self.provider = provider
+    self.provider_message_id = provider_message_id
+    self.attempts = attempts
+    self.segments = segments
+    self.encoding = encoding
+    self.cost = cost
+    self.currency = currency
+    self.reason = reason
+    self.rule = rule
+    self.last_resort = last_resort
+    self.outcome = outcome
+    self.__class__ = SendResult
+    return self  # type: ignore[return-value]  # it is a SendResult now
 
 
 class SendFailed(SmsrouteError):

@@ -34,6 +34,7 @@ LONG_FILES = {
     "smsroute/outbox/worker.py",
     "smsroute/outbox/sqlite.py",
     "smsroute/outbox/redis.py",
+    "providers/base.py",
     "providers/http.py",
     "providers/vonage.py",
 }
