@@ -152,8 +152,10 @@ async def test_token_for_another_url_is_refused(router: Router, fake: FakeMessag
 @pytest.mark.parametrize(
     "claims",
     [
-        {"exp": int(time.time()) - 10, "nbf": int(time.time()) - 70},  # expired
-        {"nbf": int(time.time()) + 60, "exp": int(time.time()) + 120},  # not valid yet
+        # Times as seconds from when the test runs, made absolute by relative() below:
+        # computed here, at collection, a long suite could reach the test minutes later.
+        {"exp": -10, "nbf": -70},  # expired
+        {"nbf": 60, "exp": 120},  # not valid yet
         {"iss": "SomeoneElse"},
         {"iss": None},
         {"exp": None},
@@ -167,9 +169,15 @@ async def test_stale_or_incomplete_token_is_refused(
 ) -> None:
     result = await router.send(OTP)
     method, url, _, _ = fake.receipt_request(fake.messages[0], "delivered", None)
-    headers = {"MessageBird-Signature-JWT": token(fake.signing_key, url, **claims)}
+    headers = {"MessageBird-Signature-JWT": token(fake.signing_key, url, **relative(claims))}
     assert await call(method, url, headers) == 403
     assert await state_of(router, result.message_id) == "accepted"
+
+
+def relative(claims: dict[str, Any]) -> dict[str, Any]:
+    """``exp`` and ``nbf`` given as seconds from now, made absolute now."""
+    now = int(time.time())
+    return {k: now + v if k in ("exp", "nbf") and v is not None else v for k, v in claims.items()}
 
 
 async def test_token_with_a_payload_hash_but_no_body_is_refused(
