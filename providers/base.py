@@ -606,6 +606,8 @@ def accepted(status: int, message_id: object, what: str = "message id") -> Reply
 
 _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
 _PHONE = re.compile(r"\+?[0-9]*")
+# Plain words and spaces ("Your code is 123456"): quote_plus only turns the spaces to "+".
+_WORDS = re.compile(r"[A-Za-z0-9_.~ -]*")
 
 
 #: Field names, quoted (adapters use a handful; bounded all the same).
@@ -632,6 +634,8 @@ def form_encode(data: Mapping[str, str]) -> str:
             pass
         elif _PHONE.fullmatch(value):
             value = value.replace("+", "%2B")
+        elif _WORDS.fullmatch(value):
+            value = value.replace(" ", "+")
         else:
             value = quote_plus(value)
         quoted = keys.get(key)
