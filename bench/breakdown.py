@@ -15,8 +15,6 @@ bench/callgrind_send.py's numbers in RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -157,26 +155,11 @@ def stage(name: str, count: int) -> None:
 
 
 def instructions(name: str, count: int) -> int:
-    out = subprocess.run(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
-            sys.executable,
-            __file__,
-            "--stage",
-            name,
-            "--count",
-            str(count),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    found = re.search(r"Collected : (\d+)", out.stderr)
-    if found is None:
-        raise RuntimeError(f"no instruction count from callgrind:\n{out.stderr[-2000:]}")
-    return int(found.group(1))
+    """Instructions this script executes running stage ``name`` ``count`` times."""
+    sys.path.insert(0, str(HERE))
+    from callgrind_send import callgrind
+
+    return callgrind(__file__, ["--stage", name, "--count", str(count)])
 
 
 def main() -> None:

@@ -75,20 +75,16 @@ async def client(arm: str, count: int) -> None:
         proc.wait()
 
 
-def instructions(arm: str, count: int, profile: Path | None = None) -> int:
-    """Instructions the client executes sending ``count`` messages (plus fixed costs)."""
-    out_file = "/dev/null" if profile is None else str(profile / f"callgrind.{arm}.{count}")
+def callgrind(script: str, args: list[str], out_file: str = "/dev/null") -> int:
+    """Instructions ``python script *args`` executes under valgrind's callgrind."""
     out = subprocess.run(
         [
             "valgrind",
             "--tool=callgrind",
             f"--callgrind-out-file={out_file}",
             sys.executable,
-            __file__,
-            "--arm",
-            arm,
-            "--count",
-            str(count),
+            script,
+            *args,
         ],
         capture_output=True,
         text=True,
@@ -98,6 +94,12 @@ def instructions(arm: str, count: int, profile: Path | None = None) -> int:
     if found is None:
         raise RuntimeError(f"no instruction count from callgrind:\n{out.stderr[-2000:]}")
     return int(found.group(1))
+
+
+def instructions(arm: str, count: int, profile: Path | None = None) -> int:
+    """Instructions the client executes sending ``count`` messages (plus fixed costs)."""
+    out_file = "/dev/null" if profile is None else str(profile / f"callgrind.{arm}.{count}")
+    return callgrind(__file__, ["--arm", arm, "--count", str(count)], out_file)
 
 
 def main() -> None:
