@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from conftest import ROOT, twilio_block
-from test_service_examples import free_port, wait_listening
+from test_service_examples import free_port, send_and_see_delivered, wait_listening
 
 from smsroute.testing import FakeTwilio
 
@@ -64,15 +64,7 @@ async def service(
 async def test_view_sends_and_the_signed_receipt_reaches_status(
     service: str, twilio_a: FakeTwilio
 ) -> None:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{service}/send", json={"to": "+4915123456789", "text": "hi"}) as r:
-            assert r.status == 202
-            message_id = (await r.json())["message_id"]
-        async with asyncio.timeout(10):
-            await twilio_a.wait_receipts(1)
-        assert twilio_a.receipts_sent[0][2] == 200  # the mounted webhook took the signed receipt
-        async with http.get(f"{service}/messages/{message_id}") as r:
-            assert (await r.json())["status"] == "delivered"
+    await send_and_see_delivered(service, twilio_a)  # through the mounted webhook
 
 
 async def test_forged_receipt_and_bad_number(service: str) -> None:
