@@ -101,8 +101,14 @@ async def test_cancel_during_rate_limit_wait_returns_token_and_probe(
     twilio_a: FakeTwilio, twilio_b: FakeTwilio
 ) -> None:
     clock = ManualClock()
+    waiting = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:  # the router's rate-limit wait, observed
+        waiting.set()
+        await asyncio.sleep(seconds)
+
     async with Router(
-        make_config(config(twilio_a, twilio_b, rate_limit=1, burst=1)), clock=clock
+        make_config(config(twilio_a, twilio_b, rate_limit=1, burst=1)), clock=clock, sleep=sleep
     ) as r:
         await half_open(r, twilio_a, clock)
         bucket = r.state.bucket(r.config.providers["a"])
@@ -111,7 +117,8 @@ async def test_cancel_during_rate_limit_wait_returns_token_and_probe(
         assert waits_before > 0.5
         sent_before = twilio_a.requests
         task = asyncio.ensure_future(r.send(OTP))
-        await asyncio.sleep(0.1)  # the send is asleep in its rate-limit wait
+        async with asyncio.timeout(5):
+            await waiting.wait()  # the send is asleep in its rate-limit wait
         assert twilio_a.requests == sent_before
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -139,10 +146,11 @@ async def test_cancel_while_waiting_for_or_holding_a_concurrency_slot(
         assert inflight(registry, "a") == 1
         # A second send queues for the slot; cancel it there.
         waiter = asyncio.ensure_future(r.send(OTP))
-        await asyncio.sleep(0.05)
+        await until(lambda: slots.waiting == 1, what="the second send queued for the slot")
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter
+        assert slots.waiting == 0
         # Cancel the holder mid-request: the slot and the gauge come back at once.
         holder.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -52,6 +52,11 @@ class ConcurrencySlot:
         """Slots taken now."""
         return self.capacity - self._free
 
+    @property
+    def waiting(self) -> int:
+        """Callers queued in :meth:`acquire` now."""
+        return len(self._waiters)
+
     def try_acquire(self) -> bool:
         """Take a slot if one is free and nobody waits for one; never waits."""
         if self._free and not self._waiters:
