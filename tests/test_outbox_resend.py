@@ -11,6 +11,8 @@ receipts move it.  Runs on both stores: SQLite and Redis.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,25 @@ def chain_with_outbox(hooks: Hooks, fakes: tuple[FakeTwilio, ...], outbox: str) 
     return routing_yaml(providers, webhook_url=hooks.url) + "    on_undelivered: resend\n" + outbox
 
 
+@contextlib.asynccontextmanager
+async def resent_to_b(
+    hooks: Hooks, fakes: tuple[FakeTwilio, FakeTwilio, FakeTwilio], outbox_yaml: str
+) -> AsyncIterator[tuple[Router, str, MessageState]]:
+    """A message enqueued, sent by a worker through a (which reports it undelivered) and
+    resent through b (which stays silent): the router, its id and its durable state then,
+    with the worker still running."""
+    a, b, _ = fakes
+    a.receipts("undelivered", error_code=UNREACHABLE)
+    b.receipts("never")
+    at_b = asyncio.Event()
+    config = make_config(chain_with_outbox(hooks, fakes, outbox_yaml))
+    async with Router(config, hooks=[accepted_by("b", at_b)], metrics=False) as router:
+        await hooks.serve(router)
+        message_id = await router.enqueue(OTP)
+        async with router.worker(concurrency=1):
+            yield router, message_id, await resent_through_b(router, message_id, at_b)
+
+
 async def test_the_durable_status_follows_a_resend_chain(
     hooks: Hooks,
     twilio_a: FakeTwilio,
@@ -71,36 +92,27 @@ async def test_the_durable_status_follows_a_resend_chain(
     twilio_c: FakeTwilio,
     outbox_yaml: str,
 ) -> None:
-    twilio_a.receipts("undelivered", error_code=UNREACHABLE)
-    twilio_b.receipts("never")
-    at_b = asyncio.Event()
-    config = make_config(chain_with_outbox(hooks, (twilio_a, twilio_b, twilio_c), outbox_yaml))
-    async with Router(config, hooks=[accepted_by("b", at_b)], metrics=False) as router:
-        await hooks.serve(router)
-        message_id = await router.enqueue(OTP)
-        async with router.worker(concurrency=1):
-            # Resent through b, which has not answered: the durable record says so, and
-            # none of a's failure is put on b.
-            state = await resent_through_b(router, message_id, at_b)
-            assert (state.status, state.provider, state.error_code) == ("accepted", "b", None)
-            assert state.provider_message_id == twilio_b.messages[0].provider_message_id
-            # b now reports a failure too: the message goes on to c, which delivers.
-            twilio_c.receipts("delivered")
-            await twilio_b.send_receipt(twilio_b.messages[0], "undelivered", UNREACHABLE)
-            async with asyncio.timeout(10):
-                await reaches(router, message_id, "delivered")
-        state = await router.status(message_id)
-        assert state is not None
-        assert (state.status, state.provider) == ("delivered", "c")
-        moves = [
-            (s, p) for s, p, _ in state.history if s in ("accepted", "undelivered", "delivered")
-        ]
-        assert moves[-4:] == [
-            ("accepted", "b"),
-            ("undelivered", "b"),
-            ("accepted", "c"),
-            ("delivered", "c"),
-        ]
+    fakes = (twilio_a, twilio_b, twilio_c)
+    async with resent_to_b(hooks, fakes, outbox_yaml) as (router, message_id, state):
+        # Resent through b, which has not answered: the durable record says so, and
+        # none of a's failure is put on b.
+        assert (state.status, state.provider, state.error_code) == ("accepted", "b", None)
+        assert state.provider_message_id == twilio_b.messages[0].provider_message_id
+        # b now reports a failure too: the message goes on to c, which delivers.
+        twilio_c.receipts("delivered")
+        await twilio_b.send_receipt(twilio_b.messages[0], "undelivered", UNREACHABLE)
+        async with asyncio.timeout(10):
+            await reaches(router, message_id, "delivered")
+        final = await router.status(message_id)
+    assert final is not None
+    assert (final.status, final.provider) == ("delivered", "c")
+    moves = [(s, p) for s, p, _ in final.history if s in ("accepted", "undelivered", "delivered")]
+    assert moves[-4:] == [
+        ("accepted", "b"),
+        ("undelivered", "b"),
+        ("accepted", "c"),
+        ("delivered", "c"),
+    ]
 
 
 async def test_a_late_receipt_of_the_replaced_attempt_does_not_move_the_durable_record(
@@ -110,17 +122,10 @@ async def test_a_late_receipt_of_the_replaced_attempt_does_not_move_the_durable_
     twilio_c: FakeTwilio,
     outbox_yaml: str,
 ) -> None:
-    twilio_a.receipts("undelivered", error_code=UNREACHABLE)
-    twilio_b.receipts("never")
-    at_b = asyncio.Event()
-    config = make_config(chain_with_outbox(hooks, (twilio_a, twilio_b, twilio_c), outbox_yaml))
-    async with Router(config, hooks=[accepted_by("b", at_b)], metrics=False) as router:
-        await hooks.serve(router)
-        message_id = await router.enqueue(OTP)
-        async with router.worker(concurrency=1):
-            await resent_through_b(router, message_id, at_b)
-            # a (the replaced attempt) now says delivered after all: recorded, moves nothing.
-            await twilio_a.send_receipt(twilio_a.messages[0], "delivered", None)
-            state = await router.status(message_id)
-            assert state is not None
-            assert (state.status, state.provider) == ("accepted", "b")
+    fakes = (twilio_a, twilio_b, twilio_c)
+    async with resent_to_b(hooks, fakes, outbox_yaml) as (router, message_id, _):
+        # a (the replaced attempt) now says delivered after all: recorded, moves nothing.
+        await twilio_a.send_receipt(twilio_a.messages[0], "delivered", None)
+        state = await router.status(message_id)
+        assert state is not None
+        assert (state.status, state.provider) == ("accepted", "b")
