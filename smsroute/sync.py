@@ -7,9 +7,10 @@ views, Celery tasks, management commands, cron scripts.
         result = router.send(Message(to="+49 151 23456789", text="Code 123456"))
 
 A :class:`SyncRouter` runs one :class:`~smsroute.router.Router` on a private
-event loop in a daemon thread, started on first use.  Any number of threads call
-it at once and share that router's connection pool, breakers and limits; each
-call blocks its own thread until the router answers.
+event loop, started on first use.  Any number of threads call it at once and
+share that router's connection pool, breakers and limits; each call blocks its
+own thread until the router answers.  The calling threads drive the loop while
+they call (see :class:`_Engine`), a daemon thread between calls.
 
 Fork safety: a process forked after the router started (gunicorn ``--preload``,
 Celery's prefork pool, ``multiprocessing``) does not touch the parent's loop or
@@ -26,8 +27,10 @@ import atexit
 import os
 import selectors
 import threading
+import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -90,64 +93,66 @@ def _in_running_loop() -> bool:
     return True
 
 
-class _Waiter:
-    """One call's answer, handed from the loop thread to the caller's thread."""
+#: How long the loop may go undriven after a call before the engine's own thread drives
+#: it again (for the router's background work: timers, Redis sync, receipt timeouts).
+IDLE_GRACE = 0.005
 
-    __slots__ = ("done", "error", "value")
+#: The engine's own thread, as the one driving the loop (callers are their `_Waiter`).
+_DAEMON = object()
+
+
+class _Waiter:
+    """One call: its answer, and the lock its thread sleeps on.
+
+    ``wake`` is released when the call is finished, or when the thread is handed
+    the loop to drive (``finished`` tells which).
+    """
+
+    __slots__ = ("error", "finished", "value", "wake")
 
     def __init__(self) -> None:
-        self.done = threading.Lock()
-        self.done.acquire()
+        self.wake = threading.Lock()
+        self.wake.acquire()
         self.value: Any = None
         self.error: BaseException | None = None
-
-    async def run(self, make: Callable[[], Awaitable[Any]]) -> None:
-        """Await ``make()`` and hand its value or error over.
-
-        The coroutine settles the waiter itself rather than through a done callback
-        on its task: a done callback runs one loop iteration later, and each
-        iteration is a poll and a GIL hand-off between the two threads (measured:
-        the hand-off, not smsroute, is most of what a sync call costs).
-        """
-        try:
-            self.value = await make()
-        except asyncio.CancelledError:
-            self.error = RuntimeError(
-                "the call was cancelled because the SyncRouter was closed while it ran"
-            )
-        except BaseException as exc:  # handed to the calling thread, raised there
-            self.error = exc
-        finally:
-            self.done.release()
+        self.finished = False
 
 
 class _Engine:
-    """One process's loop, its thread and the Router running on it."""
+    """One process's loop, the Router running on it, and who drives the loop.
+
+    The loop runs in the calling threads themselves.  A call whose thread finds
+    the loop undriven drives it (``run_forever`` in that thread) until its own
+    call is done, so a caller sending one message after another never waits for
+    another thread: a hand-off between threads (a wake-up through the loop's
+    self-pipe, a lock released for the caller) costs more CPU than the send's own
+    work in smsroute (bench/bench_sync.py).  A call that finds the loop driven
+    hands its coroutine to the loop (``call_soon_threadsafe``) and sleeps until it
+    is done, or until the driver, finished with its own call, hands it the loop.
+    When no call is running the engine's daemon thread drives the loop, after
+    :data:`IDLE_GRACE`, for the router's background work; a call that arrives
+    then asks it to stop and takes the loop over.
+
+    Only the driver runs loop code; ``_mutex`` guards ``_driver`` and ``_queue``.
+    """
 
     def __init__(self, config: Config, kwargs: Mapping[str, Any]) -> None:
         self.loop = asyncio.SelectorEventLoop(selectors.PollSelector())
-        self.router: Router | None = None
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            try:
-                self.router = self.loop.run_until_complete(self._open(config, kwargs))
-            except BaseException as exc:  # handed to the thread that started us
-                failure.append(exc)
-                self.loop.close()
-                ready.set()
-                return
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, name="smsroute-sync-router", daemon=True)
+        self._mutex = threading.Lock()
+        self._daemon_wait = threading.Condition(self._mutex)
+        self._driver: object | None = None
+        self._queue: deque[_Waiter] = deque()
+        self._released_at = 0.0
+        self._closing = False
+        try:
+            self.router: Router = self.loop.run_until_complete(self._open(config, kwargs))
+        except BaseException:
+            self.loop.close()
+            raise
+        self.thread = threading.Thread(
+            target=self._daemon, name="smsroute-sync-router", daemon=True
+        )
         self.thread.start()
-        ready.wait()
-        if failure:
-            self.thread.join()
-            raise failure[0]
 
     @staticmethod
     async def _open(config: Config, kwargs: Mapping[str, Any]) -> Router:
@@ -155,28 +160,139 @@ class _Engine:
         await router.__aenter__()
         return router
 
-    def submit(self, make: Callable[[], Awaitable[T]]) -> _Waiter:
+    # -- calls --------------------------------------------------------------------------
+
+    def call(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Run ``make()`` on the loop and return its value (or raise its error)."""
         waiter = _Waiter()
-        self.loop.call_soon_threadsafe(self.loop.create_task, waiter.run(make))
-        return waiter
+        coro = self._run(waiter, make)
+        with self._mutex:
+            if self._driver is None:
+                self._driver = waiter
+                queued = False
+            else:
+                self._queue.append(waiter)
+                queued = True
+        if queued:
+            self.loop.call_soon_threadsafe(self._start, coro)
+            try:
+                waiter.wake.acquire()
+            except BaseException:  # interrupted (KeyboardInterrupt): leave the line
+                self._leave(waiter)
+                raise
+            if not waiter.finished:  # handed the loop: drive it until our call is done
+                self._drive()
+        else:
+            self.loop.create_task(coro)
+            self._drive()
+        if waiter.error is not None:
+            raise waiter.error
+        value: T = waiter.value
+        return value
+
+    async def _run(self, waiter: _Waiter, make: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            waiter.value = await make()
+        except asyncio.CancelledError:
+            waiter.error = RuntimeError(
+                "the call was cancelled because the SyncRouter was closed while it ran"
+            )
+        except BaseException as exc:  # handed to the calling thread, raised there
+            waiter.error = exc
+        finally:
+            with self._mutex:
+                waiter.finished = True
+                if self._driver is waiter:
+                    self.loop.stop()  # its thread's run_forever returns after this step
+                else:
+                    if waiter in self._queue:
+                        self._queue.remove(waiter)
+                    waiter.wake.release()
+
+    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
+        """On the loop: start a queued call; a daemon driving the loop gives it up."""
+        self.loop.create_task(coro)
+        if self._driver is _DAEMON:
+            self.loop.stop()
+
+    def _drive(self) -> None:
+        """Run the loop in this thread until it is stopped, then hand it on."""
+        try:
+            self.loop.run_forever()
+        finally:
+            self._hand_on()
+
+    def _leave(self, waiter: _Waiter) -> None:
+        """A queued caller gives up waiting: out of the line, or on with the loop."""
+        with self._mutex:
+            if waiter in self._queue:
+                self._queue.remove(waiter)
+                return
+            handed = self._driver is waiter and not waiter.finished
+        if handed:
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        with self._mutex:
+            if self._queue:
+                nxt = self._queue.popleft()
+                self._driver = nxt
+                nxt.wake.release()
+            else:
+                self._driver = None
+                self._released_at = time.monotonic()
+
+    # -- the daemon thread --------------------------------------------------------------
+
+    def _daemon(self) -> None:
+        while True:
+            with self._mutex:
+                while not self._closing:
+                    if self._driver is None:
+                        idle = time.monotonic() - self._released_at
+                        if idle >= IDLE_GRACE:
+                            break
+                        self._daemon_wait.wait(IDLE_GRACE - idle)
+                    else:
+                        self._daemon_wait.wait(IDLE_GRACE)
+                if self._closing:
+                    return
+                self._driver = _DAEMON
+            self._drive()
+
+    def _stop_daemon(self) -> None:
+        """On the loop: the daemon's run_forever returns (a call wants the loop)."""
+        if self._driver is _DAEMON:
+            self.loop.stop()
+
+    # -- closing ------------------------------------------------------------------------
 
     def close(self) -> None:
         router = self.router
-        if router is not None and self.thread.is_alive():
 
-            async def shut() -> None:
+        async def shut() -> None:
+            try:
                 await router.aclose()
+            finally:
+                # Calls still running (other threads') end now, each told why.
+                me = asyncio.current_task()
+                rest = [t for t in asyncio.all_tasks() if t is not me]
+                for task in rest:
+                    task.cancel()
+                await asyncio.gather(*rest, return_exceptions=True)
                 await self.loop.shutdown_asyncgens()
                 await self.loop.shutdown_default_executor()
 
-            waiter = self.submit(shut)
-            waiter.done.acquire()
-            self.loop.call_soon_threadsafe(self.loop.stop)
+        try:
+            self.call(shut)
+        finally:
+            with self._mutex:
+                self._closing = True
+                self._daemon_wait.notify_all()
+                daemon_driving = self._driver is _DAEMON
+            if daemon_driving:
+                self.loop.call_soon_threadsafe(self._stop_daemon)
             self.thread.join()
-            if waiter.error is not None:
-                self.loop.close()
-                raise waiter.error
-        if not self.loop.is_closed() and not self.thread.is_alive():
             self.loop.close()
 
 
@@ -193,7 +309,7 @@ class SyncRouter:
     and return the same types; each blocks the calling thread until it is done.
     Bad input raises :class:`InvalidNumber` or :class:`InvalidMessage` in the
     calling thread.  Callbacks (:meth:`on_delivery_report`, :meth:`on_inbound`)
-    run on the router's thread: keep them short.
+    run on whichever thread drives the loop then: keep them short.
     """
 
     def __init__(self, config: Config, **kwargs: Any) -> None:
@@ -282,12 +398,7 @@ class SyncRouter:
         engine = self._started(method)
         router = engine.router
         assert router is not None
-        waiter = engine.submit(lambda: make(router))
-        waiter.done.acquire()
-        if waiter.error is not None:
-            raise waiter.error
-        value: T = waiter.value
-        return value
+        return engine.call(lambda: make(router))
 
     async def _now(self, value: T) -> T:
         return value
@@ -349,7 +460,7 @@ class SyncRouter:
         return WebhookWSGIApp(self, prefix)
 
     def on_delivery_report(self, callback: DeliveryCallback) -> DeliveryCallback:
-        """Call ``callback(report)`` for every new delivery receipt (on the router's thread)."""
+        """Call ``callback(report)`` for every new delivery receipt (on the thread driving the loop)."""
         with self._lock:
             self._delivery_callbacks.append(callback)
             engine = self._engine
@@ -358,7 +469,7 @@ class SyncRouter:
         return callback
 
     def on_inbound(self, callback: InboundCallback) -> InboundCallback:
-        """Call ``callback(message)`` for every inbound message (on the router's thread)."""
+        """Call ``callback(message)`` for every inbound message (on the thread driving the loop)."""
         with self._lock:
             self._inbound_callbacks.append(callback)
             engine = self._engine

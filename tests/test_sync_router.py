@@ -255,3 +255,43 @@ async def test_clean_shutdown_and_exit_without_warnings(
         out, err = await proc.communicate()
     assert (proc.returncode, out.decode(), err.decode()) == (0, "done\n", "")
     assert len(twilio_a.messages) == 6
+
+
+async def wait_for_requests(fake: FakeTwilio, count: int) -> None:
+    async with asyncio.timeout(10):
+        await fake.wait_requests(count)
+
+
+async def test_a_slow_call_does_not_hold_up_a_quick_one(
+    router: SyncRouter, twilio_a: FakeTwilio
+) -> None:
+    """The thread driving the loop for its own slow call runs other threads' calls
+    too, and each returns as soon as it is done, not when the driver's call is."""
+    twilio_a.hang(country="DE")
+    slow = asyncio.ensure_future(asyncio.to_thread(router.send, OTP))
+    await wait_for_requests(twilio_a, 1)
+    france = Message(to="+33612345678", text="Your code is 123456", category="otp")
+    quick = await asyncio.to_thread(router.send, france)
+    assert quick.ok
+    assert not slow.done()  # still hung at the provider
+    twilio_a.heal()  # the hung request is answered 503 now
+    answered = await slow
+    assert [a.provider for a in answered.attempts] == ["twilio"]
+
+
+async def test_closing_ends_a_call_running_in_another_thread(
+    tmp_path: Path, twilio_a: FakeTwilio
+) -> None:
+    sync = SyncRouter.from_yaml(config_file(tmp_path, twilio_a), metrics=False)
+    twilio_a.hang()
+    running = asyncio.ensure_future(asyncio.to_thread(sync.send, OTP))
+    await wait_for_requests(twilio_a, 1)
+    await asyncio.to_thread(sync.close)
+    # The call ends: closing the session fails its request (or, had it been
+    # between requests, it would be cancelled and say so).
+    async with asyncio.timeout(10):
+        result = await running
+    assert not result.ok
+    twilio_a.heal()
+    with pytest.raises(RuntimeError, match="was closed"):
+        await asyncio.to_thread(sync.send, OTP)

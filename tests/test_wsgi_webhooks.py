@@ -260,3 +260,32 @@ async def test_wsgi_answers_as_the_aiohttp_app(both: tuple[int, int], twilio_a: 
         "not gzip": 400,
         "bad host": 400,
     }
+
+
+async def test_a_resend_runs_between_calls(twilio_a: FakeTwilio, twilio_b: FakeTwilio) -> None:
+    """Work the router starts in the background (here the resend an "undelivered"
+    receipt triggers) goes on when no call is running: the loop is driven by the
+    calling threads while they call, and by the SyncRouter's own thread between calls."""
+    twilio_a.receipts("undelivered", error_code=30003)  # unreachable: resend elsewhere
+    twilio_b.receipts("delivered")
+    with wsgi_server() as (server, base):
+        providers = {
+            "a": provider_settings(twilio_a, "+15005550006"),
+            "b": provider_settings(twilio_b, "+15005550006"),
+        }
+        text = routing_yaml(providers, webhook_url=base) + "    on_undelivered: resend\n"
+        router = SyncRouter(make_config(text), metrics=False)
+        server.set_app(router.wsgi_app(prefix="/sms"))
+        try:
+            message = Message(to="+4915123456789", text="Your code is 123456", category="otp")
+            result = await asyncio.to_thread(router.send, message)
+            assert result.provider == "a", result
+            # The receipt arrives through the WSGI server's thread; the resend it starts
+            # outlives that call, and no other call is made until b has the message.
+            async with asyncio.timeout(10):
+                await twilio_b.wait_receipts(1)
+            state = await asyncio.to_thread(router.status, result.message_id)
+            assert state is not None
+            assert (state.status, state.provider) == ("delivered", "b")
+        finally:
+            await asyncio.to_thread(router.close)

@@ -97,6 +97,7 @@ class FakeProvider(abc.ABC):
         self.receipts_sent: list[tuple[str, str, int]] = []
         self._client: aiohttp.ClientSession | None = None
         self._receipt_sent = asyncio.Event()
+        self._requested = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ------------------------------------------------------------------
@@ -242,6 +243,15 @@ class FakeProvider(abc.ABC):
             self._receipt_sent.clear()
             await self._receipt_sent.wait()
 
+    async def wait_requests(self, count: int) -> None:
+        """Wait until ``count`` send requests have arrived (answered or not).
+
+        Wrap it in ``asyncio.timeout(...)``: a request that never comes never ends it.
+        """
+        while self.requests < count:
+            self._requested.clear()
+            await self._requested.wait()
+
     def receipt_request(
         self, record: ReceivedMessage, status: str, error_code: Any
     ) -> tuple[str, str, dict[str, str], bytes]:
@@ -341,6 +351,7 @@ class FakeProvider(abc.ABC):
     async def handle_send(self, request: web.Request) -> web.StreamResponse:
         """Read, apply latency and faults, check, accept: in that order."""
         self.requests += 1
+        self._requested.set()
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
