@@ -1,0 +1,539 @@
+"""Fraud and spend guards: whether a message may go, decided before any provider is called.
+
+:class:`Guards` is built by the :class:`~smsroute.runtime.Runtime` from the config's
+``guards`` section and the rules' ``guards`` keys (:mod:`smsroute.guardconfig`), and
+asked once per message by :meth:`Dispatcher.send`, after the opt-out check and before
+the plan:
+
+* **geo**: a country outside the category's (or rule's) ``allow`` list, or in its
+  ``deny`` list, is refused;
+* **velocity**: at most ``max`` messages per sliding ``window`` to one number, one
+  destination prefix or one country;
+* **anomaly**: a country whose recent rate exceeds ``factor`` times its baseline is
+  refused (or needs the caller's override: :data:`ANOMALY_OVERRIDE`) until it falls
+  back; the trip and the release are events, metrics and log lines;
+* **budget**: a category, country or tag budget at its cap refuses; a provider at its
+  cap is dropped from the plan, and the rule's ``on_budget`` says whether the message
+  is then refused (``refuse``, the default, when the provider the rule would use first
+  is at its cap) or goes to the cheapest provider still under its cap
+  (``cheapest_under_cap``).  Spend is the price table's cost (per segment x segments) of
+  each accepted message, counted per calendar hour, day or month (UTC).
+
+The counts live in the state backend (:mod:`smsroute.guardcounts`): this process's
+memory, or Redis for every replica.  A refusal is a failed :class:`SendResult` whose
+``reason`` names the guard and its limit, never a number or its digits.
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Final
+
+import attrs
+
+from smsroute.config import Config, Rule
+from smsroute.guardconfig import Budget, GuardSet, Velocity, duration_text
+from smsroute.guardcounts import AnomalyQuery, GuardAnswer, GuardCounts, GuardQuery
+from smsroute.instrument.events import AnomalyTransition, BudgetSpent, Event
+from smsroute.message import Message
+
+log = logging.getLogger("smsroute.guards")
+
+#: The ``Message.metadata`` key of the caller's override of the anomaly guard.
+OVERRIDE_KEY: Final = "smsroute.override"
+
+
+class GuardOverride:
+    """The type of :data:`ANOMALY_OVERRIDE` (one instance: compared by identity)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "smsroute.ANOMALY_OVERRIDE"
+
+
+#: Put under ``metadata["smsroute.override"]`` to send through a tripped anomaly guard
+#: whose action is ``require_override``.  It is an object, not a value: nothing read from
+#: JSON, a form, a queue or the outbox can equal it, so only the caller's own code can
+#: set it (and the outbox refuses a message that carries it).
+ANOMALY_OVERRIDE: Final = GuardOverride()
+
+Emit = Callable[[Event], None]
+
+
+@attrs.frozen(slots=True)
+class Refusal:
+    """Why the guards refused a message: ``guard`` is ``geo``, ``velocity``, ``anomaly``
+    or ``budget``; ``reason`` is the sentence :attr:`SendResult.reason` carries."""
+
+    guard: str
+    reason: str
+
+
+@attrs.frozen(slots=True)
+class GuardStatus:
+    """One guard as :meth:`Router.explain` shows it: what it allows, the count now,
+    and whether it would refuse this message."""
+
+    guard: str
+    limit: str
+    count: float | None = None
+    refuses: bool = False
+
+
+class _Period:
+    """The current calendar hour, day or month (UTC) of one kind: (number, start, end)."""
+
+    __slots__ = ("end", "number", "per", "start")
+
+    def __init__(self, per: str) -> None:
+        self.per = per
+        self.number = 0
+        self.start = self.end = 0.0
+
+    def at(self, now: float) -> int:
+        if not self.start <= now < self.end:
+            if self.per == "hour":
+                self.number = int(now // 3600)
+                self.start, self.end = self.number * 3600.0, (self.number + 1) * 3600.0
+            elif self.per == "day":
+                self.number = int(now // 86400)
+                self.start, self.end = self.number * 86400.0, (self.number + 1) * 86400.0
+            else:
+                t = time.gmtime(now)
+                self.number = t.tm_year * 12 + t.tm_mon - 1
+                y, m = divmod(self.number + 1, 12)
+                self.start = float(calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)))
+                self.end = float(calendar.timegm((y, m + 1, 1, 0, 0, 0)))
+        return self.number
+
+
+class _Plan:
+    """What checking a message of one category under one rule needs, worked out once."""
+
+    __slots__ = (
+        "always_blocks",
+        "anomaly",
+        "anomaly_queries",
+        "anomaly_scope",
+        "anomaly_set",
+        "caps_possible",
+        "geo",
+        "limits",
+        "providers",
+        "sets",
+        "velocity",
+    )
+
+    def __init__(self, guards: Guards, category: str, rule: Rule) -> None:
+        self.sets = guards.sets(category, rule)
+        self.geo = any(gs.allow is not None or gs.deny for _, gs in self.sets)
+        #: (key prefix, 0 number / 1 prefix / 2 country, prefix end, window, max).
+        self.velocity: list[tuple[str, int, int, float, int]] = []
+        self.limits: list[Velocity] = []
+        self.anomaly_set: tuple[str, GuardSet] | None = None
+        for scope, gs in self.sets:
+            for v in gs.velocity:
+                kind = ("number", "prefix", "country").index(v.per)
+                prefix = f"v|{scope}|{v.per}{v.digits}|{v.window:g}|"
+                self.velocity.append((prefix, kind, 1 + v.digits, v.window, v.max))
+                self.limits.append(v)
+            if gs.anomaly is not None:
+                self.anomaly_set = (scope, gs)  # the rule's, when both have one
+        self.anomaly = self.anomaly_set[1].anomaly if self.anomaly_set else None
+        self.anomaly_scope = self.anomaly_set[0] if self.anomaly_set else ""
+        self.always_blocks = self.anomaly is not None and self.anomaly.action == "refuse"
+        self.anomaly_queries: dict[tuple[str, bool], AnomalyQuery] = {}
+        self.caps_possible = bool(guards.cap_budgets)
+        self.providers = guards.provider_budgets(rule)
+
+    def anomaly_query(self, country: str, blocks: bool) -> AnomalyQuery:
+        a = self.anomaly
+        assert a is not None
+        scope = self.anomaly_scope
+        query = self.anomaly_queries[(country, blocks)] = AnomalyQuery(
+            f"a|{scope}|{a.window:g}|{a.baseline:g}|{country}",
+            f"a|{scope}|since",
+            a.window,
+            a.baseline,
+            a.factor,
+            a.min_count,
+            blocks,
+        )
+        return query
+
+
+class Guards:
+    """The guards of one runtime.  Built only when some guard is configured."""
+
+    def __init__(self, config: Config) -> None:
+        settings = config.guards
+        self.categories: dict[str, GuardSet] = dict(settings.categories) if settings else {}
+        budgets = settings.budgets if settings else ()
+        self.budgets: tuple[Budget, ...] = budgets
+        self.currency = config.defaults.currency
+        self._providers = {b.name: b for b in budgets if b.scope == "provider"}
+        self._category = {b.name: b for b in budgets if b.scope == "category"}
+        self._country = {b.name: b for b in budgets if b.scope == "country"}
+        self._tag = {b.name: b for b in budgets if b.scope == "tag"}
+        self._periods = {per: _Period(per) for per in ("hour", "day", "month")}
+        #: id of a budget (kept alive by the config) -> (spend key, start, end) of its period.
+        self._keys: dict[int, tuple[str, float, float]] = {}
+        #: (category, rule name) -> what the check of such a message needs, worked out once.
+        self._plans: dict[tuple[str, str], _Plan] = {}
+        #: spend key -> the share of its limit (in percent) last told by a BudgetSpent event.
+        self._told: dict[str, int] = {}
+        self._prices = {name: p.prices for name, p in config.providers.items()}
+        self._currencies = {name: p.prices.currency for name, p in config.providers.items()}
+
+    @staticmethod
+    def needed(config: Config) -> bool:
+        """Whether ``config`` configures any guard (else the runtime has none)."""
+        settings = config.guards
+        if settings is not None and (settings.categories or settings.budgets):
+            return True
+        return any(rule.guards is not None and not rule.guards.empty for rule in config.rules)
+
+    # -- the query -----------------------------------------------------------------------
+
+    def sets(self, category: str, rule: Rule) -> list[tuple[str, GuardSet]]:
+        """(scope, guard set) of a category and of a rule that apply to a message."""
+        out = []
+        cat = self.categories.get(category)
+        if cat is not None:
+            out.append((f"c:{category}", cat))
+        if rule.guards is not None and not rule.guards.empty:
+            out.append((f"r:{rule.name}", rule.guards))
+        return out
+
+    def _geo(self, sets: list[tuple[str, GuardSet]], category: str, country: str) -> str | None:
+        for scope, gs in sets:
+            where = f"category '{category}'" if scope[0] == "c" else f"rule '{scope[2:]}'"
+            if gs.allow is not None and country not in gs.allow:
+                return f"{country} is not among the countries allowed for {where}"
+            if country in gs.deny:
+                return f"{country} is among the countries denied for {where}"
+        return None
+
+    def _key(self, budget: Budget, now: float) -> tuple[str, float]:
+        """(the spend key of ``budget``'s current period, seconds to keep it)."""
+        cached = self._keys.get(id(budget))
+        if cached is None or not cached[1] <= now < cached[2]:
+            period = self._periods[budget.per]
+            number = period.at(now)
+            key = f"b|{budget.label}|{budget.per}|{number}"
+            cached = self._keys[id(budget)] = (key, period.start, period.end)
+        return cached[0], cached[2] - now + 3600.0
+
+    def _caps(self, message: Message, country: str) -> list[Budget]:
+        caps = []
+        b = self._category.get(message.category)
+        if b is not None:
+            caps.append(b)
+        b = self._country.get(country)
+        if b is not None:
+            caps.append(b)
+        if self._tag:
+            for tag in message.tags:
+                b = self._tag.get(tag)
+                if b is not None:
+                    caps.append(b)
+        return caps
+
+    def _query(
+        self,
+        plan: _Plan,
+        message: Message,
+        e164: str,
+        country: str,
+        member: str,
+        now: float,
+        caps: list[Budget],
+        providers: list[Budget],
+    ) -> GuardQuery:
+        """The query of one message (what :meth:`check` builds inline, for explain)."""
+        anomaly: AnomalyQuery | None = None
+        if plan.anomaly is not None:
+            blocks = plan.always_blocks or (
+                message.metadata.get(OVERRIDE_KEY) is not ANOMALY_OVERRIDE
+            )
+            anomaly = plan.anomaly_queries.get((country, blocks)) or plan.anomaly_query(
+                country, blocks
+            )
+        velocity = [
+            (
+                f"{prefix}{e164 if kind == 0 else e164[1:digits] if kind == 1 else country}",
+                window,
+                most,
+            )
+            for prefix, kind, digits, window, most in plan.velocity
+        ]
+        return GuardQuery(
+            now,
+            member,
+            [(self._key(b, now)[0], b.limit) for b in caps],
+            [self._key(b, now)[0] for b in providers],
+            anomaly,
+            velocity,
+        )
+
+    @property
+    def cap_budgets(self) -> bool:
+        """Whether any category, country or tag budget exists."""
+        return bool(self._category or self._country or self._tag)
+
+    def provider_budgets(self, rule: Rule) -> list[Budget]:
+        """The budgets of the providers of ``rule``."""
+        if not self._providers:
+            return []
+        return [b for name in rule.providers if (b := self._providers.get(name)) is not None]
+
+    # -- the check -----------------------------------------------------------------------
+
+    async def check(
+        self,
+        counts: GuardCounts,
+        message: Message,
+        e164: str,
+        country: str,
+        rule: Rule,
+        member: str,
+        now: float,
+        emit: Emit | None,
+    ) -> tuple[Refusal | None, frozenset[str]]:
+        """(the refusal or None, the providers of the rule at their budget cap)."""
+        category = message.category
+        plan = self._plans.get((category, rule.name))
+        if plan is None:
+            plan = self._plans[(category, rule.name)] = _Plan(self, category, rule)
+        if plan.geo:
+            why = self._geo(plan.sets, category, country)
+            if why is not None:
+                return Refusal("geo", f"refused by guard geo: {why}"), frozenset()
+        caps = self._caps(message, country) if plan.caps_possible else []
+        providers = plan.providers
+        anomaly: AnomalyQuery | None = None
+        a = plan.anomaly
+        if a is not None:
+            blocks = plan.always_blocks or (
+                message.metadata.get(OVERRIDE_KEY) is not ANOMALY_OVERRIDE
+            )
+            anomaly = plan.anomaly_queries.get((country, blocks))
+            if anomaly is None:
+                anomaly = plan.anomaly_query(country, blocks)
+        velocity = [
+            (
+                f"{prefix}{e164 if kind == 0 else e164[1:digits] if kind == 1 else country}",
+                window,
+                most,
+            )
+            for prefix, kind, digits, window, most in plan.velocity
+        ]
+        if not caps and not providers and not velocity and anomaly is None:
+            return None, frozenset()
+        key = self._key
+        query = GuardQuery(
+            now,
+            member,
+            [(key(b, now)[0], b.limit) for b in caps] if caps else (),
+            [key(b, now)[0] for b in providers] if providers else (),
+            anomaly,
+            velocity,
+        )
+        limits = plan.limits
+        anomaly_set = plan.anomaly_set
+        answer = await counts.check(query)
+        if query.anomaly is not None and answer.refused != "budget" and anomaly_set is not None:
+            self._transition(counts, query.anomaly, answer, category, country, emit)
+        refused = answer.refused
+        if refused is not None:
+            return self._refusal(answer, caps, limits, anomaly_set, category, country), frozenset()
+        over = frozenset(
+            b.name for b, spent in zip(providers, answer.spends, strict=True) if spent >= b.limit
+        )
+        return None, over
+
+    def _refusal(
+        self,
+        answer: GuardAnswer,
+        caps: list[Budget],
+        limits: list[Velocity],
+        anomaly_set: tuple[str, GuardSet] | None,
+        category: str,
+        country: str,
+    ) -> Refusal:
+        if answer.refused == "budget":
+            b = caps[answer.index]
+            return Refusal(
+                "budget", f"refused by guard budget: {self._spent_text(b, answer.count)}"
+            )
+        if answer.refused == "velocity":
+            v = limits[answer.index]
+            return Refusal(
+                "velocity",
+                f"refused by guard velocity: {v.describe()} for category '{category}' "
+                f"({int(answer.count)} in the window)",
+            )
+        assert anomaly_set is not None
+        assert anomaly_set[1].anomaly is not None
+        a = anomaly_set[1].anomaly
+        override = (
+            "; the caller may override it (metadata smsroute.override)"
+            if a.action == "require_override"
+            else ""
+        )
+        return Refusal(
+            "anomaly",
+            f"refused by guard anomaly: {answer.recent} {category} messages to {country} in "
+            f"the last {duration_text(a.window)}, over {a.factor:g}x its baseline "
+            f"({answer.base} in the {duration_text(a.baseline)} before)"
+            f"{override}",
+        )
+
+    def _spent_text(self, b: Budget, spent: float) -> str:
+        currency = self._currencies.get(b.name, self.currency) if b.scope == "provider" else (
+            next(iter(set(self._currencies.values())), self.currency)
+        )  # fmt: skip
+        return f"{b.label} spent {spent:.4g} of {b.limit:g} {currency} this {b.per} (UTC)"
+
+    def _transition(
+        self,
+        counts: GuardCounts,
+        a: AnomalyQuery,
+        answer: GuardAnswer,
+        category: str,
+        country: str,
+        emit: Emit | None,
+    ) -> None:
+        tripped = answer.tripped
+        if counts.tripped.get(a.key, False) is tripped:
+            return
+        counts.tripped[a.key] = tripped
+        to_state = "tripped" if tripped else "released"
+        if tripped:
+            log.warning(
+                "anomaly guard tripped: %s messages to %s ran at %d in the last %gs against "
+                "%d in the %gs before (factor %g): further ones are refused until it falls back",
+                category, country, answer.recent, a.window, answer.base, a.baseline, a.factor,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "anomaly guard released: %s messages to %s are back to %d in the last %gs "
+                "(baseline %d in %gs)",
+                category, country, answer.recent, a.window, answer.base, a.baseline,
+            )  # fmt: skip
+        if emit is not None:
+            emit(AnomalyTransition(category, country, to_state, answer.recent, answer.base))
+
+    # -- budgets around the plan -----------------------------------------------------------
+
+    def within_budget(
+        self, names: Sequence[str], over: frozenset[str], rule: Rule, country: str
+    ) -> Sequence[str] | Refusal:
+        """The plan without the providers at their cap, as the rule's ``on_budget`` says."""
+        under = [n for n in names if n not in over]
+        if rule.on_budget == "cheapest_under_cap" and under:
+
+            def price(name: str) -> float:
+                per_segment = self._prices[name].price_for(country)
+                return float("inf") if per_segment is None else per_segment
+
+            return sorted(under, key=price)
+        if rule.on_budget == "refuse" and names and names[0] not in over:
+            return under
+        capped = names[0] if names and names[0] in over else sorted(over)[0]
+        b = self._providers[capped]
+        return Refusal(
+            "budget",
+            f"refused by guard budget: {b.label} reached its cap of {b.limit:g} "
+            f"{self._currencies.get(capped, self.currency)} this {b.per} (UTC), and rule "
+            f"'{rule.name}' says on_budget: {rule.on_budget}",
+        )
+
+    def spent(
+        self,
+        counts: GuardCounts,
+        message: Message,
+        country: str,
+        provider: str,
+        cost: float | None,
+        now: float,
+        emit: Emit | None,
+    ) -> None:
+        """Count an accepted message's ``cost`` against every budget it falls under."""
+        if not cost or not self.budgets:
+            return
+        budgets = self._caps(message, country)
+        b = self._providers.get(provider)
+        if b is not None:
+            budgets.append(b)
+        if not budgets:
+            return
+        keys = [self._key(b, now) for b in budgets]
+        totals = counts.spend(keys, cost, now)
+        if emit is not None:  # one event per percent of the limit (and per period)
+            told = self._told
+            for b, (key, _), total in zip(budgets, keys, totals, strict=True):
+                percent = int(total * 100 / b.limit)
+                if told.get(key) != percent:
+                    if len(told) > 1000:
+                        told.clear()
+                    told[key] = percent
+                    currency = (
+                        self._currencies[provider] if b.scope == "provider" else self.currency
+                    )
+                    emit(BudgetSpent(b.label, total, b.limit, currency))
+
+    # -- explain ---------------------------------------------------------------------------
+
+    def explain(
+        self, counts: GuardCounts, message: Message, e164: str, country: str, rule: Rule, now: float
+    ) -> tuple[GuardStatus, ...]:
+        """Each guard of this message with its count now, and which would refuse it."""
+        category = message.category
+        sets = self.sets(category, rule)
+        out: list[GuardStatus] = []
+        why = self._geo(sets, category, country)
+        for _, gs in sets:
+            if gs.allow is not None or gs.deny:
+                text = (
+                    f"allow {', '.join(sorted(gs.allow))}" if gs.allow is not None
+                    else f"deny {', '.join(sorted(gs.deny))}"
+                )  # fmt: skip
+                out.append(GuardStatus("geo", text, None, why is not None))
+        caps = self._caps(message, country)
+        providers = self.provider_budgets(rule)
+        plan = _Plan(self, category, rule)
+        query = self._query(plan, message, e164, country, "explain", now, [], [*caps, *providers])
+        limits, anomaly_set = plan.limits, plan.anomaly_set
+        answer = counts.peek(query)
+        refused = why is None
+        for b, spent in zip([*caps, *providers], answer.spends, strict=True):
+            refuses = refused and b.scope != "provider" and spent >= b.limit
+            refused = refused and not refuses
+            out.append(GuardStatus("budget", self._spent_text(b, spent), spent, refuses))
+        if anomaly_set is not None and anomaly_set[1].anomaly is not None:
+            a = anomaly_set[1].anomaly
+            refuses = refused and answer.refused == "anomaly"
+            refused = refused and not refuses
+            out.append(
+                GuardStatus(
+                    "anomaly",
+                    f"{category} to {country}: at most {a.factor:g}x the baseline over "
+                    f"{a.window:g}s (baseline {answer.base} in {a.baseline:g}s"
+                    f"{', tripped' if answer.tripped else ''})",
+                    answer.recent,
+                    refuses,
+                )
+            )
+        for i, v in enumerate(limits):
+            count = answer.counts[i] - (0 if answer.refused == "velocity" and i == answer.index else 1) if i < len(answer.counts) else None  # fmt: skip
+            refuses = refused and answer.refused == "velocity" and i == answer.index
+            out.append(GuardStatus("velocity", v.describe(), count, refuses))
+        return tuple(out)
+
+
+__all__ = ["ANOMALY_OVERRIDE", "OVERRIDE_KEY", "GuardStatus", "Guards", "Refusal"]

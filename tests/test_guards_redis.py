@@ -1,0 +1,163 @@
+"""The guards' counts shared by two routers through Redis (issue 19).
+
+Two routers (two replicas) with ``state: {backend: redis}`` and the same key prefix
+count velocity windows, anomaly slots and spend together: a limit reached through one
+is reached for the other.  Times come from a :class:`ManualClock` (the guards' wall
+clock, sent to the script), so windows slide without sleeping.  When Redis is gone the
+guards go on counting in each replica's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import textwrap
+
+from conftest import twilio_block
+from redis_support import (  # noqa: F401
+    RedisServer,
+    prefix,
+    redis_url,
+    state_block,
+    throwaway_redis,
+)
+
+from smsroute import ManualClock, Message, Router, parse_config
+from smsroute.testing import FakeTwilio
+
+START = float(calendar.timegm((2026, 3, 31, 23, 0, 0)))
+DE = "+4915123456{:03d}"
+
+
+def config_text(fake: FakeTwilio, url: str, key_prefix: str, guards: str) -> str:
+    return (
+        "providers:\n"
+        + twilio_block("a", fake, prices="{DE: 0.08, default: 0.05}")
+        + "\nrules:\n  - name: default\n    providers: [a]\n"
+        + textwrap.dedent(guards)
+        + state_block(url, key_prefix, sync_interval="100ms", timeout="300ms")
+        + "\n"
+    )
+
+
+def otp(number: str) -> Message:
+    return Message(to=number, text="Code 123456", category="otp")
+
+
+async def test_two_routers_share_one_velocity_window(
+    redis_url: str,  # noqa: F811
+    prefix: str,  # noqa: F811
+    twilio_a: FakeTwilio,
+) -> None:
+    guards = "guards:\n  otp:\n    velocity:\n      - {per: number, max: 3, window: 1h}\n"
+    text = config_text(twilio_a, redis_url, prefix, guards)
+    clock = ManualClock(START)
+    async with (
+        Router(parse_config(text), clock=clock, metrics=False) as one,
+        Router(parse_config(text), clock=clock, metrics=False) as two,
+    ):
+        results = [
+            await one.send(otp(DE.format(1))),
+            await two.send(otp(DE.format(1))),
+            await one.send(otp(DE.format(1))),
+            await two.send(otp(DE.format(1))),  # the 4th, counted across both: refused
+            await one.send(otp(DE.format(1))),
+        ]
+        clock.advance(3601)
+        later = await two.send(otp(DE.format(1)))
+        plan = one.explain(otp(DE.format(1)))
+    assert [r.status for r in results] == ["accepted"] * 3 + ["failed"] * 2
+    assert results[3].reason is not None
+    assert "at most 3 per number per 1h" in results[3].reason
+    assert later.status == "accepted"
+    assert twilio_a.requests == 4
+    assert plan.refused_by is None
+
+
+async def test_concurrent_sends_through_two_routers_never_pass_the_limit(
+    redis_url: str,  # noqa: F811
+    prefix: str,  # noqa: F811
+    twilio_a: FakeTwilio,
+) -> None:
+    guards = "guards:\n  otp:\n    velocity:\n      - {per: country, max: 25, window: 1m}\n"
+    text = config_text(twilio_a, redis_url, prefix, guards)
+    clock = ManualClock(START)
+    async with (
+        Router(parse_config(text), clock=clock, metrics=False) as one,
+        Router(parse_config(text), clock=clock, metrics=False) as two,
+    ):
+        sends = [(one if i % 2 else two).send(otp(DE.format(i))) for i in range(60)]
+        results = await asyncio.gather(*sends)
+    assert sum(r.status == "accepted" for r in results) == 25
+    assert twilio_a.requests == 25
+
+
+async def test_two_routers_share_spend_and_the_budget_rolls_over_with_the_month(
+    redis_url: str,  # noqa: F811
+    prefix: str,  # noqa: F811
+    twilio_a: FakeTwilio,
+) -> None:
+    guards = """
+        guards:
+          budgets:
+            - {scope: category, name: otp, limit: 0.3, per: month}
+    """
+    text = config_text(twilio_a, redis_url, prefix, guards)
+    clock = ManualClock(START + 3000)  # March 31st, 23:50 UTC
+    async with (
+        Router(parse_config(text), clock=clock, metrics=False) as one,
+        Router(parse_config(text), clock=clock, metrics=False) as two,
+    ):
+        statuses = []
+        for i in range(5):  # 0.08 each, alternately: 0.32 after the 4th
+            statuses.append((await (one if i % 2 else two).send(otp(DE.format(i)))).status)
+            await asyncio.sleep(0.02)  # the spend is written with the next script call
+        clock.set(START + 3600)  # April
+        april = await one.send(otp(DE.format(9)))
+    assert statuses == ["accepted"] * 4 + ["failed"]
+    assert april.status == "accepted"
+
+
+async def test_the_anomaly_guard_trips_on_traffic_seen_by_both_routers(
+    redis_url: str,  # noqa: F811
+    prefix: str,  # noqa: F811
+    twilio_a: FakeTwilio,
+) -> None:
+    guards = """
+        guards:
+          otp:
+            anomaly: {window: 5m, baseline: 1h, factor: 5, min_count: 10}
+    """
+    text = config_text(twilio_a, redis_url, prefix, guards)
+    clock = ManualClock(START)
+    async with (
+        Router(parse_config(text), clock=clock, metrics=False) as one,
+        Router(parse_config(text), clock=clock, metrics=False) as two,
+    ):
+        for i in range(12):
+            clock.set(START + i * 300)
+            assert (await one.send(otp(DE.format(i)))).status == "accepted"
+        clock.set(START + 65 * 60)
+        burst = [
+            (await (one if i % 2 else two).send(otp(DE.format(100 + i)))).status for i in range(12)
+        ]
+        clock.set(START + 75 * 60)
+        after = await two.send(otp(DE.format(200)))
+    assert burst == ["accepted"] * 9 + ["failed"] * 3
+    assert after.status == "accepted"
+
+
+async def test_without_redis_each_router_counts_alone(
+    throwaway_redis: RedisServer,  # noqa: F811
+    twilio_a: FakeTwilio,
+) -> None:
+    guards = "guards:\n  otp:\n    velocity:\n      - {per: number, max: 2, window: 1h}\n"
+    text = config_text(twilio_a, throwaway_redis.url, "guards-outage:", guards)
+    clock = ManualClock(START)
+    async with Router(parse_config(text), clock=clock, metrics=False) as router:
+        first = await router.send(otp(DE.format(1)))
+        throwaway_redis.kill()
+        statuses = [(await router.send(otp(DE.format(1)))).status for _ in range(3)]
+    assert first.status == "accepted"
+    # Redis counted the first; the router's memory counts from the outage on.
+    assert statuses == ["accepted", "accepted", "failed"]
