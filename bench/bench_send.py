@@ -45,6 +45,8 @@ from smsroute import Config, Message, Router, load_config, parse_config
 HERE = Path(__file__).resolve().parent
 #: The realistic config (issue 15); ${BENCH_*} are the fake's URL and credentials.
 REALISTIC = HERE / "realistic.yaml"
+#: The same with every fraud and spend guard configured (issue 19), none reached.
+REALISTIC_GUARDS = HERE / "realistic-guards.yaml"
 
 
 def start_fake() -> tuple[subprocess.Popen[str], dict[str, str]]:
@@ -124,7 +126,7 @@ rules:
 """
 
 
-def realistic_config(info: dict[str, str], *, capped: bool = True) -> Config:
+def realistic_config(info: dict[str, str], *, capped: bool = True, guards: bool = False) -> Config:
     """bench/realistic.yaml pointed at the fake ``info`` describes (``capped=False``:
     without its ``max_concurrency`` lines, to measure what the cap costs)."""
     environ = {
@@ -132,6 +134,8 @@ def realistic_config(info: dict[str, str], *, capped: bool = True) -> Config:
         "BENCH_ACCOUNT_SID": info["account_sid"],
         "BENCH_AUTH_TOKEN": info["auth_token"],
     }
+    if guards:
+        return load_config(REALISTIC_GUARDS, environ=environ)
     if capped:
         return load_config(REALISTIC, environ=environ)
     lines = REALISTIC.read_text().splitlines(keepends=True)
@@ -146,10 +150,11 @@ async def router_round(
     *,
     realistic: bool = False,
     capped: bool = True,
+    guards: bool = False,
     **router_kwargs: Any,
 ) -> tuple[float, float]:
     if realistic:
-        config = realistic_config(info, capped=capped)
+        config = realistic_config(info, capped=capped, guards=guards)
     else:
         config = parse_config(router_config(info))
     ok = 0

@@ -21,7 +21,9 @@ Arms (``--arm`` picks some; all by default): ``raw``, ``router`` (the minimal
 config: one provider, two rules), ``router-no-metrics``, ``router-realistic``
 (bench/realistic.yaml: two Twilio accounts, twelve rules, prices,
 ``max_concurrency``, metrics on), ``router-realistic-uncapped`` (the same
-without ``max_concurrency``: the difference is what an uncontended slot costs)
+without ``max_concurrency``: the difference is what an uncontended slot costs),
+``router-realistic-guards`` (bench/realistic-guards.yaml: the realistic config with
+every fraud and spend guard configured, none reached; issue 19)
 and ``sdk`` (the twilio SDK's async client).
 ``--profile DIR`` keeps each run's callgrind file there (for callgrind_annotate).
 """
@@ -44,6 +46,7 @@ ARMS = {
     "router-no-metrics": "Router.send, metrics off",
     "router-realistic": "Router.send, realistic",
     "router-realistic-uncapped": "realistic, no max_concurrency",
+    "router-realistic-guards": "realistic, with guards",
     "sdk": "twilio SDK (async)",
 }
 
@@ -67,6 +70,7 @@ async def client(arm: str, count: int) -> None:
                 "metrics": arm != "router-no-metrics",
                 "realistic": arm.startswith("router-realistic"),
                 "capped": arm != "router-realistic-uncapped",
+                "guards": arm == "router-realistic-guards",
             }
             await b.router_round(info, warm, 64, **kw)
             await b.router_round(info, items, 64, **kw)

@@ -45,6 +45,11 @@ SECTIONS: tuple[tuple[str, str, str, str], ...] = (
     ("rules[].match", "match", "match", "rules[].match"),
     ("state", "state", "state", "state"),
     ("outbox", "outbox", "outbox", "outbox"),
+    ("guards", "guards", "guards", "guards"),
+    ("guards of a category or rule", "guard-set", "guard_set", "guards.CAT / rules[].guards"),
+    ("velocity limits", "velocity", "velocity", "guards.CATEGORY.velocity[]"),
+    ("the anomaly guard", "anomaly", "anomaly", "guards.CATEGORY.anomaly"),
+    ("budgets", "budgets", "budget", "guards.budgets[]"),
 )
 DEF_ANCHORS = {definition: anchor for _, anchor, definition, _ in SECTIONS}
 
@@ -387,7 +392,16 @@ def cli_reference() -> str:
             assert command is not None
             with click.Context(command, parent=ctx, info_name=name, terminal_width=100) as sub:
                 help_text = command.get_help(sub).rstrip()
-            out += [f"## smsroute {name}", "", "```text", help_text, "```", ""]
+                out += [f"## smsroute {name}", "", "```text", help_text, "```", ""]
+                if isinstance(command, click.Group):  # a group: each of its commands too
+                    for sub_name in command.list_commands(sub):
+                        leaf = command.get_command(sub, sub_name)
+                        assert leaf is not None
+                        with click.Context(
+                            leaf, parent=sub, info_name=sub_name, terminal_width=100
+                        ) as deeper:
+                            text = leaf.get_help(deeper).rstrip()
+                        out += [f"### smsroute {name} {sub_name}", "", "```text", text, "```", ""]
     return "\n".join(out)
 
 

@@ -30,6 +30,7 @@ BUILTIN: dict[str, str] = {
     "bandwidth": "smsroute.providers.bandwidth:BandwidthProvider",
     "messagebird": "smsroute.providers.messagebird:MessageBirdProvider",
     "http": "smsroute.providers.http:HttpApiProvider",
+    "smpp": "smsroute.providers.smpp:SmppProvider",
 }
 
 

@@ -29,13 +29,14 @@ import math
 import re
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from urllib.parse import parse_qsl, quote_plus, urlsplit
 
 import aiohttp
 import attrs
 from multidict import CIMultiDictProxy
 
+from smsroute.clock import Clock
 from smsroute.message import DeliveryStatus, Encoding, Outcome
 
 if TYPE_CHECKING:
@@ -45,9 +46,11 @@ __all__ = [
     "HttpProvider",
     "HttpRequest",
     "Inbound",
+    "LinkState",
     "OutboundSMS",
     "Outcome",
     "Provider",
+    "ProviderSink",
     "Receipt",
     "Reply",
     "WebhookError",
@@ -167,6 +170,7 @@ class _ReplySlots:
         "__weakref__",
         "detail",
         "error_code",
+        "opted_out",
         "outcome",
         "part_ids",
         "provider_message_id",
@@ -180,6 +184,7 @@ class _ReplySlots:
     detail: str | None
     retry_after: float | None
     part_ids: tuple[str, ...]
+    opted_out: bool
 
 
 @attrs.frozen(slots=True)
@@ -190,7 +195,10 @@ class Reply(_ReplySlots):
     or a credential.  ``retry_after`` is in seconds when the provider said when
     to come back.  ``part_ids`` are the ids of the message's parts when the
     provider gave each part its own id and reports each part's delivery apart
-    (Vonage): empty for a message of one part or one id.
+    (Vonage): empty for a message of one part or one id.  ``opted_out`` is true
+    when the answer means the recipient opted out (Twilio 21610, Telnyx 40300: each
+    adapter's error table says which codes): the router then records the opt-out
+    and refuses the number's next messages of the opted-out categories itself.
     """
 
     outcome: Outcome
@@ -200,6 +208,7 @@ class Reply(_ReplySlots):
     detail: str | None = None
     retry_after: float | None = None
     part_ids: tuple[str, ...] = ()
+    opted_out: bool = False
 
 
 def new_reply(
@@ -210,6 +219,7 @@ def new_reply(
     detail: str | None = None,
     retry_after: float | None = None,
     part_ids: tuple[str, ...] = (),
+    opted_out: bool = False,
 ) -> Reply:
     """``Reply(...)`` with the same arguments, in under a third of the instructions."""
     self = _ReplySlots()
@@ -220,6 +230,7 @@ def new_reply(
     self.detail = detail
     self.retry_after = retry_after
     self.part_ids = part_ids
+    self.opted_out = opted_out
     self.__class__ = Reply
     return self  # type: ignore[return-value]  # it is a Reply now
 
@@ -395,6 +406,46 @@ class Inbound:
     at: datetime.datetime | None = None
 
 
+class ProviderSink(Protocol):
+    """Where a provider that holds its own connection (SMPP) hands what arrives on it.
+
+    The router's :class:`~smsroute.webhooks.Webhooks`: the receipts and inbound
+    messages go through the same de-duplication, correlation, delivery and
+    opt-out handling as those a webhook brings, after its parse step.
+    """
+
+    @property
+    def clock(self) -> Clock:
+        """The router's clock (for timeouts such as inbound reassembly)."""
+
+    async def accept_receipts(self, provider_name: str, receipts: list[Receipt]) -> None:
+        """Correlate and apply receipts ``provider_name`` received."""
+
+    async def accept_inbound(self, provider_name: str, messages: list[Inbound]) -> None:
+        """Opt-outs and ``on_inbound`` callbacks for messages ``provider_name`` received."""
+
+
+@attrs.frozen(slots=True)
+class LinkState:
+    """The connections of a provider that keeps them (SMPP binds), for explain and metrics.
+
+    ``up`` and ``down`` count binds; ``in_flight`` requests await an answer out
+    of ``window`` (over every bind); ``problems`` say why binds are down.
+    """
+
+    up: int
+    down: int
+    in_flight: int
+    window: int
+    problems: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        """In words, as ``smsroute explain`` prints it: ``2/2 binds up, window 0/20``,
+        then why the others are down."""
+        text = f"{self.up}/{self.up + self.down} binds up, window {self.in_flight}/{self.window}"
+        return f"{text} ({'; '.join(self.problems)})" if self.problems else text
+
+
 class Provider(abc.ABC):
     """One configured account at one SMS provider.
 
@@ -446,6 +497,19 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     async def send(self, sms: OutboundSMS, session: aiohttp.ClientSession) -> Reply:
         """Send one message and classify the answer.  Never retry."""
+
+    async def start(self, sink: ProviderSink | None) -> None:  # noqa: B027 - optional hook
+        """Open what the provider keeps open (SMPP binds) when the router starts.
+
+        Called once per router start for every provider (``async with router``
+        or the first send); must not raise for a provider that cannot be
+        reached (report it, keep trying).  ``sink`` takes the receipts and
+        inbound messages that arrive on the provider's own connections.
+        """
+
+    def links(self) -> LinkState | None:
+        """The state of the provider's connections, or None when it keeps none (HTTP)."""
+        return None
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release anything the provider holds (the HTTP session is the router's)."""

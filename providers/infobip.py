@@ -117,6 +117,14 @@ STATUS_OUTCOMES: Mapping[str, Outcome] = {
     "UNDELIVERABLE_REJECTED_PLATFORM": Outcome.TRANSIENT,
 }
 
+# Statuses that mean "this recipient opted out": the router records the opt-out.
+# REJECTED_DESTINATION_BLOCKLISTED (14): the number is on the account's blocklist,
+# which Infobip's "Blocklists" page describes as its Do Not Contact list of
+# "destinations that have opted out of receiving communication", filled by STOP
+# keywords and opt-out links (infobip.com/docs/blocklist).  REJECTED_DND (10), a
+# national do-not-disturb registry, is left out: it concerns promotional traffic only.
+OPT_OUT_STATUSES = frozenset({"REJECTED_DESTINATION_BLOCKLISTED"})
+
 # Request error code (``errorCode`` of the v3 body, ``messageId`` of the legacy
 # body) -> outcome.  Source: the SMS OpenAPI description above, responses
 # ApiError401/403/429/500 and the 400 example, plus ApiException401/403/404/429/500.
@@ -372,6 +380,7 @@ class InfobipProvider(HttpProvider):
             status_code=status,
             error_code=code,
             detail=detail,
+            opted_out=name in OPT_OUT_STATUSES,
         )
 
     @staticmethod

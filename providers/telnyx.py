@@ -119,6 +119,13 @@ ERROR_OUTCOMES: Mapping[str, Outcome] = {
     "40006": Outcome.TRANSIENT,  # recipient's carrier unavailable
 }
 
+# Codes that mean "this recipient opted out": the router records the opt-out.
+# 40300 "Blocked due to STOP message": a block rule the recipient's STOP created on the
+# messaging profile; the API answers it at send time (HTTP 409) with errors[0].code
+# "40300" (developers.telnyx.com/docs/messaging/messages/advanced-opt-in-out, "When you
+# attempt to message a blocked recipient"; shared/reference/providers-wire.md §12).
+OPT_OUT_CODES = frozenset({"40300"})
+
 #: Number errors that concern our own sender, not the recipient, when the
 #: error's ``source.pointer`` names a sender field: a misconfigured sender at
 #: this provider, so another provider may still deliver (like Twilio 21603).
@@ -422,6 +429,7 @@ class TelnyxProvider(HttpProvider):
                 status_code=status,
                 error_code=reply.error_code,
                 detail=reply.detail,
+                opted_out=reply.opted_out,
             )
         return Reply(Outcome.ACCEPTED, provider_message_id=message_id, status_code=status)
 
@@ -451,4 +459,5 @@ class TelnyxProvider(HttpProvider):
             error_code=code,
             detail=detail,
             retry_after=retry_after,
+            opted_out=code in OPT_OUT_CODES,
         )

@@ -77,6 +77,12 @@ ERROR_OUTCOMES: Mapping[int, Outcome] = {
     20503: Outcome.TRANSIENT,  # service unavailable
 }
 
+# Error codes that mean "this recipient opted out": the router records the opt-out.
+# 21610 "Attempt to send to unsubscribed recipient": the number replied STOP to this
+# sender or Messaging Service (https://www.twilio.com/docs/api/errors/21610;
+# shared/reference/providers-wire.md sections 1 and 12, "Opt-out").
+OPT_OUT_CODES = frozenset({21610})
+
 
 def _basic_auth(username: str, password: str) -> str:
     """The ``Authorization`` value of HTTP Basic (RFC 7617, UTF-8).
@@ -388,4 +394,5 @@ class TwilioProvider(HttpProvider):
             error_code=str(code) if code is not None else None,
             detail=detail,
             retry_after=parse_retry_after(headers.get("Retry-After")),
+            opted_out=code in OPT_OUT_CODES,
         )

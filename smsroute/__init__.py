@@ -12,7 +12,7 @@ The whole public API is here::
 
 from smsroute.breaker import BreakerState, CircuitBreaker
 from smsroute.clock import Clock, ManualClock, SystemClock
-from smsroute.config import Config
+from smsroute.config import Config, QuietHours, SenderMap, SenderPool
 from smsroute.configload import load_config, parse_config
 from smsroute.errors import (
     ConfigError,
@@ -23,13 +23,17 @@ from smsroute.errors import (
     SmsrouteError,
     StateBackendUnavailable,
 )
+from smsroute.guards import ANOMALY_OVERRIDE, GuardStatus
 from smsroute.instrument import (
+    AnomalyTransition,
     AttemptFinished,
     BreakerTransition,
+    BudgetSpent,
     ConfigReloaded,
     DeliveryReceived,
     Event,
     Failover,
+    GuardRefused,
     Hook,
     LoggingHook,
     MessageFinished,
@@ -40,6 +44,7 @@ from smsroute.instrument import (
 )
 from smsroute.message import (
     Attempt,
+    Culprit,
     DeliveryReport,
     InboundMessage,
     Message,
@@ -49,18 +54,25 @@ from smsroute.message import (
     SendResult,
 )
 from smsroute.numbers import Destination, NumberType, mask, normalize
+from smsroute.optout_io import OptOutFileError, OptOuts
 from smsroute.outbox import DeadLetter, OutboxStore, OutboxWorker, SQLiteOutbox
+from smsroute.providers.base import LinkState
 from smsroute.router import RoutePlan, Router
 from smsroute.selection import Candidate
+from smsroute.sendercaps import SenderCapability, sender_capabilities
+from smsroute.senders import SenderPick
 from smsroute.sync import SyncRouter
 from smsroute.version import __version__
 from smsroute.webhooks import WebhookResponse
 
 __all__ = [
+    "ANOMALY_OVERRIDE",
+    "AnomalyTransition",
     "Attempt",
     "AttemptFinished",
     "BreakerState",
     "BreakerTransition",
+    "BudgetSpent",
     "Candidate",
     "CircuitBreaker",
     "Clock",
@@ -68,33 +80,44 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "ConfigReloaded",
+    "Culprit",
     "DeadLetter",
     "DeliveryReceived",
     "DeliveryReport",
     "Destination",
     "Event",
     "Failover",
+    "GuardRefused",
+    "GuardStatus",
     "Hook",
     "InboundMessage",
     "InvalidMessage",
     "InvalidNumber",
+    "LinkState",
     "LoggingHook",
     "ManualClock",
     "Message",
     "MessageFinished",
     "MessageState",
     "NumberType",
+    "OptOutFileError",
+    "OptOuts",
     "OutboxStore",
     "OutboxUnavailable",
     "OutboxWorker",
     "Outcome",
     "PrometheusHook",
+    "QuietHours",
     "RateLimitWait",
     "RoutePlan",
     "Router",
     "SQLiteOutbox",
     "SendFailed",
     "SendResult",
+    "SenderCapability",
+    "SenderMap",
+    "SenderPick",
+    "SenderPool",
     "SmsrouteError",
     "StateBackendError",
     "StateBackendUnavailable",
@@ -107,4 +130,5 @@ __all__ = [
     "mask",
     "normalize",
     "parse_config",
+    "sender_capabilities",
 ]

@@ -25,7 +25,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich.console import Console
@@ -37,6 +37,10 @@ from smsroute.configload import load_config
 from smsroute.errors import ConfigError, ConfigProblem, InvalidMessage, InvalidNumber, SmsrouteError
 from smsroute.message import Message
 from smsroute.numbers import scrub
+
+if TYPE_CHECKING:
+    from smsroute.explain import RoutePlan
+    from smsroute.router import Router
 
 #: Exit statuses, the same for every command (see the module docstring).
 EXIT_OK = 0
@@ -229,6 +233,11 @@ def _message(
 @click.option("--category", default="transactional", show_default=True)
 @click.option("--sender", default=None, help="Sender ID or number, for rules that match on it.")
 @click.option("--tag", "tags", multiple=True, help="A message tag (repeatable).")
+@click.option(
+    "--connect",
+    is_flag=True,
+    help="Open the SMPP binds first (network and credentials needed) to show their state.",
+)
 @_ENV_PLACEHOLDERS
 def explain(
     config: str,
@@ -237,12 +246,14 @@ def explain(
     category: str,
     sender: str | None,
     tags: tuple[str, ...],
+    connect: bool,
     env_placeholders: bool,
 ) -> None:
     """Show which rule matches NUMBER and in what order providers would be tried.
 
     Nothing is sent; no network is used; no credentials are needed (an unset
-    ${VAR} in CONFIG is a warning).
+    ${VAR} in CONFIG is a warning).  With --connect, SMPP providers bind first
+    (and unbind after), so their bind state is the SMSC's answer.
 
     \b
     Example:
@@ -255,13 +266,24 @@ def explain(
     if unset:
         _console(stderr=True).print(f"warning: {_unset_note(unset)}", markup=False)
     try:
-        plan = Router(loaded, metrics=False).explain(_message(number, text, category, sender, tags))
+        plan = _explain(
+            Router(loaded, metrics=False), connect, number, text, category, sender, tags
+        )
     except (InvalidNumber, InvalidMessage) as exc:
         _fail(EXIT_USAGE, str(exc))
     out = _console()
     out.print(f"number   {plan.to}  ({plan.country}, {plan.number_type.value})")
-    out.print(f"text     {plan.segments} segment(s), {plan.encoding}")
+    out.print(
+        f"text     {plan.segments} segment(s), {plan.encoding}"
+        + ("  (after transliteration)" if plan.transliterated else ""),
+        markup=False,
+    )
+    if plan.culprits:
+        out.print(f"ucs-2    because of {'; '.join(map(str, plan.culprits))}", markup=False)
     out.print(f"rule     {plan.rule}  (strategy: {plan.strategy})")
+    if plan.quiet_until is not None or plan.quiet_never:
+        when = "never" if plan.quiet_never else plan.quiet_until.isoformat()  # type: ignore[union-attr]
+        out.print(f"quiet    inside {category}'s quiet hours now: it could go from {when}")
     if plan.last_resort:
         out.print("note     every breaker is open: the soonest to reopen is tried as a last resort")
     table = Table(box=None, pad_edge=False)
@@ -277,6 +299,33 @@ def explain(
             c.skipped or ("tried in this order" if i > 1 else "tried first"),
         )
     out.print(table)
+    for c in plan.candidates:  # the sender each provider would be given, and why
+        out.print(f"sender   {c.provider}: {c.sender or '(account default)'}  ({c.sender_why})")
+    for c in plan.candidates:  # SMPP binds: up, down, window in use
+        if c.links is not None:
+            note = "" if connect else "  (not connected: --connect binds first)"
+            out.print(f"binds    {c.provider}: {c.links}{note}", markup=False)
+
+
+def _explain(
+    router: Router,
+    connect: bool,
+    number: str,
+    text: str,
+    category: str,
+    sender: str | None,
+    tags: tuple[str, ...],
+) -> RoutePlan:
+    """The router's plan for the message; with ``connect``, inside ``async with router``."""
+    message = _message(number, text, category, sender, tags)
+    if not connect:
+        return router.explain(message)
+
+    async def connected() -> RoutePlan:
+        async with router:
+            return router.explain(message)
+
+    return asyncio.run(connected())
 
 
 @main.command()
@@ -427,6 +476,118 @@ def worker(config: str, concurrency: int | None, log_level: str) -> None:
     if concurrency is not None:
         args += ["--concurrency", str(concurrency)]
     sys.exit(worker_main(args))
+
+
+@main.group()
+def optouts() -> None:
+    """Import, export and list the numbers that opted out (CSV).
+
+    \b
+    The list is the state backend's: it needs state: {backend: redis} in CONFIG
+    (a memory list lives and dies with one process).  CSV: a header row whose
+    first column is "number", then one number a row (other columns ignored);
+    see smsroute.optout_io.
+    """
+
+
+def _optout_run(config: str, job: Any) -> Any:
+    """Run ``job(router)`` on a router of CONFIG whose opt-outs are in Redis."""
+    from smsroute.router import Router
+
+    loaded = _load(config)
+    if loaded.state.backend != "redis":
+        _fail(
+            EXIT_CONFIG,
+            f"{config}: opt-outs are kept in this process's memory (state backend memory), "
+            "so a command cannot change or read a running router's: add state: "
+            "{backend: redis, url: ...} to share them, or use router.optouts in your program",
+        )
+
+    async def run() -> Any:
+        async with Router(loaded, metrics=False) as router:
+            out = job(router)
+            await router.optouts.flush()
+            return out
+
+    try:
+        return asyncio.run(run())
+    except SmsrouteError as exc:  # Redis down, a bad row (OptOutFileError: exit 2 below)
+        from smsroute.optout_io import OptOutFileError
+
+        _fail(EXIT_USAGE if isinstance(exc, OptOutFileError) else EXIT_FAILED, str(exc))
+
+
+@optouts.command("import")
+@_CONFIG
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+def optouts_import(config: str, file: str) -> None:
+    """Opt out every number of the CSV FILE ("-": standard input).
+
+    \b
+    Example:
+      printf 'number\\n+14155550100\\n' > stop.csv
+      smsroute optouts import config/routing.yaml stop.csv
+    All or nothing: a bad row is one error naming the row, and nothing is
+    imported.  Exit status: 0 imported, 1 Redis cannot be used, 2 a bad FILE,
+    3 a config error (or state backend memory).
+    """
+    try:
+        data = _read_input(file)
+    except OSError as exc:
+        _fail(EXIT_USAGE, f"cannot read {file}: {exc.strerror or exc}")
+    added = _optout_run(config, lambda router: router.optouts.import_csv(data, source=file))
+    _console().print(f"imported: {added} number(s) newly opted out", markup=False)
+
+
+def _read_input(path: str) -> bytes:
+    """The bytes of ``path`` ("-": standard input)."""
+    if path == "-":
+        return sys.stdin.buffer.read()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@optouts.command("export")
+@_CONFIG
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True), default="-")
+def optouts_export(config: str, file: str) -> None:
+    """Write every opted-out number to FILE as CSV (default "-": standard output).
+
+    \b
+    Example:
+      smsroute optouts export config/routing.yaml optouts.csv
+    Exit status: 0 written, 1 Redis cannot be used, 2 FILE cannot be written,
+    3 a config error (or state backend memory).
+    """
+    text = _optout_run(config, lambda router: router.optouts.export_csv())
+    if file == "-":
+        click.echo(text, nl=False)
+        return
+    try:
+        with open(file, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+    except OSError as exc:
+        _fail(EXIT_USAGE, f"cannot write {file}: {exc.strerror or exc}")
+
+
+@optouts.command("list")
+@_CONFIG
+def optouts_list(config: str) -> None:
+    """Show how many numbers opted out, and each one masked (export shows them whole).
+
+    \b
+    Example:
+      smsroute optouts list config/routing.yaml
+    Exit status: 0 listed, 1 Redis cannot be used, 3 a config error (or state
+    backend memory).
+    """
+    from smsroute.numbers import mask
+
+    numbers = _optout_run(config, lambda router: router.optouts.list())
+    out = _console()
+    for number in numbers:
+        out.print(mask(number), markup=False)
+    out.print(f"{len(numbers)} number(s) opted out", markup=False)
 
 
 @main.command()

@@ -66,3 +66,23 @@ class ManualClock:
         if now < self._now:
             raise ValueError("a clock cannot go backwards")
         self._now = float(now)
+
+
+class _WallClock:
+    """Epoch seconds: what the time of day is read from (quiet hours)."""
+
+    __slots__ = ()
+
+    def now(self) -> float:
+        return time.time()
+
+
+def wall_clock(clock: Clock) -> Clock:
+    """The clock of wall-clock time (epoch seconds) that goes with ``clock``.
+
+    A :class:`SystemClock` is monotonic, so wall time is ``time.time()``; any other
+    clock (a test's :class:`ManualClock`) is taken to count epoch seconds itself, so
+    a test sets the time of day with ``ManualClock(start=<epoch seconds>)``.  The
+    outbox reads its clock the same way.
+    """
+    return _WallClock() if isinstance(clock, SystemClock) else clock

@@ -27,6 +27,7 @@ import attrs
 # ConfigError and ConfigProblem are re-exported for code that imported them from here.
 from smsroute.errors import ConfigError as ConfigError
 from smsroute.errors import ConfigProblem as ConfigProblem
+from smsroute.guardconfig import GuardSet, GuardSettings, OnBudget
 from smsroute.numbers import NumberType
 from smsroute.yamlsource import format_path
 
@@ -37,7 +38,9 @@ OnUndelivered = Literal["resend", "ignore"]
 BreakerScope = Literal["provider", "provider_country"]
 
 # The keys each section accepts.  tests/test_schema.py keeps config/schema.json in step.
-TOP_KEYS = frozenset({"version", "defaults", "providers", "rules", "categories", "state", "outbox"})
+TOP_KEYS = frozenset(
+    {"version", "defaults", "providers", "rules", "categories", "state", "outbox", "guards"}
+)
 DEFAULTS_KEYS = frozenset(
     {
         "default_region",
@@ -97,11 +100,19 @@ RULE_KEYS = frozenset(
         "score_weights",
         "latency_buffer",
         "on_undelivered",
+        "from",
+        "encoding",
+        "guards",
+        "on_budget",
     }
 )
 MATCH_KEYS = frozenset({"country", "prefix", "number_type", "category", "sender", "tags"})
 SCORE_WEIGHT_KEYS = frozenset({"price", "success", "latency"})
-CATEGORY_KEYS = frozenset({"on_timeout"})
+CATEGORY_KEYS = frozenset({"on_timeout", "quiet_hours", "encoding"})
+QUIET_HOURS_KEYS = frozenset({"from", "to", "timezone"})
+#: ``encoding`` of a rule or category: ``auto`` (GSM-7 when the text fits, else UCS-2)
+#: or ``transliterate`` (look-alikes replaced by GSM-7 characters first; never for otp).
+EncodingMode = Literal["auto", "transliterate"]
 STATE_KEYS = frozenset(
     {
         "backend",
@@ -171,8 +182,44 @@ class PriceTable:
 
 
 @attrs.frozen(slots=True)
+class SenderPool:
+    """Senders taken in turn (round robin, per process) or, ``sticky``, one per recipient:
+    rendezvous hashing of the number with each member (see :mod:`smsroute.senders`)."""
+
+    members: tuple[str, ...]
+    sticky: bool = False
+
+
+#: One value of a ``from`` map: a sender, or a pool of them.
+SenderChoice = str | SenderPool
+
+
+@attrs.frozen(slots=True)
+class SenderMap:
+    """``from`` written as a map by country and number type (see :mod:`smsroute.senders`)::
+
+        from:
+          US: {pool: ["+14155550100", "+16285550100"], sticky: true}
+          CA: "+16135550100"
+          GB: ACME
+          IN: {mobile: ACMEIN, default: "+919000000000"}
+          default: ACME
+          fallback: "+14155550100"     # where the chosen sender cannot be used
+
+    ``entries`` are keyed by (country, number type), the type None for the whole country.
+    """
+
+    entries: Mapping[tuple[str, NumberType | None], SenderChoice] = attrs.field(factory=dict)
+    default: SenderChoice | None = None
+    fallback: SenderChoice | None = None
+
+
+@attrs.frozen(slots=True)
 class ProviderConfig:
-    """One provider account as configured.  ``options`` are the adapter's own keys."""
+    """One provider account as configured.  ``options`` are the adapter's own keys.
+
+    ``sender`` is ``from`` written as a string (sent as written, to every country);
+    ``senders`` is ``from`` written as a map (checked against the country table)."""
 
     name: str
     type: str
@@ -187,6 +234,7 @@ class ProviderConfig:
     breaker_scope: BreakerScope = "provider"
     status_callback: str | None = None
     options: Mapping[str, Any] = attrs.field(factory=dict, repr=False)
+    senders: SenderMap | None = None
 
 
 @attrs.frozen(slots=True)
@@ -241,6 +289,14 @@ class Rule:
     score_weights: ScoreWeights = attrs.field(factory=ScoreWeights)
     latency_buffer: float = 0.2
     on_undelivered: OnUndelivered = "ignore"
+    #: ``transliterate`` or ``auto`` overrides the category's ``encoding``; None: the category's.
+    encoding: EncodingMode | None = None
+    #: Guards of this rule, applied on top of its category's (see :mod:`smsroute.guards`).
+    guards: GuardSet | None = None
+    #: When a provider of the plan reached its budget: refuse, or the cheapest under its cap.
+    on_budget: OnBudget = "refuse"
+    #: ``from`` of this rule (wins over its providers'); None: the providers' own.
+    senders: SenderMap | None = None
 
 
 #: Countries that get their own ``country`` label value in metrics; the rest are
@@ -279,11 +335,30 @@ class Defaults:
 
 
 @attrs.frozen(slots=True)
+class QuietHours:
+    """A category's quiet hours: no message goes between ``start`` and ``end`` local time.
+
+    ``start`` and ``end`` are minutes after midnight (``from: "21:00"`` is 1260); the
+    window wraps midnight when ``start > end``.  ``timezone`` is ``recipient`` (every
+    time zone the number may be in, from phonenumbers' data: the window must be over
+    in all of them) or an IANA name such as ``Europe/Berlin``.  See :mod:`smsroute.quiet`.
+    """
+
+    start: int
+    end: int
+    timezone: str = "recipient"
+
+
+@attrs.frozen(slots=True)
 class Category:
-    """A message category and what a timeout means for it."""
+    """A message category: what a timeout means for it, its quiet hours, its encoding."""
 
     name: str
     on_timeout: OnTimeout
+    #: None: messages of this category may go at any hour.
+    quiet_hours: QuietHours | None = None
+    #: ``transliterate``: look-alike characters become GSM-7 ones before sending.
+    encoding: EncodingMode = "auto"
 
 
 #: The categories every config has; its ``categories`` section may add others or
@@ -377,6 +452,8 @@ class Config:
     state: StateSettings = attrs.field(factory=StateSettings)
     #: None when the config has no ``outbox`` section (the outbox then uses the defaults).
     outbox: OutboxSettings | None = None
+    #: None when no ``guards`` section (rules may still have guards of their own).
+    guards: GuardSettings | None = None
 
 
 #: Names this module provided when it held the loader too: served by ``__getattr__``.
@@ -402,12 +479,16 @@ __all__ = [
     "Category",
     "Config",
     "Defaults",
+    "EncodingMode",
     "Match",
     "OutboxSettings",
     "PriceTable",
     "ProviderConfig",
+    "QuietHours",
     "Rule",
     "ScoreWeights",
+    "SenderMap",
+    "SenderPool",
     "StateSettings",
     "format_path",
     "load_config",  # noqa: F822 (served by __getattr__)

@@ -18,6 +18,7 @@ from smsroute import yamlsource
 from smsroute.config import (
     STRATEGIES,
     BreakerScope,
+    EncodingMode,
     OnTimeout,
     OnUndelivered,
     OutboxBackend,
@@ -179,6 +180,7 @@ breaker_scope: Callable[[Any], BreakerScope] = _choice(
 
 
 state_backend: Callable[[Any], StateBackendName] = _choice(("memory", "redis"), "state backend")
+encoding_mode: Callable[[Any], EncodingMode] = _choice(("auto", "transliterate"), "encoding")
 
 
 def redis_url(value: Any) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from smsroute import configcheck as check
-from smsroute import yamlsource
+from smsroute import quietload, yamlsource
 from smsroute.config import (
     BACKOFF_KEYS,
     BREAKER_KEYS,
@@ -45,8 +45,10 @@ from smsroute.config import (
 )
 from smsroute.configcheck import Checker
 from smsroute.errors import ConfigProblem
+from smsroute.guardload import guard_set, guards_section, on_budget
 from smsroute.numbers import NumberType
 from smsroute.providers import load_provider_class, provider_types
+from smsroute.senderconfig import read_from, rule_from
 from smsroute.units import parse_duration, parse_fraction, parse_rate
 from smsroute.yamlsource import Located, config_error, shown
 
@@ -112,6 +114,11 @@ class _Loader(Checker):
         rules = self.rules(top.get("rules"), providers, categories)
         state = self.state(top.get("state"))
         outbox = self.outbox(top.get("outbox"), state) if "outbox" in top else None
+        guards = (
+            guards_section(self, top["guards"], categories, providers)
+            if top.get("guards") is not None
+            else None
+        )
         if self.problems:
             raise config_error(self.problems)
         return Config(
@@ -123,6 +130,7 @@ class _Loader(Checker):
             version=version,
             state=state,
             outbox=outbox,
+            guards=guards,
         )
 
     def state(self, value: Any) -> StateSettings:
@@ -315,7 +323,14 @@ class _Loader(Checker):
             c = self.mapping(body, (*path, name), CATEGORY_KEYS, what=f"category '{name}'")
             default = out.get(name, Category(name, "failover")).on_timeout
             on_timeout = self.field(c, (*path, name), "on_timeout", check.on_timeout, default)
-            out[name] = Category(name, on_timeout)
+            out[name] = Category(
+                name,
+                on_timeout,
+                quiet_hours=quietload.quiet_hours(
+                    self, c.get("quiet_hours"), (*path, name, "quiet_hours")
+                ),
+                encoding=quietload.encoding_mode(self, c, (*path, name), name == "otp", "auto"),
+            )
         return out
 
     def providers(self, value: Any, defaults: Defaults) -> dict[str, ProviderConfig]:
@@ -383,6 +398,7 @@ class _Loader(Checker):
             for option, problem in cls.check_webhook_options(body, receipts_at):
                 self.error((*ppath, option), problem)
             currency = self.field(body, ppath, "currency", check.currency_code, defaults.currency)
+            sender, senders = read_from(self, body, ppath)
             out[name] = ProviderConfig(
                 name=name,
                 type=type_name,
@@ -394,13 +410,14 @@ class _Loader(Checker):
                     body, ppath, "max_concurrency", check.int_in(1, 100_000), None
                 ),
                 prices=self.prices(body.get("prices"), (*ppath, "prices"), currency),
-                sender=self.field(body, ppath, "from", check.sender, None),
+                sender=sender,
                 breaker=self.breaker(body.get("breaker"), (*ppath, "breaker"), defaults.breaker),
                 breaker_scope=self.field(
                     body, ppath, "breaker_scope", check.breaker_scope, defaults.breaker_scope
                 ),
                 status_callback=self.field(body, ppath, "status_callback", check.url, None),
                 options=options,
+                senders=senders,
             )
         self.refused_providers = {str(name) for name in value if name not in out}
         return out
@@ -456,10 +473,11 @@ class _Loader(Checker):
                 what="score_weights",
             )
             swp = (*rpath, "score_weights")
+            match = self.match(r.get("match"), (*rpath, "match"), categories)
             out.append(
                 Rule(
                     name=name,
-                    match=self.match(r.get("match"), (*rpath, "match"), categories),
+                    match=match,
                     providers=provider_names,
                     strategy=strategy,
                     weights=weights,
@@ -475,6 +493,10 @@ class _Loader(Checker):
                     on_undelivered=self.field(
                         r, rpath, "on_undelivered", check.on_undelivered, "ignore"
                     ),
+                    encoding=quietload.rule_encoding(self, r, rpath),
+                    guards=guard_set(self, r.get("guards"), (*rpath, "guards"), "a rule's guards"),
+                    on_budget=self.field(r, rpath, "on_budget", on_budget, "refuse"),
+                    senders=rule_from(self, r, rpath, match.countries),
                 )
             )
         if out and not any(rule.match.is_catch_all for rule in out):

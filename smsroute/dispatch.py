@@ -18,6 +18,7 @@ path (measured in instructions per message by ``bench/callgrind_send.py``).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 import random
@@ -27,24 +28,35 @@ from typing import Protocol
 import aiohttp
 
 from smsroute.breaker import PROBE, BreakerState, CircuitBreaker
-from smsroute.clock import Clock
+from smsroute.clock import Clock, wall_clock
 from smsroute.config import Config, ProviderConfig, Rule
 from smsroute.configload import load_config
 from smsroute.errors import ConfigError
+from smsroute.guards import Guards, Refusal
 from smsroute.instrument.events import (
     AttemptFinished,
     BreakerTransition,
     ConfigReloaded,
     Event,
     Failover,
+    GuardRefused,
     Hook,
     MessageFinished,
     RateLimitWait,
 )
 from smsroute.instrument.prometheus import PrometheusHook
 from smsroute.message import Attempt, Message, Outcome, SendResult, new_attempt, new_send_result
+from smsroute.numbers import mask
 from smsroute.optout import OptOutStore
-from smsroute.providers.base import OutboundSMS, Provider, Reply, new_outbound_sms
+from smsroute.providers.base import (
+    LinkState,
+    OutboundSMS,
+    Provider,
+    ProviderSink,
+    Reply,
+    new_outbound_sms,
+)
+from smsroute.quiet import opens_at, quiet_reason
 from smsroute.runtime import Prepared, Runtime
 from smsroute.selection import Option, observe, order
 from smsroute.state.backend import StateBackend, open_state
@@ -125,6 +137,13 @@ class Dispatcher:
         self._status: StatusStore = self._state.status_store()
         self._optouts: OptOutStore = self._state.optout_store()
         self._on_accepted: OnAccepted = _nothing_awaited
+        #: Where providers with their own connections (SMPP) hand receipts and inbound.
+        self._sink: ProviderSink | None = None
+        self._providers_started: Runtime | None = None
+        #: Runtimes swapped out whose adapters are still to close, and the tasks closing them.
+        self._retiring: list[Runtime] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._wall = wall_clock(clock)
 
     # -- what the other parts read ------------------------------------------------------
 
@@ -134,8 +153,22 @@ class Dispatcher:
         return self._runtime
 
     def swap(self, runtime: Runtime) -> None:
-        """Put ``runtime`` in force for the sends that start from now on."""
-        self._runtime = runtime
+        """Put ``runtime`` in force for the sends that start from now on.
+
+        Once providers were started, the new runtime's are started now (on the
+        next send when no event loop runs here), and the old runtime's adapters
+        are closed (SMPP binds unbound) when every send that may still use them
+        has ended: after the old config's longest ``deadline``.
+        """
+        old, self._runtime = self._runtime, runtime
+        if self._providers_started is not None:
+            self._state_ready = False  # the next send starts the new runtime's providers
+            self._retiring.append(old)
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no loop here (a thread without one): the next send does it
+            self._spawn(self._start_after_swap())
 
     def reload(self, path: str | os.PathLike[str] | None = None) -> Config:
         """Load the config at ``path`` (default: the current file) and :meth:`swap` to it,
@@ -194,9 +227,15 @@ class Dispatcher:
         """Call ``callback`` after every acceptance (the router's receipts part)."""
         self._on_accepted = callback
 
+    def use_sink(self, sink: ProviderSink) -> None:
+        """Give ``sink`` to every provider's :meth:`Provider.start` (the router's webhooks)."""
+        self._sink = sink
+
     def use_metrics(self, hook: PrometheusHook) -> None:
-        """Feed ``hook`` first of all hooks, and count requests in flight with it."""
+        """Feed ``hook`` first of all hooks, count requests in flight with it, and let it
+        read the providers' connections (SMPP binds) at scrape time."""
         self._metrics = hook
+        hook.watch_links(self.links)
         self._hooks = (hook, *self._hooks)
         self._direct = self._direct_metrics()
 
@@ -222,7 +261,63 @@ class Dispatcher:
         if started is None or (started.done() and (started.cancelled() or started.exception())):
             started = self._state_started = asyncio.ensure_future(self._state.start())
         await asyncio.shield(started)
+        await self._start_providers()
         self._state_ready = True
+        while self._retiring:
+            self._spawn(self._retire(self._retiring.pop()))
+
+    async def _start_after_swap(self) -> None:
+        try:
+            await self._start_state()
+        except Exception as exc:  # the state backend is down: the next send raises it
+            log.warning("after a reload, the router could not start: %s", type(exc).__name__)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _retire(self, rt: Runtime) -> None:
+        """Close the adapters of ``rt``, swapped out, once no send can still use them: a
+        send never outlives its ``deadline`` (attempts are cut to it)."""
+        if rt is self._runtime:
+            return
+        config = rt.config
+        grace = max([config.defaults.deadline, *(r.deadline or 0.0 for r in config.rules)])
+        try:
+            await self._sleep(grace)
+        finally:
+            await _close_providers(rt)
+
+    def links(self) -> dict[str, LinkState]:
+        """The connections of the providers in force that keep some (``type: smpp``: binds
+        up and down, the window in use), by provider name; HTTP providers are not listed.
+        ``router.dispatcher.links()``; also in ``explain`` and the ``smsroute_smpp_*`` gauges."""
+        out: dict[str, LinkState] = {}
+        for name, provider in self._runtime.providers.items():
+            state = provider.links()
+            if state is not None:
+                out[name] = state
+        return out
+
+    async def _start_providers(self) -> None:
+        """Call every provider's ``start`` once per runtime (an SMPP provider binds); a
+        provider that raises is logged and never keeps the others from starting."""
+        rt = self._runtime
+        if self._providers_started is rt:
+            return
+        self._providers_started = rt
+        providers = list(rt.providers.values())
+        results = await asyncio.gather(
+            *(p.start(self._sink) for p in providers), return_exceptions=True
+        )
+        for provider, result in zip(providers, results, strict=True):
+            if isinstance(result, Exception):
+                log.error(
+                    "provider %s could not start: %s (an adapter bug: report it)",
+                    provider.name,
+                    type(result).__name__,
+                )
 
     def session(self) -> aiohttp.ClientSession:
         """The HTTP session (made here, and remade after a close, unless one was given)."""
@@ -246,6 +341,12 @@ class Dispatcher:
             self._state_started = None
             self._state_ready = False
             await self._state.aclose()
+        self._providers_started = None
+        for task in list(self._background):  # retiring runtimes close now
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        self._retiring.clear()
         for provider in self._runtime.providers.values():
             await provider.aclose()
         if self._session is not None and self._own_session:
@@ -361,16 +462,38 @@ class Dispatcher:
             and message.category in defaults.opt_out_categories
             and p.destination.e164 in self._optouts
         ):
-            return self._opted_out(message, message_id, p, emit, loop.time() - t0)
-        names: Sequence[str] | None = self._steady_order(rt, p)
-        last_resort = False
-        if names is None:
-            ordered, _, last_resort = self.plan(rt, p)
-            names = [o.provider for o in ordered]
+            return self._refused(message, message_id, p, emit, t0, "opted_out")
+        if rt.quiet and message.category in rt.quiet:  # quiet hours: one check when none
+            opens = self.quiet_opens(rt, message, p)
+            if opens is not None:
+                why, until = quiet_reason(rt.config, message.category, opens)
+                return self._refused(message, message_id, p, emit, t0, why, None, until)
+        names: Sequence[str] | None
+        guards = rt.guards
+        if guards:  # fraud and spend guards (smsroute.guards): one check when none
+            planned = await self._guarded(guards, rt, p, message, message_id, emit, t0)
+            if isinstance(planned, SendResult):
+                return planned
+            names, last_resort = planned
+        else:
+            names = self._steady_order(rt, p)
+            last_resort = False
+            if names is None:
+                ordered, _, last_resort = self.plan(rt, p)
+                names = [o.provider for o in ordered]
         if exclude:
             names = [n for n in names if n not in exclude]
         if reserved is not None:  # the outbox worker holds a token of this provider: start there
             names = sorted(names, key=lambda n: n != reserved)
+        picked: dict[str, str | None] | None = None  # None: message.sender or pcfg.sender
+        refused: list[str] | None = None
+        if rt.senders.active or message.sender is not None:  # `from` maps, a caller's sender
+            picked, names, refused = rt.senders.for_send(
+                rule, names, config.providers, p.destination, message.sender
+            )
+            if refused and not names:  # no provider has a sender it may use: none is called
+                why = f"no usable sender for {country}: {'; '.join(refused)}"
+                return self._refused(message, message_id, p, emit, t0, why)
         deadline_at = t0 + (rule.deadline or defaults.deadline)
         max_attempts = rule.max_attempts or defaults.max_attempts
         on_timeout = rule.on_timeout or config.categories[message.category].on_timeout
@@ -454,8 +577,8 @@ class Dispatcher:
                 message_id,
                 p.destination.e164,
                 country,
-                message.text,
-                message.sender or pcfg.sender,
+                p.text,
+                message.sender or pcfg.sender if picked is None else picked[name],
                 p.info.encoding,
                 p.info.segments,
                 message.category,
@@ -540,13 +663,27 @@ class Dispatcher:
                     rule.name,
                     last_resort,
                     Outcome.ACCEPTED,
+                    p.info.culprits,
+                    p.text is not message.text,
                 )
                 self._on_accepted(rt, rule, message, result, country, exclude, reply.part_ids)
+                if guards:  # count the spend against the budgets
+                    guards.spent(
+                        state.guard_counts(),
+                        message,
+                        country,
+                        name,
+                        result.cost,
+                        self._wall.now(),
+                        emit,
+                    )
                 if emit:
                     self._finished(emit, message, result, country, loop.time() - t0)
                 return result
             if outcome is Outcome.REJECTED:
                 reason = f"rejected by {name}" + (f": {reply.detail}" if reply.detail else "")
+                if reply.opted_out:  # the provider says the recipient opted out: remember it
+                    self.provider_opt_out(name, p)
                 break
             if outcome is Outcome.TIMEOUT and on_timeout == "stop":
                 reason = (
@@ -564,6 +701,8 @@ class Dispatcher:
                 reason = f"every provider of rule '{rule.name}' failed ({tried})"
         if last_resort:
             reason += " (every breaker was open; the soonest to reopen was tried as a last resort)"
+        if refused:
+            reason += f" (not called for want of a usable sender: {'; '.join(refused)})"
         result = SendResult(
             message_id=message_id,
             status="failed",
@@ -576,20 +715,28 @@ class Dispatcher:
             rule=rule.name,
             last_resort=last_resort,
             outcome=attempts[-1].outcome if attempts else None,
+            culprits=p.info.culprits,
+            transliterated=p.text is not message.text,
         )
         self._status.record_send(message_id, "failed", None, None, country)
         if emit:
             self._finished(emit, message, result, country, loop.time() - t0)
         return result
 
-    def _opted_out(
+    def _refused(
         self,
         message: Message,
         message_id: str,
         p: Prepared,
         emit: Callable[[Event], None] | None,
-        duration: float,
+        t0: float,
+        reason: str,
+        outcome: Outcome | None = Outcome.REJECTED,
+        quiet_until: datetime.datetime | None = None,
     ) -> SendResult:
+        """The failed result of a message refused before any provider was called
+        (opted out, quiet hours, no usable sender, a guard), recorded and reported."""
+        country = p.destination.country
         result = SendResult(
             message_id=message_id,
             status="failed",
@@ -598,14 +745,87 @@ class Dispatcher:
             attempts=(),
             segments=p.info.segments,
             encoding=p.info.encoding,
-            reason="opted_out",
+            reason=reason,
             rule=p.rule.name,
-            outcome=Outcome.REJECTED,
+            outcome=outcome,
+            culprits=p.info.culprits,
+            transliterated=p.text is not message.text,
+            quiet_until=quiet_until,
         )
-        self._status.record_send(message_id, "failed", None, None, p.destination.country)
+        self._status.record_send(message_id, "failed", None, None, country)
         if emit:
-            self._finished(emit, message, result, p.destination.country, duration)
+            loop = asyncio.get_running_loop()
+            self._finished(emit, message, result, country, loop.time() - t0)
         return result
+
+    async def _guarded(
+        self,
+        guards: Guards,
+        rt: Runtime,
+        p: Prepared,
+        message: Message,
+        message_id: str,
+        emit: Callable[[Event], None] | None,
+        t0: float,
+    ) -> SendResult | tuple[Sequence[str], bool]:
+        """The guards' check, then the plan without providers at their budget cap:
+        (providers in order, last resort?), or the failed result of a refusal."""
+        country = p.destination.country
+        refusal, over = await guards.check(
+            self._state.guard_counts(),
+            message,
+            p.destination.e164,
+            country,
+            p.rule,
+            message_id,
+            self._wall.now(),
+            emit,
+        )
+        names: Sequence[str] | None = None
+        last_resort = False
+        if refusal is None:
+            names = self._steady_order(rt, p)
+            if names is None:
+                ordered, _, last_resort = self.plan(rt, p)
+                names = [o.provider for o in ordered]
+            if over:
+                planned = guards.within_budget(names, over, p.rule, country)
+                if isinstance(planned, Refusal):
+                    refusal = planned
+                else:
+                    names = planned
+        if refusal is None and names is not None:
+            return names, last_resort
+        assert refusal is not None
+        if emit:
+            emit(GuardRefused(refusal.guard, message.category, country, p.rule.name))
+        return self._refused(message, message_id, p, emit, t0, refusal.reason)
+
+    def admit(self, message: Message, due: float) -> float | None:
+        """Check ``message`` as :meth:`send` would (raising :class:`InvalidNumber` or
+        :class:`InvalidMessage`; the outbox's check before it stores a message).
+        None when it may go at ``due`` (epoch seconds), else when its category's quiet
+        hours end (``inf``: never)."""
+        rt = self._runtime
+        p = rt.prepare(message)
+        window = rt.quiet.get(message.category) if rt.quiet else None
+        return None if window is None else opens_at(window, p.destination.e164, due)
+
+    def quiet_opens(self, rt: Runtime, message: Message, p: Prepared) -> float | None:
+        """None when ``message``'s category has no quiet hours now for its number;
+        else when they end (epoch seconds, ``inf``: never within days)."""
+        window = rt.quiet.get(message.category)
+        if window is None:
+            return None
+        return opens_at(window, p.destination.e164, self._wall.now())
+
+    def provider_opt_out(self, provider: str, p: Prepared) -> None:
+        """``provider`` answered that the recipient opted out (Twilio 21610, Telnyx 40300,
+        ...): record it, so the next message of an opted-out category is refused here."""
+        number = p.destination.e164
+        if number not in self._optouts:
+            log.info("%s says %s opted out: recorded", provider, mask(number))
+            self._optouts.opt_out(number)
 
     async def _attempt(
         self,
@@ -729,3 +949,12 @@ class Dispatcher:
             )
         if self._hooks:
             self.emit(BreakerTransition(provider, country, before.value, after.value))
+
+
+async def _close_providers(rt: Runtime) -> None:
+    """``aclose`` every adapter of ``rt``; one that raises is logged, the others still close."""
+    for provider in rt.providers.values():
+        try:
+            await provider.aclose()
+        except Exception:
+            log.exception("provider %s did not close cleanly", provider.name)

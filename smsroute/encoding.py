@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import attrs
 
-from smsroute.message import Encoding
+from smsroute.message import Culprit, Encoding
 
 # The GSM 03.38 basic character set, in table order.
 GSM7_BASIC = frozenset(
@@ -27,13 +27,65 @@ GSM7_SINGLE, GSM7_MULTI = 160, 153
 UCS2_SINGLE, UCS2_MULTI = 70, 67
 
 
+#: At most this many distinct culprits are named (a text in another script has many).
+MAX_CULPRITS = 10
+
+
+class _TextInfoSlots:
+    __slots__ = ("__weakref__", "culprits", "encoding", "segments", "units")
+    encoding: Encoding
+    units: int
+    segments: int
+    culprits: tuple[Culprit, ...]
+
+
 @attrs.frozen(slots=True)
-class TextInfo:
-    """How a text will travel: its encoding, its length in units, its segments."""
+class TextInfo(_TextInfoSlots):
+    """How a text will travel: its encoding, its length in units, its segments.
+
+    ``culprits`` names the characters outside GSM-7 that made a text UCS-2 (at
+    most :data:`MAX_CULPRITS` of them, in order of first appearance); empty for
+    GSM-7.  Not in the repr: they are characters of the message's text.
+    """
 
     encoding: Encoding
     units: int
     segments: int
+    culprits: tuple[Culprit, ...] = attrs.field(default=(), repr=False)
+
+
+def _info(
+    encoding: Encoding, units: int, segments: int, culprits: tuple[Culprit, ...] = ()
+) -> TextInfo:
+    # TextInfo(...) without attrs' frozen __init__: once per message (see message.new_attempt).
+    self = _TextInfoSlots()
+    self.encoding = encoding
+    self.units = units
+    self.segments = segments
+    self.culprits = culprits
+    self.__class__ = TextInfo
+    return self  # type: ignore[return-value]  # it is a TextInfo now
+
+
+def culprits(text: str) -> tuple[Culprit, ...]:
+    """The characters of ``text`` that GSM-7 cannot carry, each with its positions.
+
+    >>> [str(c) for c in culprits("It\u2019s 5\u20ac")]
+    ['U+2019 RIGHT SINGLE QUOTATION MARK at 2']
+    """
+    basic = GSM7_BASIC
+    ext = GSM7_EXTENSION
+    found: dict[str, list[int]] = {}
+    for i, ch in enumerate(text):
+        if ch in basic or ch in ext:
+            continue
+        where = found.get(ch)
+        if where is None:
+            if len(found) >= MAX_CULPRITS:
+                continue
+            where = found[ch] = []
+        where.append(i)
+    return tuple(Culprit(ch, tuple(where)) for ch, where in found.items())
 
 
 def _split_count(unit_lengths: list[int] | None, total: int, single: int, multi: int) -> int:
@@ -53,7 +105,8 @@ def _split_count(unit_lengths: list[int] | None, total: int, single: int, multi:
 
 
 def analyze(text: str) -> TextInfo:
-    """Encoding, length in units (septets or UTF-16 units) and segment count of ``text``.
+    """Encoding, length in units (septets or UTF-16 units) and segment count of ``text``,
+    and for UCS-2 the characters that forced it (:func:`culprits`).
 
     >>> analyze("Hello")
     TextInfo(encoding='GSM-7', units=5, segments=1)
@@ -62,7 +115,7 @@ def analyze(text: str) -> TextInfo:
     """
     if GSM7_BASIC.issuperset(text):  # the common case, checked in C
         units = len(text)
-        return TextInfo("GSM-7", units, _split_count(None, units, GSM7_SINGLE, GSM7_MULTI))
+        return _info("GSM-7", units, _split_count(None, units, GSM7_SINGLE, GSM7_MULTI))
     basic = GSM7_BASIC
     ext = GSM7_EXTENSION
     extended = 0
@@ -80,8 +133,9 @@ def analyze(text: str) -> TextInfo:
         widths = (
             [2 if ch in ext else 1 for ch in text] if extended and units > GSM7_SINGLE else None
         )
-        return TextInfo("GSM-7", units, _split_count(widths, units, GSM7_SINGLE, GSM7_MULTI))
+        return _info("GSM-7", units, _split_count(widths, units, GSM7_SINGLE, GSM7_MULTI))
     wide = sum(1 for ch in text if ord(ch) > 0xFFFF)
     units = len(text) + wide
     widths = [2 if ord(ch) > 0xFFFF else 1 for ch in text] if wide and units > UCS2_SINGLE else None
-    return TextInfo("UCS-2", units, _split_count(widths, units, UCS2_SINGLE, UCS2_MULTI))
+    segments = _split_count(widths, units, UCS2_SINGLE, UCS2_MULTI)
+    return _info("UCS-2", units, segments, culprits(text))

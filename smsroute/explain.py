@@ -7,11 +7,15 @@ every price and health figure filled in, and sends nothing.
 
 from __future__ import annotations
 
+import datetime
+
 import attrs
 
 from smsroute.breaker import BreakerState
+from smsroute.clock import wall_clock
 from smsroute.dispatch import Dispatcher
-from smsroute.message import Encoding, Message
+from smsroute.guards import GuardStatus
+from smsroute.message import Culprit, Encoding, Message
 from smsroute.numbers import NumberType, mask
 from smsroute.selection import Candidate, bests, score
 
@@ -23,6 +27,13 @@ class RoutePlan:
     ``candidates`` lists the providers that would be tried first, in order,
     then those skipped with ``skipped`` saying why.  ``last_resort`` is true
     when every breaker is open and the soonest to reopen is tried anyway.
+
+    ``culprits`` names the characters that make the text UCS-2, with their
+    positions (not in the repr); ``transliterated`` says ``encoding: transliterate``
+    changed the text (``encoding`` and ``segments`` are then those of what is sent).
+    ``quiet_until`` is set when the message is inside its category's quiet hours
+    now: the first moment (UTC) it could go; ``quiet_never`` when there is no such
+    hour in every time zone of the number.
     """
 
     rule: str
@@ -34,6 +45,15 @@ class RoutePlan:
     segments: int
     to: str
     last_resort: bool = False
+    culprits: tuple[Culprit, ...] = attrs.field(default=(), repr=False)
+    transliterated: bool = False
+    quiet_until: datetime.datetime | None = None
+    quiet_never: bool = False
+    #: Each fraud and spend guard of this message, its count now, and whether it refuses.
+    guards: tuple[GuardStatus, ...] = ()
+    #: The guard that would refuse the message (``geo``, ``velocity``, ``anomaly``,
+    #: ``budget``), or None.
+    refused_by: str | None = None
 
     @property
     def providers(self) -> tuple[str, ...]:
@@ -50,6 +70,23 @@ def explain(dispatcher: Dispatcher, message: Message) -> RoutePlan:
     rt = dispatcher.runtime
     p = rt.prepare(message)
     ordered, skipped, last_resort = dispatcher.plan(rt, p, full=True)
+    opens = dispatcher.quiet_opens(rt, message, p)
+    quiet_never = opens == float("inf")
+    quiet_until = (
+        None
+        if opens is None or quiet_never
+        else datetime.datetime.fromtimestamp(opens, datetime.UTC)
+    )
+    guards: tuple[GuardStatus, ...] = ()
+    if rt.guards:
+        guards = rt.guards.explain(
+            dispatcher.state.guard_counts(),
+            message,
+            p.destination.e164,
+            p.destination.country,
+            p.rule,
+            wall_clock(dispatcher.clock).now(),
+        )
     everyone = [*ordered, *skipped]
     best_price, best_latency = bests(everyone)
     now = dispatcher.clock.now()
@@ -68,6 +105,12 @@ def explain(dispatcher: Dispatcher, message: Message) -> RoutePlan:
                 why = f"throttled by the provider, paused for {pause:.1f}s more"
         if last_resort and o is ordered[0]:
             why = None
+        pick = rt.senders.choose(
+            p.rule, rt.config.providers[o.provider], p.destination, message.sender, peek=True
+        )
+        if pick.refused is not None and why is None:
+            why = f"no usable sender: {pick.refused}"
+        links = rt.providers[o.provider].links()
         candidates.append(
             Candidate(
                 provider=o.provider,
@@ -78,6 +121,9 @@ def explain(dispatcher: Dispatcher, message: Message) -> RoutePlan:
                 latency=o.latency,
                 success_rate=o.success_rate,
                 delivery_ratio=o.delivery_ratio,
+                sender=pick.sender,
+                sender_why=pick.why if pick.note is None else f"{pick.why}; {pick.note}",
+                links=links.summary() if links is not None else None,
             )
         )
     return RoutePlan(
@@ -90,4 +136,10 @@ def explain(dispatcher: Dispatcher, message: Message) -> RoutePlan:
         segments=p.info.segments,
         to=mask(p.destination.e164),
         last_resort=last_resort,
+        culprits=p.info.culprits,
+        transliterated=p.text is not message.text,
+        quiet_until=quiet_until,
+        quiet_never=quiet_never,
+        guards=guards,
+        refused_by=next((g.guard for g in guards if g.refuses), None),
     )

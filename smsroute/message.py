@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import datetime
 import enum
+import unicodedata
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import attrs
 
@@ -146,11 +147,27 @@ class Attempt(_AttemptSlots):
     retry_after: float | None = None
 
 
+class Culprit(NamedTuple):
+    """A character that forced UCS-2, and where it stands in the text (0-based indexes).
+
+    ``str(culprit)`` reads ``U+201C LEFT DOUBLE QUOTATION MARK at 0, 14``.
+    """
+
+    char: str
+    positions: tuple[int, ...]
+
+    def __str__(self) -> str:
+        name = unicodedata.name(self.char, "")
+        where = ", ".join(map(str, self.positions))
+        return f"U+{ord(self.char):04X}{' ' + name if name else ''} at {where}"
+
+
 class _SendResultSlots:
     __slots__ = (
         "__weakref__",
         "attempts",
         "cost",
+        "culprits",
         "currency",
         "encoding",
         "last_resort",
@@ -158,10 +175,12 @@ class _SendResultSlots:
         "outcome",
         "provider",
         "provider_message_id",
+        "quiet_until",
         "reason",
         "rule",
         "segments",
         "status",
+        "transliterated",
     )
     message_id: str
     status: SendStatus
@@ -176,6 +195,9 @@ class _SendResultSlots:
     rule: str | None
     last_resort: bool
     outcome: Outcome | None
+    culprits: tuple[Culprit, ...]
+    transliterated: bool
+    quiet_until: datetime.datetime | None
 
 
 @attrs.frozen(slots=True)
@@ -188,7 +210,14 @@ class SendResult(_SendResultSlots):
     accepting provider times ``segments`` (None when the price is unknown).
     ``last_resort`` is true when every provider's breaker was open and the
     router tried the one reopening soonest anyway.  ``reason`` is
-    ``"opted_out"`` when the number replied STOP and the category is refused.
+    ``"opted_out"`` when the number opted out and the category is refused.
+
+    ``culprits`` names the characters that made the text UCS-2, with their
+    positions (empty for GSM-7; not in the repr, they are the text's);
+    ``transliterated`` is true when ``encoding: transliterate`` replaced look-alike
+    characters before sending (``segments`` and ``cost`` count what was sent).
+    ``quiet_until`` is set when the send was refused in its category's quiet
+    hours: the first moment (UTC) the message may go.
     """
 
     message_id: str
@@ -205,6 +234,9 @@ class SendResult(_SendResultSlots):
     last_resort: bool = False
     #: The final outcome: the last attempt's, or REJECTED for an opted-out number.
     outcome: Outcome | None = None
+    culprits: tuple[Culprit, ...] = attrs.field(default=(), repr=False)
+    transliterated: bool = False
+    quiet_until: datetime.datetime | None = None
 
     @property
     def ok(self) -> bool:
@@ -256,6 +288,9 @@ def new_send_result(
     rule: str | None = None,
     last_resort: bool = False,
     outcome: Outcome | None = None,
+    culprits: tuple[Culprit, ...] = (),
+    transliterated: bool = False,
+    quiet_until: datetime.datetime | None = None,
 ) -> SendResult:
     """``SendResult(...)`` with the same arguments, in under a third of the instructions."""
     self = _SendResultSlots()
@@ -272,6 +307,9 @@ def new_send_result(
     self.rule = rule
     self.last_resort = last_resort
     self.outcome = outcome
+    self.culprits = culprits
+    self.transliterated = transliterated
+    self.quiet_until = quiet_until
     self.__class__ = SendResult
     return self  # type: ignore[return-value]  # it is a SendResult now
 

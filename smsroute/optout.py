@@ -48,6 +48,10 @@ class OptOutStore:
     def __contains__(self, number: object) -> bool:
         return number in self._numbers
 
+    def numbers(self) -> frozenset[str]:
+        """Every number that opted out (E.164), as of now."""
+        return frozenset(self._numbers)
+
     def opt_out(self, number: str) -> None:
         """Stop sending (the opted-out categories) to ``number``."""
         self._numbers.add(number)

@@ -35,7 +35,7 @@ from smsroute.instrument.events import Hook
 from smsroute.instrument.prometheus import CollectorRegistry, PrometheusHook
 from smsroute.message import Message, MessageState, SendResult
 from smsroute.metrics_http import MetricsServer, metrics_app
-from smsroute.numbers import normalize
+from smsroute.optout_io import OptOuts
 from smsroute.outbox import TTL, DeadLetter, OutboxStore, OutboxWorker, SendAt, open_store
 from smsroute.outbox.service import OutboxService
 from smsroute.receipts import Receipts
@@ -96,7 +96,7 @@ class Router:
         self.outbox_service = OutboxService(
             config=lambda: self.config,
             clock=clock,
-            validate=lambda message: self.dispatcher.runtime.prepare(message),
+            validate=dispatch.admit,
             open_store=_open_outbox_store,
         )
         #: Acceptances and their receipts: status, health, delivery-ratio breakers, resends.
@@ -121,7 +121,10 @@ class Router:
             optouts=dispatch.optouts,
             receipts=self.receipts,
         )
+        dispatch.use_sink(self.webhooks)
         self._metrics_server = MetricsServer(registry, self.breaker_states)
+        #: The opt-out list: ``in``, ``add``, ``remove``, ``list``, ``import_csv``, ``export_csv``.
+        self.optouts = OptOuts(dispatch.optouts, lambda: self.config)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], **kwargs: Any) -> Router:
@@ -243,10 +246,8 @@ class Router:
         return await self.receipts.status(message_id)
 
     def is_opted_out(self, number: str) -> bool:
-        """Whether ``number`` replied STOP (and not START since)."""
-        return (
-            normalize(number, self.config.defaults.default_region).e164 in self.dispatcher.optouts
-        )
+        """Whether ``number`` opted out: STOP (and no START since), a provider, an import."""
+        return number in self.optouts
 
     def breaker_states(self) -> Mapping[tuple[str, str | None], BreakerState]:
         """The state of every breaker created so far, by (provider, country or None)."""

@@ -10,29 +10,47 @@ from __future__ import annotations
 
 import attrs
 
-from smsroute.config import Config, Rule
+from smsroute.config import Config, QuietHours, Rule
 from smsroute.encoding import TextInfo, analyze
 from smsroute.errors import InvalidMessage
+from smsroute.guards import Guards
 from smsroute.message import Message
 from smsroute.numbers import Destination, normalizer
 from smsroute.providers import load_provider_class
 from smsroute.providers.base import HttpProvider, Provider
 from smsroute.rules import RuleIndex
+from smsroute.senders import Senders
+from smsroute.transliterate import transliterate
 
 
 @attrs.define(slots=True)  # internal and short-lived: mutable is cheaper to build
 class Prepared:
-    """A message checked and routed: its destination, its text's encoding, its rule."""
+    """A message checked and routed: its destination, its text's encoding, its rule,
+    and the text to send (``message.text`` itself unless ``encoding: transliterate``
+    changed it: ``p.text is not message.text`` says it did)."""
 
     destination: Destination
     info: TextInfo
     rule: Rule
+    text: str
 
 
 class Runtime:
     """A config made ready to route: adapters built, rules indexed.  Swapped whole on reload."""
 
-    __slots__ = ("callbacks", "config", "index", "normalize", "orders", "providers", "self_timed")
+    __slots__ = (
+        "callbacks",
+        "config",
+        "guards",
+        "index",
+        "normalize",
+        "orders",
+        "providers",
+        "quiet",
+        "self_timed",
+        "senders",
+        "transliterating",
+    )
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -57,6 +75,19 @@ class Runtime:
         #: it is worked out once (see :meth:`Dispatcher.send`).  Bounded by the config:
         #: rules x countries x max_segments.
         self.orders: dict[tuple[int, str, int], tuple[str, ...]] = {}
+        #: The sender of each message at each provider (``from`` maps, pools, fallbacks);
+        #: ``senders.active`` is false when no rule or provider has a ``from`` map.
+        self.senders = Senders(config)
+        #: The categories with quiet hours (empty: the send path checks nothing more).
+        self.quiet: dict[str, QuietHours] = {
+            name: c.quiet_hours for name, c in config.categories.items() if c.quiet_hours
+        }
+        #: Whether any rule or category says ``encoding: transliterate``.
+        #: The fraud and spend guards (smsroute.guards); None when none is configured.
+        self.guards: Guards | None = Guards(config) if Guards.needed(config) else None
+        self.transliterating = any(r.encoding == "transliterate" for r in config.rules) or any(
+            c.encoding == "transliterate" for c in config.categories.values()
+        )
 
     def prepare(self, message: Message) -> Prepared:
         """Check ``message`` and find its rule; raises :class:`InvalidMessage` or
@@ -71,6 +102,8 @@ class Runtime:
                 f"{', '.join(sorted(config.categories))}, or declare it under 'categories' "
                 f"in {config.source}"
             )
+        if self.transliterating:
+            return self._prepare_transliterating(message)
         info = analyze(text)
         limit = config.defaults.max_segments
         if info.segments > limit:
@@ -83,7 +116,29 @@ class Runtime:
         rule = self.index.find(destination, message.category, message.sender, message.tags)
         if rule is None:  # a validated config always has a catch-all
             raise InvalidMessage(f"no rule matches this message in {config.source}")
-        return Prepared(destination, info, rule)
+        return Prepared(destination, info, rule, text)
+
+    def _prepare_transliterating(self, message: Message) -> Prepared:
+        """:meth:`prepare` when some rule or category transliterates: the rule is found
+        first, then the text it sends is analysed (segments are those of what goes)."""
+        config = self.config
+        destination = self.normalize(message.to)
+        rule = self.index.find(destination, message.category, message.sender, message.tags)
+        if rule is None:  # a validated config always has a catch-all
+            raise InvalidMessage(f"no rule matches this message in {config.source}")
+        text = message.text
+        mode = rule.encoding or config.categories[message.category].encoding
+        if mode == "transliterate" and message.category != "otp":
+            text = transliterate(text)
+        info = analyze(text)
+        limit = config.defaults.max_segments
+        if info.segments > limit:
+            raise InvalidMessage(
+                f"message text needs {info.segments} {info.encoding} segments "
+                f"({info.units} units) but max_segments is {limit}: shorten it, or raise "
+                f"defaults.max_segments in {config.source}"
+            )
+        return Prepared(destination, info, rule, text)
 
     def callback_url(self, provider: str, message_id: str) -> str | None:
         """The status callback URL to give ``provider`` for ``message_id`` (None: none)."""

@@ -40,7 +40,11 @@ class Candidate:
     ``price`` is what this message would cost there (price per segment x
     segments), or None when unknown.  ``score`` is the composite score in
     [0, 1] (higher is better) from the rule's ``score_weights``.  ``skipped``
-    says why the provider will not be tried, or is None.
+    says why the provider will not be tried, or is None.  ``sender`` is what it
+    would send from (None: the account's default) and ``sender_why`` why: a
+    ``from`` map entry, a sticky pool member, a fallback and its reason...
+    ``links`` is the state of the connections of a provider that keeps some
+    (``type: smpp``: ``"2/2 binds up, window 0/20"``), None for HTTP providers.
     """
 
     provider: str
@@ -51,6 +55,9 @@ class Candidate:
     latency: float | None = None
     success_rate: float | None = None
     delivery_ratio: float | None = None
+    sender: str | None = None
+    sender_why: str | None = None
+    links: str | None = None
 
 
 @attrs.define(slots=True)  # built per provider per message: mutable is cheaper to build

@@ -200,6 +200,25 @@ class Webhooks:
         status, content_type, answer = provider.webhook_response(kind)
         return WebhookResponse(status, answer, content_type)
 
+    # -- what a provider's own connection brings (SMPP's deliver_sm) ------------------
+
+    @property
+    def clock(self) -> Clock:
+        """The router's clock (a :class:`~smsroute.providers.base.ProviderSink` reads it)."""
+        return self._clock
+
+    async def accept_receipts(self, provider_name: str, receipts: list[Receipt]) -> None:
+        """Receipts ``provider_name`` received over its own connection, after its parse
+        step: de-duplicated, correlated and delivered exactly as a webhook's."""
+        for receipt in receipts:
+            await self._receipt(provider_name, None, receipt)
+
+    async def accept_inbound(self, provider_name: str, messages: list[Inbound]) -> None:
+        """Inbound messages ``provider_name`` received over its own connection: opt-outs
+        and ``on_inbound`` callbacks exactly as a webhook's."""
+        for message in messages:
+            await self._inbound(provider_name, message)
+
     def _refuse(self, provider: str, kind: str, status: int, reason: str) -> WebhookResponse:
         # Anyone can call a webhook URL: labels come from closed sets, never from the request.
         known = provider in self._providers()
@@ -224,7 +243,9 @@ class Webhooks:
     def _first_time(self, seen: _Seen, key: tuple[Any, ...]) -> bool:
         return seen.first_time(key, self._clock.now(), self._config().state.receipt_ttl)
 
-    async def _receipt(self, provider: str, request: WebhookRequest, receipt: Receipt) -> None:
+    async def _receipt(
+        self, provider: str, request: WebhookRequest | None, receipt: Receipt
+    ) -> None:
         """Correlate one receipt that reached ``provider``'s endpoint, and apply it.
 
         It may move only a message this provider sent, under the id this
@@ -243,7 +264,10 @@ class Webhooks:
         )
         if not self._first_time(self._seen, key):
             return  # providers retry: process each receipt once
-        claimed = receipt.message_id or request.query.get("smsroute_id") or None
+        claimed = receipt.message_id or (
+            request.query.get("smsroute_id") if request is not None else None
+        )
+        claimed = claimed or None
         message_id = store.correlate(provider, receipt.provider_message_id, claimed)
         if message_id is False:
             log.warning(

@@ -176,8 +176,8 @@ def test_an_unknown_provider_type_is_reported_once(tmp_path: Path) -> None:
     assert out == ""
     assert err.strip().splitlines() == [
         f"{bad}:3:15: providers.sms.type: unknown provider type 'twillio': did you mean "
-        "'twilio'? known types: bandwidth, http, infobip, messagebird, plivo, sinch, telnyx, "
-        "twilio, vonage (third-party adapters register under the entry point group "
+        "'twilio'? known types: bandwidth, http, infobip, messagebird, plivo, sinch, smpp, "
+        "telnyx, twilio, vonage (third-party adapters register under the entry point group "
         "'smsroute.providers')"
     ]
 

@@ -28,13 +28,16 @@ from prometheus_client import CollectorRegistry, Histogram
 
 import smsroute
 from smsroute import (
+    AnomalyTransition,
     AttemptFinished,
     BreakerTransition,
+    BudgetSpent,
     ConfigError,
     ConfigReloaded,
     DeliveryReceived,
     Event,
     Failover,
+    GuardRefused,
     LoggingHook,
     ManualClock,
     Message,
@@ -69,12 +72,23 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
     "smsroute_delivery_latency_seconds": ("histogram", {"provider"}),
     "smsroute_config_reloads": ("counter", {"result"}),
     "smsroute_info": ("gauge", {"version"}),
+    # Read from SMPP adapters at scrape time (tests/test_smpp_ops.py): no series without one.
+    "smsroute_smpp_binds_up": ("gauge", set()),
+    "smsroute_smpp_binds_down": ("gauge", set()),
+    "smsroute_smpp_window_in_use": ("gauge", set()),
+    "smsroute_smpp_window_size": ("gauge", set()),
     # Beyond the contract: what the alerts and dashboard also need.
     "smsroute_ratelimit_skips": ("counter", {"provider"}),
     "smsroute_webhook_refusals": ("counter", {"provider", "kind", "reason"}),
     "smsroute_rule_provider_info": ("gauge", {"rule", "provider"}),
     # Labelled by operation; no series unless the config's state backend is Redis.
     "smsroute_state_backend_errors": ("counter", set()),
+    # The fraud and spend guards (issue 19).
+    "smsroute_guard_refusals": ("counter", {"guard", "category", "country"}),
+    "smsroute_guard_anomaly_tripped": ("gauge", {"category", "country"}),
+    "smsroute_guard_anomaly_transitions": ("counter", {"category", "country", "to_state"}),
+    "smsroute_budget_spent": ("gauge", {"scope"}),
+    "smsroute_budget_limit": ("gauge", {"scope"}),
 }
 
 
@@ -145,6 +159,9 @@ async def test_metric_names_types_and_labels_are_the_contract(
     feed(DeliveryReceived("primary", "DE", "delivered", 3.0))
     feed(WebhookRefused("primary", "status", "signature"))
     feed(BreakerTransition("primary", None, "closed", "open"))
+    feed(GuardRefused("velocity", "otp", "DE", "default"))
+    feed(AnomalyTransition("otp", "DE", "tripped", 60, 2))
+    feed(BudgetSpent("provider:primary", 1.5, 10.0, "USD"))
     families = {
         m.name: (m.type, {k for s in m.samples for k in s.labels} - {"le"})
         for m in registry.collect()

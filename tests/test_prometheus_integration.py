@@ -40,6 +40,7 @@ from prometheus_client import CollectorRegistry
 from smsroute import (
     ConfigError,
     DeliveryReceived,
+    GuardRefused,
     Message,
     PrometheusHook,
     Router,
@@ -259,8 +260,14 @@ def routing_yaml(primary: FakeTwilio, backup: FakeVonage, cheap: FakePlivo) -> s
           - name: marketing-us
             match: {{country: US, category: marketing}}
             providers: [cheap, backup]
+            on_budget: cheapest_under_cap
           - name: default
             providers: [primary, backup]
+        guards:
+          otp:
+            countries: {{deny: [GB]}}
+          budgets:
+            - {{scope: provider, name: cheap, limit: 0.01, per: day}}
         """
     )
 
@@ -272,6 +279,8 @@ async def wave(
     de: int = 0,
     fr: int = 0,
     us: int = 0,
+    gb: int = 0,
+    pumped: int = 0,
     reload: str | None = None,
 ) -> int:
     """Send one wave of traffic and feed the receipts and refusals issue 5 will emit."""
@@ -279,6 +288,8 @@ async def wave(
         *(Message(to=f"+4915123456{i:03d}", text="Code 123456", category="otp") for i in range(de)),
         *(Message(to=f"+3361234{i:04d}", text="Code 123456", category="otp") for i in range(fr)),
         *(Message(to=f"+1650253{i:04d}", text="Sale!", category="marketing") for i in range(us)),
+        # otp to a denied country (pumping traffic): refused by the guards, no provider called.
+        *(Message(to=f"+4474001234{i:02d}", text="Code 123456", category="otp") for i in range(gb)),
     ]
     await asyncio.gather(*(router.send(m) for m in sends))
     # Receipts: backup delivers to DE; cheap accepts US traffic and never delivers it.
@@ -290,6 +301,11 @@ async def wave(
         feeder(DeliveryReceived("cheap", "US", "undelivered", 60.0))
     feeder(WebhookRefused("primary", "status", "signature"))
     feeder(WebhookRefused("made-up-name", "inbound", "signature"))
+    # Pumping traffic refused by the guards, fed as events (as the router's gb sends
+    # above emit them) so that smsroute_messages_total, and the failover ratio, keep
+    # their values.
+    for _ in range(pumped):
+        feeder(GuardRefused("geo", "otp", "GB", "default"))
     if reload == "good":
         router.reload()
     elif reload == "bad":
@@ -377,10 +393,10 @@ def scenario(prom_tools: PromTools, tmp_path_factory: pytest.TempPathFactory) ->
         # Each wave waits for a scrape that saw all of it, so every counter moves
         # across several scrapes and rate() has something to say.
         plan: list[dict[str, Any]] = [
-            {"de": 1, "us": 4, "reload": "good"},  # warm-up: the series appear
-            {"de": 5, "us": 4},
-            {"de": 5, "us": 4, "reload": "bad"},
-            {"de": 4, "us": 4},  # primary's 15th failure in a row opens its breaker
+            {"de": 1, "us": 4, "gb": 1, "reload": "good"},  # warm-up: the series appear
+            {"de": 5, "us": 4, "pumped": 10},
+            {"de": 5, "us": 4, "pumped": 10, "reload": "bad"},
+            {"de": 4, "us": 4, "pumped": 10},  # primary's 15th failure in a row opens its breaker
             {"de": 3, "fr": 3},  # FR's only provider is open: last resort
             {"de": 3, "fr": 3, "reload": "good"},
         ]
@@ -463,6 +479,20 @@ def test_all_open_alert_names_the_rule_left_without_a_provider(scenario: Scenari
 def test_delivery_alert_names_the_provider_that_does_not_deliver(scenario: Scenario) -> None:
     result = scenario.api.query(alert_rules()["SmsrouteDeliveryRatioDropped"])
     assert [(r["metric"]["provider"], r["metric"]["country"]) for r in result] == [("cheap", "US")]
+
+
+@pytest.mark.slow
+def test_pumping_alert_names_the_country_the_guards_refuse(scenario: Scenario) -> None:
+    result = scenario.api.query(alert_rules()["SmsroutePumpingSuspected"])
+    assert [(r["metric"]["category"], r["metric"]["country"]) for r in result] == [("otp", "other")]
+    refusals = scenario.api.query("sum by (guard) (smsroute_guard_refusals_total)")
+    assert {r["metric"]["guard"]: float(r["value"][1]) for r in refusals} == {"geo": 31.0}
+
+
+@pytest.mark.slow
+def test_budget_alert_names_the_budget_past_80_percent(scenario: Scenario) -> None:
+    result = scenario.api.query(alert_rules()["SmsrouteBudgetNearlySpent"])
+    assert [r["metric"]["scope"] for r in result] == ["provider:cheap"]
 
 
 @pytest.mark.slow

@@ -14,12 +14,15 @@ raise (a hook that raises is logged and otherwise ignored)::
 """
 
 from smsroute.instrument.events import (
+    AnomalyTransition,
     AttemptFinished,
     BreakerTransition,
+    BudgetSpent,
     ConfigReloaded,
     DeliveryReceived,
     Event,
     Failover,
+    GuardRefused,
     Hook,
     MessageFinished,
     RateLimitWait,
@@ -30,12 +33,15 @@ from smsroute.instrument.logging import LoggingHook
 from smsroute.instrument.prometheus import PrometheusHook
 
 __all__ = [
+    "AnomalyTransition",
     "AttemptFinished",
     "BreakerTransition",
+    "BudgetSpent",
     "ConfigReloaded",
     "DeliveryReceived",
     "Event",
     "Failover",
+    "GuardRefused",
     "Hook",
     "LoggingHook",
     "MessageFinished",

@@ -12,7 +12,7 @@ metric API the Prometheus hook uses (``labels()``, ``remove()``, and ``inc``,
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client.metrics_core import (
@@ -111,6 +111,32 @@ class Family:
         )
         for values, child in children:
             family.add_metric(list(values), child.value)
+        return family
+
+
+class LiveGauge(Family):
+    """A gauge whose values are read at scrape time: ``read()`` gives (label values, value)
+    pairs, the values of pairs with the same labels adding up."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        read: Callable[[], Iterable[tuple[tuple[str, ...], float]]],
+    ) -> None:
+        super().__init__("gauge", name, documentation, labelnames)
+        self.read = read
+
+    def metric(self, *, empty: bool = False) -> Metric:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        if empty:
+            return family
+        values: dict[tuple[str, ...], float] = {}
+        for labels, value in self.read():
+            values[labels] = values.get(labels, 0.0) + value
+        for labels, value in values.items():
+            family.add_metric(list(labels), value)
         return family
 
 

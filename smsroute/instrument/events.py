@@ -114,6 +114,37 @@ class StateBackendError(NamedTuple):
     operation: str
 
 
+class GuardRefused(NamedTuple):
+    """The fraud and spend guards refused a message before any provider was called.
+    ``guard`` is ``geo``, ``velocity``, ``anomaly`` or ``budget``; ``country`` an ISO code."""
+
+    guard: str
+    category: str
+    country: str
+    rule: str
+
+
+class AnomalyTransition(NamedTuple):
+    """The anomaly guard of a category and country tripped or was released (``to_state``:
+    ``tripped`` or ``released``); ``recent`` messages in its window, ``baseline`` before."""
+
+    category: str
+    country: str
+    to_state: str
+    recent: int
+    baseline: int
+
+
+class BudgetSpent(NamedTuple):
+    """An accepted message's cost was counted against a budget: ``scope`` is its label
+    (``provider:twilio-main``), ``spent`` the total of the current period."""
+
+    scope: str
+    spent: float
+    limit: float
+    currency: str
+
+
 Event = (
     AttemptFinished
     | MessageFinished
@@ -124,5 +155,8 @@ Event = (
     | DeliveryReceived
     | WebhookRefused
     | StateBackendError
+    | GuardRefused
+    | AnomalyTransition
+    | BudgetSpent
 )
 Hook = Callable[[Event], None]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 
 from smsroute.instrument.events import (
+    AnomalyTransition,
     AttemptFinished,
     BreakerTransition,
+    BudgetSpent,
     ConfigReloaded,
     DeliveryReceived,
     Event,
     Failover,
+    GuardRefused,
     MessageFinished,
     RateLimitWait,
     WebhookRefused,
@@ -26,6 +29,9 @@ _NAMES = {
     ConfigReloaded: "config_reloaded",
     DeliveryReceived: "delivery_received",
     WebhookRefused: "webhook_refused",
+    GuardRefused: "guard_refused",
+    AnomalyTransition: "anomaly_transition",
+    BudgetSpent: "budget_spent",
 }
 
 
@@ -59,8 +65,10 @@ class LoggingHook:
 
     @staticmethod
     def _level(event: Event) -> int:
-        if isinstance(event, Failover | BreakerTransition | WebhookRefused):
+        if isinstance(event, Failover | BreakerTransition | WebhookRefused | AnomalyTransition):
             return logging.WARNING
+        if isinstance(event, GuardRefused):
+            return logging.INFO
         if isinstance(event, ConfigReloaded):
             return logging.INFO if event.result == "success" else logging.ERROR
         if isinstance(event, MessageFinished) and event.status != "accepted":

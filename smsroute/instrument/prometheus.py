@@ -23,7 +23,16 @@ metric                                         labels                           
 ``smsroute_config_reloads_total``              result                              counter
 ``smsroute_state_backend_errors_total``        operation                           counter
 ``smsroute_rule_provider_info``                rule, provider                      gauge (1)
+``smsroute_guard_refusals_total``              guard, category, country            counter
+``smsroute_guard_anomaly_tripped``             category, country                   gauge
+``smsroute_guard_anomaly_transitions_total``   category, country, to_state         counter
+``smsroute_budget_spent``                      scope                               gauge
+``smsroute_budget_limit``                      scope                               gauge
 ``smsroute_info``                              version                             gauge (1)
+``smsroute_smpp_binds_up``                     provider                            gauge
+``smsroute_smpp_binds_down``                   provider                            gauge
+``smsroute_smpp_window_in_use``                provider                            gauge
+``smsroute_smpp_window_size``                  provider                            gauge
 =============================================  ==================================  =========
 
 Every label value comes from a bounded set: provider, rule and category names
@@ -35,6 +44,11 @@ a phone number, a text or a secret.
 ``breaker_scope: provider_country`` it is the worst state among that provider's
 country breakers.  ``smsroute_rule_provider_info`` says which providers each rule
 may use, so an alert can tell when every provider of a rule is open.
+
+The ``smsroute_smpp_*`` gauges are read at scrape time from the adapters of the
+config in force (:meth:`PrometheusHook.watch_links`), one series per provider that
+keeps connections (``type: smpp``); not in multi-process mode, where a scrape
+cannot reach the other workers' binds.
 
 Several routers sharing one registry (the default: prometheus_client's global
 ``REGISTRY``) share the metrics: creating a second router does not fail.
@@ -53,22 +67,25 @@ import contextlib
 import os
 import weakref
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from smsroute.config import DEFAULT_METRIC_COUNTRIES, BreakerScope, Config
-from smsroute.instrument._values import Family, ValuesCollector
+from smsroute.instrument._values import Family, LiveGauge, ValuesCollector
 from smsroute.instrument.events import (
+    AnomalyTransition,
     AttemptFinished,
     BreakerTransition,
+    BudgetSpent,
     ConfigReloaded,
     DeliveryReceived,
     Event,
     Failover,
+    GuardRefused,
     MessageFinished,
     RateLimitWait,
     StateBackendError,
@@ -94,7 +111,35 @@ RATELIMIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 
 DELIVERY_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0)
 
 #: ``operation`` values of ``smsroute_state_backend_errors_total`` (anything else: ``other``).
-STATE_OPERATIONS = ("sync", "breaker", "ratelimit", "pause", "optouts", "receipts", "status")
+STATE_OPERATIONS = (
+    "sync", "breaker", "ratelimit", "pause", "optouts", "receipts", "status", "guards"
+)  # fmt: skip
+
+#: The gauges of providers that keep connections: (name, help, LinkState attribute).
+LINK_GAUGES = (
+    ("smsroute_smpp_binds_up", "SMPP binds bound now, per provider.", "up"),
+    ("smsroute_smpp_binds_down", "SMPP binds not bound now (connecting, refused, lost).", "down"),
+    (
+        "smsroute_smpp_window_in_use",
+        "submit_sm awaiting their submit_sm_resp now, over every bind of the provider.",
+        "in_flight",
+    ),
+    ("smsroute_smpp_window_size", "The window over every bind: window x binds.", "window"),
+)
+
+
+class Links(Protocol):
+    """What a provider that keeps connections reports (``smsroute.providers.base.LinkState``)."""
+
+    @property
+    def up(self) -> int: ...
+    @property
+    def down(self) -> int: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def window(self) -> int: ...
+
 
 #: ``smsroute_circuit_state`` values.
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
@@ -209,7 +254,42 @@ class _Metrics:
             ["rule", "provider"],
             "max",
         )
+        self.guard_refusals = self.counter(
+            "smsroute_guard_refusals",
+            "Messages refused by a fraud or spend guard (geo, velocity, anomaly, budget) before any provider.",
+            ["guard", "category", "country"],
+        )
+        self.anomaly_tripped = self.gauge(
+            "smsroute_guard_anomaly_tripped",
+            "1 while the anomaly guard of a category and country is tripped, else 0.",
+            ["category", "country"],
+            "max",
+        )
+        self.anomaly_transitions = self.counter(
+            "smsroute_guard_anomaly_transitions",
+            "Trips and releases of the anomaly guard, by the state entered.",
+            ["category", "country", "to_state"],
+        )
+        self.budget_spent = self.gauge(
+            "smsroute_budget_spent",
+            "Spend counted against a budget in its current hour, day or month (UTC).",
+            ["scope"],
+            "max",
+        )
+        self.budget_limit = self.gauge(
+            "smsroute_budget_limit",
+            "The configured cap of a budget, in the same currency as smsroute_budget_spent.",
+            ["scope"],
+            "max",
+        )
         self.info = self.gauge("smsroute_info", "smsroute's version; always 1.", ["version"], "max")
+        #: Hooks whose router has providers keeping connections (SMPP binds), read at scrape time.
+        self.link_hooks: weakref.WeakSet[PrometheusHook] = weakref.WeakSet()
+        if not self.shared_files:
+            for name, documentation, figure in LINK_GAUGES:
+                self.families.append(
+                    LiveGauge(name, documentation, ["provider"], self._link_reader(figure))
+                )
         if not self.shared_files:
             registry.register(ValuesCollector(self.families))
         self.info.labels(__version__).set(1)
@@ -217,6 +297,14 @@ class _Metrics:
             self.config_reloads.labels(result)
         #: (provider, scope) -> country (None for a provider-wide breaker) -> state value.
         self.breakers: dict[tuple[str, str], dict[str | None, int]] = {}
+
+    def _link_reader(self, figure: str) -> Callable[[], Iterator[tuple[tuple[str], float]]]:
+        def read() -> Iterator[tuple[tuple[str], float]]:
+            for hook in list(self.link_hooks):
+                for provider, links in hook.links().items():
+                    yield (provider,), float(getattr(links, figure))
+
+        return read
 
     # Each returns an object with prometheus_client's ``labels()`` and ``remove()``:
     # a Family, or in multi-process mode prometheus_client's own metric.
@@ -318,7 +406,12 @@ class PrometheusHook:
             DeliveryReceived: self._delivery,
             WebhookRefused: self._webhook_refused,
             StateBackendError: self._state_backend_error,
+            GuardRefused: self._guard_refused,
+            AnomalyTransition: self._anomaly,
+            BudgetSpent: self._budget_spent,
         }
+        self._budget_labels: set[str] = set()
+        self._links: Callable[[], Mapping[str, Links]] | None = None
         if config is not None:
             self.configure(config() if callable(config) else config)
 
@@ -362,10 +455,29 @@ class PrometheusHook:
             m.ratelimit_skips.labels(name)
             for state in CIRCUIT_VALUES:
                 m.circuit_transitions.labels(name, p.breaker_scope, state)
+        budgets = {b.label: b.limit for b in config.guards.budgets} if config.guards else {}
+        for label in self._budget_labels - set(budgets):
+            _remove(m.budget_limit, (label,))
+            _remove(m.budget_spent, (label,))
+        for label, limit in budgets.items():
+            m.budget_limit.labels(label).set(limit)
+            m.budget_spent.labels(label)
+        self._budget_labels = set(budgets)
         for category in config.categories:
             m.message_duration.labels(category)
             for status in ("accepted", "failed"):
                 m.messages.labels(category, status)
+
+    def watch_links(self, source: Callable[[], Mapping[str, Links]]) -> None:
+        """Read ``source()`` (provider name -> its connections, for providers that keep
+        some: SMPP binds) at each scrape into the ``smsroute_smpp_*`` gauges."""
+        self._links = source
+        self._m.link_hooks.add(self)
+
+    def links(self) -> Mapping[str, Links]:
+        """The connections :meth:`watch_links` reads now (empty when it was not called)."""
+        source = self._links
+        return source() if source is not None else {}
 
     def country(self, country: str) -> str:
         """The ``country`` label value for an ISO code: itself if configured, else ``other``."""
@@ -505,6 +617,20 @@ class PrometheusHook:
     def _state_backend_error(self, e: StateBackendError) -> None:
         operation = e.operation if e.operation in STATE_OPERATIONS else OTHER
         self._m.state_backend_errors.labels(operation).inc()
+
+    def _guard_refused(self, e: GuardRefused) -> None:
+        self._m.guard_refusals.labels(e.guard, e.category, self.country(e.country)).inc()
+
+    def _anomaly(self, e: AnomalyTransition) -> None:
+        country = self.country(e.country)
+        self._m.anomaly_tripped.labels(e.category, country).set(
+            1.0 if e.to_state == "tripped" else 0.0
+        )
+        self._m.anomaly_transitions.labels(e.category, country, e.to_state).inc()
+
+    def _budget_spent(self, e: BudgetSpent) -> None:
+        self._m.budget_spent.labels(e.scope).set(e.spent)
+        self._m.budget_limit.labels(e.scope).set(e.limit)
 
     def _webhook_refused(self, e: WebhookRefused) -> None:
         # The provider name comes from the request's URL: anyone can make one up.

@@ -13,6 +13,7 @@ registers here while it runs, so that closing the router stops it.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 from collections.abc import Callable, Iterable
 from typing import Protocol
@@ -57,8 +58,10 @@ class OutboxService:
     """The durable send-later side of a router (one per router).
 
     ``config`` gives the config in force, ``validate`` checks a message as a
-    send would (raising :class:`InvalidNumber` or :class:`InvalidMessage`),
-    ``open_store`` makes the store on first use.
+    send would (raising :class:`InvalidNumber` or :class:`InvalidMessage`) and
+    says whether it may go at the time it is due (epoch seconds): None, or when
+    its category's quiet hours end (``inf``: never), the time it is stored for
+    instead.  ``open_store`` makes the store on first use.
     """
 
     def __init__(
@@ -66,7 +69,7 @@ class OutboxService:
         *,
         config: Callable[[], Config],
         clock: Clock,
-        validate: Callable[[Message], object],
+        validate: Callable[[Message, float], float | None],
         open_store: StoreOpener,
     ) -> None:
         self._config = config
@@ -124,8 +127,8 @@ class OutboxService:
         ttl: TTL | None,
         idempotency_key: str | None,
     ) -> NewMessage:
-        """``message`` validated and made a record to store."""
-        self._validate(message)
+        """``message`` validated and made a record to store (due when its quiet hours end)."""
+        send_at = self._held(message, now, send_at)
         return new_message(
             message,
             make_id(now),
@@ -135,6 +138,25 @@ class OutboxService:
             default_ttl=self.settings().ttl,
             idempotency_key=idempotency_key,
         )
+
+    def _held(self, message: Message, now: float, send_at: SendAt | None) -> SendAt | None:
+        """``message`` validated; ``send_at``, or when its quiet hours end if it would be
+        due inside them."""
+        if isinstance(send_at, datetime.datetime) and send_at.tzinfo is not None:
+            due = send_at.timestamp()
+        elif isinstance(send_at, datetime.timedelta):
+            due = now + send_at.total_seconds()
+        else:  # now, or a send_at new_message() refuses with the reason
+            due = now
+        opens = self._validate(message, due)
+        if opens is None:
+            return send_at
+        if opens == float("inf"):
+            raise InvalidMessage(
+                f"category '{message.category}' has quiet hours that leave no hour outside "
+                "them in every time zone of this number: it could never be sent"
+            )
+        return datetime.datetime.fromtimestamp(opens, datetime.UTC)
 
     async def enqueue(
         self,

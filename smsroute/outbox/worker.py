@@ -30,6 +30,8 @@ A timeout under ``on_timeout: stop`` is a dead letter too: the message may
 have been sent, and the rule says not to risk sending it twice.  Any other
 failure is retried after a backoff with full jitter, ``uniform(0, min(max,
 base * 2**(tries - 1)))``, until ``max_attempts`` tries or the ttl runs out.
+Refused in its category's quiet hours (they began after it was due): held until
+they end, without counting a try.
 """
 
 from __future__ import annotations
@@ -563,6 +565,14 @@ class OutboxWorker:
             self.sent += 1
             return
         reason = result.reason or "failed"
+        if result.quiet_until is not None:  # quiet hours began since it was due: hold it
+            due = result.quiet_until.timestamp()
+            if item.expires is not None and due >= item.expires:
+                await self._dead(item, f"its ttl runs out before then: {reason}", result)
+                return
+            await self._store.retry(item.message_id, self.owner, due, reason, None, self._now())
+            self.retried += 1
+            return
         if result.outcome is Outcome.REJECTED:
             await self._dead(item, reason, result)
             return

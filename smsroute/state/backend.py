@@ -19,6 +19,7 @@ from smsroute.breaker import CircuitBreaker, TransitionHook
 from smsroute.clock import Clock
 from smsroute.config import ProviderConfig, StateSettings
 from smsroute.errors import StateBackendUnavailable
+from smsroute.guardcounts import GuardCounts
 from smsroute.health import Health
 from smsroute.instrument.events import Event
 from smsroute.optout import OptOutStore
@@ -66,6 +67,10 @@ class StateBackend(Protocol):
 
     def status_store(self) -> StatusStore:
         """The store of message states, for the router to use."""
+        ...
+
+    def guard_counts(self) -> GuardCounts:
+        """The counts of the fraud and spend guards (velocity, anomaly, spend)."""
         ...
 
     @property

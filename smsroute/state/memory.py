@@ -10,6 +10,7 @@ from __future__ import annotations
 from smsroute.breaker import CircuitBreaker, TransitionHook
 from smsroute.clock import Clock
 from smsroute.config import ProviderConfig
+from smsroute.guardcounts import MemoryGuardCounts
 from smsroute.health import HALF_LIFE, Health
 from smsroute.optout import OptOutStore
 from smsroute.ratelimit import TokenBucket
@@ -33,6 +34,7 @@ class MemoryState:
         self._health: dict[tuple[str, str | None], Health] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._slots = ConcurrencySlots()
+        self._guards: MemoryGuardCounts | None = None
 
     def breaker(self, provider: ProviderConfig, country: str | None) -> CircuitBreaker:
         """The breaker for ``provider`` (per country when its scope is provider_country)."""
@@ -84,6 +86,12 @@ class MemoryState:
     def status_store(self) -> StatusStore:
         """Message states in this process's memory."""
         return StatusStore()
+
+    def guard_counts(self) -> MemoryGuardCounts:
+        """The guards' counts in this process's memory (one store per router)."""
+        if self._guards is None:
+            self._guards = MemoryGuardCounts()
+        return self._guards
 
     @property
     def receipt_log(self) -> None:

@@ -56,6 +56,7 @@ from smsroute.optout import OptOutStore
 from smsroute.ratelimit import TokenBucket
 from smsroute.state.redis_breaker import SharedBreaker
 from smsroute.state.redis_bucket import SharedBucket
+from smsroute.state.redis_guards import RedisGuardCounts
 from smsroute.state.redis_health import SharedHealth
 from smsroute.state.redis_link import RedisLink
 from smsroute.state.redis_optouts import RedisOptOuts
@@ -125,6 +126,7 @@ class RedisState:
         self._receipts = ReceiptLog(self)
         self._optouts: RedisOptOuts | None = None
         self._status: StatusStore | None = None
+        self._guards: RedisGuardCounts | None = None
 
     # -- what the router reads on its send path ----------------------------------------
 
@@ -194,6 +196,12 @@ class RedisState:
         if self._status is None:
             self._status = StatusStore()
         return self._status
+
+    def guard_counts(self) -> RedisGuardCounts:
+        """The guards' counts, shared through Redis (one store per router)."""
+        if self._guards is None:
+            self._guards = RedisGuardCounts(self)
+        return self._guards
 
     @property
     def receipt_log(self) -> ReceiptLog:

@@ -19,12 +19,23 @@ from smsroute.testing.telnyx import FakeTelnyx
 from smsroute.testing.twilio import FakeTwilio
 from smsroute.testing.vonage import FakeVonage
 
+
+def __getattr__(name: str) -> object:
+    # FakeSMSC needs the smpp extra (aiosmpplib): imported on first use only.
+    if name == "FakeSMSC":
+        from smsroute.testing.smsc import FakeSMSC
+
+        return FakeSMSC
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "FakeBandwidth",
     "FakeInfobip",
     "FakeMessageBird",
     "FakePlivo",
     "FakeProvider",
+    "FakeSMSC",
     "FakeSinch",
     "FakeTelnyx",
     "FakeTwilio",

@@ -99,6 +99,8 @@ class FakeProvider(abc.ABC):
         self._receipt_sent = asyncio.Event()
         self._requested = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Numbers (E.164) that opted out at the provider: see :meth:`opt_out`.
+        self.opted_out: set[str] = set()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -180,6 +182,16 @@ class FakeProvider(abc.ABC):
     def garbage(self, times: int | None = None, *, country: str | None = None) -> None:
         """Answer 200 with a body that is not the provider's format."""
         self._faults.append(Fault("garbage", status=200, times=times, country=country))
+
+    def opt_out(self, number: str) -> None:
+        """Answer every message to ``number`` (E.164) with the provider's own "recipient
+        opted out" error (Twilio 21610, Telnyx 40300, Infobip REJECTED_DESTINATION_BLOCKLISTED),
+        as when the recipient replied STOP to the provider; :meth:`heal` does not undo it."""
+        if type(self).opt_out_response is FakeProvider.opt_out_response:
+            raise NotImplementedError(
+                f"{type(self).__name__}: the provider has no documented opted-out answer at send time"
+            )
+        self.opted_out.add(number)
 
     def latency(self, seconds: float) -> None:
         """Delay every answer by ``seconds``."""
@@ -335,6 +347,10 @@ class FakeProvider(abc.ABC):
             resp.headers["Retry-After"] = f"{retry_after:g}"
         return resp
 
+    def opt_out_response(self, incoming: Incoming) -> web.Response:
+        """The provider's answer to a message for a number that opted out (see :meth:`opt_out`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no opted-out answer")
+
     def garbage_response(self) -> web.Response:
         """A 200 answer no client can parse."""
         return web.Response(
@@ -389,6 +405,10 @@ class FakeProvider(abc.ABC):
         refusal = self.check(request, incoming)
         if refusal is not None:
             return refusal
+        if self.opted_out and incoming.to is not None:
+            to = incoming.to if incoming.to.startswith("+") else f"+{incoming.to}"
+            if to in self.opted_out:
+                return self.opt_out_response(incoming)
         response, record = self.accept(request, incoming, self.new_message_id())
         self.messages.append(record)
         plan = self._receipt_plan

@@ -443,6 +443,11 @@ class FakeInfobip(FakeProvider):
             400, "E400", violations=[{"property": prop, "violation": violation}]
         )
 
+    def opt_out_response(self, incoming: Incoming) -> web.Response:
+        """A 200 whose destination is REJECTED_DESTINATION_BLOCKLISTED (the account's
+        blocklist, Infobip's Do Not Contact list of opted-out numbers)."""
+        return self._rejection("REJECTED_DESTINATION_BLOCKLISTED")
+
     def error_response(
         self, status: int, code: Any, *, violations: list[dict[str, str]] | None = None
     ) -> web.Response:

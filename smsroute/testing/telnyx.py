@@ -405,6 +405,10 @@ class FakeTelnyx(FakeProvider):
     def _param_error(self, code: str, pointer: str, *, status: int = 400) -> web.Response:
         return self.error_response(status, code, pointer=pointer)
 
+    def opt_out_response(self, incoming: Incoming) -> web.Response:
+        """409 with code 40300, "Blocked due to STOP message"."""
+        return self.error_response(409, "40300", dst=incoming.to or "the recipient")
+
     def error_response(
         self,
         status: int,

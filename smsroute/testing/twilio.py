@@ -224,6 +224,10 @@ class FakeTwilio(FakeProvider):
         }
         return self._signed_post(url, params)
 
+    def opt_out_response(self, incoming: Incoming) -> web.Response:
+        """400 with code 21610, "Attempt to send to unsubscribed recipient"."""
+        return self.error_response(400, 21610)
+
     def error_response(self, status: int, code: Any) -> web.Response:
         code = (
             code if code is not None else USUAL_CODES.get(status, 20500 if status >= 500 else 21211)
