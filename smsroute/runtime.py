@@ -107,16 +107,19 @@ class Runtime:
         info = analyze(text)
         limit = config.defaults.max_segments
         if info.segments > limit:
-            raise InvalidMessage(
-                f"message text needs {info.segments} {info.encoding} segments "
-                f"({info.units} units) but max_segments is {limit}: shorten it, or raise "
-                f"defaults.max_segments in {config.source}"
-            )
+            raise self._too_long(info, limit)
         destination = self.normalize(message.to)
         rule = self.index.find(destination, message.category, message.sender, message.tags)
         if rule is None:  # a validated config always has a catch-all
             raise InvalidMessage(f"no rule matches this message in {config.source}")
         return Prepared(destination, info, rule, text)
+
+    def _too_long(self, info: TextInfo, limit: int) -> InvalidMessage:
+        return InvalidMessage(
+            f"message text needs {info.segments} {info.encoding} segments "
+            f"({info.units} units) but max_segments is {limit}: shorten it, or raise "
+            f"defaults.max_segments in {self.config.source}"
+        )
 
     def _prepare_transliterating(self, message: Message) -> Prepared:
         """:meth:`prepare` when some rule or category transliterates: the rule is found
@@ -133,11 +136,7 @@ class Runtime:
         info = analyze(text)
         limit = config.defaults.max_segments
         if info.segments > limit:
-            raise InvalidMessage(
-                f"message text needs {info.segments} {info.encoding} segments "
-                f"({info.units} units) but max_segments is {limit}: shorten it, or raise "
-                f"defaults.max_segments in {config.source}"
-            )
+            raise self._too_long(info, limit)
         return Prepared(destination, info, rule, text)
 
     def callback_url(self, provider: str, message_id: str) -> str | None:
