@@ -97,6 +97,10 @@ def _in_running_loop() -> bool:
 #: it again (for the router's background work: timers, Redis sync, receipt timeouts).
 IDLE_GRACE = 0.005
 
+#: The longest the daemon thread sleeps between two looks while callers drive the loop:
+#: background work waits at most this (plus :data:`IDLE_GRACE`) after the last call.
+MAX_NAP = 0.1
+
 #: The engine's own thread, as the one driving the loop (callers are their `_Waiter`).
 _DAEMON = object()
 
@@ -245,19 +249,21 @@ class _Engine:
     # -- the daemon thread --------------------------------------------------------------
 
     def _daemon(self) -> None:
+        nap = IDLE_GRACE
         while True:
             with self._mutex:
                 while not self._closing:
-                    if self._driver is None:
-                        idle = time.monotonic() - self._released_at
-                        if idle >= IDLE_GRACE:
-                            break
-                        self._daemon_wait.wait(IDLE_GRACE - idle)
-                    else:
-                        self._daemon_wait.wait(IDLE_GRACE)
+                    if self._driver is None and time.monotonic() - self._released_at >= IDLE_GRACE:
+                        break
+                    # Callers drive the loop themselves: look again later, and less
+                    # often the longer they keep it busy (each look wakes this thread,
+                    # which then wants the GIL the caller holds).
+                    self._daemon_wait.wait(nap)
+                    nap = min(nap * 2, MAX_NAP)
                 if self._closing:
                     return
                 self._driver = _DAEMON
+            nap = IDLE_GRACE
             self._drive()
 
     def _stop_daemon(self) -> None:
