@@ -1,6 +1,7 @@
 """SyncRouter against Router: the cost of the synchronous face (issue 17).
 
     python bench/bench_sync.py [--messages 3000] [--rounds 7]
+    python bench/bench_sync.py --messages 20000 --paired 40   # the CPU measure, paired blocks
 
 Both send through the same fake Twilio, run in another process.  Two measures,
 each round running both arms back to back (alternating which goes first):
@@ -23,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from smsroute import Config, Message, Router, SyncRouter, parse_config
@@ -81,10 +83,61 @@ def sync_arm(cfg: Config, n: int, concurrency: int) -> tuple[float, float]:
         return (time.process_time() - cpu) / sent, sent / (time.perf_counter() - wall)
 
 
+def paired_cpu(cfg: Config, blocks: int, per_block: int) -> list[float]:
+    """Sequential sends, CPU per message: an async Router (on a loop of its own, run
+    only while its block runs) and a SyncRouter, both open the whole time, in
+    alternating blocks (ABBA...), so that the machine's drift hits both arms alike.
+    The extra CPU per message of each pair of blocks, in seconds."""
+    loop = asyncio.new_event_loop()
+    router = Router(cfg, metrics=False)
+    loop.run_until_complete(router.__aenter__())
+    sync = SyncRouter(cfg, metrics=False)
+
+    async def async_block(n: int) -> None:
+        for _ in range(n):
+            await router.send(MESSAGE)
+
+    def sync_block(n: int) -> None:
+        for _ in range(n):
+            sync.send(MESSAGE)
+
+    def cpu_of(run: Callable[[], object]) -> float:
+        start = time.process_time()
+        run()
+        return (time.process_time() - start) / per_block
+
+    try:
+        loop.run_until_complete(async_block(100))
+        sync_block(100)
+        extra: list[float] = []
+        for b in range(blocks):
+            arms = [
+                lambda: loop.run_until_complete(async_block(per_block)),
+                lambda: sync_block(per_block),
+            ]
+            if b % 2:
+                arms.reverse()
+            first, second = (cpu_of(arm) for arm in arms)
+            extra.append(second - first if b % 2 == 0 else first - second)
+        return extra
+    finally:
+        sync.close()
+        loop.run_until_complete(router.aclose())
+        loop.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--paired",
+        type=int,
+        default=0,
+        metavar="BLOCKS",
+        help="instead of rounds: BLOCKS alternating blocks of --messages/BLOCKS sequential sends "
+        "per arm, both routers open throughout (the CPU measure only)",
+    )
     args = parser.parse_args()
     fake = subprocess.Popen(
         [sys.executable, "-m", "smsroute.testing", "twilio"], stdout=subprocess.PIPE, text=True
@@ -93,9 +146,22 @@ def main() -> None:
     cfg = config(json.loads(fake.stdout.readline()))
     cpu_extra: list[float] = []
     ratio: list[float] = []
+    if args.paired:
+        try:
+            pairs = paired_cpu(cfg, args.paired, args.messages // args.paired)
+        finally:
+            fake.terminate()
+            fake.wait()
+        us = sorted(e * 1e6 for e in pairs)
+        print(
+            f"{len(us)} pairs of {args.messages // args.paired} sends: sync costs "
+            f"{statistics.median(us):+.1f} µs CPU per message more than async (median; "
+            f"quartiles {us[len(us) // 4]:+.1f} / {us[3 * len(us) // 4]:+.1f}; target <= 30)"
+        )
+        return
     try:
         for r in range(args.rounds):
-            arms = [
+            arms: list[tuple[str, Callable[[int], tuple[float, float]]]] = [
                 ("async", lambda c: asyncio.run(async_arm(cfg, args.messages, c))),
                 ("sync", lambda c: sync_arm(cfg, args.messages, c)),
             ]
