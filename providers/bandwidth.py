@@ -177,6 +177,12 @@ PERMANENT_RECEIPT_ERRORS = frozenset(
         4775,  # carrier: the recipient opted out
     }
 )
+# Delivery error codes that mean "this recipient opted out": the router records the
+# opt-out.  4775 destination-rejected-due-to-user-opt-out, "User has opted out of
+# receiving messages from a particular sender. Remove the destination TN from
+# subscriber list" (dev.bandwidth.com/docs/messaging/errors; Bandwidth/api-docs
+# site/docs/messaging/errors.mdx).
+RECEIPT_OPT_OUT_CODES = frozenset({4775})
 
 
 def receipt_status(kind: str, error_code: int | None) -> DeliveryStatus:
@@ -359,6 +365,7 @@ class BandwidthProvider(HttpProvider):
                     at=iso_time(event.get("eventTime")) or iso_time(event.get("time")),
                     retryable=receipt_retryable(code),
                     message_id=tag if isinstance(tag, str) and tag else None,
+                    opted_out=kind == "message-failed" and code in RECEIPT_OPT_OUT_CODES,
                 )
             )
         return receipts

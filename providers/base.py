@@ -384,6 +384,10 @@ class Receipt:
     whether another provider might deliver where this one failed.
     ``event_id`` distinguishes two genuine events with the same status; None
     when the provider gives no such id (duplicates are then judged by content).
+    ``opted_out`` is true when the receipt's error code means the recipient opted
+    out (Vonage err-code 9, Plivo 200, Bandwidth 4775, ...: ``RECEIPT_OPT_OUT_CODES``
+    in each adapter, ``OPT_OUT_STATUSES`` in Infobip's, say which): the router then
+    records the opt-out, for a receipt correlated to a message it sent only.
     """
 
     provider_message_id: str
@@ -393,6 +397,7 @@ class Receipt:
     retryable: bool | None = None
     message_id: str | None = None
     event_id: str | None = None
+    opted_out: bool = False
 
 
 @attrs.frozen(slots=True)

@@ -474,4 +474,8 @@ def _receipt(result: Mapping[str, Any]) -> Receipt:
         at=iso_time(result.get("doneAt")),
         retryable=retryable,
         message_id=reference if isinstance(reference, str) and reference else None,
+        # The same status objects come in delivery reports as in send answers ("API
+        # status codes appear in message send responses, delivery reports, and message
+        # logs": infobip.com/docs/developer-resources/api-fundamentals/message-status-codes).
+        opted_out=name in OPT_OUT_STATUSES,
     )

@@ -88,6 +88,7 @@ from smsroute.providers.base import (
 __all__ = [
     "NONCE_MEMORY",
     "PERMANENT_RECEIPT_ERRORS",
+    "RECEIPT_OPT_OUT_CODES",
     "RECEIPT_STATUSES",
     "RETRYABLE_RECEIPT_ERRORS",
     "STATUS_OUTCOMES",
@@ -160,6 +161,13 @@ RETRYABLE_RECEIPT_ERRORS = frozenset({"20", "30", "40", "80", "90", "300", "420"
 # prohibited by the carrier (100), message too long (110), recipient sent STOP (200).
 # 10 (invalid message), 60 (loop) and 1000 (unknown) say neither.
 PERMANENT_RECEIPT_ERRORS = frozenset({"50", "70", "100", "110", "200"})
+# ``ErrorCode`` that means "this recipient opted out": the router records the
+# opt-out.  200: the destination replied STOP (or END, QUIT, ...) to the source
+# number, and Plivo's DND feature blocks every later message from that number to it:
+# such messages "will be marked failed with error code 200"
+# (support.plivo.com/hc/en-us/articles/360041786171 "Can I reply to customers who
+# have opted out?"; plivo.com/docs/messaging/concepts/dnd-service).
+RECEIPT_OPT_OUT_CODES = frozenset({"200"})
 
 #: How many V2 nonces (with the URL and body they signed) each provider remembers.
 NONCE_MEMORY = 10_000
@@ -449,6 +457,7 @@ class PlivoProvider(HttpProvider):
                 error_code=code,
                 at=iso_time(p.get(field)) if field else None,
                 retryable=retryable,
+                opted_out=code in RECEIPT_OPT_OUT_CODES,
             )
         ]
 

@@ -193,6 +193,12 @@ PERMANENT_RECEIPT_ERRORS = frozenset(
         "40300",  # recipient sent STOP: blocked
     }
 )
+# Receipt error codes that mean "this recipient opted out": the router records the
+# opt-out.  40300 again: Telnyx's delivery errors (40xxx) "appear in message detail
+# records and message.finalized webhooks", 40300 "Blocked due to STOP message"
+# among them (developers.telnyx.com/docs/messaging/messages/error-codes;
+# developers.telnyx.com/api/errors/40300).
+RECEIPT_OPT_OUT_CODES = OPT_OUT_CODES
 
 
 def _public_key(value: Any) -> Ed25519PublicKey | None:
@@ -351,14 +357,16 @@ class TelnyxProvider(HttpProvider):
         elif code in PERMANENT_RECEIPT_ERRORS:
             retryable = False
         event_id = data.get("id")
+        status = RECEIPT_STATUSES.get(raw, "unknown")
         return [
             Receipt(
                 provider_message_id=message_id,
-                status=RECEIPT_STATUSES.get(raw, "unknown"),
+                status=status,
                 error_code=code,
                 at=iso_time(data.get("occurred_at")) or iso_time(payload.get("completed_at")),
                 retryable=retryable,
                 event_id=event_id if isinstance(event_id, str) and event_id else None,
+                opted_out=code in RECEIPT_OPT_OUT_CODES and status in ("failed", "undelivered"),
             )
         ]
 

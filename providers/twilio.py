@@ -117,6 +117,13 @@ RETRYABLE_RECEIPT_ERRORS = frozenset(
     {"30001", "30003", "30007", "30008", "30009", "30017", "30034", "30036"}
 )
 PERMANENT_RECEIPT_ERRORS = frozenset({"30004", "30005", "30006", "21610", "30002", "30010"})
+# ErrorCode values of a status callback that mean "this recipient opted out": the
+# router records the opt-out.  21610 (above, OPT_OUT_CODES) also ends a message
+# Twilio accepted first, e.g. one queued through a Messaging Service: it then comes
+# as a failed status callback with ErrorCode 21610
+# (https://www.twilio.com/docs/api/errors/21610).
+RECEIPT_OPT_OUT_CODES = frozenset({"21610"})
+_FAILED = ("failed", "undelivered")
 
 _EMPTY_TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
@@ -345,6 +352,7 @@ class TwilioProvider(HttpProvider):
                 error_code=code,
                 at=_raw_dlr_done(p.get("RawDlrDoneDate")),
                 retryable=retryable,
+                opted_out=code in RECEIPT_OPT_OUT_CODES and status in _FAILED,
             )
         ]
 

@@ -106,6 +106,7 @@ __all__ = [
     "ERROR_OUTCOMES",
     "MESSAGES_STATUSES",
     "PERMANENT_RECEIPT_ERRORS",
+    "RECEIPT_OPT_OUT_CODES",
     "RECEIPT_STATUSES",
     "RETRYABLE_RECEIPT_ERRORS",
     "SIGNATURE_METHODS",
@@ -227,6 +228,14 @@ RETRYABLE_RECEIPT_ERRORS = frozenset({"2", "5", "6", "7", "8", "11"})
 # blocked by the carrier (14), prepaid without funds (15).  1/95 (unknown),
 # 10 (illegal message) and 99 (general error) say neither.
 PERMANENT_RECEIPT_ERRORS = frozenset({"3", "4", "9", "12", "13", "14", "15"})
+# DLR ``err-code`` that means "this recipient opted out": the router records the
+# opt-out.  9 "Illegal Number": the user "has requested not to receive messages
+# from" the sending number; an SMS API message to an opted-out number is accepted
+# (status 0), then its DLR says failed or rejected with err-code 9
+# (developer.vonage.com/en/opt-out-assist/guides/messaging-opted-out-numbers;
+# api.support.vonage.com article 204014733).  The Messages API's status webhook
+# for the same case is not documented with a code we could confirm: not mapped.
+RECEIPT_OPT_OUT_CODES = frozenset({"9"})
 
 #: Default seconds a signed webhook's ``timestamp`` (or JWT ``iat``) may be from
 #: now.  Vonage documents none; 300 s is what Telnyx and Sinch use.
@@ -594,6 +603,7 @@ class VonageProvider(HttpProvider):
                 at=_scts(params.get("scts")) or iso_time(params.get("message-timestamp")),
                 retryable=_retryable(code) if status != "delivered" else None,
                 message_id=params.get("client-ref") or None,
+                opted_out=code in RECEIPT_OPT_OUT_CODES,
             )
         ]
 

@@ -346,6 +346,9 @@ class DeliveryReport:
     the carrier, not delivered), ``failed`` (never handed over) or ``unknown``.
     ``message_id`` is ours (None when the receipt matches no message we know);
     ``at`` is when the provider says the status happened (UTC), or when we got it.
+    ``opted_out`` is true when the provider's error code means the recipient opted
+    out (Vonage err-code 9, Plivo 200, ...): the router records the opt-out of the
+    number its message went to.
     """
 
     message_id: str | None
@@ -355,6 +358,7 @@ class DeliveryReport:
     error_code: str | None
     at: datetime.datetime
     retryable: bool | None = None
+    opted_out: bool = False
 
     @property
     def final(self) -> bool:

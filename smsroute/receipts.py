@@ -25,6 +25,8 @@ from smsroute.clock import Clock
 from smsroute.config import Config, Rule
 from smsroute.instrument.events import DeliveryReceived, Event
 from smsroute.message import DeliveryReport, Message, MessageState, SendResult
+from smsroute.numbers import mask, normalize
+from smsroute.optout import OptOutStore
 from smsroute.runtime import Runtime
 from smsroute.state.backend import StateBackend
 from smsroute.status import StatusStore
@@ -87,7 +89,9 @@ class Receipts:
 
     ``config`` gives the config in force; ``resend`` sends a message again
     (the dispatcher's :meth:`~smsroute.dispatch.Dispatcher.send`);
-    ``durable`` is the outbox's record (none by default).
+    ``durable`` is the outbox's record (none by default); ``optouts`` is where a
+    receipt's opt-out is recorded (the dispatcher's store, which the router's
+    :class:`~smsroute.webhooks.Webhooks` hands over; none: not recorded).
     """
 
     def __init__(
@@ -100,6 +104,7 @@ class Receipts:
         emit: Callable[[Event], None],
         resend: Resend,
         durable: DurableRecord | None = None,
+        optouts: OptOutStore | None = None,
     ) -> None:
         self._status = status
         self._state = state
@@ -108,6 +113,8 @@ class Receipts:
         self._emit = emit
         self._send = resend
         self._durable: DurableRecord = durable or _NoDurableRecord()
+        #: Where an opt-out a correlated receipt reports is recorded (None: nowhere).
+        self.optouts: OptOutStore | None = optouts
         self.delivery_callbacks: list[DeliveryCallback] = []
         self._closed = False
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -154,8 +161,11 @@ class Receipts:
 
         Nothing happens unless it moves the message's current attempt forward
         (a replaced attempt's receipt is kept in the history only); for a message
-        sent in parts, what is applied is the status of the whole.
+        sent in parts, what is applied is the status of the whole.  A receipt that
+        says the recipient opted out records the opt-out first, whatever it moves.
         """
+        if report.opted_out:
+            self._opted_out(report)
         applied = self._status.apply(report)
         if applied is None:
             return  # stale, duplicate in effect or another attempt's: never move back
@@ -172,6 +182,32 @@ class Receipts:
         self._emit(DeliveryReceived(report.provider, country, report.status, latency))
         for callback in self.delivery_callbacks:
             await run_callback(callback, report)
+
+    def _opted_out(self, report: DeliveryReport) -> None:
+        """Record the opt-out a correlated receipt reports.
+
+        The number is the one our message was sent to, from the status store, and
+        only when the store says ``report.provider`` sent that message under the
+        receipt's id: the receipt's own body never names whom to opt out.
+        """
+        optouts = self.optouts
+        if optouts is None or report.message_id is None:
+            return
+        raw = self._status.number(report.message_id, report.provider, report.provider_message_id)
+        if raw is None:
+            return  # not a message of ours through that provider (or forgotten)
+        try:
+            number = normalize(raw, self._config().defaults.default_region).e164
+        except ValueError:
+            return  # it was sent, so it normalised then: a reload changed the region
+        if number not in optouts:
+            log.info(
+                "%s reports in a receipt (error %s) that %s opted out: recorded",
+                report.provider,
+                report.error_code,
+                mask(number),
+            )
+            optouts.opt_out(number)
 
     async def deliver_durable(self, report: DeliveryReport) -> bool:
         """A receipt for a message only the outbox knows; True when it was handled.
@@ -223,6 +259,7 @@ class Receipts:
             country,
             None,
             part_ids,
+            message.to,
         )
         for report in early:  # receipts that beat the provider's own answer
             self._spawn(self.deliver(attrs.evolve(report, message_id=result.message_id)))

@@ -113,6 +113,9 @@ class _Entry:
     first_status: str
     first_provider: str | None
     first_at: float
+    #: The recipient as the message gave it (a str: no object more per message), for
+    #: an opt-out a correlated receipt reports; never in a MessageState.
+    number: str | None
     later: list[tuple[str, str | None, float]] | None = None
     extra: _Extra | None = None
 
@@ -217,13 +220,15 @@ class StatusStore:
         country: str | None,
         at: datetime.datetime | None = None,
         part_ids: tuple[str, ...] = (),
+        number: str | None = None,
     ) -> list[DeliveryReport]:
         """Record a send's outcome; returns receipts that arrived for it before this call.
 
         An acceptance of a message already known (a resend) starts a new attempt:
         the message is ``accepted`` again, by ``provider``.  ``part_ids`` are the
         ids of the message's parts when the provider reports them apart (the
-        first of them is usually ``provider_message_id``).
+        first of them is usually ``provider_message_id``).  ``number`` is the
+        recipient (:meth:`number`), kept for the opt-outs receipts report.
         """
         now = at.timestamp() if at is not None else time.time()
         entry = self._entries.get(message_id)
@@ -240,6 +245,7 @@ class StatusStore:
                 status,
                 provider,
                 now,
+                number,
             )
             self._entries[message_id] = entry
             if len(self._entries) > self.max_messages:
@@ -267,6 +273,8 @@ class StatusStore:
                 entry.extra.parts = None
             entry.updated_at = now
             entry.accepted_at = now
+            if number is not None:  # a message first recorded by a failed send has none
+                entry.number = number
             entry.add(status, provider, now)
         else:  # a resend that no provider took: the message stays where it was
             entry.add(status, provider, now)
@@ -350,6 +358,14 @@ class StatusStore:
         if entry is None or entry.accepted_at is None:
             return None
         return _datetime(entry.accepted_at)
+
+    def number(self, message_id: str, provider: str, provider_message_id: str) -> str | None:
+        """The recipient of ``message_id`` as its message gave it, when ``provider``
+        sent it under ``provider_message_id`` (any attempt or part); else None."""
+        entry = self._entries.get(message_id)
+        if entry is None or self.lookup(provider, provider_message_id) != message_id:
+            return None
+        return entry.number
 
     def country(self, message_id: str) -> str | None:
         """The destination country recorded at send time."""

@@ -137,6 +137,8 @@ class Webhooks:
         self._state = state
         self._optouts = optouts
         self._receipts = receipts
+        if receipts.optouts is None:  # the opt-outs receipts report go where STOPs go
+            receipts.optouts = optouts
         self.inbound_callbacks: list[InboundCallback] = []
         #: Receipts and inbound messages processed here lately (providers retry).
         self._seen = _Seen(dedupe_size)
@@ -284,6 +286,7 @@ class Webhooks:
             error_code=receipt.error_code,
             at=receipt.at or _utcnow(),
             retryable=receipt.retryable,
+            opted_out=receipt.opted_out,
         )
         if (
             message_id is None

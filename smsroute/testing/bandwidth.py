@@ -269,6 +269,10 @@ class FakeBandwidth(FakeProvider):
         body = json.dumps([event], separators=(",", ":")).encode()
         return "POST", url, self.callback_headers(), body
 
+    def opt_out_receipt(self) -> tuple[str, Any] | None:
+        """The recipient opted out: a message-failed callback with errorCode 4775."""
+        return "failed", 4775
+
     def receipt_request(
         self, record: ReceivedMessage, status: str, error_code: Any
     ) -> tuple[str, str, dict[str, str], bytes]:

@@ -231,17 +231,27 @@ class FakeProvider(abc.ABC):
     ) -> None:
         """After accepting a message that has a status callback, call it back.
 
-        ``outcome`` is ``delivered``, ``undelivered``, ``failed`` or ``never``
+        ``outcome`` is ``delivered``, ``undelivered``, ``failed``, ``opted_out``
+        (the provider's receipt saying the recipient opted out: Vonage err-code 9,
+        Plivo 200, Bandwidth 4775, ...; :meth:`opt_out_receipt`) or ``never``
         (the silent provider: accepts, never reports).  The receipt is the
         provider's real payload, signed as the provider signs it.  With
         ``before_answer`` the receipt is delivered before the send is answered,
         as happens when a provider's callback beats its own HTTP response.
         Off until called: a fake never calls a URL a test did not ask it to.
         """
-        if outcome not in ("delivered", "undelivered", "failed", "never"):
+        if outcome not in ("delivered", "undelivered", "failed", "opted_out", "never"):
             raise ValueError(f"unknown receipt outcome {outcome!r}")
         if type(self).receipt_request is FakeProvider.receipt_request:
             raise NotImplementedError(f"{type(self).__name__} does not send receipts yet")
+        if outcome == "opted_out":
+            opt_out = self.opt_out_receipt()
+            if opt_out is None:
+                raise NotImplementedError(
+                    f"{type(self).__name__}: the provider has no documented opted-out receipt"
+                )
+            outcome, default_code = opt_out
+            error_code = default_code if error_code is None else error_code
         self._receipt_plan = (
             None if outcome == "never" else (outcome, error_code, delay, before_answer)
         )
@@ -263,6 +273,11 @@ class FakeProvider(abc.ABC):
         while self.requests < count:
             self._requested.clear()
             await self._requested.wait()
+
+    def opt_out_receipt(self) -> tuple[str, Any] | None:
+        """(status, error code) of the provider's receipt for a recipient who opted
+        out, as :meth:`receipts` takes them; None when the provider documents none."""
+        return None
 
     def receipt_request(
         self, record: ReceivedMessage, status: str, error_code: Any

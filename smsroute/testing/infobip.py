@@ -387,6 +387,10 @@ class FakeInfobip(FakeProvider):
             headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
         return "POST", url, headers, json.dumps(doc, separators=(",", ":")).encode()
 
+    def opt_out_receipt(self) -> tuple[str, Any] | None:
+        """The recipient opted out: a delivery report whose status is REJECTED_DESTINATION_BLOCKLISTED."""
+        return "failed", "REJECTED_DESTINATION_BLOCKLISTED"
+
     def receipt_request(
         self, record: ReceivedMessage, status: str, error_code: Any
     ) -> tuple[str, str, dict[str, str], bytes]:

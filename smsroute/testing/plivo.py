@@ -251,6 +251,10 @@ class FakePlivo(FakeProvider):
 
     # -- webhooks: status callbacks and inbound messages ---------------------------------
 
+    def opt_out_receipt(self) -> tuple[str, Any] | None:
+        """The recipient opted out: a failed status callback with ErrorCode 200."""
+        return "failed", "200"
+
     def receipt_request(
         self, record: ReceivedMessage, status: str, error_code: Any
     ) -> tuple[str, str, dict[str, str], bytes]:

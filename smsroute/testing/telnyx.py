@@ -339,6 +339,10 @@ class FakeTelnyx(FakeProvider):
         headers = {"Content-Type": "application/json", **self.sign(body)}
         return "POST", url, headers, body
 
+    def opt_out_receipt(self) -> tuple[str, Any] | None:
+        """The recipient opted out: a message.finalized event with errors[0].code 40300."""
+        return "failed", "40300"
+
     def receipt_request(
         self, record: ReceivedMessage, status: str, error_code: Any
     ) -> tuple[str, str, dict[str, str], bytes]:

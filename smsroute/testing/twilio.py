@@ -184,6 +184,10 @@ class FakeTwilio(FakeProvider):
         }
         return "POST", url, headers, urlencode(params).encode()
 
+    def opt_out_receipt(self) -> tuple[str, Any] | None:
+        """The recipient opted out: a failed status callback with ErrorCode 21610."""
+        return "failed", 21610
+
     def receipt_request(
         self, record: ReceivedMessage, status: str, error_code: Any
     ) -> tuple[str, str, dict[str, str], bytes]:

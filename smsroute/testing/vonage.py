@@ -314,6 +314,11 @@ class FakeVonage(FakeProvider):
 
     # -- webhooks: delivery receipts and inbound messages --------------------------------
 
+    def opt_out_receipt(self) -> tuple[str, Any] | None:
+        """The recipient opted out: an SMS API DLR, status rejected with err-code 9 (the
+        Messages API's status webhook documents no such code: None there)."""
+        return None if self.webhook_api == "messages" else ("failed", "9")
+
     def receipt_request(
         self, record: ReceivedMessage, status: str, error_code: Any
     ) -> tuple[str, str, dict[str, str], bytes]:
