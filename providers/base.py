@@ -466,6 +466,10 @@ class Provider(abc.ABC):
     optional_options: ClassVar[frozenset[str]] = frozenset()
     #: Options whose values are secrets: never shown in errors or logs.
     secret_options: ClassVar[frozenset[str]] = frozenset()
+    #: Options naming a file, as key paths (``("tls", "ca")`` is ``tls: {ca: file}``):
+    #: the loader reads a relative name from the config file's directory, as price
+    #: files are, and hands :meth:`check_options` and the adapter the path it found.
+    file_options: ClassVar[tuple[tuple[str, ...], ...]] = ()
     #: Where the real API lives when the config gives no ``base_url``.
     default_base_url: ClassVar[str] = ""
     #: True when the adapter sends our message id and receipts echo it back

@@ -31,10 +31,16 @@ smpp34 is faster, but it hides what decides an outcome (a bind's status), does
 not let us set the keepalive or a CA, and crashed the interpreter; speed is
 not what limits an SMPP bind (carriers cap each bind far below 20k/s).
 aiosmpplib's ESME class is not used either: it sends from a queue and reports
-through hooks, with no answer to await per message and no window.  Two
+through hooks, with no answer to await per message and no window.  Three
 library defects are worked around here: a 16-bit UDH reference is misread
-(:func:`.smpp_codec.udh_parts`), and its splitter counts extension characters
-as one septet (:func:`.smpp_codec.split` follows :mod:`smsroute.encoding`).
+(:func:`.smpp_codec.udh_parts`), its splitter counts extension characters
+as one septet (:func:`.smpp_codec.split` follows :mod:`smsroute.encoding`), and
+a binary vendor-specific TLV makes a whole deliver_sm unreadable
+(:func:`.smpp_pdu.readable_deliver_sm` leaves such TLVs out).  On the send
+path, the submit_sm bodies carrying ``short_message`` are written directly
+(:func:`.smpp_pdu.submit_sm`, the same octets as aiosmpplib's ``SubmitSm``, at a
+fraction of its cost: ``bench/RESULTS.md``, SMPP section); ``message_payload``
+is left to the library.
 
 Outcomes
 --------
@@ -77,14 +83,8 @@ from typing import Any
 
 import aiohttp
 import attrs
-from aiosmpplib import OptionalParam, PhoneNumber, SmppDataCoding, SubmitSm
-from aiosmpplib.state import (
-    NPI,
-    SAR_MSG_REF_NUM,
-    SAR_SEGMENT_SEQNUM,
-    SAR_TOTAL_SEGMENTS,
-    TON,
-)
+from aiosmpplib import PhoneNumber, SmppDataCoding, SubmitSm
+from aiosmpplib.state import NPI, TON
 
 from smsroute.config import ProviderConfig
 from smsroute.message import Outcome
@@ -99,6 +99,7 @@ from smsroute.providers.base import (
     new_reply,
 )
 from smsroute.providers.smpp_codec import LONG_MODES, Part, Reassembly, split, udh_header
+from smsroute.providers.smpp_pdu import SubmitTemplate, sar_tlvs, submit_sm
 from smsroute.providers.smpp_receipts import IdForms, InboundPart, read_deliver_sm
 from smsroute.providers.smpp_session import (
     BIND_UP,
@@ -158,6 +159,8 @@ def outcome_of(status: int) -> Outcome:
 
 
 _ESM_UDHI = 0x40
+_SUBMIT_SM = 0x04
+_TEMPLATES = 256  # senders whose submit_sm start is kept
 _NOT_READ = 0x65  # ESME_RX_P_APPN: the answer to a deliver_sm we cannot read
 
 
@@ -193,7 +196,7 @@ class SmppProvider(Provider):
           system_id: acme
           password: ${SMPP_PASSWORD}
           system_type: ""           # optional
-          tls: false                # true, or {ca: /path/to/ca.pem}
+          tls: false                # true, or {ca: ca.pem} (relative: to the config file)
           binds: 2                  # transceiver sessions (default 1)
           window: 10                # submit_sm awaiting an answer, per bind (default 10)
           enquire_link: 30s         # keepalive interval (default 30s)
@@ -233,6 +236,7 @@ class SmppProvider(Provider):
         }
     )
     secret_options = frozenset({"password"})
+    file_options = (("tls", "ca"),)  # a relative CA file: from the config file's directory
     echoes_message_id = True  # receipts come over the bind: no callback URL to tag
 
     def __init__(self, config: ProviderConfig) -> None:
@@ -263,6 +267,7 @@ class SmppProvider(Provider):
         self.inbound_timeout = parse_duration(opts.get("inbound_timeout", "60s"))
         self._rng = random.Random()
         self._ids = IdForms()
+        self._templates: dict[str | None, SubmitTemplate] = {}
         self._ref = self._rng.randrange(0x10000)
         self._sink: ProviderSink | None = None
         self._queue: asyncio.Queue[Receipt | Inbound] = asyncio.Queue()
@@ -401,11 +406,18 @@ class SmppProvider(Provider):
 
     # -- sending ------------------------------------------------------------------------
 
-    def _addresses(self, sms: OutboundSMS) -> tuple[PhoneNumber, PhoneNumber]:
-        sender = sms.sender or ""
-        if sender.startswith("+") and sender[1:].isdigit():
-            ton, npi, sender = TON.INTERNATIONAL, NPI.ISDN, sender[1:]
-        elif sender.isdigit() or not sender:
+    def _template(self, sender: str | None) -> SubmitTemplate:
+        """The start of this sender's submit_sm bodies, made once per sender.
+
+        ValueError or UnicodeEncodeError for a sender SMPP cannot carry.
+        """
+        template = self._templates.get(sender)
+        if template is not None:
+            return template
+        address = sender or ""
+        if address.startswith("+") and address[1:].isdigit():
+            ton, npi, address = TON.INTERNATIONAL, NPI.ISDN, address[1:]
+        elif address.isdigit() or not address:
             ton, npi = TON.UNKNOWN, NPI.ISDN
         else:
             ton, npi = TON.ALPHANUMERIC, NPI.UNKNOWN
@@ -413,40 +425,62 @@ class SmppProvider(Provider):
             ton = TON(int(self.source_ton))
         if self.source_npi is not None:
             npi = NPI(int(self.source_npi))
-        source = PhoneNumber(sender, ton, npi)
-        return source, PhoneNumber(sms.to.lstrip("+"), self.dest_ton, self.dest_npi)
+        template = SubmitTemplate(ton, npi, address, self.dest_ton, self.dest_npi)
+        if len(self._templates) >= _TEMPLATES:  # senders of messages' own: keep it bounded
+            self._templates.clear()
+        self._templates[sender] = template
+        return template
 
-    def _submits(self, sms: OutboundSMS) -> list[Any]:
-        """The submit_sm of each part (aiosmpplib's SubmitSm, sequence number unset)."""
-        source, destination = self._addresses(sms)
-        coding = self.gsm7_coding if sms.encoding == "GSM-7" else self.ucs2_coding
-        name = SmppDataCoding(coding).name if coding else None
-        common: dict[str, Any] = {
-            "source": source,
-            "destination": destination,
-            "registered_delivery": self.registered_delivery,
-            "encoding": name,
-            "auto_message_payload": False,
-        }
+    def _submits(self, sms: OutboundSMS) -> list[bytes]:
+        """The submit_sm body of each part (no header: the bind numbers them)."""
+        template = self._template(sms.sender)
+        destination = sms.to.lstrip("+")
+        gsm7 = sms.encoding == "GSM-7"
+        coding = self.gsm7_coding if gsm7 else self.ucs2_coding
         if self.long_messages == "payload":
-            return [SubmitSm(message_payload=sms.text, **common)]
-        parts: list[Part] = split(sms.text, sms.encoding)
-        self._ref = (self._ref + 1) & 0xFFFF
-        submits = []
-        for part in parts:
-            data, esm, params = part.data, 0, []
-            if part.total > 1 and self.long_messages == "udh":
-                data, esm = udh_header(self._ref, part.seq, part.total) + data, _ESM_UDHI
-            elif part.total > 1:
-                params = [
-                    OptionalParam(SAR_MSG_REF_NUM, self._ref),
-                    OptionalParam(SAR_TOTAL_SEGMENTS, part.total),
-                    OptionalParam(SAR_SEGMENT_SEQNUM, part.seq),
-                ]
-            submit = SubmitSm(short_message=" ", esm_class=esm, optional_params=params, **common)
-            submit.set_encoded_message(data)
-            submits.append(submit)
-        return submits
+            return [self._payload(template, destination, sms.text, coding)]
+        parts: list[Part] = split(sms.text, "GSM-7" if gsm7 else "UCS-2")
+        reg = self.registered_delivery
+        if len(parts) == 1:
+            return [submit_sm(template, destination, 0, reg, coding, parts[0].data)]
+        self._ref = ref = (self._ref + 1) & 0xFFFF
+        if self.long_messages == "udh":
+            return [
+                submit_sm(
+                    template,
+                    destination,
+                    _ESM_UDHI,
+                    reg,
+                    coding,
+                    udh_header(ref, part.seq, part.total) + part.data,
+                )
+                for part in parts
+            ]
+        return [
+            submit_sm(
+                template,
+                destination,
+                0,
+                reg,
+                coding,
+                part.data,
+                sar_tlvs(ref, part.total, part.seq),
+            )
+            for part in parts
+        ]
+
+    def _payload(self, template: SubmitTemplate, destination: str, text: str, coding: int) -> bytes:
+        """The whole text in one message_payload TLV, encoded by aiosmpplib (its codec
+        for ``data_coding``): a rare path, left to the library."""
+        pdu: bytes = SubmitSm(
+            message_payload=text,
+            source=PhoneNumber(template.address, TON(template.ton), NPI(template.npi)),
+            destination=PhoneNumber(destination, self.dest_ton, self.dest_npi),
+            registered_delivery=self.registered_delivery,
+            encoding=SmppDataCoding(coding).name if coding else None,
+            auto_message_payload=False,
+        ).pdu()
+        return pdu[16:]
 
     async def send(self, sms: OutboundSMS, session: aiohttp.ClientSession) -> Reply:
         """Send every part over one bind with room in its window; the SMSC's ids back."""
@@ -461,10 +495,12 @@ class SmppProvider(Provider):
                 Outcome.REJECTED, detail=f"cannot encode the message: {type(exc).__name__}"
             )
         ids: list[str] = []
+        pool = self._pool
         try:
-            async with self._pool.slot() as bind:
+            bind = await pool.acquire()
+            try:
                 for n, submit in enumerate(submits, 1):
-                    command, status, pdu = await bind.request(_numbered(submit))
+                    command, status, pdu = await bind.request(_SUBMIT_SM, submit)
                     if command == 0x80000000:
                         return new_reply(
                             Outcome.TRANSIENT,
@@ -478,13 +514,15 @@ class SmppProvider(Provider):
                             error_code=f"0x{status:08X}",
                             detail=f"submit_sm refused with command_status 0x{status:08X}{part}",
                         )
-                    message_id = pdu[16:].split(b"\x00", 1)[0].decode("ascii", "replace")
+                    message_id = pdu[16 : pdu.find(0, 16)].decode("ascii", "replace")
                     if not message_id or not message_id.isprintable():
                         return new_reply(
                             Outcome.TRANSIENT,
                             detail="malformed reply: submit_sm_resp without an id",
                         )
                     ids.append(self._ids.register(message_id))
+            finally:
+                pool.release(bind)
         except NoBind as exc:
             if exc.status in BIND_AUTH_STATUSES:
                 return new_reply(
@@ -543,12 +581,3 @@ class SmppProvider(Provider):
                     await sink.accept_inbound(self.name, [item])
             except Exception:
                 log.exception("SMPP %s: the receipt pipeline raised", self.name)
-
-
-def _numbered(submit: Any) -> Any:
-    def build(seq: int) -> bytes:
-        submit.sequence_num = seq
-        pdu: bytes = submit.pdu()
-        return pdu
-
-    return build

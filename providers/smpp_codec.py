@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import attrs
 from aiosmpplib import GSM7BitCodec, UCS2Codec
+from aiosmpplib.codec import GSM_BASIC_ENCODE_MAP, GSM_EXTENDED_ENCODE_MAP
 
 from smsroute.encoding import (
     GSM7_BASIC,
@@ -40,6 +41,12 @@ LONG_MODES = ("udh", "sar", "payload")
 
 _GSM = GSM7BitCodec.get_codec_info()
 _UCS2 = UCS2Codec.get_codec_info()
+# The GSM 03.38 codec as one str.translate table (code points < 0x80, then latin-1):
+# what aiosmpplib's codec writes, character by character, without its Python loop.
+_GSM_TABLE = {ord(ch): "\x1b" + chr(code) for ch, code in GSM_EXTENDED_ENCODE_MAP.items()} | {
+    ord(ch): chr(code) for ch, code in GSM_BASIC_ENCODE_MAP.items()
+}
+_GSM_CHARS = frozenset(map(chr, _GSM_TABLE))
 
 
 @attrs.frozen(slots=True)
@@ -52,9 +59,13 @@ class Part:
 
 
 def encode_text(text: str, encoding: Encoding) -> bytes:
-    """``text`` as the octets of its alphabet: GSM-7 unpacked, or UCS-2 big-endian."""
-    codec = _GSM if encoding == "GSM-7" else _UCS2
-    data: bytes = codec.encode(text, "strict")[0]
+    """``text`` as the octets of its alphabet: GSM-7 unpacked, or UCS-2 big-endian
+    (UnicodeEncodeError for a character the alphabet lacks, as aiosmpplib's codecs)."""
+    if encoding != "GSM-7":
+        return text.encode("utf-16-be")  # aiosmpplib's ucs2 codec is exactly this
+    if _GSM_CHARS.issuperset(text):
+        return text.translate(_GSM_TABLE).encode("latin-1")
+    data: bytes = _GSM.encode(text, "strict")[0]  # raises, naming the character
     return data
 
 
@@ -71,9 +82,11 @@ def split(text: str, encoding: Encoding, *, whole: bool = False) -> list[Part]:
     its ``segments`` for every text it calls GSM-7 or UCS-2.
     """
     single, multi = (GSM7_SINGLE, GSM7_MULTI) if encoding == "GSM-7" else (UCS2_SINGLE, UCS2_MULTI)
+    data = encode_text(text, encoding)
+    # One octet per septet (an extension character is two), two per UCS-2 unit.
+    if whole or len(data) <= (single if encoding == "GSM-7" else 2 * single):
+        return [Part(data, 1, 1)]
     widths = _widths(text, encoding)
-    if whole or sum(widths) <= single:
-        return [Part(encode_text(text, encoding), 1, 1)]
     chunks: list[str] = []
     start = used = 0
     for i, width in enumerate(widths):

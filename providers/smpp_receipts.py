@@ -5,15 +5,16 @@
 0x04 or 0x20: the ``receipted_message_id``/``message_state`` TLVs, else the
 ``id:... stat:... err:... done date:...`` text) or an :class:`InboundPart`
 (``esm_class`` 0, with its UDH or SAR concatenation), or None for anything
-else, and never raises.  :class:`IdForms` correlates the SMSC's ids whatever
-form a receipt writes them in (hex or decimal, case, leading zeros).
+else, and never raises; TLVs aiosmpplib would misread (binary vendor-specific
+ones) are left out first (:func:`.smpp_pdu.readable_deliver_sm`).
+:class:`IdForms` correlates the SMSC's ids whatever form a receipt writes them
+in (hex or decimal, case, leading zeros).
 """
 
 from __future__ import annotations
 
 import datetime
 import re
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ from aiosmpplib.state import (
 from smsroute.message import DeliveryStatus
 from smsroute.providers.base import Receipt, with_plus
 from smsroute.providers.smpp_codec import udh_parts
+from smsroute.providers.smpp_pdu import readable_deliver_sm
 
 __all__ = ["MESSAGE_STATES", "RECEIPT_STATES", "IdForms", "InboundPart", "read_deliver_sm"]
 
@@ -92,6 +94,7 @@ def read_deliver_sm(pdu: bytes) -> Receipt | InboundPart | None:
     ``message_state`` TLV, else ``stat:``.
     """
     try:
+        pdu = readable_deliver_sm(pdu)  # binary vendor TLVs would make aiosmpplib fail
         msg = DeliverSm.from_pdu(pdu, _deliver_header(pdu), "gsm0338")
         params = {p.tag: p.value for p in msg.optional_params or ()}
         text = str(msg.short_message or msg.message_payload)
@@ -147,6 +150,10 @@ def _canonical(message_id: str) -> str:
     return message_id.strip().lower()
 
 
+def _key(canonical: str) -> str:
+    return canonical.lstrip("0") or "0"
+
+
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -154,33 +161,35 @@ class IdForms:
     """The SMSC's ids as its submit_sm_resp wrote them, by every form a receipt may use.
 
     SMSCs often answer submit_sm in hex and write receipts in decimal (or the
-    other way round), in another case or with leading zeros: each id is
-    remembered under those forms (the last ``size`` ids).
+    other way round), in another case or with leading zeros: each id is kept
+    once, lower case without leading zeros (the last ``size`` ids), and a
+    receipt's id is looked up as written, then read as decimal written in hex,
+    then as hex written in decimal.
     """
 
     def __init__(self, size: int = 100_000) -> None:
         self._size = size
-        self._forms: OrderedDict[str, str] = OrderedDict()
+        self._ids: dict[str, str] = {}
 
     def register(self, message_id: str) -> str:
+        """Remember an id a submit_sm_resp gave; its canonical form (what receipts resolve to)."""
         canonical = _canonical(message_id)
-        forms = {canonical, canonical.lstrip("0") or "0"}
-        if 0 < len(canonical) <= 32:
-            if _HEX.issuperset(canonical):
-                forms.add(str(int(canonical, 16)))
-            if canonical.isdigit():
-                forms.add(format(int(canonical), "x"))
-        for form in forms:
-            self._forms[form] = canonical
-            self._forms.move_to_end(form)
-        while len(self._forms) > self._size:
-            self._forms.popitem(last=False)
+        ids = self._ids
+        ids[_key(canonical)] = canonical
+        if len(ids) > self._size:
+            del ids[next(iter(ids))]
         return canonical
 
     def resolve(self, message_id: str) -> str:
+        """The registered id ``message_id`` (from a receipt) is a form of; else itself, canonical."""
         canonical = _canonical(message_id)
-        for form in (canonical, canonical.lstrip("0") or "0"):
-            found = self._forms.get(form)
-            if found is not None:
-                return found
-        return canonical
+        key = _key(canonical)
+        found = self._ids.get(key)
+        if found is not None:
+            return found
+        if 0 < len(key) <= 32 and key.isascii():
+            if key.isdigit():
+                found = self._ids.get(format(int(key), "x"))
+            if found is None and _HEX.issuperset(key):
+                found = self._ids.get(str(int(key, 16)))
+        return found if found is not None else canonical

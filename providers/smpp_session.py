@@ -11,8 +11,11 @@ connects again after ``uniform(0.5, 1) * min(reconnect_max, reconnect_delay *
 A :class:`BindPool` holds the binds and their window: at most ``window``
 submit_sm awaiting an answer per bind, a request going to the bound session
 with the most room, waiting for room when every window is full.  A cancelled
-request gives its slot back.  PDUs are aiosmpplib's (encoded and decoded by its
-classes); this module reads only the 16-octet header to frame them.
+request gives its slot back.  A request is a command and its body (the
+provider writes submit_sm bodies, :mod:`.smpp_pdu`): this module writes and
+reads the 16-octet headers, and PDUs requested in one turn of the event loop
+leave in one write.  The bind and the answers to the SMSC's requests are
+aiosmpplib's classes.
 """
 
 from __future__ import annotations
@@ -23,20 +26,18 @@ import logging
 import random
 import ssl
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import attrs
 from aiosmpplib import (
     BindTransceiver,
     BindTransceiverResp,
     DeliverSmResp,
-    EnquireLink,
     EnquireLinkResp,
     GenericNack,
     PduHeader,
     SmppCommand,
     SmppCommandStatus,
-    Unbind,
     UnbindResp,
 )
 
@@ -126,6 +127,8 @@ class Bind:
         self._on_change = on_change
         self._rng = rng
         self._writer: asyncio.StreamWriter | None = None
+        #: PDUs requested in this turn of the loop, written together by :meth:`_flush`.
+        self._out: list[bytes] = []
         self._pending: dict[int, asyncio.Future[tuple[int, int, bytes]]] = {}
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
@@ -247,6 +250,7 @@ class Bind:
             with contextlib.suppress(asyncio.CancelledError):
                 await keepalive
             self._writer = None
+            self._out.clear()
             for waiter in self._pending.values():
                 if not waiter.done():
                     waiter.set_exception(LinkLost("connection lost"))
@@ -259,17 +263,24 @@ class Bind:
             await asyncio.sleep(s.enquire_link)
             self._on_tick()
             try:
-                await self.request(lambda seq: EnquireLink(sequence_num=seq).pdu(), s.timeout)
+                await self.request(_ENQUIRE_LINK, within=s.timeout)
             except (TimeoutError, LinkLost, OSError):
                 log.warning("SMPP %s: no answer to enquire_link; reconnecting", self.name)
                 writer.close()
                 return
 
     async def request(
-        self, build: Callable[[int], bytes], within: float | None = None
+        self,
+        command: int,
+        body: bytes = b"",
+        within: float | None = None,
+        *,
+        whole: Callable[[int], bytes] | None = None,
     ) -> tuple[int, int, bytes]:
-        """Send the PDU ``build(sequence_number)`` makes; its answer (command, status, PDU).
+        """Send a PDU (``command`` with ``body``, or ``whole(sequence_number)``, the
+        whole PDU); its answer (command, status, PDU).
 
+        PDUs sent in one turn of the event loop leave in one write.
         :class:`LinkLost` when the connection drops first; cancellation (or
         ``within`` seconds passing) forgets the request, and a late answer is dropped.
         """
@@ -277,11 +288,15 @@ class Bind:
         if writer is None:
             raise LinkLost("not bound")
         seq = self._next_seq()
-        waiter: asyncio.Future[tuple[int, int, bytes]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[tuple[int, int, bytes]] = loop.create_future()
         self._pending[seq] = waiter
         try:
-            writer.write(build(seq))
-            if writer.transport.get_write_buffer_size() > 2**16:
+            out = self._out
+            out.append(whole(seq) if whole is not None else _pdu(command, seq, body))
+            if len(out) == 1:
+                loop.call_soon(self._flush, writer)
+            elif writer.transport.get_write_buffer_size() > 2**16:
                 await writer.drain()
             if within is None:
                 return await waiter
@@ -290,14 +305,21 @@ class Bind:
         finally:
             self._pending.pop(seq, None)
 
+    def _flush(self, writer: asyncio.StreamWriter) -> None:
+        """Write the PDUs requests queued in this turn of the loop, as one write."""
+        out = self._out
+        if writer is not self._writer:
+            return  # the connection dropped: its PDUs went with it (see _serve)
+        if out:
+            writer.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
     async def close(self) -> None:
         """Unbind (waiting ``timeout`` at most for the answer) and stop reconnecting."""
         self._closing = True
         if self._writer is not None and self.state == BIND_UP:
             with contextlib.suppress(TimeoutError, LinkLost, OSError):
-                await self.request(
-                    lambda seq: Unbind(sequence_num=seq).pdu(), self.settings.timeout
-                )
+                await self.request(_UNBIND, within=self.settings.timeout)
         task = self._task
         self._task = None
         if task is not None:
@@ -325,6 +347,10 @@ def _header(pdu: bytes) -> PduHeader:
     return PduHeader(length, SmppCommand(command), SmppCommandStatus.ESME_ROK, seq)
 
 
+def _pdu(command: int, seq: int, body: bytes) -> bytes:
+    return _HEADER.pack(16 + len(body), command, 0, seq) + body
+
+
 async def _read_pdu(reader: asyncio.StreamReader) -> tuple[int, int, int, bytes]:
     """(command_id, command_status, sequence_number, whole PDU); ValueError when framing breaks."""
     head = await reader.readexactly(16)
@@ -340,18 +366,14 @@ class BindPool:
     def __init__(self, binds: list[Bind], window: int) -> None:
         self.binds = binds
         self.window = window
-        self._room = asyncio.Condition()
-        self._wakers: set[asyncio.Task[None]] = set()
+        #: Senders waiting for room (or for a bind to come up or go down).
+        self._waiters: list[asyncio.Future[None]] = []
 
     def changed(self) -> None:
         """A bind came up or went down, or a full window has room: wake the waiting senders."""
-        task = asyncio.get_running_loop().create_task(self._notify())
-        self._wakers.add(task)
-        task.add_done_callback(self._wakers.discard)
-
-    async def _notify(self) -> None:
-        async with self._room:
-            self._room.notify_all()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _pick(self) -> Bind | None:
         best: Bind | None = None
@@ -371,31 +393,33 @@ class BindPool:
         refused = next((b.refused for b in self.binds if b.refused is not None), None)
         return NoBind(refused, "; ".join(sorted({b.detail for b in self.binds})))
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[Bind]:
-        """A bind with room in its window, held for the ``async with`` block.
+    async def acquire(self) -> Bind:
+        """A bind with room in its window, one slot of it taken: give it back with
+        :meth:`release`.
 
         :class:`NoBind` at once when no bind is up; otherwise waits for room
-        (the router's timeout bounds the wait).
+        (the router's timeout bounds the wait; a cancelled wait takes nothing).
         """
         bind = self._pick()
-        if bind is None:
+        while bind is None:
             missing = self._none_up()
             if missing is not None:
                 raise missing
-            async with self._room:
-                while (bind := self._pick()) is None:
-                    missing = self._none_up()
-                    if missing is not None:
-                        raise missing
-                    await self._room.wait()
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiters.remove(waiter)
+            bind = self._pick()
         bind.in_flight += 1
-        try:
-            yield bind
-        finally:
-            bind.in_flight -= 1
-            if bind.in_flight == self.window - 1:
-                self.changed()
+        return bind
+
+    def release(self, bind: Bind) -> None:
+        """Give back the slot :meth:`acquire` took on ``bind``."""
+        bind.in_flight -= 1
+        if self._waiters and bind.in_flight == self.window - 1:
+            self.changed()
 
     @property
     def occupancy(self) -> int:

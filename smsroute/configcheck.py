@@ -10,7 +10,7 @@ are in :mod:`smsroute.config`.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -289,6 +289,42 @@ class Checker:
             self.error((*path, key), str(exc))
             return default
 
+    # -- files named in the config -------------------------------------------------
+
+    def local_file(self, ref: str) -> Path:
+        """Where the file a config names is read: a relative name from the config
+        file's directory, or from the current one when it is not there."""
+        file = Path(ref)
+        if not file.is_absolute():
+            file = self.base_dir / ref
+            try:
+                if not file.exists():
+                    file = Path.cwd() / ref
+            except (OSError, ValueError):  # a name too long, a NUL byte: the reader says
+                pass
+        return file
+
+    def with_files(
+        self, body: Mapping[str, Any], paths: Iterable[tuple[str, ...]]
+    ) -> dict[str, Any]:
+        """A copy of ``body`` with the file name at each key path found by
+        :meth:`local_file`; a value that is not a file name (absent, empty, not
+        text, an unset ``${VAR}``) is left as it is for the section's own checks."""
+        out = dict(body)
+        for path in paths:
+            *parents, last = path
+            node: dict[str, Any] = out
+            for key in parents:
+                child = node.get(key)
+                if not isinstance(child, Mapping):
+                    break
+                node[key] = node = dict(child)
+            else:
+                ref = node.get(last)
+                if isinstance(ref, str) and ref and not isinstance(ref, yamlsource.Placeholder):
+                    node[last] = str(self.local_file(ref))
+        return out
+
     # -- price tables --------------------------------------------------------------
 
     def prices(self, value: Any, path: yamlsource.Path, currency: str) -> PriceTable:
@@ -335,14 +371,7 @@ class Checker:
         return PriceTable(prices=prices, default=default, currency=currency)
 
     def price_file(self, ref: str, path: yamlsource.Path, currency: str) -> PriceTable:
-        file = Path(ref)
-        if not file.is_absolute():
-            file = self.base_dir / file
-            try:
-                if not file.exists():
-                    file = Path.cwd() / ref
-            except (OSError, ValueError):  # a name too long, a NUL byte: read_bytes says
-                pass
+        file = self.local_file(ref)
         try:
             data = yamlsource.read_bytes(file)
         except yamlsource.ReadFailure as exc:

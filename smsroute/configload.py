@@ -378,6 +378,8 @@ class _Loader(Checker):
                         ppath,
                         f"provider '{name}' (type {type_name}) needs '{option}'",
                     )
+            if cls.file_options:
+                body = self.with_files(body, cls.file_options)
             options = {
                 k: v for k, v in body.items() if k in cls.required_options | cls.optional_options
             }

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from smsroute import InboundMessage, Message, Outcome, Router, parse_config
+from smsroute import DeliveryReport, InboundMessage, Message, Outcome, Router, parse_config
 from smsroute.errors import ConfigError
 from smsroute.providers.smpp import SmppProvider
 from smsroute.testing.smsc import FakeSMSC
@@ -231,7 +231,7 @@ async def test_receipt_correlates_whatever_the_id_format(
 ) -> None:
     smsc.receipts("DELIVRD", delay=0.01, id_format=id_format, tlvs=tlvs)
     async with Router(smpp_config(smsc), metrics=False) as router:
-        reports = []
+        reports: list[DeliveryReport] = []
         router.on_delivery_report(reports.append)
         result = await router.send(message())
         await until(lambda: bool(reports))
@@ -240,6 +240,26 @@ async def test_receipt_correlates_whatever_the_id_format(
     assert state.status == "delivered"
     assert reports[0].message_id == result.message_id
     assert smsc.deliver_answers == [0]
+
+
+@pytest.mark.parametrize("tlvs", [True, False])
+async def test_a_receipt_with_binary_vendor_tlvs_counts(smsc: FakeSMSC, tlvs: bool) -> None:
+    """SMSCs add vendor-specific TLVs (0x1400-0x3FFF) in binary: the receipt still counts."""
+    smsc.receipts(
+        "DELIVRD",
+        tlvs=tlvs,
+        vendor_tlvs=[(0x1400, b"\x9f\x00\xff\x10"), (0x3FFF, b""), (0x1501, bytes(range(256)))],
+    )
+    async with Router(smpp_config(smsc), metrics=False) as router:
+        reports: list[DeliveryReport] = []
+        router.on_delivery_report(reports.append)
+        result = await router.send(message())
+        await until(lambda: bool(reports))
+        state = await router.status(result.message_id)
+    assert smsc.deliver_answers == [0]
+    assert state is not None
+    assert state.status == "delivered"
+    assert reports[0].message_id == result.message_id
 
 
 async def test_multipart_receipts_deliver_when_every_part_is(smsc: FakeSMSC) -> None:

@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smsroute import Config, Message, Outcome, Router, parse_config
+from smsroute import Config, Message, Outcome, Router, load_config, parse_config
 from smsroute.errors import ConfigError
 from smsroute.testing.smsc import FakeSMSC
 
@@ -110,7 +110,11 @@ def server_context(
 
 
 def config(port: int, tls: str) -> Config:
-    return parse_config(f"""
+    return parse_config(config_text(port, tls))
+
+
+def config_text(port: int, tls: str) -> str:
+    return f"""
 providers:
   smsc:
     type: smpp
@@ -126,7 +130,7 @@ providers:
 rules:
   - name: all
     providers: [smsc]
-""")
+"""
 
 
 @pytest.fixture
@@ -195,6 +199,48 @@ def test_an_unreadable_ca_file_is_a_config_error(tmp_path: Path, content: bytes 
     assert "tls" in text
     assert "is not a readable PEM CA bundle" in text
     assert "Traceback" not in text
+
+
+async def test_a_relative_ca_is_read_from_the_config_files_directory(
+    tls_smsc: tuple[FakeSMSC, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``tls: {ca: certs/ca.pem}`` next to the config, whatever the current directory."""
+    smsc, ca = tls_smsc
+    here = tmp_path / "etc" / "smsroute"
+    (here / "certs").mkdir(parents=True)
+    (here / "certs" / "ca.pem").write_bytes(ca.read_bytes())
+    source = here / "smsroute.yaml"
+    source.write_text(
+        config_text(smsc.port, "{ca: certs/ca.pem}").replace("password: secret", "password: ${PW}")
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    loaded = load_config(source, environ={"PW": "secret"})
+    assert loaded.providers["smsc"].options["tls"] == {"ca": str(here / "certs" / "ca.pem")}
+    async with Router(loaded, metrics=False) as router:
+        assert router.dispatcher.links()["smsc"].up == 1
+        assert (await router.send(message())).ok
+    assert smsc.messages[0].text == "Your code is 123456"
+
+
+def test_a_relative_ca_missing_next_to_the_config_names_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "smsroute.yaml"
+    source.write_text(config_text(2775, "{ca: certs/ca.pem}"))
+    monkeypatch.chdir(tmp_path.parent)
+    with pytest.raises(ConfigError) as info:
+        load_config(source)
+    text = str(info.value)
+    assert f"smsroute.yaml:{_line_of(source, 'tls:')}" in text
+    assert "certs/ca.pem" in text
+    assert "is not a readable PEM CA bundle (No such file or directory)" in text
+    assert "Traceback" not in text
+
+
+def _line_of(file: Path, needle: str) -> int:
+    return next(n for n, line in enumerate(file.read_text().splitlines(), 1) if needle in line)
 
 
 # Printable text: what YAML itself refuses is another test's (test_config_hostile.py).

@@ -25,6 +25,7 @@ import datetime
 import itertools
 import ssl
 import struct
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -127,7 +128,7 @@ class FakeSMSC:
         self._in_flight = 0
         self._faults: list[SmscFault] = []
         self._latency = 0.0
-        self._receipt: tuple[str, float, str, bool, str] | None = None
+        self._receipt: tuple[str, float, str, bool, str, bytes] | None = None
         self._sessions: list[_Session] = []
         self._server: asyncio.Server | None = None
         self._ids = itertools.count(0x5A000001)
@@ -217,14 +218,18 @@ class FakeSMSC:
         err: str = "000",
         tlvs: bool = True,
         id_format: str = "same",
+        vendor_tlvs: Sequence[tuple[int, bytes]] = (),
     ) -> None:
         """Send a delivery receipt (deliver_sm) ``delay`` seconds after each accepted part.
 
         ``stat`` is the final state (DELIVRD, UNDELIV, EXPIRED, REJECTD...);
         ``tlvs`` adds receipted_message_id and message_state; ``id_format``
-        writes the id as answered (``same``), in ``decimal`` or ``upper`` case.
+        writes the id as answered (``same``), in ``decimal`` or ``upper`` case;
+        ``vendor_tlvs`` are (tag, value) TLVs added after those, as written, such
+        as the binary vendor-specific ones (tags 0x1400-0x3FFF) SMSCs add.
         """
-        self._receipt = (stat, delay, err, tlvs, id_format)
+        extra = b"".join(struct.pack("!HH", tag, len(value)) + value for tag, value in vendor_tlvs)
+        self._receipt = (stat, delay, err, tlvs, id_format, extra)
 
     def no_receipts(self) -> None:
         """Stop sending receipts."""
@@ -366,7 +371,7 @@ class FakeSMSC:
 
     async def _send_receipt(self, session: _Session, submit: Any, message_id: str) -> None:
         assert self._receipt is not None
-        stat, delay, err, tlvs, id_format = self._receipt
+        stat, delay, err, tlvs, id_format, extra = self._receipt
         if delay:
             await asyncio.sleep(delay)
         written = {
@@ -394,17 +399,23 @@ class FakeSMSC:
             registered_delivery=0,
             optional_params=params,
         )
-        await self.deliver(receipt, session)
+        await self.deliver(receipt, session, tlvs=extra)
 
-    async def deliver(self, message: Any, session: _Session | None = None) -> None:
-        """Send one deliver_sm (an aiosmpplib DeliverSm) on ``session`` or the first bound one."""
+    async def deliver(
+        self, message: Any, session: _Session | None = None, *, tlvs: bytes = b""
+    ) -> None:
+        """Send one deliver_sm (an aiosmpplib DeliverSm) on ``session`` or the first bound
+        one, with the TLV octets ``tlvs`` added at its end."""
         target = session if session is not None and session.bound else None
         if target is None:
             target = next((s for s in self._sessions if s.bound), None)
         if target is None:
             raise RuntimeError("no bound session to deliver to")
         message.sequence_num = next(self._ids) & 0x7FFFFFFF
-        target.writer.write(message.pdu())
+        pdu = message.pdu()
+        if tlvs:
+            pdu = struct.pack("!I", len(pdu) + len(tlvs)) + pdu[4:] + tlvs
+        target.writer.write(pdu)
         await target.writer.drain()
 
     async def send_inbound(
