@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -295,3 +296,57 @@ async def test_closing_ends_a_call_running_in_another_thread(
     twilio_a.heal()
     with pytest.raises(RuntimeError, match="was closed"):
         await asyncio.to_thread(sync.send, OTP)
+
+
+INTERRUPTED = """
+import sys
+from smsroute import Message, SyncRouter
+
+otp = Message(to="+4915123456789", text="Your code is 123456", category="otp")
+router = SyncRouter.from_yaml(sys.argv[1], metrics=False)
+try:
+    router.send(otp)                # hangs at the fake until Ctrl-C
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+sys.stdin.readline()                # the test heals the fake
+result = router.send(otp)           # the router still works after the interrupt
+router.close()
+print("done" if result.ok else result, flush=True)
+"""
+
+
+async def test_ctrl_c_during_a_send_leaves_the_router_working(
+    tmp_path: Path, twilio_a: FakeTwilio
+) -> None:
+    """SIGINT lands while the script's own thread drives the loop (blocked in poll for
+    the fake's answer): KeyboardInterrupt reaches the script, the loop is handed on, and
+    the next send and close work."""
+    twilio_a.hang()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-X",
+        "dev",
+        "-c",
+        textwrap.dedent(INTERRUPTED),
+        str(config_file(tmp_path, twilio_a)),
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(30):
+            await twilio_a.wait_requests(1)
+            proc.send_signal(signal.SIGINT)
+            assert await proc.stdout.readline() == b"interrupted\n"
+            twilio_a.heal()
+            proc.stdin.write(b"go\n")
+            await proc.stdin.drain()
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert (proc.returncode, out.decode()) == (0, "done\n"), err.decode()
+    assert "Unclosed" not in err.decode()
