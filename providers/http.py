@@ -64,6 +64,9 @@ Webhooks (see config/http-aggregator.yaml)
     form body (the query of a GET).  ``statuses`` maps the gateway's values (as
     text) to ours; any other value is ``unknown``.  ``list`` is a path to an array
     when one call carries several; the paths are then inside each item.
+    ``permanent_errors`` and ``opt_out_errors`` (receipts, with ``error_code``) list
+    the gateway's codes that mean the failure is the number's (no resend, the
+    provider's health not blamed) or that the recipient opted out (recorded).
 
     ``webhook_auth`` is ``{hmac: {header, algorithm: sha1|sha256|sha512, secret,
     signed: body|url+body|timestamp.body, timestamp_header?, tolerance?: 300s,
@@ -418,6 +421,11 @@ class WebhookSpec:
     fields: Mapping[str, Locator]
     #: The provider's status values (as text) -> ours; receipts only.
     statuses: Mapping[str, DeliveryStatus] = attrs.field(factory=dict)
+    #: Error codes (as text) meaning the failure is the number's: no resend, and the
+    #: provider's delivery health is not blamed; receipts only.
+    permanent_errors: frozenset[str] = frozenset()
+    #: Error codes meaning the recipient opted out (recorded, and permanent too).
+    opt_out_errors: frozenset[str] = frozenset()
 
 
 @attrs.frozen(slots=True)
@@ -469,7 +477,7 @@ def _webhook_spec(section: str, value: Any) -> WebhookSpec:
         "method",
         "list",
         *roles,
-        *(("statuses",) if section == "receipts" else ()),
+        *(("statuses", "permanent_errors", "opt_out_errors") if section == "receipts" else ()),
     }
     if not isinstance(value, dict):
         example = "{format: json, message_id: id, status: status, statuses: {DELIVRD: delivered}}"
@@ -569,9 +577,38 @@ def _webhook_spec(section: str, value: Any) -> WebhookSpec:
                             f"choose one of {', '.join(DELIVERY_STATUSES)}",
                         )
                     )
+    codes: dict[str, frozenset[str]] = {}
+    for key in ("permanent_errors", "opt_out_errors") if section == "receipts" else ():
+        given = value.get(key, [])
+        if not isinstance(given, list) or not all(
+            isinstance(c, (str, int)) and not isinstance(c, bool) and str(c) for c in given
+        ):
+            problems.append(
+                (
+                    f"receipts.{key}",
+                    f"a list of the gateway's error codes, like [21610, BLOCKED], got {_kind(given)}",
+                )
+            )
+            continue
+        if given and "error_code" not in fields:
+            problems.append(
+                (
+                    f"receipts.{key}",
+                    "says which error codes mean what, but receipts have no 'error_code' field to read them from",
+                )
+            )
+        codes[key] = frozenset(str(c) for c in given)
     if problems:
         raise _Problems(problems)
-    return WebhookSpec(fmt, method, list_path, fields, statuses)
+    return WebhookSpec(
+        fmt,
+        method,
+        list_path,
+        fields,
+        statuses,
+        codes.get("permanent_errors", frozenset()),
+        codes.get("opt_out_errors", frozenset()),
+    )
 
 
 def _secret_text(value: Any, where: str) -> str:
@@ -1237,6 +1274,8 @@ class HttpApiProvider(HttpProvider):
             reference = _text_of(f["reference"].find(record), 200) if "reference" in f else None
             code = _text_of(f["error_code"].find(record), 100) if "error_code" in f else None
             at = _webhook_time(f["timestamp"].find(record)) if "timestamp" in f else None
+            opted_out = code is not None and code in spec.opt_out_errors
+            permanent = opted_out or (code is not None and code in spec.permanent_errors)
             receipts.append(
                 Receipt(
                     provider_message_id=found,
@@ -1244,6 +1283,8 @@ class HttpApiProvider(HttpProvider):
                     error_code=code,
                     at=at,
                     message_id=reference,
+                    retryable=False if permanent else None,
+                    opted_out=opted_out,
                 )
             )
         return receipts

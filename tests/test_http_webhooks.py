@@ -383,6 +383,68 @@ async def test_an_undelivered_receipt_resends_through_the_next_gateway(hooks: Ho
             assert ratios == {"first": 0.0, "second": 1.0}
 
 
+def two_gateways(hooks: Hooks, first: LocalAggregator, second: LocalAggregator) -> Any:
+    """first then second, resending undelivered messages; first's receipts say which of
+    its error codes are the number's (E1) and which mean an opt-out (E21)."""
+    body = section("aggregator", first)
+    body["receipts"] = {**body["receipts"], "permanent_errors": ["E1"], "opt_out_errors": ["E21"]}
+    document = {
+        "defaults": {"default_region": "DE", "webhook_url": hooks.url},
+        "providers": {"first": body, "second": section("aggregator", second)},
+        "rules": [
+            {"name": "default", "providers": ["first", "second"], "on_undelivered": "resend"}
+        ],
+    }
+    return parse_config(yaml.safe_dump(document, sort_keys=False))
+
+
+async def test_a_permanent_error_code_is_not_resent_nor_blamed_on_the_gateway(
+    hooks: Hooks,
+) -> None:
+    async with (
+        LocalAggregator("json", "bearer") as first,
+        LocalAggregator("json", "bearer") as second,
+    ):
+        first.receipts("undelivered", error_code="E1")
+        async with serving(hooks, two_gateways(hooks, first, second)) as router:
+            reports: list[DeliveryReport] = []
+            router.on_delivery_report(reports.append)
+            result = await router.send(OTP)
+            async with asyncio.timeout(5):
+                await first.wait_receipts(1)
+            assert await state_of(router, result.message_id) == "undelivered"
+            assert [(r.error_code, r.retryable, r.opted_out) for r in reports] == [
+                ("E1", False, False)
+            ]
+            assert second.messages == []  # the number's failure: no resend
+            assert router.state.health("first").delivery_ratio is None  # nor blamed on it
+            # An error code the list does not name is the gateway's: resent through second.
+            first.receipts("undelivered", error_code="E2")
+            second.receipts("delivered")
+            other = await router.send(OTP)
+            async with asyncio.timeout(10):
+                await reaches(router, other.message_id, "delivered")
+            assert len(second.messages) == 1
+
+
+async def test_an_opt_out_error_code_opts_the_number_out(hooks: Hooks) -> None:
+    async with (
+        LocalAggregator("json", "bearer") as first,
+        LocalAggregator("json", "bearer") as second,
+    ):
+        first.receipts("undelivered", error_code="E21")
+        async with serving(hooks, two_gateways(hooks, first, second)) as router:
+            result = await router.send(PROMO)
+            async with asyncio.timeout(5):
+                await first.wait_receipts(1)
+            assert await state_of(router, result.message_id) == "undelivered"
+            assert router.is_opted_out(TO)
+            again = await router.send(PROMO)
+            assert (again.ok, again.reason, again.attempts) == (False, "opted_out", ())
+            assert len(first.messages) == 1
+            assert second.messages == []
+
+
 # -- mistakes reported at load -------------------------------------------------------------------
 
 
@@ -491,6 +553,21 @@ HMAC = EXAMPLE["providers"]["aggregator"]["webhook_auth"]["hmac"]
             "one of header",
         ),
         ({"webhook_auth": None}, "webhook_auth", "receipts and inbound need webhook_auth"),
+        (
+            {"receipts": {**RECEIPTS, "permanent_errors": "E1"}},
+            "receipts.permanent_errors",
+            "a list of the gateway's error codes",
+        ),
+        (
+            {
+                "receipts": {
+                    **{k: v for k, v in RECEIPTS.items() if k != "error_code"},
+                    "opt_out_errors": ["E21"],
+                }
+            },
+            "receipts.opt_out_errors",
+            "no 'error_code' field",
+        ),
     ],
     ids=lambda v: v if isinstance(v, str) and ("." in v or v == "webhook_auth") else None,
 )
