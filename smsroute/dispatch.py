@@ -32,7 +32,7 @@ from smsroute.clock import Clock, wall_clock
 from smsroute.config import Config, ProviderConfig, Rule
 from smsroute.configload import load_config
 from smsroute.errors import ConfigError
-from smsroute.guards import Guards, Refusal
+from smsroute.guards import PASSED, Guards, Refusal
 from smsroute.instrument.events import (
     AttemptFinished,
     BreakerTransition,
@@ -470,8 +470,25 @@ class Dispatcher:
                 return self._refused(message, message_id, p, emit, t0, why, None, until)
         names: Sequence[str] | None
         guards = rt.guards
-        if guards:  # fraud and spend guards (smsroute.guards): one check when none
-            planned = await self._guarded(guards, rt, p, message, message_id, emit, t0)
+        if (
+            guards
+            and (  # fraud and spend guards (smsroute.guards): one check when none
+                checked := guards.check_now(
+                    (counts := self._state.guard_counts()),
+                    message,
+                    p.destination.e164,
+                    country,
+                    rule,
+                    message_id,
+                    (checked_at := self._wall.now()),
+                    emit,
+                )
+            )
+            is not PASSED
+        ):  # refused, a provider at its budget cap, or counted in Redis
+            planned = self._guarded(guards, rt, p, message, message_id, emit, t0, checked)
+            if planned is None:  # counted in Redis: the check waits for its batch
+                planned = await self._guarded_shared(guards, rt, p, message, message_id, emit, t0)
             if isinstance(planned, SendResult):
                 return planned
             names, last_resort = planned
@@ -667,16 +684,8 @@ class Dispatcher:
                     p.text is not message.text,
                 )
                 self._on_accepted(rt, rule, message, result, country, exclude, reply.part_ids)
-                if guards:  # count the spend against the budgets
-                    guards.spent(
-                        state.guard_counts(),
-                        message,
-                        country,
-                        name,
-                        result.cost,
-                        self._wall.now(),
-                        emit,
-                    )
+                if guards:  # count the spend against the budgets, in the checked period
+                    guards.spent(counts, message, country, name, result.cost, checked_at, emit)
                 if emit:
                     self._finished(emit, message, result, country, loop.time() - t0)
                 return result
@@ -758,7 +767,7 @@ class Dispatcher:
             self._finished(emit, message, result, country, loop.time() - t0)
         return result
 
-    async def _guarded(
+    def _guarded(
         self,
         guards: Guards,
         rt: Runtime,
@@ -767,20 +776,15 @@ class Dispatcher:
         message_id: str,
         emit: Callable[[Event], None] | None,
         t0: float,
-    ) -> SendResult | tuple[Sequence[str], bool]:
-        """The guards' check, then the plan without providers at their budget cap:
+        checked: tuple[Refusal | None, frozenset[str]] | None,
+    ) -> SendResult | tuple[Sequence[str], bool] | None:
+        """After the guards' check (``checked``; None: not made, they count in Redis, see
+        :meth:`_guarded_shared`), the plan without providers at their budget cap:
         (providers in order, last resort?), or the failed result of a refusal."""
+        if checked is None:
+            return None
         country = p.destination.country
-        refusal, over = await guards.check(
-            self._state.guard_counts(),
-            message,
-            p.destination.e164,
-            country,
-            p.rule,
-            message_id,
-            self._wall.now(),
-            emit,
-        )
+        refusal, over = checked
         names: Sequence[str] | None = None
         last_resort = False
         if refusal is None:
@@ -800,6 +804,31 @@ class Dispatcher:
         if emit:
             emit(GuardRefused(refusal.guard, message.category, country, p.rule.name))
         return self._refused(message, message_id, p, emit, t0, refusal.reason)
+
+    async def _guarded_shared(
+        self,
+        guards: Guards,
+        rt: Runtime,
+        p: Prepared,
+        message: Message,
+        message_id: str,
+        emit: Callable[[Event], None] | None,
+        t0: float,
+    ) -> SendResult | tuple[Sequence[str], bool]:
+        """:meth:`_guarded` with the guards counting in Redis (one script call per batch)."""
+        checked = await guards.check(
+            self._state.guard_counts(),
+            message,
+            p.destination.e164,
+            p.destination.country,
+            p.rule,
+            message_id,
+            self._wall.now(),
+            emit,
+        )
+        planned = self._guarded(guards, rt, p, message, message_id, emit, t0, checked)
+        assert planned is not None
+        return planned
 
     def admit(self, message: Message, due: float) -> float | None:
         """Check ``message`` as :meth:`send` would (raising :class:`InvalidNumber` or

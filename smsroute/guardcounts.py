@@ -18,22 +18,42 @@ The rules, the same for both:
    tripped guard refuses unless the message carries the caller's override (and the
    action allows one).  Requests count refused ones too, passed messages do not: an
    attack keeps the guard tripped and never becomes the baseline.
-3. **Velocity**: a sliding log of the last ``max`` send times per key; at ``max``
-   within ``window`` the message is refused.
+3. **Velocity**: a sliding log of the send times per key (exact: a time leaves the
+   window ``window`` seconds after it); at ``max`` within ``window`` the message is
+   refused.
 4. Passed: each velocity log gets this message's time, the anomaly slot a *passed*.
 
 Spend is added after a provider accepted (:meth:`GuardCounts.spend`), in windows whose
-keys name the calendar period (see :mod:`smsroute.guards`).
+keys name the calendar period (:class:`SpendKey`).
+
+In memory, the common case has a fast path (:meth:`MemoryGuardCounts.fast`): a
+:class:`Lane` is the query of one category, rule and country worked out once (budget
+keys, the anomaly counter, the velocity windows), so a message costs dict lookups and
+arithmetic, and no object is built.  Whenever it would refuse, find a provider at its
+cap or see the anomaly guard trip or release, it changes nothing and leaves the message
+to :meth:`MemoryGuardCounts.evaluate`, which applies the rules above with the same
+counts.
 """
 
 from __future__ import annotations
 
+import calendar
+import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
-#: Checks between two sweeps of idle keys (memory stays bounded by the traffic of a window).
+from smsroute.guardconfig import Budget
+
+#: Checks between two sweeps of idle anomaly slots and spends (velocity logs need none).
 SWEEP_EVERY = 4096
+#: Velocity logs of a limit whose ``max`` is larger are deques (O(1) to drop the oldest;
+#: but one costs ten times a list to make).
+SHORT_LOG = 1000
+#: Seconds a spend is kept after its period ends.
+SPEND_KEPT = 3600.0
+
+Log: TypeAlias = "list[float] | deque[float]"
 
 
 class AnomalyQuery:
@@ -74,7 +94,7 @@ class GuardQuery:
         caps: Sequence[tuple[str, float]] = (),
         spends: Sequence[str] = (),
         anomaly: AnomalyQuery | None = None,
-        velocity: Sequence[tuple[str, float, int]] = (),
+        velocity: Sequence[tuple[str, str, float, int]] = (),
     ) -> None:
         #: Wall-clock seconds (UTC epoch): every replica counts on the same scale.
         self.now = now
@@ -85,7 +105,8 @@ class GuardQuery:
         #: Spend keys only read (provider budgets: the plan decides).
         self.spends = spends
         self.anomaly = anomaly
-        #: (key, window, max) per velocity limit.
+        #: (limit key, ident, window, max) per velocity limit: the log of ``ident`` (the
+        #: number, its prefix or its country) among those of the limit.
         self.velocity = velocity
 
 
@@ -136,21 +157,158 @@ class GuardCounts(Protocol):
         ...
 
 
+class SpendKey:
+    """One budget's spend key in its current calendar period (UTC), worked out again only
+    when the clock leaves the period: ``b|<scope:name>|<per>|<period number>``."""
+
+    __slots__ = ("budget", "end", "hi", "key", "limit", "lo", "start", "told")
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self.limit = budget.limit
+        self.key = ""
+        self.start = self.end = 0.0
+        #: The percent of the limit last told this period (a BudgetSpent event), and
+        #: the band [lo, hi) of spends in the same percent.
+        self.told = -1
+        self.lo = self.hi = 0.0
+
+    def at(self, now: float) -> str:
+        """The key of the period ``now`` falls in."""
+        if not self.start <= now < self.end:
+            per = self.budget.per
+            if per == "hour":
+                number = int(now // 3600)
+                self.start, self.end = number * 3600.0, (number + 1) * 3600.0
+            elif per == "day":
+                number = int(now // 86400)
+                self.start, self.end = number * 86400.0, (number + 1) * 86400.0
+            else:
+                t = time.gmtime(now)
+                number = t.tm_year * 12 + t.tm_mon - 1
+                y, m = divmod(number + 1, 12)
+                self.start = float(calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)))
+                self.end = float(calendar.timegm((y, m + 1, 1, 0, 0, 0)))
+            self.key = f"b|{self.budget.label}|{per}|{number}"
+            self.told = -1
+            self.lo = self.hi = 0.0
+        return self.key
+
+    def ttl(self, now: float) -> float:
+        """Seconds to keep the spend of the current period (after :meth:`at`)."""
+        return self.end - now + SPEND_KEPT
+
+
+class VelocityWindow:
+    """The sliding logs of one velocity limit: ident (a number, a prefix or a country) ->
+    its send times, oldest first.
+
+    Logs live in two generations of ``length`` seconds (``cur`` ends at ``end``): a log
+    is moved into the current one when it is used, and a generation is dropped whole
+    when the clock passes the end of the next one, when every time in its logs has left
+    the window.  Idle logs cost neither a sweep nor an expiry queue."""
+
+    __slots__ = ("cur", "end", "length", "long", "prev")
+
+    def __init__(self, length: float, most: int) -> None:
+        self.length = length
+        self.long = most > SHORT_LOG
+        self.cur: dict[str, Log] = {}
+        self.prev: dict[str, Log] = {}
+        self.end = float("-inf")
+
+    def rotate(self, now: float) -> None:
+        """Start the generation ``now`` falls in (when ``now >= end``)."""
+        if now < self.end + self.length:
+            self.prev = self.cur
+            self.end += self.length
+        else:  # both generations are over
+            self.prev = {}
+            self.end = now + self.length
+        self.cur = {}
+
+    def log(self, ident: str) -> Log:
+        """The log of ``ident`` in the current generation (moved or made there)."""
+        log = self.cur.get(ident)
+        if log is None:
+            log = self.prev.pop(ident, None)
+            if log is None:
+                log = deque() if self.long else []
+            self.cur[ident] = log
+        return log
+
+    def find(self, ident: str) -> Log | None:
+        """The log of ``ident``, moving nothing."""
+        log = self.cur.get(ident)
+        return self.prev.get(ident) if log is None else log
+
+
+def trim(log: Log, horizon: float) -> int:
+    """Drop the times at or before ``horizon`` from the front of ``log``; the count left."""
+    if isinstance(log, list):
+        n = 0
+        while n < len(log) and log[n] <= horizon:
+            n += 1
+        del log[:n]
+    else:
+        while log and log[0] <= horizon:
+            log.popleft()
+    return len(log)
+
+
+class Lane:
+    """The query of a message of one category, under one rule, to one country, worked
+    out once (by :mod:`smsroute.guards`) for :meth:`MemoryGuardCounts.fast`: only the
+    number and the time change from one message to the next."""
+
+    __slots__ = ("anomaly", "budgets", "country", "counts", "geo", "kept", "velocity", "windows")
+
+    def __init__(
+        self,
+        country: str,
+        geo: str | None,
+        budgets: tuple[SpendKey, ...],
+        anomaly: AnomalyQuery | None,
+        velocity: Sequence[tuple[str, int, int, float, int]],
+    ) -> None:
+        self.country = country
+        #: Why the geo guard refuses the country (None: it does not).
+        self.geo = geo
+        #: Budgets at whose cap the fast path gives way: caps, then provider budgets.
+        self.budgets = budgets
+        self.anomaly = anomaly
+        #: (limit key, 0 number / 1 prefix / 2 country, prefix end, window, max).
+        self.velocity = tuple(velocity)
+        #: The counts ``windows`` belong to.
+        self.counts: MemoryGuardCounts | None = None
+        #: (window, kind, prefix end, max) per velocity limit, in ``counts``.
+        self.windows: tuple[tuple[VelocityWindow, int, int, int], ...] = ()
+        #: The anomaly slots of the country, in ``counts`` (once it has some).
+        self.kept: _Slots | None = None
+
+
+def _take_back(lane: Lane, upto: tuple[VelocityWindow, int, int, int], e164: str) -> None:
+    """Remove the time :meth:`MemoryGuardCounts.fast` put in the logs before ``upto``."""
+    for limit in lane.windows:
+        if limit is upto:
+            return
+        window, kind, end, _ = limit
+        window.cur[e164 if kind == 0 else e164[1:end] if kind == 1 else lane.country].pop()
+
+
 class MemoryGuardCounts:
     """:class:`GuardCounts` in this process's memory."""
 
     def __init__(self) -> None:
         self.tripped: dict[str, bool] = {}
-        #: key -> send times of the last ``max`` messages.
-        self._logs: dict[str, deque[float]] = {}
-        #: window -> (when, key) in order: the logs to look at when ``when`` has passed.
-        self._expiry: dict[float, deque[tuple[float, str]]] = {}
+        #: velocity limit key -> its logs.
+        self.windows: dict[str, VelocityWindow] = {}
         #: anomaly key -> its slots; and when each category was first counted.
         self._slots: dict[str, _Slots] = {}
         self._since: dict[str, float] = {}
         #: spend key -> [amount, when it may be forgotten].
-        self._spent: dict[str, list[float]] = {}
-        self._checks = 0
+        self.spent: dict[str, list[float]] = {}
+        self._sweep_in = SWEEP_EVERY
 
     async def check(self, query: GuardQuery) -> GuardAnswer:
         """Answer and count (no await inside: one step, like the Redis script)."""
@@ -160,16 +318,84 @@ class MemoryGuardCounts:
         """What :meth:`check` would answer, changing nothing."""
         return self.evaluate(query, False)
 
+    def window(self, key: str, length: float, most: int) -> VelocityWindow:
+        """The logs of the velocity limit ``key`` (made when missing)."""
+        window = self.windows.get(key)
+        if window is None:
+            window = self.windows[key] = VelocityWindow(length, most)
+        return window
+
+    def fast(self, lane: Lane, e164: str, now: float) -> bool:
+        """Check and count a message of ``lane`` to ``e164`` when nothing happens: True
+        when it passed, no provider budget of the lane is at its cap and the anomaly
+        guard neither trips nor releases.  False: nothing counted, :meth:`evaluate` must
+        answer (a refusal, a provider at its cap, an anomaly transition)."""
+        if lane.counts is not self:
+            lane.windows = tuple(
+                (self.window(key, length, most), kind, end, most)
+                for key, kind, end, length, most in lane.velocity
+            )
+            lane.kept = None
+            lane.counts = self
+        spent = self.spent
+        for sk in lane.budgets:
+            if not sk.start <= now < sk.end:  # a new period: the spends of past ones go
+                sk.at(now)
+                self.sweep(now)
+            entry = spent.get(sk.key)
+            if entry is not None and entry[0] >= sk.limit:
+                return False
+        a = lane.anomaly
+        slot: list[int] | None = None  # [requests, passed] of the anomaly's current slot
+        if a is not None:
+            kept = lane.kept
+            if kept is None:
+                kept = lane.kept = self._slots.get(a.key)
+                if kept is None:  # a country's first message: counted by evaluate()
+                    return False
+            if not kept.start <= now < kept.end:
+                kept.at(now)
+            slot = kept.cur
+            recent = kept.before + slot[0] + 1
+            if (
+                recent >= a.min_count
+                and now >= kept.armed
+                and recent * a.baseline > a.factor * kept.base * a.window
+            ) or (self.tripped and self.tripped.get(a.key)):
+                return False  # tripped, or released: evaluate() and its events
+        for limit in lane.windows:  # this message's time goes in at once; taken back on a refusal
+            window, kind, end, most = limit
+            if now >= window.end:
+                window.rotate(now)
+            ident = e164 if kind == 0 else e164[1:end] if kind == 1 else lane.country
+            logs = window.cur
+            log = logs.get(ident)
+            if log is None:
+                log = window.prev.pop(ident, None)
+                if log is None:
+                    log = deque() if window.long else []
+                logs[ident] = log
+            if log:
+                if log[0] <= now - window.length:
+                    trim(log, now - window.length)
+                if len(log) >= most:
+                    _take_back(lane, limit, e164)
+                    return False
+            log.append(now)
+        if slot is not None:
+            slot[0] += 1
+            slot[1] += 1
+        return True
+
     def evaluate(self, query: GuardQuery, commit: bool) -> GuardAnswer:
         """The module's rules, in order; ``commit``: count the message."""
         now = query.now
         if commit:
-            self._checks += 1
-            if self._checks % SWEEP_EVERY == 0:
+            self._sweep_in -= 1
+            if not self._sweep_in:
+                self._sweep_in = SWEEP_EVERY
                 self.sweep(now)
-            if self._expiry:
-                self._expire(now)
-        spent = self._spent
+        spent = self.spent
         if query.caps:
             for i, (key, limit) in enumerate(query.caps):
                 entry = spent.get(key)
@@ -180,24 +406,22 @@ class MemoryGuardCounts:
         tripped = False
         recent = base = 0
         a = query.anomaly
-        slot = 0
+        kept = None
         if a is not None:
-            slot = int(now // a.slot)
             kept = self._slots.get(a.key)
             if kept is None:
-                kept = _Slots(a.slot, a.window + a.baseline)
+                kept = _Slots(a.slot, a.window + a.baseline, round(a.baseline / a.slot))
                 if commit:
                     self._slots[a.key] = kept
-            slots = kept.slots
+            if not kept.start <= now < kept.end:
+                kept.at(now)
             if commit:
-                counts = slots.get(slot)
-                if counts is None:
-                    counts = slots[slot] = [0, 0]
-                counts[0] += 1
+                kept.cur[0] += 1
                 since = self._since.setdefault(a.armed_key, now)
+                kept.armed = since + a.baseline
             else:
                 since = self._since.get(a.armed_key, now)
-            recent, base = kept.rates(slot, a)
+            recent, base = kept.before + kept.cur[0], kept.base
             if not commit:
                 recent += 1  # as check() would count this message
             tripped = (
@@ -208,40 +432,35 @@ class MemoryGuardCounts:
             if tripped and a.blocks:
                 return GuardAnswer("anomaly", 0, recent, spends, True, recent, base)
         counts_out: list[int] = []
-        found: list[deque[float] | None] = []
-        logs = self._logs
-        for i, (key, window, most) in enumerate(query.velocity):
-            log = logs.get(key)
-            n = 0
-            if log is not None:
-                horizon = now - window
-                while log and log[0] <= horizon:
-                    log.popleft()
-                n = len(log)
+        found: list[tuple[VelocityWindow, str]] = []
+        windows = self.windows
+        for i, (key, ident, length, most) in enumerate(query.velocity):
+            window = windows.get(key)
+            if window is None:
+                window = VelocityWindow(length, most)
+                if commit:
+                    windows[key] = window
+            if now >= window.end:
+                window.rotate(now)
+            log = window.find(ident)
+            n = 0 if log is None else trim(log, now - length)
             if n >= most:
                 return GuardAnswer(
                     "velocity", i, n, spends, tripped, recent, base, (*counts_out, n)
                 )
             counts_out.append(n + 1)
-            found.append(log)
+            found.append((window, ident))
         if commit:
-            expiry = self._expiry
-            for (key, window, most), log in zip(query.velocity, found, strict=True):
-                if log is None:
-                    log = logs[key] = deque(maxlen=most)
-                log.append(now)
-                queue = expiry.get(window)
-                if queue is None:
-                    queue = expiry[window] = deque()
-                queue.append((now + window, key))
-            if a is not None:
-                slots[slot][1] += 1
+            for window, ident in found:
+                window.log(ident).append(now)
+            if kept is not None:
+                kept.cur[1] += 1
         return GuardAnswer(None, 0, 0.0, spends, tripped, recent, base, tuple(counts_out))
 
     def spend(self, keys: Sequence[tuple[str, float]], amount: float, now: float) -> list[float]:
         """Add ``amount`` to each key's spend; the totals after."""
         out = []
-        spent = self._spent
+        spent = self.spent
         for key, ttl in keys:
             entry = spent.get(key)
             if entry is None:
@@ -252,62 +471,80 @@ class MemoryGuardCounts:
 
     def add_spend(self, key: str, amount: float, expires: float) -> None:
         """Add to a spend without reading it back (the Redis fallback's replay)."""
-        entry = self._spent.get(key)
+        entry = self.spent.get(key)
         if entry is None:
-            self._spent[key] = [amount, expires]
+            self.spent[key] = [amount, expires]
         else:
             entry[0] += amount
 
-    def _expire(self, now: float) -> None:
-        """Forget the logs whose newest time left their window (oldest first, amortised)."""
-        logs = self._logs
-        for window, queue in self._expiry.items():
-            while queue and queue[0][0] <= now:
-                _, key = queue.popleft()
-                log = logs.get(key)
-                if log is not None and (not log or log[-1] <= now - window):
-                    del logs[key]
-
     def sweep(self, now: float) -> None:
-        """Forget the anomaly slots and spends no window or period counts any more."""
-        for key, kept in list(self._slots.items()):
-            slots = kept.slots
-            for number in [n for n in slots if (n + 1) * kept.length < now - kept.span]:
-                del slots[number]
-            if not slots:
-                del self._slots[key]
-        for key, (_, expires) in list(self._spent.items()):
+        """Forget the anomaly slots and spends no window or period counts any more (a
+        country's :class:`_Slots` stays, empty: lanes hold it)."""
+        for kept in self._slots.values():
+            kept.prune(now)
+        for key, (_, expires) in list(self.spent.items()):
             if expires <= now:
-                del self._spent[key]
+                del self.spent[key]
 
 
 class _Slots:
-    """One anomaly key's counts: slot number -> [requests, passed]."""
+    """One anomaly key's counts: slot number -> [requests, passed]; and, for the slot
+    the clock is in, the sums that change only when a new slot begins."""
 
-    __slots__ = ("base", "base_slot", "length", "slots", "span")
+    __slots__ = (
+        "armed",
+        "base",
+        "before",
+        "cur",
+        "end",
+        "length",
+        "nbase",
+        "slots",
+        "span",
+        "start",
+    )
 
-    def __init__(self, length: float, span: float) -> None:
+    def __init__(self, length: float, span: float, nbase: int) -> None:
         self.length = length
         self.span = span
+        #: Slots in the baseline.
+        self.nbase = nbase
         self.slots: dict[int, list[int]] = {}
-        #: The baseline's sum and the slot it was summed for: the baseline ends where the
-        #: recent window starts, so it changes only when a new slot begins.
-        self.base_slot = -1
-        self.base = 0
+        #: The current slot's [requests, passed], its bounds, the requests of the four
+        #: slots before it (the rest of the recent window) and the passed messages of the
+        #: baseline before the window.
+        self.cur = [0, 0]
+        self.start = self.end = 0.0
+        self.before = self.base = 0
+        #: When the guard is armed: its category's first count plus the baseline.
+        self.armed = float("inf")
 
-    def rates(self, slot: int, a: AnomalyQuery) -> tuple[int, int]:
-        """(requests in the recent window, passed messages in the baseline before it)."""
+    def prune(self, now: float) -> None:
+        """Forget the slots no window or baseline counts any more."""
         slots = self.slots
-        recent = 0
-        for number in range(slot - 4, slot + 1):
-            counts = slots.get(number)
+        for number in [n for n in slots if (n + 1) * self.length < now - self.span]:
+            del slots[number]
+        self.end = 0.0  # its current slot may be gone: found again on next use
+
+    def at(self, now: float) -> None:
+        """Make the slot ``now`` falls in the current one."""
+        slots = self.slots
+        if len(slots) > self.nbase + 10:
+            self.prune(now)
+        number = int(now // self.length)
+        self.start = number * self.length
+        self.end = self.start + self.length
+        cur = slots.get(number)
+        if cur is None:
+            cur = slots[number] = [0, 0]
+        self.cur = cur
+        before = base = 0
+        for n in range(number - 4, number):
+            counts = slots.get(n)
             if counts is not None:
-                recent += counts[0]
-        if self.base_slot != slot:
-            base = 0
-            for number in range(slot - 4 - round(a.baseline / a.slot), slot - 4):
-                counts = slots.get(number)
-                if counts is not None:
-                    base += counts[1]
-            self.base_slot, self.base = slot, base
-        return recent, self.base
+                before += counts[0]
+        for n in range(number - 4 - self.nbase, number - 4):
+            counts = slots.get(n)
+            if counts is not None:
+                base += counts[1]
+        self.before, self.base = before, base

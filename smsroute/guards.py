@@ -26,9 +26,7 @@ memory, or Redis for every replica.  A refusal is a failed :class:`SendResult` w
 
 from __future__ import annotations
 
-import calendar
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -36,7 +34,16 @@ import attrs
 
 from smsroute.config import Config, Rule
 from smsroute.guardconfig import Budget, GuardSet, Velocity, duration_text
-from smsroute.guardcounts import AnomalyQuery, GuardAnswer, GuardCounts, GuardQuery
+from smsroute.guardcounts import (
+    SPEND_KEPT,
+    AnomalyQuery,
+    GuardAnswer,
+    GuardCounts,
+    GuardQuery,
+    Lane,
+    MemoryGuardCounts,
+    SpendKey,
+)
 from smsroute.instrument.events import AnomalyTransition, BudgetSpent, Event
 from smsroute.message import Message
 
@@ -73,6 +80,13 @@ class Refusal:
     reason: str
 
 
+#: No provider at its cap.
+NOTHING: Final[frozenset[str]] = frozenset()
+#: What :meth:`Guards.check_now` answers (this very object) when a message passed every
+#: guard with no provider at its cap.
+PASSED: Final[tuple[Refusal | None, frozenset[str]]] = (None, NOTHING)
+
+
 @attrs.frozen(slots=True)
 class GuardStatus:
     """One guard as :meth:`Router.explain` shows it: what it allows, the count now,
@@ -82,33 +96,6 @@ class GuardStatus:
     limit: str
     count: float | None = None
     refuses: bool = False
-
-
-class _Period:
-    """The current calendar hour, day or month (UTC) of one kind: (number, start, end)."""
-
-    __slots__ = ("end", "number", "per", "start")
-
-    def __init__(self, per: str) -> None:
-        self.per = per
-        self.number = 0
-        self.start = self.end = 0.0
-
-    def at(self, now: float) -> int:
-        if not self.start <= now < self.end:
-            if self.per == "hour":
-                self.number = int(now // 3600)
-                self.start, self.end = self.number * 3600.0, (self.number + 1) * 3600.0
-            elif self.per == "day":
-                self.number = int(now // 86400)
-                self.start, self.end = self.number * 86400.0, (self.number + 1) * 86400.0
-            else:
-                t = time.gmtime(now)
-                self.number = t.tm_year * 12 + t.tm_mon - 1
-                y, m = divmod(self.number + 1, 12)
-                self.start = float(calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0)))
-                self.end = float(calendar.timegm((y, m + 1, 1, 0, 0, 0)))
-        return self.number
 
 
 class _Plan:
@@ -179,13 +166,15 @@ class Guards:
         self._category = {b.name: b for b in budgets if b.scope == "category"}
         self._country = {b.name: b for b in budgets if b.scope == "country"}
         self._tag = {b.name: b for b in budgets if b.scope == "tag"}
-        self._periods = {per: _Period(per) for per in ("hour", "day", "month")}
-        #: id of a budget (kept alive by the config) -> (spend key, start, end) of its period.
-        self._keys: dict[int, tuple[str, float, float]] = {}
+        #: id of a budget (kept alive by the config) -> its spend key, cached per period.
+        self._keys: dict[int, SpendKey] = {id(b): SpendKey(b) for b in budgets}
         #: (category, rule name) -> what the check of such a message needs, worked out once.
         self._plans: dict[tuple[str, str], _Plan] = {}
-        #: spend key -> the share of its limit (in percent) last told by a BudgetSpent event.
-        self._told: dict[str, int] = {}
+        #: (rule name, category, country) -> the fast path's query of such messages.
+        self._lanes: dict[tuple[str, str, str], Lane] = {}
+        #: (category, country, provider) -> the spend keys of the budgets (not of tags)
+        #: an accepted message of the category to the country at the provider falls under.
+        self._spending: dict[tuple[str, str, str], tuple[SpendKey, ...]] = {}
         self._prices = {name: p.prices for name, p in config.providers.items()}
         self._currencies = {name: p.prices.currency for name, p in config.providers.items()}
 
@@ -218,15 +207,16 @@ class Guards:
                 return f"{country} is among the countries denied for {where}"
         return None
 
+    def _plan(self, category: str, rule: Rule) -> _Plan:
+        plan = self._plans.get((category, rule.name))
+        if plan is None:
+            plan = self._plans[(category, rule.name)] = _Plan(self, category, rule)
+        return plan
+
     def _key(self, budget: Budget, now: float) -> tuple[str, float]:
         """(the spend key of ``budget``'s current period, seconds to keep it)."""
-        cached = self._keys.get(id(budget))
-        if cached is None or not cached[1] <= now < cached[2]:
-            period = self._periods[budget.per]
-            number = period.at(now)
-            key = f"b|{budget.label}|{budget.per}|{number}"
-            cached = self._keys[id(budget)] = (key, period.start, period.end)
-        return cached[0], cached[2] - now + 3600.0
+        sk = self._keys[id(budget)]
+        return sk.at(now), sk.ttl(now)
 
     def _caps(self, message: Message, country: str) -> list[Budget]:
         caps = []
@@ -254,7 +244,7 @@ class Guards:
         caps: list[Budget],
         providers: list[Budget],
     ) -> GuardQuery:
-        """The query of one message (what :meth:`check` builds inline, for explain)."""
+        """The query of one message."""
         anomaly: AnomalyQuery | None = None
         if plan.anomaly is not None:
             blocks = plan.always_blocks or (
@@ -264,12 +254,8 @@ class Guards:
                 country, blocks
             )
         velocity = [
-            (
-                f"{prefix}{e164 if kind == 0 else e164[1:digits] if kind == 1 else country}",
-                window,
-                most,
-            )
-            for prefix, kind, digits, window, most in plan.velocity
+            (key, e164 if kind == 0 else e164[1:digits] if kind == 1 else country, window, most)
+            for key, kind, digits, window, most in plan.velocity
         ]
         return GuardQuery(
             now,
@@ -279,6 +265,24 @@ class Guards:
             anomaly,
             velocity,
         )
+
+    def _lane(self, category: str, rule: Rule, country: str) -> Lane:
+        """The fast path's query of messages of ``category`` under ``rule`` to ``country``
+        (budgets of their category and country, not of tags: those take the general path)."""
+        plan = self._plan(category, rule)
+        why = self._geo(plan.sets, category, country) if plan.geo else None
+        caps = [b for b in (self._category.get(category), self._country.get(country)) if b]
+        anomaly = None
+        if plan.anomaly is not None:
+            anomaly = plan.anomaly_queries.get((country, True)) or plan.anomaly_query(country, True)
+        lane = self._lanes[(rule.name, category, country)] = Lane(
+            country,
+            None if why is None else f"refused by guard geo: {why}",
+            tuple(self._keys[id(b)] for b in [*caps, *plan.providers]),
+            anomaly,
+            plan.velocity,
+        )
+        return lane
 
     @property
     def cap_budgets(self) -> bool:
@@ -293,6 +297,45 @@ class Guards:
 
     # -- the check -----------------------------------------------------------------------
 
+    def check_now(
+        self,
+        counts: GuardCounts,
+        message: Message,
+        e164: str,
+        country: str,
+        rule: Rule,
+        member: str,
+        now: float,
+        emit: Emit | None,
+    ) -> tuple[Refusal | None, frozenset[str]] | None:
+        """:meth:`check` without waiting, when the counts are in this process's memory;
+        None when they are not (then await :meth:`check`).
+
+        A message that passes, with no provider at its cap and no anomaly trip or
+        release, costs lookups and arithmetic (:meth:`MemoryGuardCounts.fast`); any other
+        takes the general path, with the same counts."""
+        category = message.category
+        lane = self._lanes.get((rule.name, category, country))
+        if lane is None:
+            lane = self._lane(category, rule, country)
+        if lane.geo is not None:
+            return Refusal("geo", lane.geo), NOTHING
+        local = lane.counts
+        if local is not counts:  # the lane's first message in these counts, or Redis
+            if not isinstance(counts, MemoryGuardCounts):
+                return None
+            local = counts
+        assert local is not None
+        if (not self._tag or self._tag.keys().isdisjoint(message.tags)) and local.fast(
+            lane, e164, now
+        ):
+            return PASSED
+        plan = self._plan(category, rule)
+        caps = self._caps(message, country) if plan.caps_possible else []
+        query = self._query(plan, message, e164, country, member, now, caps, plan.providers)
+        answer = local.evaluate(query, True)
+        return self._decide(counts, query, answer, plan, caps, category, country, emit)
+
     async def check(
         self,
         counts: GuardCounts,
@@ -306,53 +349,41 @@ class Guards:
     ) -> tuple[Refusal | None, frozenset[str]]:
         """(the refusal or None, the providers of the rule at their budget cap)."""
         category = message.category
-        plan = self._plans.get((category, rule.name))
-        if plan is None:
-            plan = self._plans[(category, rule.name)] = _Plan(self, category, rule)
+        plan = self._plan(category, rule)
         if plan.geo:
             why = self._geo(plan.sets, category, country)
             if why is not None:
-                return Refusal("geo", f"refused by guard geo: {why}"), frozenset()
+                return Refusal("geo", f"refused by guard geo: {why}"), NOTHING
         caps = self._caps(message, country) if plan.caps_possible else []
         providers = plan.providers
-        anomaly: AnomalyQuery | None = None
-        a = plan.anomaly
-        if a is not None:
-            blocks = plan.always_blocks or (
-                message.metadata.get(OVERRIDE_KEY) is not ANOMALY_OVERRIDE
-            )
-            anomaly = plan.anomaly_queries.get((country, blocks))
-            if anomaly is None:
-                anomaly = plan.anomaly_query(country, blocks)
-        velocity = [
-            (
-                f"{prefix}{e164 if kind == 0 else e164[1:digits] if kind == 1 else country}",
-                window,
-                most,
-            )
-            for prefix, kind, digits, window, most in plan.velocity
-        ]
-        if not caps and not providers and not velocity and anomaly is None:
-            return None, frozenset()
-        key = self._key
-        query = GuardQuery(
-            now,
-            member,
-            [(key(b, now)[0], b.limit) for b in caps] if caps else (),
-            [key(b, now)[0] for b in providers] if providers else (),
-            anomaly,
-            velocity,
-        )
-        limits = plan.limits
-        anomaly_set = plan.anomaly_set
+        if not caps and not providers and not plan.velocity and plan.anomaly is None:
+            return None, NOTHING
+        query = self._query(plan, message, e164, country, member, now, caps, providers)
         answer = await counts.check(query)
+        return self._decide(counts, query, answer, plan, caps, category, country, emit)
+
+    def _decide(
+        self,
+        counts: GuardCounts,
+        query: GuardQuery,
+        answer: GuardAnswer,
+        plan: _Plan,
+        caps: list[Budget],
+        category: str,
+        country: str,
+        emit: Emit | None,
+    ) -> tuple[Refusal | None, frozenset[str]]:
+        """What the counts' ``answer`` means: the refusal, or the providers at their cap."""
+        anomaly_set = plan.anomaly_set
         if query.anomaly is not None and answer.refused != "budget" and anomaly_set is not None:
             self._transition(counts, query.anomaly, answer, category, country, emit)
-        refused = answer.refused
-        if refused is not None:
-            return self._refusal(answer, caps, limits, anomaly_set, category, country), frozenset()
+        if answer.refused is not None:
+            refusal = self._refusal(answer, caps, plan.limits, anomaly_set, category, country)
+            return refusal, NOTHING
         over = frozenset(
-            b.name for b, spent in zip(providers, answer.spends, strict=True) if spent >= b.limit
+            b.name
+            for b, spent in zip(plan.providers, answer.spends, strict=True)
+            if spent >= b.limit
         )
         return None, over
 
@@ -466,26 +497,49 @@ class Guards:
         """Count an accepted message's ``cost`` against every budget it falls under."""
         if not cost or not self.budgets:
             return
-        budgets = self._caps(message, country)
-        b = self._providers.get(provider)
-        if b is not None:
-            budgets.append(b)
-        if not budgets:
+        keys = self._spending.get((message.category, country, provider))
+        if keys is None:
+            budgets = (
+                self._category.get(message.category),
+                self._country.get(country),
+                self._providers.get(provider),
+            )
+            keys = self._spending[(message.category, country, provider)] = tuple(
+                self._keys[id(b)] for b in budgets if b is not None
+            )
+        if self._tag and message.tags:
+            keys += tuple(self._keys[id(b)] for t in message.tags if (b := self._tag.get(t)))
+        if not keys:
             return
-        keys = [self._key(b, now) for b in budgets]
-        totals = counts.spend(keys, cost, now)
-        if emit is not None:  # one event per percent of the limit (and per period)
-            told = self._told
-            for b, (key, _), total in zip(budgets, keys, totals, strict=True):
-                percent = int(total * 100 / b.limit)
-                if told.get(key) != percent:
-                    if len(told) > 1000:
-                        told.clear()
-                    told[key] = percent
-                    currency = (
-                        self._currencies[provider] if b.scope == "provider" else self.currency
-                    )
-                    emit(BudgetSpent(b.label, total, b.limit, currency))
+        if isinstance(counts, MemoryGuardCounts):
+            spent = counts.spent
+            for sk in keys:
+                if not sk.start <= now < sk.end:  # a new period: the spends of past ones go
+                    sk.at(now)
+                    counts.sweep(now)
+                entry = spent.get(sk.key)
+                if entry is None:
+                    entry = spent[sk.key] = [0.0, sk.end + SPEND_KEPT]
+                entry[0] += cost
+                if emit is not None and not sk.lo <= entry[0] < sk.hi:
+                    self._tell(sk, entry[0], provider, emit)
+            return
+        totals = counts.spend([(sk.at(now), sk.ttl(now)) for sk in keys], cost, now)
+        if emit is not None:
+            for sk, total in zip(keys, totals, strict=True):
+                if not sk.lo <= total < sk.hi:
+                    self._tell(sk, total, provider, emit)
+
+    def _tell(self, sk: SpendKey, total: float, provider: str, emit: Emit) -> None:
+        """A BudgetSpent event when ``total`` is another percent of the limit than the
+        last one told this period (the band of that percent is kept on ``sk``)."""
+        b = sk.budget
+        percent = int(total * 100 / b.limit)
+        sk.lo, sk.hi = percent * b.limit / 100, (percent + 1) * b.limit / 100
+        if percent != sk.told:
+            sk.told = percent
+            currency = self._currencies[provider] if b.scope == "provider" else self.currency
+            emit(BudgetSpent(b.label, total, b.limit, currency))
 
     # -- explain ---------------------------------------------------------------------------
 

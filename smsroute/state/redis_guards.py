@@ -142,10 +142,9 @@ return {totals, out}
 """
 
 
-def _hashed(key: str) -> str:
-    """A velocity key with its number or prefix hashed: Redis never sees the digits."""
-    scope, _, ident = key.rpartition("|")
-    return f"{scope}|{hashlib.blake2b(ident.encode(), digest_size=12).hexdigest()}"
+def _hashed(ident: str) -> str:
+    """A number or prefix (or country) hashed: Redis never sees the digits."""
+    return hashlib.blake2b(ident.encode(), digest_size=12).hexdigest()
 
 
 class RedisGuardCounts:
@@ -217,8 +216,8 @@ class RedisGuardCounts:
             if tripped and a.blocks:
                 return GuardAnswer("anomaly", 0, recent, spends, True, recent, base)
         counts: list[int] = []
-        for i, (key, window, most) in enumerate(query.velocity):
-            count, at = seen.get(key, (0.0, 0.0))
+        for i, (key, ident, window, most) in enumerate(query.velocity):
+            count, at = seen.get(key + ident, (0.0, 0.0))
             n = int(count) if query.now - at < window else 0
             if n >= most:
                 return GuardAnswer("velocity", i, n, spends, tripped, recent, base, (*counts, n))
@@ -285,8 +284,8 @@ class RedisGuardCounts:
                     1 if a.blocks else 0,
                 ]
             args.append(len(query.velocity))
-            for key, window, most in query.velocity:
-                args += [prefix + _hashed(key), repr(window), most]
+            for key, ident, window, most in query.velocity:
+                args += [prefix + key + _hashed(ident), repr(window), most]
         call = functools.partial(self._script, keys=[], args=args)
         reply = await self._backend.link.run("guards", call)
         if reply is None:
@@ -318,8 +317,8 @@ class RedisGuardCounts:
             now = query.now
             for key, spent in zip(query.spends, answer.spends, strict=True):
                 seen[key] = (spent, now)
-            for (key, _, _), n in zip(query.velocity, answer.counts, strict=False):
-                seen[key] = (float(n), now)
+            for (key, ident, _, _), n in zip(query.velocity, answer.counts, strict=False):
+                seen[key + ident] = (float(n), now)
             if query.anomaly is not None and answer.refused != "budget":
                 self._anomaly_seen[query.anomaly.key] = (answer.recent, answer.base, answer.tripped)
         return answers

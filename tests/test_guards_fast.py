@@ -1,0 +1,203 @@
+"""The guards' fast path in memory (issue 19's speed target) against the general path.
+
+:meth:`Guards.check_now` answers most messages with :meth:`MemoryGuardCounts.fast` (a
+lane worked out once per category, rule and country) and leaves every other one to
+:meth:`MemoryGuardCounts.evaluate`.  :meth:`Guards.check` always takes the general
+path.  Driven with the same messages at the same times, both must refuse the same
+messages with the same reasons, drop the same providers at their cap, emit the same
+events and explain the same counts: the fast path is only a shortcut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import textwrap
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from smsroute import ANOMALY_OVERRIDE, AnomalyTransition, Event, Message, parse_config
+from smsroute.guardcounts import MemoryGuardCounts, VelocityWindow
+from smsroute.guards import Guards, Refusal
+from smsroute.runtime import Prepared, Runtime
+
+START = float(calendar.timegm((2026, 1, 31, 23, 59, 0)))  # a minute before a new month
+
+CONFIG = textwrap.dedent(
+    """
+    providers:
+      a: {type: twilio, base_url: "http://127.0.0.1:9", account_sid: AC1, auth_token: t,
+          from: "+15005550006", prices: {DE: 0.08, AT: 0.1, default: 0.05}}
+      b: {type: twilio, base_url: "http://127.0.0.1:9", account_sid: AC1, auth_token: t,
+          from: "+15005550006", prices: {DE: 0.06, AT: 0.1, default: 0.05}}
+    rules:
+      - name: nl
+        match: {country: NL}
+        providers: [b, a]
+        on_budget: cheapest_under_cap
+        guards: {velocity: [{per: number, max: 1, window: 5s}]}
+      - name: default
+        providers: [a, b]
+        guards: {countries: {deny: [FR]}}
+    guards:
+      otp:
+        velocity:
+          - {per: number, max: 2, window: 60s}
+          - {per: prefix, digits: 5, max: 3, window: 30s}
+          - {per: country, max: 4, window: 20s}
+        anomaly: {window: 10s, baseline: 20s, factor: 2, min_count: 3, action: require_override}
+      budgets:
+        - {scope: provider, name: a, limit: 0.6, per: hour}
+        - {scope: provider, name: b, limit: 1.0, per: day}
+        - {scope: category, name: otp, limit: 2.0, per: month}
+        - {scope: country, name: AT, limit: 0.5, per: hour}
+        - {scope: tag, name: t1, limit: 0.3, per: hour}
+    """
+)
+
+NUMBERS = {
+    "DE": "+4915123456{:03d}",
+    "AT": "+43664123456{:01d}",
+    "FR": "+3361234567{}",
+    "NL": "+3161234567{}",
+}
+
+#: Mostly short steps (bursts, windows sliding), some across windows, budget periods.
+ADVANCES = [0.0, 0.5, 1.0, 1.0, 2.0, 2.0, 2.5, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 4000.0]
+
+step = st.tuples(
+    st.integers(0, 4),  # which number of the country
+    st.sampled_from(["DE", "DE", "DE", "AT", "AT", "FR", "NL"]),
+    st.sampled_from(ADVANCES),
+    st.sampled_from([False, False, False, True]),  # the caller's override
+    st.sampled_from([False, False, True]),  # tagged t1
+    st.sampled_from(["otp", "otp", "otp", "transactional"]),
+    st.sampled_from([True, True, False]),  # accepted by a provider (spend counted)
+)
+
+
+class Side:
+    """One router's guards and counts, and the events they emitted."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.guards = Guards(runtime.config)
+        self.counts = MemoryGuardCounts()
+        self.events: list[Event] = []
+
+
+def answer(
+    side: Side, fast: bool, message: Message, runtime: Runtime, now: float
+) -> tuple[Refusal | None, tuple[str, ...], str | None, Prepared]:
+    p = runtime.prepare(message)
+    d = p.destination
+    emit = side.events.append
+    if fast:
+        checked = side.guards.check_now(
+            side.counts, message, d.e164, d.country, p.rule, "m", now, emit
+        )
+        assert checked is not None  # the counts are in memory: never awaited
+    else:
+        checked = asyncio.run(
+            side.guards.check(side.counts, message, d.e164, d.country, p.rule, "m", now, emit)
+        )
+    refusal, over = checked
+    names = [n for n in p.rule.providers if n not in over]
+    provider = names[0] if names else None
+    return refusal, tuple(sorted(over)), provider, p
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(step, min_size=1, max_size=80))
+def test_the_fast_path_answers_as_the_general_path(
+    steps: list[tuple[int, str, float, bool, bool, str, bool]],
+) -> None:
+    runtime = Runtime(parse_config(CONFIG))
+    fast, general = Side(runtime), Side(runtime)
+    now = START
+    for i, country, advance, override, tagged, category, accepted in steps:
+        now += advance
+        message = Message(
+            to=NUMBERS[country].format(i),
+            text="Your code is 123456",
+            category=category,
+            tags=("t1",) if tagged else (),
+            metadata={"smsroute.override": ANOMALY_OVERRIDE} if override else {},
+        )
+        one = answer(fast, True, message, runtime, now)
+        two = answer(general, False, message, runtime, now)
+        assert one[:3] == two[:3]
+        refusal, _, provider, p = one
+        if refusal is None and provider is not None and accepted:
+            cost = runtime.config.providers[provider].prices.price_for(p.destination.country)
+            for side in (fast, general):
+                side.guards.spent(
+                    side.counts,
+                    message,
+                    p.destination.country,
+                    provider,
+                    cost,
+                    now,
+                    side.events.append,
+                )
+        assert fast.events == general.events
+        explained = [
+            side.guards.explain(
+                side.counts, message, p.destination.e164, p.destination.country, p.rule, now
+            )
+            for side in (fast, general)
+        ]
+        assert explained[0] == explained[1]
+
+
+def test_idle_velocity_logs_are_forgotten_after_two_windows() -> None:
+    window = VelocityWindow(60.0, 5)
+
+    def send(ident: str, now: float) -> None:
+        if now >= window.end:
+            window.rotate(now)
+        window.log(ident).append(now)
+
+    for n in range(100):
+        send(f"+4915123456{n:03d}", START + n * 0.1)
+    assert len(window.cur) + len(window.prev) == 100
+    send("+4915123456999", START + 60)  # a new generation: the old logs are kept
+    assert (len(window.cur), len(window.prev)) == (1, 100)
+    assert window.find("+4915123456000") == [START]
+    send("+4915123456998", START + 60 + 60)  # their times all left the window: forgotten
+    assert (len(window.cur), len(window.prev)) == (1, 1)
+    send("+4915123456997", START + 1000)  # both generations over at once
+    assert (len(window.cur), len(window.prev)) == (1, 0)
+
+
+def test_a_time_leaves_the_window_exactly_window_seconds_after_it() -> None:
+    runtime = Runtime(parse_config(CONFIG))
+    side = Side(runtime)
+    message = Message(to=NUMBERS["NL"].format(1), text="Code 1", category="transactional")
+    assert answer(side, True, message, runtime, START)[0] is None
+    refused = answer(side, True, message, runtime, START + 4.999)[0]
+    assert refused is not None
+    assert "at most 1 per number per 5s" in refused.reason
+    assert answer(side, True, message, runtime, START + 5.0)[0] is None
+
+
+def test_the_fast_path_gives_way_to_an_anomaly_trip_and_its_release() -> None:
+    runtime = Runtime(parse_config(CONFIG))
+    side = Side(runtime)
+
+    def otp(number: str) -> Message:
+        return Message(to=number, text="Your code is 123456", category="otp")
+
+    first = answer(side, True, otp(NUMBERS["DE"].format(0)), runtime, START)  # arms at +20s
+    burst = [
+        answer(side, True, otp(NUMBERS["AT"].format(i)), runtime, START + at)[0]
+        for i, at in enumerate((20.0, 20.5, 21.0))
+    ]
+    calm = answer(side, True, otp(NUMBERS["AT"].format(3)), runtime, START + 40.0)
+    assert first[0] is None
+    assert burst[:2] == [None, None]
+    assert burst[2] is not None
+    assert burst[2].guard == "anomaly"
+    assert calm[0] is None
+    transitions = [(e.country, e.to_state) for e in side.events if isinstance(e, AnomalyTransition)]
+    assert transitions == [("AT", "tripped"), ("AT", "released")]
