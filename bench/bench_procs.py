@@ -2,6 +2,7 @@
 
     python bench/bench_procs.py [--k 1 2] [--messages 10000] [--concurrency 64]
                                 [--rounds 3] [--redis redis://127.0.0.1:6379/0]
+                                [--config realistic-guards.yaml]
 
 Each router process runs bench/realistic.yaml (two Twilio accounts, twelve rules,
 prices, ``max_concurrency``) with ``rate_limit: 100000/s`` added to both
@@ -30,10 +31,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
-def config_text(backend: str, url: str, prefix: str) -> str:
-    """realistic.yaml with a non-binding rate limit on each provider and a state section."""
+def config_text(backend: str, url: str, prefix: str, name: str = "realistic.yaml") -> str:
+    """bench/<name> with a non-binding rate limit on each provider and a state section."""
     out = []
-    for line in (HERE / "realistic.yaml").read_text().splitlines():
+    for line in (HERE / name).read_text().splitlines():
         out.append(line)
         if line.strip().startswith("max_concurrency:"):
             out.append("    rate_limit: 100000/s")
@@ -41,7 +42,9 @@ def config_text(backend: str, url: str, prefix: str) -> str:
     return "\n".join(out) + "\n"
 
 
-async def child(backend: str, url: str, prefix: str, messages: int, concurrency: int) -> None:
+async def child(
+    backend: str, url: str, prefix: str, messages: int, concurrency: int, name: str
+) -> None:
     import bench_send as b
 
     from smsroute import Message, Router, parse_config
@@ -53,7 +56,7 @@ async def child(backend: str, url: str, prefix: str, messages: int, concurrency:
             "BENCH_ACCOUNT_SID": info["account_sid"],
             "BENCH_AUTH_TOKEN": info["auth_token"],
         }
-        config = parse_config(config_text(backend, url, prefix), environ=environ)
+        config = parse_config(config_text(backend, url, prefix, name), environ=environ)
         ok = 0
         async with Router(config) as router:
 
@@ -95,6 +98,8 @@ def one_round(k: int, backend: str, args: argparse.Namespace) -> tuple[float, fl
         str(args.messages),
         "--concurrency",
         str(args.concurrency),
+        "--config",
+        args.config,
     ]
     procs = [
         subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -143,15 +148,22 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--config",
+        default="realistic.yaml",
+        help="the config under bench/ (realistic-guards.yaml: every guard configured)",
+    )
     parser.add_argument("--child", choices=["memory", "redis"], help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        asyncio.run(child(args.child, args.redis, args.prefix, args.messages, args.concurrency))
+        asyncio.run(
+            child(args.child, args.redis, args.prefix, args.messages, args.concurrency, args.config)
+        )
         return
     print(
-        f"{args.messages} messages per process, concurrency {args.concurrency}, medians of "
-        f"{args.rounds} rounds"
+        f"{args.config}: {args.messages} messages per process, concurrency {args.concurrency}, "
+        f"medians of {args.rounds} rounds"
     )
     for k in args.k:
         rates: dict[str, list[float]] = {"memory": [], "redis": []}
