@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import calendar
 import textwrap
+from typing import Any
 
+import pytest
 from conftest import twilio_block
 from redis_support import (  # noqa: F401
     RedisServer,
@@ -161,3 +163,37 @@ async def test_without_redis_each_router_counts_alone(
     assert first.status == "accepted"
     # Redis counted the first; the router's memory counts from the outage on.
     assert statuses == ["accepted", "accepted", "failed"]
+
+
+async def test_a_send_cancelled_while_its_check_waits_for_redis_counts_for_nothing(
+    redis_url: str,  # noqa: F811
+    prefix: str,  # noqa: F811
+    twilio_a: FakeTwilio,
+) -> None:
+    guards = "guards:\n  otp:\n    velocity:\n      - {per: number, max: 2, window: 1h}\n"
+    config = parse_config(config_text(twilio_a, redis_url, prefix, guards))
+    number = DE.format(7)
+    async with Router(config, clock=ManualClock(START), metrics=False) as router:
+        assert (await router.send(otp(number))).ok  # 1 of 2
+        counts = router.state.guard_counts()
+        check = counts.check
+        entered = asyncio.Event()
+
+        async def spy(query: Any) -> Any:
+            entered.set()
+            return await check(query)
+
+        counts.check = spy  # type: ignore[method-assign]  # watch the real call, change nothing
+        task = asyncio.ensure_future(router.send(otp(number)))
+        await entered.wait()  # the send's check is on its way to Redis
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        counts.check = check  # type: ignore[method-assign]
+        assert len(twilio_a.messages) == 1
+        # The cancelled send took nothing: this is the 2nd of 2, the next is refused.
+        assert (await router.send(otp(number))).ok
+        refused = await router.send(otp(number))
+        assert (refused.ok, refused.attempts) == (False, ())
+        assert "velocity" in (refused.reason or "")
+        assert len(twilio_a.messages) == 2

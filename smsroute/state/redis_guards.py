@@ -234,17 +234,23 @@ class RedisGuardCounts:
         try:
             while self._pending or self._unwritten:
                 batch, self._pending = self._pending, []
+                members: list[str] = []
                 try:
-                    answers = await self._call(batch)
+                    answers = await self._call(batch, members)
                 except Exception:  # a bug must not leave sends waiting
                     log.exception("smsroute: checking guards in Redis failed")
                     answers = None
+                given_back: list[tuple[str, str]] = []
                 for i, (query, future) in enumerate(batch):
-                    if future.done():
-                        continue  # its send was cancelled
+                    if future.done():  # its send was cancelled while it waited
+                        if answers is not None and answers[i].refused is None:
+                            given_back += self._counted(query, members[i])
+                        continue
                     future.set_result(
                         answers[i] if answers is not None else self.local.evaluate(query, True)
                     )
+                if given_back:
+                    await self._give_back(given_back)
                 if answers is None:  # Redis is down: checks go local; spend waits for it
                     waiting, self._pending = self._pending, []
                     for query, future in waiting:
@@ -254,7 +260,28 @@ class RedisGuardCounts:
         finally:
             self._task = None
 
-    async def _call(self, batch: list[tuple[GuardQuery, Any]]) -> list[GuardAnswer] | None:
+    def _counted(self, query: GuardQuery, member: str) -> list[tuple[str, str]]:
+        """The (velocity key, member) entries the script added for ``query``."""
+        prefix = self._prefix
+        return [(prefix + key + _hashed(ident), member) for key, ident, _, _ in query.velocity]
+
+    async def _give_back(self, entries: list[tuple[str, str]]) -> None:
+        """Take a cancelled send's entries out of the velocity windows: a send cancelled
+        while its check waited for Redis counts for nothing (the anomaly guard's
+        request count keeps it: it counts requests, refused ones included)."""
+        client = self._backend.link.client
+
+        async def remove() -> None:
+            pipe = client.pipeline(transaction=False)
+            for key, member in entries:
+                pipe.zrem(key, member)
+            await pipe.execute()
+
+        await self._backend.link.run("guards", remove)
+
+    async def _call(
+        self, batch: list[tuple[GuardQuery, Any]], members: list[str]
+    ) -> list[GuardAnswer] | None:
         prefix = self._prefix
         unwritten, self._unwritten = self._unwritten, {}
         args: list[Any] = [len(unwritten)]
@@ -263,7 +290,9 @@ class RedisGuardCounts:
         args.append(len(batch))
         for query, _ in batch:
             self._seq += 1
-            args += [repr(query.now), f"{query.member}:{self._seq}", len(query.caps)]
+            member = f"{query.member}:{self._seq}"
+            members.append(member)
+            args += [repr(query.now), member, len(query.caps)]
             for key, limit in query.caps:
                 args += [prefix + key, repr(limit)]
             args.append(len(query.spends))
