@@ -58,6 +58,10 @@ class DurableRecord(Protocol):
         True when the outbox knows the message.  Never raises."""
         ...
 
+    async def recipient(self, message_id: str) -> str | None:
+        """The number the message was enqueued for; None when unknown.  Never raises."""
+        ...
+
 
 class _NoDurableRecord:
     async def status(self, message_id: str) -> MessageState | None:
@@ -70,6 +74,9 @@ class _NoDurableRecord:
         self, message_id: str, provider: str, provider_message_id: str | None
     ) -> bool:
         return False
+
+    async def recipient(self, message_id: str) -> str | None:
+        return None
 
 
 async def run_callback(callback: Callable[[Any], Awaitable[None] | None], arg: Any) -> None:
@@ -190,12 +197,17 @@ class Receipts:
         only when the store says ``report.provider`` sent that message under the
         receipt's id: the receipt's own body never names whom to opt out.
         """
-        optouts = self.optouts
-        if optouts is None or report.message_id is None:
+        if self.optouts is None or report.message_id is None:
             return
         raw = self._status.number(report.message_id, report.provider, report.provider_message_id)
-        if raw is None:
-            return  # not a message of ours through that provider (or forgotten)
+        if raw is not None:  # else not a message of ours through that provider (or forgotten)
+            self._record_opt_out(report, raw)
+
+    def _record_opt_out(self, report: DeliveryReport, raw: str) -> None:
+        """Opt ``raw`` (the number our message went to, as written) out."""
+        optouts = self.optouts
+        if optouts is None:
+            return
         try:
             number = normalize(raw, self._config().defaults.default_region).e164
         except ValueError:
@@ -232,6 +244,10 @@ class Receipts:
             return True
         if not await self._durable.record_receipt(report):
             return False
+        if report.opted_out and self.optouts is not None:  # checked against the record above
+            raw = await self._durable.recipient(report.message_id)
+            if raw is not None:
+                self._record_opt_out(report, raw)
         self._emit(DeliveryReceived(report.provider, "unknown", report.status, None))
         for callback in self.delivery_callbacks:
             await run_callback(callback, report)

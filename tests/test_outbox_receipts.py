@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from conftest import Hooks, make_config, twilio_block
+from redis_support import prefix, redis_url, state_block  # noqa: F401
 
 from smsroute import Message, Router
 from smsroute.testing import FakeTwilio
@@ -43,3 +45,49 @@ outbox:
         assert state.status == "delivered"
         assert [r.message_id for r in seen] == [message_id]
         assert (await sender.status(message_id)).status == "delivered"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_an_opt_out_receipt_for_a_worker_sent_message_opts_the_number_out(
+    tmp_path: Path,
+    hooks: Hooks,
+    twilio_a: FakeTwilio,
+    backend: str,
+    redis_url: str,  # noqa: F811
+    prefix: str,  # noqa: F811
+) -> None:
+    """The receipt reaches a router that never sent the message: the number comes from
+    the outbox's record (the one the message was enqueued for), checked against the
+    provider and id there, and is opted out for every router of the store."""
+    store = (
+        f"outbox:\n  path: {tmp_path / 'outbox.db'}\n  poll: 20ms\n"
+        if backend == "sqlite"
+        else "outbox:\n  backend: redis\n  poll: 20ms\n" + state_block(redis_url, prefix) + "\n"
+    )
+    text = f"""
+defaults:
+  webhook_url: {hooks.url}
+  default_region: DE
+providers:
+{twilio_block("twilio", twilio_a)}
+rules:
+  - name: default
+    providers: [twilio]
+{store}"""
+    number = "+4915123456789"
+    twilio_a.receipts("opted_out")
+    async with (
+        Router(make_config(text), metrics=False) as sender,
+        Router(make_config(text), metrics=False) as receiver,
+    ):
+        await hooks.serve(receiver)
+        message_id = await sender.enqueue(Message(to="0151 23456789", text="Sale!"))
+        async with sender.worker(concurrency=2), asyncio.timeout(10):
+            await twilio_a.wait_receipts(1)
+        state = await receiver.status(message_id)
+        assert state is not None
+        assert state.status == "failed"
+        assert receiver.is_opted_out(number)
+        refused = await receiver.send(Message(to=number, text="Sale!", category="marketing"))
+        assert (refused.ok, refused.reason, refused.attempts) == (False, "opted_out", ())
+        assert len(twilio_a.messages) == 1

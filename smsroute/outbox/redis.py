@@ -548,6 +548,11 @@ class RedisOutbox:
         args = [message_id, provider, provider_message_id or "", _text(now)]
         return bool(await self._run(self._accepted, args))
 
+    async def recipient(self, message_id: str) -> str | None:
+        with self._reaching():
+            number = await self._client.hget(f"{self.prefix}m:{message_id}", "to")
+        return None if number is None else str(number)
+
     async def status(self, message_id: str) -> MessageState | None:
         p = self.prefix
         with self._reaching():

@@ -218,6 +218,17 @@ class OutboxService:
             return None
         return await self.store().status(message_id)
 
+    async def recipient(self, message_id: str) -> str | None:
+        """The number an outbox message was enqueued for; None when unknown, when no
+        outbox is used, or when the store cannot be read (logged).  Never raises."""
+        if not self._in_use():
+            return None
+        try:
+            return await self.store().recipient(message_id)
+        except Exception:  # an opt-out not recorded is logged, never a failed webhook
+            log.exception("could not read a message's recipient from the outbox")
+            return None
+
     async def record_receipt(self, report: DeliveryReport) -> bool:
         """Record a receipt in the outbox, when this router uses one.
 

@@ -725,6 +725,15 @@ class SQLiteOutbox:
 
         return await self._db.call(run)
 
+    async def recipient(self, message_id: str) -> str | None:
+        def run(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT to_number FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._db.call(run)
+
     async def status(self, message_id: str) -> MessageState | None:
         def run(conn: sqlite3.Connection) -> MessageState | None:
             row = conn.execute(

@@ -279,6 +279,10 @@ class OutboxStore(Protocol):
         """The message's status and history, or None when the store does not know it."""
         ...
 
+    async def recipient(self, message_id: str) -> str | None:
+        """The number the message was enqueued for (as written), or None when unknown."""
+        ...
+
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Dead letters, most recent first."""
         ...
