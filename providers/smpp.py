@@ -406,14 +406,10 @@ class SmppProvider(Provider):
 
     # -- sending ------------------------------------------------------------------------
 
-    def _template(self, sender: str | None) -> SubmitTemplate:
-        """The start of this sender's submit_sm bodies, made once per sender.
-
-        ValueError or UnicodeEncodeError for a sender SMPP cannot carry.
-        """
-        template = self._templates.get(sender)
-        if template is not None:
-            return template
+    def source_address(self, sender: str | None) -> tuple[TON, NPI, str]:
+        """(TON, NPI, address) of ``sender``, unless ``source_ton``/``source_npi`` say:
+        ``+`` and digits: international (1/1, without the ``+``); digits or none:
+        unknown/ISDN (0/1); anything else: alphanumeric (5/0)."""
         address = sender or ""
         if address.startswith("+") and address[1:].isdigit():
             ton, npi, address = TON.INTERNATIONAL, NPI.ISDN, address[1:]
@@ -425,6 +421,17 @@ class SmppProvider(Provider):
             ton = TON(int(self.source_ton))
         if self.source_npi is not None:
             npi = NPI(int(self.source_npi))
+        return ton, npi, address
+
+    def _template(self, sender: str | None) -> SubmitTemplate:
+        """The start of this sender's submit_sm bodies, made once per sender.
+
+        ValueError or UnicodeEncodeError for a sender SMPP cannot carry.
+        """
+        template = self._templates.get(sender)
+        if template is not None:
+            return template
+        ton, npi, address = self.source_address(sender)
         template = SubmitTemplate(ton, npi, address, self.dest_ton, self.dest_npi)
         if len(self._templates) >= _TEMPLATES:  # senders of messages' own: keep it bounded
             self._templates.clear()

@@ -44,17 +44,7 @@ def provider(**options: Any) -> SmppProvider:
 def library_bodies(p: SmppProvider, to: str, sender: str | None, text: str) -> list[bytes]:
     """What aiosmpplib's SubmitSm writes for each part (the adapter's former path)."""
     encoding = analyze(text).encoding
-    address = sender or ""
-    if address.startswith("+") and address[1:].isdigit():
-        ton, npi, address = TON.INTERNATIONAL, NPI.ISDN, address[1:]
-    elif address.isdigit() or not address:
-        ton, npi = TON.UNKNOWN, NPI.ISDN
-    else:
-        ton, npi = TON.ALPHANUMERIC, NPI.UNKNOWN
-    if p.source_ton is not None:
-        ton = TON(int(p.source_ton))
-    if p.source_npi is not None:
-        npi = NPI(int(p.source_npi))
+    ton, npi, address = p.source_address(sender)  # pinned by test_source_address below
     coding = p.gsm7_coding if encoding == "GSM-7" else p.ucs2_coding
     common: dict[str, Any] = {
         "source": PhoneNumber(address, ton, npi),
@@ -269,3 +259,19 @@ def test_any_deliver_sm_with_any_tlvs_never_raises(body: bytes, tlvs: list[bytes
     assert struct.unpack_from("!I", readable)[0] == len(readable) <= len(pdu)
     result = read_deliver_sm(pdu)
     assert result is None or isinstance(result, Receipt | InboundPart)
+
+
+@pytest.mark.parametrize(
+    ("sender", "options", "expected"),
+    [
+        ("+15005550006", {}, (TON.INTERNATIONAL, NPI.ISDN, "15005550006")),
+        ("12345", {}, (TON.UNKNOWN, NPI.ISDN, "12345")),
+        (None, {}, (TON.UNKNOWN, NPI.ISDN, "")),
+        ("ACME", {}, (TON.ALPHANUMERIC, NPI.UNKNOWN, "ACME")),
+        ("+4930", {"source_ton": 2, "source_npi": 8}, (TON(2), NPI(8), "4930")),
+    ],
+)
+def test_source_address(sender: str | None, options: dict[str, Any], expected: Any) -> None:
+    """The issue's rule: an alphanumeric sender is TON 5, an international number TON 1 /
+    NPI 1; source_ton/source_npi override."""
+    assert provider(**options).source_address(sender) == expected
