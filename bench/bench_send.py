@@ -151,11 +151,12 @@ async def router_round(
     realistic: bool = False,
     capped: bool = True,
     guards: bool = False,
+    config: Config | None = None,
     **router_kwargs: Any,
 ) -> tuple[float, float]:
-    if realistic:
+    if config is None and realistic:
         config = realistic_config(info, capped=capped, guards=guards)
-    else:
+    elif config is None:
         config = parse_config(router_config(info))
     ok = 0
     async with Router(config, **router_kwargs) as router:

@@ -23,7 +23,7 @@ import logging
 import os
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 import aiohttp
 
@@ -32,6 +32,7 @@ from smsroute.clock import Clock, wall_clock
 from smsroute.config import Config, ProviderConfig, Rule
 from smsroute.configload import load_config
 from smsroute.errors import ConfigError
+from smsroute.guardcounts import SharedGuardCounts
 from smsroute.guards import PASSED, Guards, Refusal
 from smsroute.instrument.events import (
     AttemptFinished,
@@ -486,9 +487,13 @@ class Dispatcher:
             )
             is not PASSED
         ):  # refused, a provider at its budget cap, or counted in Redis
+            if checked is None:  # counted in Redis: the check waits for its batch
+                answer = await guards.ask(
+                    cast(SharedGuardCounts, counts), message, p.destination.e164, country,
+                    rule, message_id, checked_at,
+                )  # fmt: skip
+                checked = guards.answered(counts, message, country, rule, answer, emit)
             planned = self._guarded(guards, rt, p, message, message_id, emit, t0, checked)
-            if planned is None:  # counted in Redis: the check waits for its batch
-                planned = await self._guarded_shared(guards, rt, p, message, message_id, emit, t0)
             if isinstance(planned, SendResult):
                 return planned
             names, last_resort = planned
@@ -776,13 +781,10 @@ class Dispatcher:
         message_id: str,
         emit: Callable[[Event], None] | None,
         t0: float,
-        checked: tuple[Refusal | None, frozenset[str]] | None,
-    ) -> SendResult | tuple[Sequence[str], bool] | None:
-        """After the guards' check (``checked``; None: not made, they count in Redis, see
-        :meth:`_guarded_shared`), the plan without providers at their budget cap:
-        (providers in order, last resort?), or the failed result of a refusal."""
-        if checked is None:
-            return None
+        checked: tuple[Refusal | None, frozenset[str]],
+    ) -> SendResult | tuple[Sequence[str], bool]:
+        """After the guards' check (``checked``), the plan without providers at their
+        budget cap: (providers in order, last resort?), or the failed result of a refusal."""
         country = p.destination.country
         refusal, over = checked
         names: Sequence[str] | None = None
@@ -804,31 +806,6 @@ class Dispatcher:
         if emit:
             emit(GuardRefused(refusal.guard, message.category, country, p.rule.name))
         return self._refused(message, message_id, p, emit, t0, refusal.reason)
-
-    async def _guarded_shared(
-        self,
-        guards: Guards,
-        rt: Runtime,
-        p: Prepared,
-        message: Message,
-        message_id: str,
-        emit: Callable[[Event], None] | None,
-        t0: float,
-    ) -> SendResult | tuple[Sequence[str], bool]:
-        """:meth:`_guarded` with the guards counting in Redis (one script call per batch)."""
-        checked = await guards.check(
-            self._state.guard_counts(),
-            message,
-            p.destination.e164,
-            p.destination.country,
-            p.rule,
-            message_id,
-            self._wall.now(),
-            emit,
-        )
-        planned = self._guarded(guards, rt, p, message, message_id, emit, t0, checked)
-        assert planned is not None
-        return planned
 
     def admit(self, message: Message, due: float) -> float | None:
         """Check ``message`` as :meth:`send` would (raising :class:`InvalidNumber` or

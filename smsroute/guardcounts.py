@@ -40,8 +40,8 @@ from __future__ import annotations
 import calendar
 import time
 from collections import deque
-from collections.abc import Sequence
-from typing import Protocol, TypeAlias
+from collections.abc import Awaitable, Sequence
+from typing import Any, Protocol, TypeAlias
 
 from smsroute.guardconfig import Budget
 
@@ -114,7 +114,9 @@ class GuardAnswer:
     """What the counts said.  ``refused`` is None, ``budget``, ``anomaly`` or ``velocity``;
     ``index`` is which cap or velocity limit refused, ``count`` its count (or spend)."""
 
-    __slots__ = ("base", "count", "counts", "index", "recent", "refused", "spends", "tripped")
+    __slots__ = (
+        "base", "count", "counts", "index", "over", "recent", "refused", "spends", "tripped"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -136,6 +138,9 @@ class GuardAnswer:
         self.base = base
         #: Messages in each velocity window (this one included when it passed).
         self.counts = counts
+        #: The providers at their cap, worked out from ``spends`` by the guards once (one
+        #: answer from Redis may be shared by the messages of a lane in one batch).
+        self.over: frozenset[str] | None = None
 
 
 class GuardCounts(Protocol):
@@ -149,11 +154,22 @@ class GuardCounts(Protocol):
         ...
 
     def peek(self, query: GuardQuery) -> GuardAnswer:
-        """What :meth:`check` would answer now, changing nothing (with Redis: as last seen)."""
+        """What :meth:`check` would answer now, changing nothing."""
         ...
 
     def spend(self, keys: Sequence[tuple[str, float]], amount: float, now: float) -> list[float]:
         """Add ``amount`` to each (key, seconds until its period ends); the totals after."""
+        ...
+
+
+class SharedGuardCounts(GuardCounts, Protocol):
+    """Counts in a shared store, where a check waits for its answer: the common case
+    asks for a :class:`Lane`'s message without building a query."""
+
+    def ask(self, lane: Lane, e164: str, member: str, now: float) -> Awaitable[GuardAnswer]:
+        """:meth:`GuardCounts.check` of the message of ``lane`` to ``e164`` (whose
+        anomaly query blocks and which has no tag budget); a passed answer may be
+        shared with other messages of the lane (read it, never change it)."""
         ...
 
 
@@ -261,21 +277,27 @@ class Lane:
     out once (by :mod:`smsroute.guards`) for :meth:`MemoryGuardCounts.fast`: only the
     number and the time change from one message to the next."""
 
-    __slots__ = ("anomaly", "budgets", "country", "counts", "geo", "kept", "velocity", "windows")
+    __slots__ = (
+        "anomaly", "budgets", "country", "counts", "geo", "kept", "ncaps", "shared", "velocity",
+        "windows",
+    )  # fmt: skip
 
     def __init__(
         self,
         country: str,
         geo: str | None,
         budgets: tuple[SpendKey, ...],
+        ncaps: int,
         anomaly: AnomalyQuery | None,
         velocity: Sequence[tuple[str, int, int, float, int]],
     ) -> None:
         self.country = country
         #: Why the geo guard refuses the country (None: it does not).
         self.geo = geo
-        #: Budgets at whose cap the fast path gives way: caps, then provider budgets.
+        #: Budgets at whose cap the fast path gives way: the first ``ncaps`` refuse (of
+        #: the category and the country), the rest are provider budgets (only read).
         self.budgets = budgets
+        self.ncaps = ncaps
         self.anomaly = anomaly
         #: (limit key, 0 number / 1 prefix / 2 country, prefix end, window, max).
         self.velocity = tuple(velocity)
@@ -285,6 +307,8 @@ class Lane:
         self.windows: tuple[tuple[VelocityWindow, int, int, int], ...] = ()
         #: The anomaly slots of the country, in ``counts`` (once it has some).
         self.kept: _Slots | None = None
+        #: What a :class:`SharedGuardCounts` keeps for the lane (its packed arguments).
+        self.shared: Any = None
 
 
 def _take_back(lane: Lane, upto: tuple[VelocityWindow, int, int, int], e164: str) -> None:

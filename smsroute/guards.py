@@ -27,7 +27,7 @@ memory, or Redis for every replica.  A refusal is a failed :class:`SendResult` w
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 import attrs
@@ -42,6 +42,7 @@ from smsroute.guardcounts import (
     GuardQuery,
     Lane,
     MemoryGuardCounts,
+    SharedGuardCounts,
     SpendKey,
 )
 from smsroute.instrument.events import AnomalyTransition, BudgetSpent, Event
@@ -279,6 +280,7 @@ class Guards:
             country,
             None if why is None else f"refused by guard geo: {why}",
             tuple(self._keys[id(b)] for b in [*caps, *plan.providers]),
+            len(caps),
             anomaly,
             plan.velocity,
         )
@@ -309,7 +311,7 @@ class Guards:
         emit: Emit | None,
     ) -> tuple[Refusal | None, frozenset[str]] | None:
         """:meth:`check` without waiting, when the counts are in this process's memory;
-        None when they are not (then await :meth:`check`).
+        None when they are shared and the message counts there (then :meth:`ask`).
 
         A message that passes, with no provider at its cap and no anomaly trip or
         release, costs lookups and arithmetic (:meth:`MemoryGuardCounts.fast`); any other
@@ -322,8 +324,15 @@ class Guards:
             return Refusal("geo", lane.geo), NOTHING
         local = lane.counts
         if local is not counts:  # the lane's first message in these counts, or Redis
-            if not isinstance(counts, MemoryGuardCounts):
-                return None
+            if not isinstance(counts, MemoryGuardCounts):  # shared: ask() unless idle
+                if (
+                    lane.budgets
+                    or lane.anomaly is not None
+                    or lane.velocity
+                    or (self._tag and not self._tag.keys().isdisjoint(message.tags))
+                ):
+                    return None
+                return PASSED
             local = counts
         assert local is not None
         if (not self._tag or self._tag.keys().isdisjoint(message.tags)) and local.fast(
@@ -334,7 +343,7 @@ class Guards:
         caps = self._caps(message, country) if plan.caps_possible else []
         query = self._query(plan, message, e164, country, member, now, caps, plan.providers)
         answer = local.evaluate(query, True)
-        return self._decide(counts, query, answer, plan, caps, category, country, emit)
+        return self._decide(counts, query.anomaly, answer, plan, caps, category, country, emit)
 
     async def check(
         self,
@@ -360,12 +369,78 @@ class Guards:
             return None, NOTHING
         query = self._query(plan, message, e164, country, member, now, caps, providers)
         answer = await counts.check(query)
-        return self._decide(counts, query, answer, plan, caps, category, country, emit)
+        return self._decide(counts, query.anomaly, answer, plan, caps, category, country, emit)
+
+    def ask(
+        self,
+        counts: SharedGuardCounts,
+        message: Message,
+        e164: str,
+        country: str,
+        rule: Rule,
+        member: str,
+        now: float,
+    ) -> Awaitable[GuardAnswer]:
+        """After :meth:`check_now` said None (the counts are shared, in Redis): the
+        check's answer, to come with the next batch; then :meth:`answered`.  A message of
+        its lane asks without a query; one with a tag budget or the caller's override of
+        the anomaly guard sends its own."""
+        category = message.category
+        lane = self._lanes[(rule.name, category, country)]  # made by check_now()
+        plan = self._plan(category, rule)
+        if (self._tag and not self._tag.keys().isdisjoint(message.tags)) or (
+            plan.anomaly is not None
+            and not plan.always_blocks
+            and message.metadata.get(OVERRIDE_KEY) is ANOMALY_OVERRIDE
+        ):
+            caps = self._caps(message, country) if plan.caps_possible else []
+            query = self._query(plan, message, e164, country, member, now, caps, plan.providers)
+            return counts.check(query)
+        return counts.ask(lane, e164, member, now)
+
+    def answered(
+        self,
+        counts: GuardCounts,
+        message: Message,
+        country: str,
+        rule: Rule,
+        answer: GuardAnswer,
+        emit: Emit | None,
+    ) -> tuple[Refusal | None, frozenset[str]]:
+        """What the ``answer`` to :meth:`ask` means (as :meth:`check` says it)."""
+        category = message.category
+        plan = self._plan(category, rule)
+        a = None
+        if plan.anomaly is not None:
+            blocks = plan.always_blocks or (
+                message.metadata.get(OVERRIDE_KEY) is not ANOMALY_OVERRIDE
+            )
+            a = plan.anomaly_queries.get((country, blocks)) or plan.anomaly_query(country, blocks)
+        if (
+            answer.refused is None
+            and not answer.tripped
+            and (a is None or not counts.tripped.get(a.key, False))
+        ):
+            return None, self._over(answer, plan)
+        caps = self._caps(message, country) if plan.caps_possible else []
+        return self._decide(counts, a, answer, plan, caps, category, country, emit)
+
+    @staticmethod
+    def _over(answer: GuardAnswer, plan: _Plan) -> frozenset[str]:
+        """The providers at their cap by ``answer``'s spends (worked out once per answer)."""
+        over = answer.over
+        if over is None:
+            over = answer.over = frozenset(
+                b.name
+                for b, spent in zip(plan.providers, answer.spends, strict=True)
+                if spent >= b.limit
+            )
+        return over
 
     def _decide(
         self,
         counts: GuardCounts,
-        query: GuardQuery,
+        anomaly: AnomalyQuery | None,
         answer: GuardAnswer,
         plan: _Plan,
         caps: list[Budget],
@@ -375,17 +450,12 @@ class Guards:
     ) -> tuple[Refusal | None, frozenset[str]]:
         """What the counts' ``answer`` means: the refusal, or the providers at their cap."""
         anomaly_set = plan.anomaly_set
-        if query.anomaly is not None and answer.refused != "budget" and anomaly_set is not None:
-            self._transition(counts, query.anomaly, answer, category, country, emit)
+        if anomaly is not None and answer.refused != "budget" and anomaly_set is not None:
+            self._transition(counts, anomaly, answer, category, country, emit)
         if answer.refused is not None:
             refusal = self._refusal(answer, caps, plan.limits, anomaly_set, category, country)
             return refusal, NOTHING
-        over = frozenset(
-            b.name
-            for b, spent in zip(plan.providers, answer.spends, strict=True)
-            if spent >= b.limit
-        )
-        return None, over
+        return None, self._over(answer, plan)
 
     def _refusal(
         self,

@@ -181,9 +181,8 @@ class Router:
     def explain(self, message: Message) -> RoutePlan:
         """Which rule matches ``message`` and in what order providers would be tried.
 
-        No I/O and no side effects on breakers or limits; raises
-        :class:`InvalidNumber` or :class:`InvalidMessage` as :meth:`send` would.
-        """
+        No side effects; I/O only for guards' counts in Redis (one blocking read, at most
+        ``state.timeout``); raises InvalidNumber or InvalidMessage as :meth:`send` would."""
         return explain(self.dispatcher, message)
 
     async def send(self, message: Message) -> SendResult:

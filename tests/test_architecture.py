@@ -33,6 +33,7 @@ LONG_FILES = {
     "smsroute/cli.py",
     "smsroute/configload.py",
     "smsroute/dispatch.py",
+    "smsroute/guards.py",
     "smsroute/instrument/prometheus.py",
     "smsroute/outbox/worker.py",
     "smsroute/outbox/sqlite.py",

@@ -12,10 +12,15 @@ from __future__ import annotations
 import asyncio
 import calendar
 import textwrap
+import uuid
 from typing import Any
 
 import pytest
+import redis
+import redis.asyncio as aioredis
 from conftest import twilio_block
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from redis_support import (  # noqa: F401
     RedisServer,
     prefix,
@@ -25,6 +30,7 @@ from redis_support import (  # noqa: F401
 )
 
 from smsroute import ManualClock, Message, Router, parse_config
+from smsroute.state.redis_guards import GUARDS
 from smsroute.testing import FakeTwilio
 
 START = float(calendar.timegm((2026, 3, 31, 23, 0, 0)))
@@ -113,7 +119,7 @@ async def test_two_routers_share_spend_and_the_budget_rolls_over_with_the_month(
         statuses = []
         for i in range(5):  # 0.08 each, alternately: 0.32 after the 4th
             statuses.append((await (one if i % 2 else two).send(otp(DE.format(i)))).status)
-            await asyncio.sleep(0.02)  # the spend is written with the next script call
+            await asyncio.sleep(0.05)  # the spend is written with the next batch, or in 10 ms
         clock.set(START + 3600)  # April
         april = await one.send(otp(DE.format(9)))
     assert statuses == ["accepted"] * 4 + ["failed"]
@@ -176,20 +182,20 @@ async def test_a_send_cancelled_while_its_check_waits_for_redis_counts_for_nothi
     async with Router(config, clock=ManualClock(START), metrics=False) as router:
         assert (await router.send(otp(number))).ok  # 1 of 2
         counts = router.state.guard_counts()
-        check = counts.check
+        ask = counts.ask
         entered = asyncio.Event()
 
-        async def spy(query: Any) -> Any:
+        def spy(*args: Any) -> Any:
             entered.set()
-            return await check(query)
+            return ask(*args)
 
-        counts.check = spy  # type: ignore[method-assign]  # watch the real call, change nothing
+        counts.ask = spy  # type: ignore[method-assign]  # watch the real call, change nothing
         task = asyncio.ensure_future(router.send(otp(number)))
         await entered.wait()  # the send's check is on its way to Redis
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        counts.check = check  # type: ignore[method-assign]
+        counts.ask = ask  # type: ignore[method-assign]
         assert len(twilio_a.messages) == 1
         # The cancelled send took nothing: this is the 2nd of 2, the next is refused.
         assert (await router.send(otp(number))).ok
@@ -197,3 +203,77 @@ async def test_a_send_cancelled_while_its_check_waits_for_redis_counts_for_nothi
         assert (refused.ok, refused.attempts) == (False, ())
         assert "velocity" in (refused.reason or "")
         assert len(twilio_a.messages) == 2
+
+
+async def test_explain_reads_the_counts_every_replica_made(
+    redis_url: str,  # noqa: F811
+    prefix: str,  # noqa: F811
+    twilio_a: FakeTwilio,
+) -> None:
+    """explain() through one router sees what the other counted (read in Redis, not
+    remembered): the limit was reached through ``one``, ``two`` has sent nothing."""
+    guards = "guards:\n  otp:\n    velocity:\n      - {per: number, max: 3, window: 1h}\n"
+    text = config_text(twilio_a, redis_url, prefix, guards)
+    clock = ManualClock(START)
+    async with (
+        Router(parse_config(text), clock=clock, metrics=False) as one,
+        Router(parse_config(text), clock=clock, metrics=False) as two,
+    ):
+        before = two.explain(otp(DE.format(5)))
+        for _ in range(3):
+            assert (await one.send(otp(DE.format(5)))).ok
+        after = two.explain(otp(DE.format(5)))
+        other = two.explain(otp(DE.format(6)))
+    assert before.refused_by is None
+    assert [g.count for g in before.guards if g.guard == "velocity"] == [0]
+    assert after.refused_by == "velocity"
+    assert [g.count for g in after.guards if g.guard == "velocity"] == [3]
+    assert other.refused_by is None
+
+
+async def test_a_flushed_script_is_loaded_again(
+    redis_url: str,  # noqa: F811
+    prefix: str,  # noqa: F811
+    twilio_a: FakeTwilio,
+) -> None:
+    """After SCRIPT FLUSH (or a Redis restart) the batches load the script again and
+    go on counting in Redis, not in memory."""
+    guards = "guards:\n  otp:\n    velocity:\n      - {per: number, max: 2, window: 1h}\n"
+    text = config_text(twilio_a, redis_url, prefix, guards)
+    clock = ManualClock(START)
+    async with (
+        Router(parse_config(text), clock=clock, metrics=False) as one,
+        Router(parse_config(text), clock=clock, metrics=False) as two,
+    ):
+        assert (await one.send(otp(DE.format(8)))).ok
+        client = aioredis.Redis.from_url(redis_url)
+        await client.script_flush()
+        await client.aclose()
+        second = await one.send(otp(DE.format(8)))
+        third = await two.send(otp(DE.format(8)))  # the 3rd, counted in Redis: refused
+        assert one.state.guard_counts()._backend.link.up  # type: ignore[attr-defined]
+    assert second.ok
+    assert (third.ok, third.attempts) == (False, ())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(member=st.text(min_size=1, max_size=40).filter(lambda m: "\x00" not in m))
+def test_any_member_id_is_counted_and_given_back_whole(redis_url: str, member: str) -> None:  # noqa: F811
+    """The script's query is '<lane> <time> <idents...> <member>': whatever a message id
+    holds (spaces, non-ASCII), it is the member counted, and the one taken back."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    key = f"smsroute-test:{uuid.uuid4().hex[:12]}:v|"
+    lane = ["0", "0", "0", "1", key, "3600", "5", ""]  # no caps, reads, anomaly; 1 limit
+    query = f"1 {START!r} abc123 {member}"
+    script = client.register_script(GUARDS)
+    try:
+        _, _, out = script(keys=[], args=["check", "0", "1", *lane, "1", query])
+        assert out == [""]
+        assert client.zrange(key + "abc123", 0, -1) == [member]
+        _, _, refused = script(keys=[], args=["peek", "0", "1", *lane, "1", query])
+        assert refused[0].split(" ")[:3] == ["-", "0", "0"]  # 1 of 5: would pass
+        script(keys=[], args=["back", "0", "1", *lane, "1", query])
+        assert client.zcard(key + "abc123") == 0
+    finally:
+        client.delete(key + "abc123")
+        client.close()

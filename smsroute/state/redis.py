@@ -238,6 +238,8 @@ class RedisState:
                     async with asyncio.timeout(max(1.0, 2 * self.settings.timeout)):
                         await self._push()
                         await self._sync()
+        if self._guards is not None:
+            await self._guards.aclose()
         await self.link.aclose()
 
     def wake(self) -> None:

@@ -10,15 +10,19 @@ and the replica rejoins (one more log line).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
+import redis
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from smsroute.config import StateSettings
 from smsroute.errors import StateBackendUnavailable
@@ -55,6 +59,7 @@ class RedisLink:
         self._emit = emit
         #: False from the first failed call until a call succeeds again.
         self.up = True
+        self._blocking: redis.Redis | None = None
         self.client: aioredis.Redis = aioredis.Redis.from_url(
             settings.url,
             decode_responses=True,
@@ -89,12 +94,37 @@ class RedisLink:
             self.failed(operation, exc)
             return None
         if not self.up:
-            self.up = True
-            log.warning(
-                "Redis at %s answers again: shared breakers, health and rate limits resume",
-                self.url,
-            )
+            self.answered()
         return result
+
+    def run_now(self, operation: str, call: Callable[[redis.Redis], T]) -> T | None:
+        """``call(client)`` with a blocking client of its own (made on first use), for a
+        synchronous caller (``explain``): at most ``state.timeout`` per command.  On a
+        Redis error: counted, the link marked down, None."""
+        if self._blocking is None:
+            self._blocking = redis.Redis.from_url(
+                self.settings.url,
+                decode_responses=True,
+                socket_timeout=self.settings.timeout,
+                socket_connect_timeout=self.settings.timeout,
+                health_check_interval=0,
+            )
+        try:
+            result = call(self._blocking)
+        except (RedisError, OSError) as exc:
+            self.failed(operation, exc)
+            return None
+        if not self.up:
+            self.answered()
+        return result
+
+    def answered(self) -> None:
+        """A call succeeded while the link was down: it is up again (one log line)."""
+        self.up = True
+        log.warning(
+            "Redis at %s answers again: shared breakers, health and rate limits resume",
+            self.url,
+        )
 
     def failed(self, operation: str, exc: BaseException) -> None:
         """Record a failed Redis call (the link goes down; the first failure is logged loudly)."""
@@ -113,5 +143,90 @@ class RedisLink:
             self._emit(StateBackendError(operation))
 
     async def aclose(self) -> None:
-        """Close the client's connections."""
+        """Close the clients' connections."""
         await self.client.aclose()
+        if self._blocking is not None:
+            self._blocking.close()
+            self._blocking = None
+
+
+def resp(parts: Iterable[bytes]) -> bytes:
+    """``parts`` as RESP bulk strings, without the array header (see :class:`Channel`)."""
+    return b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in parts)
+
+
+class Channel:
+    """A connection of its own for one caller that packs its commands itself (RESP), so
+    that a call costs one write and one read: the guards' batches (their arguments
+    are mostly packed once and reused, see :mod:`smsroute.state.redis_guards`).
+
+    It connects as the link's client does (the same URL: password, TLS, database) and
+    shares the link's up/down state; a call that fails or times out (``state.timeout``
+    for the whole call) drops the connection, counts as a failed Redis call and
+    returns None.  A script not in Redis's cache (after a restart or ``SCRIPT
+    FLUSH``) is loaded and the call made again."""
+
+    def __init__(self, link: RedisLink, operation: str, script: str) -> None:
+        self._link = link
+        self._operation = operation
+        self._script = script.encode()
+        self._sha = b""
+        self._pool = ConnectionPool.from_url(
+            link.settings.url,
+            decode_responses=True,
+            socket_timeout=None,  # the call's own timeout bounds it (no wait_for per write)
+            socket_connect_timeout=link.settings.timeout,
+            health_check_interval=0,
+        )
+        self._conn: AbstractConnection | None = None
+
+    async def evalsha(self, args: list[bytes], count: int) -> Any:
+        """``EVALSHA <script> 0 *args`` where ``args`` is ``count`` arguments already
+        packed by :func:`resp`; the reply, or None when Redis failed."""
+        link = self._link
+        try:
+            async with asyncio.timeout(link.settings.timeout):
+                conn = self._conn
+                if conn is None:
+                    conn = self._conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+                    await self._load(conn)
+                try:
+                    reply = await self._exchange(conn, self._head(count), args)
+                except NoScriptError:  # Redis restarted, or its scripts were flushed
+                    await self._load(conn)
+                    reply = await self._exchange(conn, self._head(count), args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            await self._drop()
+            link.failed(self._operation, exc)
+            return None
+        except BaseException:  # cancelled mid-call: its reply must not meet the next call
+            await self._drop()
+            raise
+        if not link.up:
+            link.answered()
+        return reply
+
+    def _head(self, count: int) -> bytes:
+        sha = self._sha
+        return b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%s\r\n$1\r\n0\r\n" % (count + 3, len(sha), sha)
+
+    async def _load(self, conn: AbstractConnection) -> None:
+        command = [b"SCRIPT", b"LOAD", self._script]
+        sha = await self._exchange(conn, b"*3\r\n", [resp(command)])
+        self._sha = str(sha).encode()
+
+    @staticmethod
+    async def _exchange(conn: AbstractConnection, head: bytes, args: list[bytes]) -> Any:
+        await conn.send_packed_command([head, *args], check_health=False)
+        return await conn.read_response(timeout=math.inf)
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.disconnect(nowait=True)
+            await self._pool.release(conn)
+
+    async def aclose(self) -> None:
+        """Close the connection."""
+        await self._drop()
+        await self._pool.disconnect()
