@@ -31,19 +31,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
-def config_text(
-    backend: str, url: str, prefix: str, name: str = "realistic.yaml", timeout: str = "500ms"
-) -> str:
-    """bench/<name> with a non-binding rate limit on each provider and a state section
-    (``timeout``: the state's, longer under valgrind)."""
+def config_text(backend: str, url: str, prefix: str, name: str = "realistic.yaml") -> str:
+    """bench/<name> with a non-binding rate limit on each provider and a state section."""
     out = []
     for line in (HERE / name).read_text().splitlines():
         out.append(line)
         if line.strip().startswith("max_concurrency:"):
             out.append("    rate_limit: 100000/s")
-    out.append(
-        f'state: {{backend: {backend}, url: "{url}", key_prefix: "{prefix}", timeout: {timeout}}}'
-    )
+    out.append(f'state: {{backend: {backend}, url: "{url}", key_prefix: "{prefix}"}}')
     return "\n".join(out) + "\n"
 
 

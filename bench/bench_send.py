@@ -151,12 +151,11 @@ async def router_round(
     realistic: bool = False,
     capped: bool = True,
     guards: bool = False,
-    config: Config | None = None,
     **router_kwargs: Any,
 ) -> tuple[float, float]:
-    if config is None and realistic:
+    if realistic:
         config = realistic_config(info, capped=capped, guards=guards)
-    elif config is None:
+    else:
         config = parse_config(router_config(info))
     ok = 0
     async with Router(config, **router_kwargs) as router:

@@ -23,10 +23,7 @@ config: one provider, two rules), ``router-no-metrics``, ``router-realistic``
 ``max_concurrency``, metrics on), ``router-realistic-uncapped`` (the same
 without ``max_concurrency``: the difference is what an uncontended slot costs),
 ``router-realistic-guards`` (bench/realistic-guards.yaml: the realistic config with
-every fraud and spend guard configured, none reached; issue 19),
-``router-realistic-redis`` and ``router-realistic-guards-redis`` (the same two configs
-as bench_procs.py runs them: ``state: {backend: redis}`` on 127.0.0.1:6379 and a
-non-binding ``rate_limit`` on each provider; the Redis server runs outside valgrind)
+every fraud and spend guard configured, none reached; issue 19)
 and ``sdk`` (the twilio SDK's async client).
 ``--profile DIR`` keeps each run's callgrind file there (for callgrind_annotate).
 """
@@ -43,8 +40,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-#: The Redis of the ``-redis`` arms (each run uses a key prefix of its own).
-REDIS_URL = "redis://127.0.0.1:6379/0"
 ARMS = {
     "raw": "raw aiohttp",
     "router": "Router.send",
@@ -52,8 +47,6 @@ ARMS = {
     "router-realistic": "Router.send, realistic",
     "router-realistic-uncapped": "realistic, no max_concurrency",
     "router-realistic-guards": "realistic, with guards",
-    "router-realistic-redis": "realistic, Redis state",
-    "router-realistic-guards-redis": "realistic, guards, Redis",
     "sdk": "twilio SDK (async)",
 }
 
@@ -72,27 +65,6 @@ async def client(arm: str, count: int) -> None:
         elif arm == "sdk":
             await b.sdk_round(info, warm, 64)
             await b.sdk_round(info, items, 64)
-        elif arm.endswith("-redis"):
-            import uuid
-
-            import bench_procs
-
-            from smsroute import parse_config
-
-            name = "realistic-guards.yaml" if "guards" in arm else "realistic.yaml"
-            prefix = f"smsroute-bench-callgrind:{uuid.uuid4().hex[:8]}:"
-            text = bench_procs.config_text("redis", REDIS_URL, prefix, name, timeout="30s")
-            # under valgrind a lease of shared rate-limit tokens takes longer than the
-            # default wait for one (1s): allow it, as the 120s deadline does
-            text = text.replace("  deadline: 120s", "  deadline: 120s\n  max_rate_wait: 60s", 1)
-            environ = {
-                "BENCH_URL": info["url"],
-                "BENCH_ACCOUNT_SID": info["account_sid"],
-                "BENCH_AUTH_TOKEN": info["auth_token"],
-            }
-            config = parse_config(text, environ=environ)
-            await b.router_round(info, warm, 64, config=config)
-            await b.router_round(info, items, 64, config=config)
         else:
             kw = {
                 "metrics": arm != "router-no-metrics",
