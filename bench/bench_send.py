@@ -126,14 +126,20 @@ rules:
 """
 
 
-def realistic_config(info: dict[str, str], *, capped: bool = True, guards: bool = False) -> Config:
+def realistic_config(
+    info: dict[str, str], *, capped: bool = True, guards: bool = False, state: str = ""
+) -> Config:
     """bench/realistic.yaml pointed at the fake ``info`` describes (``capped=False``:
-    without its ``max_concurrency`` lines, to measure what the cap costs)."""
+    without its ``max_concurrency`` lines, to measure what the cap costs; ``state``: a
+    ``state:`` section to add)."""
     environ = {
         "BENCH_URL": info["url"],
         "BENCH_ACCOUNT_SID": info["account_sid"],
         "BENCH_AUTH_TOKEN": info["auth_token"],
     }
+    if state:
+        path = REALISTIC_GUARDS if guards else REALISTIC
+        return parse_config(path.read_text() + state, file=str(path), environ=environ)
     if guards:
         return load_config(REALISTIC_GUARDS, environ=environ)
     if capped:
@@ -151,10 +157,11 @@ async def router_round(
     realistic: bool = False,
     capped: bool = True,
     guards: bool = False,
+    state: str = "",
     **router_kwargs: Any,
 ) -> tuple[float, float]:
     if realistic:
-        config = realistic_config(info, capped=capped, guards=guards)
+        config = realistic_config(info, capped=capped, guards=guards, state=state)
     else:
         config = parse_config(router_config(info))
     ok = 0

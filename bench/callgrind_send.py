@@ -23,7 +23,9 @@ config: one provider, two rules), ``router-no-metrics``, ``router-realistic``
 ``max_concurrency``, metrics on), ``router-realistic-uncapped`` (the same
 without ``max_concurrency``: the difference is what an uncontended slot costs),
 ``router-realistic-guards`` (bench/realistic-guards.yaml: the realistic config with
-every fraud and spend guard configured, none reached; issue 19)
+every fraud and spend guard configured, none reached; issue 19),
+``router-realistic-redis`` and ``router-realistic-guards-redis`` (the same two configs with
+their state in Redis, see :data:`REDIS_STATE`: the client's side of the guards' batches)
 and ``sdk`` (the twilio SDK's async client).
 ``--profile DIR`` keeps each run's callgrind file there (for callgrind_annotate).
 """
@@ -36,10 +38,23 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+#: The ``-redis`` arms' state: the Redis on 127.0.0.1:6379 (outside valgrind), a key
+#: prefix per run, and no periodic work during the run (a sync a second, the most allowed; no rate
+#: limit): under valgrind the client runs ~50x slower, so work done per second of wall
+#: time would land on 50x fewer messages and be counted as theirs.
+REDIS_STATE = """
+state:
+  backend: redis
+  url: redis://127.0.0.1:6379/0
+  key_prefix: "smsroute-bench-callgrind:{}:"
+  sync_interval: 1s
+  timeout: 30s
+"""
 ARMS = {
     "raw": "raw aiohttp",
     "router": "Router.send",
@@ -47,6 +62,8 @@ ARMS = {
     "router-realistic": "Router.send, realistic",
     "router-realistic-uncapped": "realistic, no max_concurrency",
     "router-realistic-guards": "realistic, with guards",
+    "router-realistic-redis": "realistic, Redis state",
+    "router-realistic-guards-redis": "guards, Redis state",
     "sdk": "twilio SDK (async)",
 }
 
@@ -70,7 +87,8 @@ async def client(arm: str, count: int) -> None:
                 "metrics": arm != "router-no-metrics",
                 "realistic": arm.startswith("router-realistic"),
                 "capped": arm != "router-realistic-uncapped",
-                "guards": arm == "router-realistic-guards",
+                "guards": arm.startswith("router-realistic-guards"),
+                "state": REDIS_STATE.format(uuid.uuid4().hex[:8]) if arm.endswith("-redis") else "",
             }
             await b.router_round(info, warm, 64, **kw)
             await b.router_round(info, items, 64, **kw)

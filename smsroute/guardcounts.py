@@ -157,8 +157,9 @@ class GuardCounts(Protocol):
         """What :meth:`check` would answer now, changing nothing."""
         ...
 
-    def spend(self, keys: Sequence[tuple[str, float]], amount: float, now: float) -> list[float]:
-        """Add ``amount`` to each (key, seconds until its period ends); the totals after."""
+    def spend(self, keys: Sequence[SpendKey], amount: float, now: float) -> list[float]:
+        """Add ``amount`` to each key's spend in its current period (``now`` falls in
+        it: the caller moved it on); the totals after."""
         ...
 
 
@@ -481,14 +482,14 @@ class MemoryGuardCounts:
                 kept.cur[1] += 1
         return GuardAnswer(None, 0, 0.0, spends, tripped, recent, base, tuple(counts_out))
 
-    def spend(self, keys: Sequence[tuple[str, float]], amount: float, now: float) -> list[float]:
+    def spend(self, keys: Sequence[SpendKey], amount: float, now: float) -> list[float]:
         """Add ``amount`` to each key's spend; the totals after."""
         out = []
         spent = self.spent
-        for key, ttl in keys:
-            entry = spent.get(key)
+        for sk in keys:
+            entry = spent.get(sk.key)
             if entry is None:
-                entry = spent[key] = [0.0, now + ttl]
+                entry = spent[sk.key] = [0.0, sk.end + SPEND_KEPT]
             entry[0] += amount
             out.append(entry[0])
         return out

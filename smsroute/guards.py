@@ -408,6 +408,9 @@ class Guards:
         emit: Emit | None,
     ) -> tuple[Refusal | None, frozenset[str]]:
         """What the ``answer`` to :meth:`ask` means (as :meth:`check` says it)."""
+        over = answer.over  # a lane's plain pass: its providers at their cap worked out
+        if over is not None and answer.refused is None and not counts.tripped:
+            return (None, over) if over else PASSED
         category = message.category
         plan = self._plan(category, rule)
         a = None
@@ -512,7 +515,10 @@ class Guards:
         tripped = answer.tripped
         if counts.tripped.get(a.key, False) is tripped:
             return
-        counts.tripped[a.key] = tripped
+        if tripped:
+            counts.tripped[a.key] = True
+        else:  # only tripped keys are kept: none, and a passed answer needs no look
+            del counts.tripped[a.key]
         to_state = "tripped" if tripped else "released"
         if tripped:
             log.warning(
@@ -594,7 +600,10 @@ class Guards:
                 if emit is not None and not sk.lo <= entry[0] < sk.hi:
                     self._tell(sk, entry[0], provider, emit)
             return
-        totals = counts.spend([(sk.at(now), sk.ttl(now)) for sk in keys], cost, now)
+        for sk in keys:
+            if not sk.start <= now < sk.end:
+                sk.at(now)
+        totals = counts.spend(keys, cost, now)
         if emit is not None:
             for sk, total in zip(keys, totals, strict=True):
                 if not sk.lo <= total < sk.hi:

@@ -38,7 +38,15 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from smsroute.guardcounts import AnomalyQuery, GuardAnswer, GuardQuery, Lane, MemoryGuardCounts
+from smsroute.guardcounts import (
+    SPEND_KEPT,
+    AnomalyQuery,
+    GuardAnswer,
+    GuardQuery,
+    Lane,
+    MemoryGuardCounts,
+    SpendKey,
+)
 from smsroute.state.redis_link import Channel, resp
 
 if TYPE_CHECKING:
@@ -57,14 +65,15 @@ SPEND_DELAY = 0.01
 
 #: ARGV: mode ('check': answer and count; 'peek': answer, change nothing; 'back': take
 #: the queries' members out of their velocity logs), n spends, n x (key, amount, ttl
-#: ms), n lanes, per lane: n caps, n x (key, limit), n spends read, keys, has anomaly
-#: (0/1) [key, since key, window, baseline, slot, factor, min count, blocks (0/1)], n
-#: velocity, n x (key prefix, window, max, ident or '': the query's next), then n
-#: queries, each one string: '<lane> <now> <ident>... <member>'.
+#: ms), n lanes, per lane: its id, n caps, n x (key, limit), n spends read, keys, has
+#: anomaly (0/1) [key, since key, window, baseline, slot, factor, min count, blocks
+#: (0/1)], n velocity, n x (key prefix, window, max, ident or '': the query's next),
+#: then the queries, one line each: '<lane id> <time, us> <ident>... <member>'.
 #: Returns {spend totals, per lane {spends read, tripped, recent, base} (the anomaly
-#: as its last query in the batch saw it; recent -1: none did), per query '' (passed,
-#: nothing to report; always reported when peeking) or '<refused or -> <index> <count>
-#: <tripped> <recent> <base> <velocity counts...>'}.
+#: as its last query in the batch saw it; recent -1: none did), {query number, its
+#: answer, ...} for the queries with something to report (all when peeking): '<refused
+#: or -> <index> <count> <tripped> <recent> <base> <velocity counts...>'}.  A query
+#: left out passed, and did not trip the anomaly guard.
 GUARDS = """
 local mode = ARGV[1]
 local commit = mode == 'check'
@@ -76,13 +85,22 @@ for s = 1, nspend do
   redis.call('PEXPIRE', ARGV[i], ARGV[i + 2])
   i = i + 3
 end
-local lanes, lanes_out = {}, {}
+-- the lanes; what they share is counted once per batch, per key
+local anomalies, akeys = {}, {}
+local lanes, order = {}, {}
 local nl = tonumber(ARGV[i]); i = i + 1
 for l = 1, nl do
-  local lane = {caps = {}, v = {}, free = 0, recent = -1, tripped = 0, base = 0}
+  local lane = {v = {}, free = 0, recent = -1, tripped = 0, base = 0}
+  lanes[ARGV[i]] = lane; i = i + 1
+  order[l] = lane
   local ncaps = tonumber(ARGV[i]); i = i + 1
   for c = 1, ncaps do
-    lane.caps[c] = {ARGV[i], tonumber(ARGV[i + 1])}
+    if not lane.capped then
+      local spent = tonumber(redis.call('GET', ARGV[i]) or '0')
+      if spent >= tonumber(ARGV[i + 1]) then
+        lane.capped = {c - 1, string.format('%.17g', spent)}
+      end
+    end
     i = i + 2
   end
   local spends = {}
@@ -93,10 +111,18 @@ for l = 1, nl do
   end
   lane.spends = spends
   if ARGV[i] == '1' then
-    lane.a = {key = ARGV[i + 1], since = ARGV[i + 2], window = tonumber(ARGV[i + 3]),
-              baseline = tonumber(ARGV[i + 4]), slot = tonumber(ARGV[i + 5]),
-              factor = tonumber(ARGV[i + 6]), mincount = tonumber(ARGV[i + 7]),
-              blocks = ARGV[i + 8] == '1'}
+    local key = ARGV[i + 1]
+    local a = anomalies[key]
+    if a == nil then
+      a = {key = key, since_key = ARGV[i + 2], window = tonumber(ARGV[i + 3]),
+           baseline = tonumber(ARGV[i + 4]), slot = tonumber(ARGV[i + 5])}
+      a.nb = math.floor(a.baseline / a.slot + 0.5)
+      anomalies[key] = a
+      akeys[#akeys + 1] = key
+    end
+    lane.a = a
+    lane.factor, lane.mincount = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
+    lane.blocks = ARGV[i + 8] == '1'
     i = i + 9
   else
     i = i + 1
@@ -107,18 +133,74 @@ for l = 1, nl do
     lane.v[v] = {ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3]}
     i = i + 4
   end
-  lanes[l] = lane
 end
+
+-- an anomaly key's slots: the sums read once per slot, this batch's counts added at the end
+local function aflush(a)
+  if a.cur ~= nil then
+    if a.r > 0 then redis.call('HINCRBY', a.key, 'r' .. a.cur, a.r) end
+    if a.p > 0 then redis.call('HINCRBY', a.key, 'p' .. a.cur, a.p) end
+  end
+end
+local function aslot(a, slot, now)
+  if a.since == nil then
+    if commit then
+      redis.call('SET', a.since_key, string.format('%.6f', now), 'NX')
+      redis.call('PEXPIRE', a.since_key, math.ceil(4 * (a.window + a.baseline) * 1000))
+    end
+    a.since = tonumber(redis.call('GET', a.since_key) or now)
+  end
+  if a.cur ~= slot then
+    aflush(a)
+    local fields = {}
+    for n = slot - 4, slot do fields[#fields + 1] = 'r' .. n end
+    for n = slot - 4 - a.nb, slot - 5 do fields[#fields + 1] = 'p' .. n end
+    local values = redis.call('HMGET', a.key, unpack(fields))
+    local recent, base = 0, 0
+    for n = 1, #fields do
+      local value = tonumber(values[n] or '0')
+      if n <= 5 then recent = recent + value else base = base + value end
+    end
+    a.cur, a.recent, a.base, a.r, a.p = slot, recent, base, 0, 0
+  end
+end
+
+-- a velocity log's count in the window: ZCARD once per batch (every time in the log may
+-- still be in the window); trimmed and counted again only at the limit, so the count
+-- that refuses is exact.  This batch's times are added at the end.
+local logs, lkeys = {}, {}
+local function vlog(key, window, most, now)
+  local c = logs[key]
+  if c == nil then
+    c = {n = redis.call('ZCARD', key), adds = {}, window = window, exact = nil}
+    logs[key] = c
+    lkeys[#lkeys + 1] = key
+  end
+  if c.n >= most and c.exact ~= now then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+    local n = redis.call('ZCARD', key)
+    for k = 1, #c.adds, 2 do
+      if c.adds[k] > now - window then n = n + 1 end
+    end
+    c.n, c.exact = n, now
+  end
+  return c
+end
+
 local out = {}
-local nq = tonumber(ARGV[i]); i = i + 1
-for q = 1, nq do
-  local s = ARGV[i]; i = i + 1
+local text = ARGV[i]
+local at, q = 1, 0
+while at <= #text do
+  local stop = string.find(text, '\\n', at, true) or (#text + 1)
+  local s = string.sub(text, at, stop - 1)
+  at = stop + 1
+  q = q + 1
   local e = string.find(s, ' ', 1, true)
-  local lane = lanes[tonumber(string.sub(s, 1, e - 1))]
+  local lane = lanes[string.sub(s, 1, e - 1)]
   local pos = e + 1
   e = string.find(s, ' ', pos, true)
-  local now = tonumber(string.sub(s, pos, e - 1)); pos = e + 1
-  local keys, f = {}, 0
+  local now = tonumber(string.sub(s, pos, e - 1)) / 1000000; pos = e + 1
+  local keys = {}
   for v, lim in ipairs(lane.v) do
     local ident = lim[4]
     if ident == '' then
@@ -130,63 +212,33 @@ for q = 1, nq do
   local member = string.sub(s, pos)
   if mode == 'back' then
     for v = 1, #keys do redis.call('ZREM', keys[v], member) end
-    out[q] = ''
   else
     local refused, index, count = '-', 0, '0'
-    for c, cap in ipairs(lane.caps) do
-      local spent = tonumber(redis.call('GET', cap[1]) or '0')
-      if spent >= cap[2] then
-        refused = 'budget'; index = c - 1; count = string.format('%.17g', spent)
-        break
-      end
-    end
+    if lane.capped then refused, index, count = 'budget', lane.capped[1], lane.capped[2] end
     local tripped, recent, base = 0, 0, 0
-    local a, slot = lane.a, 0
+    local a = lane.a
     if a and refused == '-' then
-      slot = math.floor(now / a.slot)
-      local since
-      if commit then
-        redis.call('HINCRBY', a.key, 'r' .. slot, 1)
-        redis.call('SET', a.since, string.format('%.6f', now), 'NX')
-        redis.call('PEXPIRE', a.since, math.ceil(4 * (a.window + a.baseline) * 1000))
-        since = tonumber(redis.call('GET', a.since))
-      else
-        since = tonumber(redis.call('GET', a.since) or now)
-      end
-      local nb = math.floor(a.baseline / a.slot + 0.5)
-      local fields = {}
-      for n = slot - 4, slot do fields[#fields + 1] = 'r' .. n end
-      for n = slot - 4 - nb, slot - 5 do fields[#fields + 1] = 'p' .. n end
-      local values = redis.call('HMGET', a.key, unpack(fields))
-      for n = 1, #fields do
-        local value = tonumber(values[n] or '0')
-        if n <= 5 then recent = recent + value else base = base + value end
-      end
-      if commit then
-        redis.call('PEXPIRE', a.key, math.ceil((a.window + a.baseline + 2 * a.slot) * 1000))
-        if redis.call('HLEN', a.key) > 2 * (nb + 10) then
-          for _, name in ipairs(redis.call('HKEYS', a.key)) do
-            local n = tonumber(string.sub(name, 2))
-            if n and n < slot - 5 - nb then redis.call('HDEL', a.key, name) end
-          end
-        end
-      else
-        recent = recent + 1  -- as a check would count this message
-      end
-      if now - since >= a.baseline and recent >= a.mincount
-          and recent * a.baseline > a.factor * base * a.window then
+      aslot(a, math.floor(now / a.slot), now)
+      if commit then a.r = a.r + 1 end
+      recent, base = a.recent + a.r, a.base
+      if not commit then recent = recent + 1 end  -- as a check would count this message
+      if now - a.since >= a.baseline and recent >= lane.mincount
+          and recent * a.baseline > lane.factor * base * a.window then
         tripped = 1
-        if a.blocks then refused = 'anomaly'; count = tostring(recent) end
+        if lane.blocks then refused = 'anomaly'; count = tostring(recent) end
       end
       lane.tripped, lane.recent, lane.base = tripped, recent, base
     end
     local counts = {}
     if refused == '-' then
       for v, lim in ipairs(lane.v) do
-        local key, window, most = keys[v], lim[2], lim[3]
-        if commit then redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window) end
-        local n = redis.call('ZCOUNT', key, '(' .. (now - window), '+inf')
-        if n >= most then
+        local n
+        if commit then
+          n = vlog(keys[v], lim[2], lim[3], now).n
+        else
+          n = redis.call('ZCOUNT', keys[v], '(' .. (now - lim[2]), '+inf')
+        end
+        if n >= lim[3] then
           refused = 'velocity'; index = v - 1; count = tostring(n); counts[#counts + 1] = n
           break
         end
@@ -194,22 +246,47 @@ for q = 1, nq do
       end
     end
     if refused == '-' and commit then
-      for v, lim in ipairs(lane.v) do
-        redis.call('ZADD', keys[v], now, member)
-        redis.call('PEXPIRE', keys[v], math.ceil(lim[2] * 1000) + 1000)
+      for v = 1, #keys do
+        local c = logs[keys[v]]
+        c.n = c.n + 1
+        c.adds[#c.adds + 1] = now
+        c.adds[#c.adds + 1] = member
       end
-      if a then redis.call('HINCRBY', a.key, 'p' .. slot, 1) end
+      if a then a.p = a.p + 1 end
     end
-    if refused == '-' and tripped == 0 and commit then
-      out[q] = ''
-    else
-      out[q] = refused .. ' ' .. index .. ' ' .. count .. ' ' .. tripped .. ' ' .. recent
-               .. ' ' .. base .. ' ' .. table.concat(counts, ' ')
+    if refused ~= '-' or tripped == 1 or not commit then
+      out[#out + 1] = q
+      out[#out + 1] = refused .. ' ' .. index .. ' ' .. count .. ' ' .. tripped .. ' '
+                      .. recent .. ' ' .. base .. ' ' .. table.concat(counts, ' ')
     end
   end
 end
+if commit then
+  for _, key in ipairs(lkeys) do
+    local c = logs[key]
+    local adds = c.adds
+    for k = 1, #adds, 2000 do
+      redis.call('ZADD', key, unpack(adds, k, math.min(k + 1999, #adds)))
+    end
+    if #adds > 0 then redis.call('PEXPIRE', key, math.ceil(c.window * 1000) + 1000) end
+  end
+  for _, key in ipairs(akeys) do
+    local a = anomalies[key]
+    if a.cur ~= nil then
+      aflush(a)
+      redis.call('PEXPIRE', key, math.ceil((a.window + a.baseline + 2 * a.slot) * 1000))
+      if redis.call('HLEN', key) > 2 * (a.nb + 10) then
+        for _, name in ipairs(redis.call('HKEYS', key)) do
+          local n = tonumber(string.sub(name, 2))
+          if n and n < a.cur - 5 - a.nb then redis.call('HDEL', key, name) end
+        end
+      end
+    end
+  end
+end
+local lanes_out = {}
 for l = 1, nl do
-  local lane = lanes[l]
+  local lane = order[l]
   lanes_out[l] = {lane.spends, lane.tripped, lane.recent, lane.base}
 end
 return {totals, lanes_out, out}
@@ -232,25 +309,26 @@ class _Spec:
     prefix's end) per velocity limit whose ident is not fixed (a country's is)."""
 
     __slots__ = (
-        "anomaly", "count", "free", "lane", "names", "owner", "packed", "query", "start", "until"
+        "anomaly", "answer", "count", "free", "ident", "lane", "limits", "mark", "names",
+        "owner", "packed", "query", "start", "until",
     )  # fmt: skip
 
     def __init__(
         self,
         owner: RedisGuardCounts,
+        ident: int,
         caps: Sequence[tuple[str, float]],
-        reads: Sequence[str],
-        names: tuple[str, ...],
+        reads: Sequence[tuple[str, str, float]],
         anomaly: AnomalyQuery | None,
         velocity: Sequence[tuple[str, str | None, float, int]],
         free: tuple[tuple[int, int], ...],
     ) -> None:
         prefix = owner.prefix
-        fields: list[bytes] = [b"%d" % len(caps)]
+        fields: list[bytes] = [b"%d" % ident, b"%d" % len(caps)]
         for key, limit in caps:
             fields += [(prefix + key).encode(), _num(limit)]
         fields.append(b"%d" % len(reads))
-        fields += [(prefix + key).encode() for key in reads]
+        fields += [(prefix + key).encode() for key, _, _ in reads]
         if anomaly is None:
             fields.append(b"0")
         else:
@@ -267,21 +345,28 @@ class _Spec:
                 b"1" if a.blocks else b"0",
             ]
         fields.append(b"%d" % len(velocity))
-        for key, ident, window, most in velocity:
-            fixed = b"" if ident is None else _hashed(ident).encode()
-            fields += [(prefix + key).encode(), _num(window), b"%d" % most, fixed]
+        for key, fixed, window, most in velocity:
+            hashed = b"" if fixed is None else _hashed(fixed).encode()
+            fields += [(prefix + key).encode(), _num(window), b"%d" % most, hashed]
         self.owner = owner
+        #: Its id in the script's queries.
+        self.ident = ident
         self.packed = resp(fields)
         self.count = len(fields)
-        #: The names of the provider budgets read (their spends answer in this order).
-        self.names = names
+        #: The provider budgets read: their names and limits, in the order of the spends.
+        self.names = tuple(name for _, name, _ in reads)
+        self.limits = tuple(limit for _, _, limit in reads)
         self.anomaly = anomaly
         self.free = free
         #: The clock's span in which the budget keys packed here are current.
         self.start, self.until = float("-inf"), float("inf")
+        #: The batch that carries it (it goes once in each).
+        self.mark = 0
         self.lane: Lane | None = None
         #: The query the spec was made of (an unusual message's, see check()).
         self.query: GuardQuery | None = None
+        #: Its answer for the messages that passed with nothing to report, in a batch.
+        self.answer: GuardAnswer | None = None
 
 
 class RedisGuardCounts:
@@ -289,18 +374,25 @@ class RedisGuardCounts:
 
     def __init__(self, backend: SharedBackend) -> None:
         self._backend = backend
+        self._link = backend.link
         self.prefix = f"{backend.settings.key_prefix}guard:"
         self._channel = Channel(backend.link, "guards", GUARDS)
         #: Answers checks while Redis is down.
         self.local = MemoryGuardCounts()
         self.tripped: dict[str, bool] = {}
-        #: (spec, '<time> <idents> <member>', its answer, the number; None: a query).
-        self._pending: list[tuple[_Spec, str, asyncio.Future[GuardAnswer], str | None]] = []
+        #: The checks waiting for the next batch: their specs, their lines of the
+        #: script's queries, their answers to come and their numbers (None: a query's).
+        self._specs: list[_Spec] = []
+        self._texts: list[str] = []
+        self._futures: list[asyncio.Future[GuardAnswer]] = []
+        self._numbers: list[str | None] = []
         #: Spend not yet written: key -> [amount, ttl seconds].
         self._unwritten: dict[str, list[float]] = {}
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._seq = 0
+        self._batches = 0
+        self._ids = 0
         self._prefixes: dict[str, str] = {}
         #: The spend totals Redis answered last: key -> total.
         self._seen: dict[str, float] = {}
@@ -310,16 +402,19 @@ class RedisGuardCounts:
     def ask(self, lane: Lane, e164: str, member: str, now: float) -> asyncio.Future[GuardAnswer]:
         """Check and count a message of ``lane`` to ``e164`` with the next batch."""
         future: asyncio.Future[GuardAnswer] = asyncio.get_running_loop().create_future()
-        if not self._backend.link.up:
+        if not self._link.up:
             future.set_result(self.local.evaluate(self._lane_query(lane, e164, member, now), True))
             return future
         spec = lane.shared
         if spec is None or spec.owner is not self or not spec.start <= now < spec.until:
             spec = self._lane_spec(lane, now)
-        idents = []
+        if "\n" in member:  # a line of the script's queries: only its uniqueness matters
+            member = _hashed(member)
+        self._seq += 1
+        idents = ""
         for kind, end in spec.free:
             if kind == 0:
-                idents.append(_hashed(e164))
+                idents += _hashed(e164) + " "
             else:
                 part = e164[1:end]
                 hashed = self._prefixes.get(part)
@@ -327,46 +422,51 @@ class RedisGuardCounts:
                     if len(self._prefixes) > PREFIXES_MAX:
                         self._prefixes.clear()
                     hashed = self._prefixes[part] = _hashed(part)
-                idents.append(hashed)
-        self._seq += 1
-        self._pending.append(
-            (spec, f"{now!r} {' '.join(idents)} {member}:{self._seq}", future, e164)
-        )
+                idents += hashed + " "
+        self._specs.append(spec)
+        self._texts.append(f"{spec.ident} {int(now * 1e6)} {idents}{member}:{self._seq}")
+        self._futures.append(future)
+        self._numbers.append(e164)
         if self._task is None:
             self._task = asyncio.ensure_future(self._run())
         return future
 
     async def check(self, query: GuardQuery) -> GuardAnswer:
         """Answer ``query`` (any message: tag budgets, an override) with the next batch."""
-        if not self._backend.link.up:
+        if not self._link.up:
             return self.local.evaluate(query, True)
         future: asyncio.Future[GuardAnswer] = asyncio.get_running_loop().create_future()
-        self._seq += 1
         spec = self._query_spec(query)
-        self._pending.append((spec, f"{query.now!r} {query.member}:{self._seq}", future, None))
+        member = query.member if "\n" not in query.member else _hashed(query.member)
+        self._seq += 1
+        self._specs.append(spec)
+        self._texts.append(f"{spec.ident} {int(query.now * 1e6)} {member}:{self._seq}")
+        self._futures.append(future)
+        self._numbers.append(None)
         if self._task is None:
             self._task = asyncio.ensure_future(self._run())
         return await future
 
-    def spend(self, keys: Sequence[tuple[str, float]], amount: float, now: float) -> list[float]:
+    def spend(self, keys: Sequence[SpendKey], amount: float, now: float) -> list[float]:
         """Add ``amount`` to each key's spend; written with the next batch of checks, or
         on its own after :data:`SPEND_DELAY` (the totals returned count what Redis said
         last and this replica's spend since)."""
         out = []
-        up = self._backend.link.up
+        unwritten = self._unwritten
         seen = self._seen
-        for key, ttl in keys:
-            entry = self._unwritten.get(key)
+        for sk in keys:
+            key = sk.key
+            entry = unwritten.get(key)
             if entry is None:
-                self._unwritten[key] = [amount, ttl]
+                unwritten[key] = [amount, sk.end - now + SPEND_KEPT]
             else:
                 entry[0] += amount
-                entry[1] = max(entry[1], ttl)
-            if not up:
-                self.local.add_spend(key, amount, now + ttl)
             total = seen[key] = seen.get(key, 0.0) + amount
             out.append(total)
-        if up and self._task is None and self._timer is None:
+        if not self._link.up:
+            for sk in keys:
+                self.local.add_spend(sk.key, amount, sk.end + SPEND_KEPT)
+        elif self._task is None and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(SPEND_DELAY, self._flush)
         return out
 
@@ -380,20 +480,20 @@ class RedisGuardCounts:
         """What a check would answer now, changing nothing: read in Redis with a blocking
         call (at most ``state.timeout``; for ``explain``), or in this process's counts
         while Redis is down."""
-        if not self._backend.link.up:
+        if not self._link.up:
             return self.local.peek(query)
         spec = self._query_spec(query)
-        args = [b"peek", b"0", b"1", *self._unpacked(spec), b"1", f"1 {query.now!r} peek".encode()]
+        line = f"{spec.ident} {int(query.now * 1e6)} peek".encode()
+        args = [b"peek", b"0", b"1", *self._unpacked(spec), line]
 
         def call(client: Any) -> Any:
             return client.register_script(GUARDS)(keys=[], args=args)
 
-        reply = self._backend.link.run_now("guards", call)
+        reply = self._link.run_now("guards", call)
         if reply is None:
             return self.local.peek(query)
-        _, lanes, outs = reply
-        spends = tuple(float(s) for s in lanes[0][0])
-        return self._answer(outs[0], spends)
+        _, lanes, details = reply
+        return self._answer(details[1], tuple(float(s) for s in lanes[0][0]))
 
     # -- the specs -------------------------------------------------------------------
 
@@ -401,11 +501,15 @@ class RedisGuardCounts:
         """``lane``'s spec for the budget periods ``now`` falls in (kept on the lane)."""
         keys = [sk.at(now) for sk in lane.budgets]
         n = lane.ncaps
+        self._ids += 1
         spec = _Spec(
             self,
+            self._ids,
             [(key, sk.limit) for key, sk in zip(keys[:n], lane.budgets[:n], strict=True)],
-            keys[n:],
-            tuple(sk.budget.name for sk in lane.budgets[n:]),
+            [
+                (key, sk.budget.name, sk.limit)
+                for key, sk in zip(keys[n:], lane.budgets[n:], strict=True)
+            ],
             lane.anomaly,
             [
                 (key, lane.country if kind == 2 else None, window, most)
@@ -421,11 +525,12 @@ class RedisGuardCounts:
         return spec
 
     def _query_spec(self, query: GuardQuery) -> _Spec:
+        self._ids += 1
         spec = _Spec(
             self,
+            self._ids,
             query.caps,
-            query.spends,
-            (),
+            [(key, "", float("inf")) for key in query.spends],
             query.anomaly,
             [(key, ident, window, most) for key, ident, window, most in query.velocity],
             (),
@@ -462,98 +567,114 @@ class RedisGuardCounts:
 
     async def _run(self) -> None:
         try:
-            while self._pending or self._unwritten:
-                batch, self._pending = self._pending, []
+            while self._specs or self._unwritten:
+                specs, texts, futures, numbers = (
+                    self._specs, self._texts, self._futures, self._numbers
+                )  # fmt: skip
+                self._specs, self._texts, self._futures, self._numbers = [], [], [], []
                 try:
-                    answers = await self._call(batch)
+                    answers = await self._call(specs, texts)
                 except Exception:  # a bug must not leave sends waiting
                     log.exception("smsroute: checking guards in Redis failed")
                     answers = None
-                given_back: list[tuple[_Spec, str]] = []
-                for i, (spec, text, future, e164) in enumerate(batch):
+                back_specs: list[_Spec] = []
+                back_texts: list[str] = []
+                for i, future in enumerate(futures):
                     if future.done():  # its send was cancelled while it waited
                         if answers is not None and answers[i].refused is None:
-                            given_back.append((spec, text))
+                            back_specs.append(specs[i])
+                            back_texts.append(texts[i])
                         continue
                     future.set_result(
-                        answers[i] if answers is not None else self._local(spec, text, e164)
+                        answers[i]
+                        if answers is not None
+                        else self._local(specs[i], texts[i], numbers[i])
                     )
-                if given_back:
-                    await self._give_back(given_back)
+                if back_specs:
+                    await self._give_back(back_specs, back_texts)
                 if answers is None:  # Redis is down: checks go local; spend waits for it
-                    waiting, self._pending = self._pending, []
-                    for spec, text, future, e164 in waiting:
+                    specs, texts, futures, numbers = (
+                        self._specs, self._texts, self._futures, self._numbers
+                    )  # fmt: skip
+                    self._specs, self._texts, self._futures, self._numbers = [], [], [], []
+                    for i, future in enumerate(futures):
                         if not future.done():
-                            future.set_result(self._local(spec, text, e164))
+                            future.set_result(self._local(specs[i], texts[i], numbers[i]))
                     return
         finally:
             self._task = None
 
     def _local(self, spec: _Spec, text: str, e164: str | None) -> GuardAnswer:
         """The answer of the counts in this process (Redis is down)."""
-        now_text, _, rest = text.partition(" ")
-        member = rest.rpartition(" ")[2]
         if spec.query is not None:
             return self.local.evaluate(spec.query, True)
         assert spec.lane is not None
         assert e164 is not None
-        return self.local.evaluate(self._lane_query(spec.lane, e164, member, float(now_text)), True)
+        fields = text.split(" ")
+        now, member = int(fields[1]) / 1e6, fields[-1]
+        return self.local.evaluate(self._lane_query(spec.lane, e164, member, now), True)
 
     def _pack(
-        self,
-        mode: bytes,
-        spends: dict[str, list[float]],
-        batch: Sequence[tuple[_Spec, str, Any, Any]],
+        self, mode: bytes, spends: dict[str, list[float]], specs: list[_Spec], texts: list[str]
     ) -> tuple[list[bytes], int]:
-        """The script's arguments (packed) for writing ``spends`` and answering ``batch``
-        in ``mode``, and how many there are."""
+        """The script's arguments (packed) for writing ``spends`` and answering the
+        checks of ``specs`` and ``texts`` in ``mode``, and how many there are."""
         prefix = self.prefix
         head = [mode, b"%d" % len(spends)]
         for key, (amount, ttl) in spends.items():
             head += [(prefix + key).encode(), _num(amount), b"%d" % (int(ttl * 1000) + 1)]
-        lanes: dict[int, int] = {}
-        specs: list[bytes] = []
+        self._batches += 1
+        mark = self._batches
+        parts: list[bytes] = []
         count = 0
-        texts = []
-        for spec, text, _, _ in batch:
-            n = lanes.get(id(spec))
-            if n is None:
-                n = lanes[id(spec)] = len(lanes) + 1
-                specs.append(spec.packed)
+        for spec in specs:
+            if spec.mark != mark:
+                spec.mark = mark
+                parts.append(spec.packed)
                 count += spec.count
-            texts.append(f"{n} {text}".encode())
-        head.append(b"%d" % len(lanes))
-        tail = resp([b"%d" % len(texts), *texts])
-        return [resp(head), *specs, tail], len(head) + count + 1 + len(texts)
+        head.append(b"%d" % len(parts))
+        lines = "\n".join(texts).encode()
+        parts.insert(0, resp(head))
+        parts.append(b"$%d\r\n%b\r\n" % (len(lines), lines))
+        return parts, len(head) + count + 1
 
-    async def _call(self, batch: list[tuple[_Spec, str, Any, Any]]) -> list[GuardAnswer] | None:
+    async def _call(self, specs: list[_Spec], texts: list[str]) -> list[GuardAnswer] | None:
         unwritten, self._unwritten = self._unwritten, {}
-        parts, count = self._pack(b"check", unwritten, batch)
+        parts, count = self._pack(b"check", unwritten, specs, texts)
         reply = await self._channel.evalsha(parts, count)
         if reply is None:
             for key, (amount, ttl) in unwritten.items():  # written when Redis is back
                 entry = self._unwritten.setdefault(key, [0.0, ttl])
                 entry[0] += amount
             return None
-        totals, lanes, outs = reply
+        totals, lanes, details = reply
         seen = self._seen
         if len(seen) > SEEN_MAX:
             seen.clear()
         for key, total in zip(unwritten, totals, strict=True):
             seen[key] = float(total)
-        # one answer per lane for its messages that passed with nothing to report
-        passed = [
-            GuardAnswer(None, 0, 0.0, tuple([float(s) for s in spends]), False, recent, base)
-            for spends, _, recent, base in lanes
-        ]
-        order: dict[int, int] = {}
-        answers = []
-        for (spec, _, _, _), text in zip(batch, outs, strict=True):
-            n = order.get(id(spec))
-            if n is None:
-                n = order[id(spec)] = len(order)
-            answer = passed[n]
-            answers.append(self._answer(text, answer.spends) if text else answer)
+        # one answer per lane, shared by its messages that passed with nothing to report
+        mark, n = self._batches, 0
+        for spec in specs:
+            if spec.mark == mark:
+                spec.mark = -mark  # its lane's answer is next
+                spends, _, recent, base = lanes[n]
+                n += 1
+                spent = tuple([float(x) for x in spends])
+                answer = GuardAnswer(None, 0, 0.0, spent, False, recent, base)
+                if spec.query is None:  # a lane's: the providers at their cap (a query's:
+                    answer.over = frozenset(  # the guards work them out from its plan)
+                        [
+                            n
+                            for n, x, cap in zip(spec.names, spent, spec.limits, strict=True)
+                            if x >= cap
+                        ]
+                    )
+                spec.answer = answer
+        answers: list[GuardAnswer] = [spec.answer for spec in specs]  # type: ignore[misc]
+        for k in range(0, len(details), 2):
+            q = details[k] - 1
+            answers[q] = self._answer(details[k + 1], answers[q].spends)
         return answers
 
     @staticmethod
@@ -570,11 +691,11 @@ class RedisGuardCounts:
             tuple(int(c) for c in counts if c),
         )
 
-    async def _give_back(self, entries: list[tuple[_Spec, str]]) -> None:
+    async def _give_back(self, specs: list[_Spec], texts: list[str]) -> None:
         """Take cancelled sends' times out of the velocity windows: a send cancelled while
         its check waited for Redis counts for nothing (the anomaly guard's request count
         keeps it: it counts requests, refused ones included)."""
-        parts, count = self._pack(b"back", {}, [(spec, text, None, None) for spec, text in entries])
+        parts, count = self._pack(b"back", {}, specs, texts)
         await self._channel.evalsha(parts, count)
 
     async def aclose(self) -> None:
