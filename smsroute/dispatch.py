@@ -32,7 +32,7 @@ from smsroute.clock import Clock, wall_clock
 from smsroute.config import Config, ProviderConfig, Rule
 from smsroute.configload import load_config
 from smsroute.errors import ConfigError
-from smsroute.guardcounts import SharedGuardCounts
+from smsroute.guardcounts import Lane, SharedGuardCounts
 from smsroute.guards import PASSED, Guards, Refusal
 from smsroute.instrument.events import (
     AttemptFinished,
@@ -469,7 +469,8 @@ class Dispatcher:
             if opens is not None:
                 why, until = quiet_reason(rt.config, message.category, opens)
                 return self._refused(message, message_id, p, emit, t0, why, None, until)
-        names: Sequence[str] | None
+        names: Sequence[str] | None = None
+        last_resort = False
         guards = rt.guards
         if (
             guards
@@ -487,19 +488,19 @@ class Dispatcher:
             )
             is not PASSED
         ):  # refused, a provider at its budget cap, or counted in Redis
-            if checked is None:  # counted in Redis: the check waits for its batch
+            if isinstance(checked, Lane):  # counted in Redis: the check waits for its batch
                 answer = await guards.ask(
-                    cast(SharedGuardCounts, counts), message, p.destination.e164, country,
+                    cast(SharedGuardCounts, counts), checked, message, p.destination.e164,
                     rule, message_id, checked_at,
                 )  # fmt: skip
                 checked = guards.answered(counts, message, country, rule, answer, emit)
-            planned = self._guarded(guards, rt, p, message, message_id, emit, t0, checked)
-            if isinstance(planned, SendResult):
-                return planned
-            names, last_resort = planned
-        else:
+            if checked is not PASSED:
+                planned = self._guarded(guards, rt, p, message, message_id, emit, t0, checked)
+                if isinstance(planned, SendResult):
+                    return planned
+                names, last_resort = planned
+        if names is None:
             names = self._steady_order(rt, p)
-            last_resort = False
             if names is None:
                 ordered, _, last_resort = self.plan(rt, p)
                 names = [o.provider for o in ordered]

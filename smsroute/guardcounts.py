@@ -279,8 +279,8 @@ class Lane:
     number and the time change from one message to the next."""
 
     __slots__ = (
-        "anomaly", "budgets", "country", "counts", "geo", "kept", "ncaps", "shared", "velocity",
-        "windows",
+        "anomaly", "budgets", "country", "counts", "geo", "kept", "ncaps", "overridable",
+        "shared", "velocity", "windows",
     )  # fmt: skip
 
     def __init__(
@@ -310,6 +310,9 @@ class Lane:
         self.kept: _Slots | None = None
         #: What a :class:`SharedGuardCounts` keeps for the lane (its packed arguments).
         self.shared: Any = None
+        #: Whether the caller may override its anomaly guard (then a message with the
+        #: override is not the lane's: its anomaly query does not block).
+        self.overridable = False
 
 
 def _take_back(lane: Lane, upto: tuple[VelocityWindow, int, int, int], e164: str) -> None:

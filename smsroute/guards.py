@@ -284,6 +284,7 @@ class Guards:
             anomaly,
             plan.velocity,
         )
+        lane.overridable = plan.anomaly is not None and not plan.always_blocks
         return lane
 
     @property
@@ -309,9 +310,9 @@ class Guards:
         member: str,
         now: float,
         emit: Emit | None,
-    ) -> tuple[Refusal | None, frozenset[str]] | None:
+    ) -> tuple[Refusal | None, frozenset[str]] | Lane:
         """:meth:`check` without waiting, when the counts are in this process's memory;
-        None when they are shared and the message counts there (then :meth:`ask`).
+        the message's lane when they are shared and it counts there (then :meth:`ask`).
 
         A message that passes, with no provider at its cap and no anomaly trip or
         release, costs lookups and arithmetic (:meth:`MemoryGuardCounts.fast`); any other
@@ -331,7 +332,7 @@ class Guards:
                     or lane.velocity
                     or (self._tag and not self._tag.keys().isdisjoint(message.tags))
                 ):
-                    return None
+                    return lane
                 return PASSED
             local = counts
         assert local is not None
@@ -374,25 +375,22 @@ class Guards:
     def ask(
         self,
         counts: SharedGuardCounts,
+        lane: Lane,
         message: Message,
         e164: str,
-        country: str,
         rule: Rule,
         member: str,
         now: float,
     ) -> Awaitable[GuardAnswer]:
-        """After :meth:`check_now` said None (the counts are shared, in Redis): the
-        check's answer, to come with the next batch; then :meth:`answered`.  A message of
-        its lane asks without a query; one with a tag budget or the caller's override of
-        the anomaly guard sends its own."""
-        category = message.category
-        lane = self._lanes[(rule.name, category, country)]  # made by check_now()
-        plan = self._plan(category, rule)
+        """After :meth:`check_now` gave the message's ``lane`` (the counts are shared, in
+        Redis): the check's answer, to come with the next batch; then :meth:`answered`.
+        A message of its lane asks without a query; one with a tag budget or the
+        caller's override of the anomaly guard sends its own."""
         if (self._tag and not self._tag.keys().isdisjoint(message.tags)) or (
-            plan.anomaly is not None
-            and not plan.always_blocks
-            and message.metadata.get(OVERRIDE_KEY) is ANOMALY_OVERRIDE
+            lane.overridable and message.metadata.get(OVERRIDE_KEY) is ANOMALY_OVERRIDE
         ):
+            plan = self._plan(message.category, rule)
+            country = lane.country
             caps = self._caps(message, country) if plan.caps_possible else []
             query = self._query(plan, message, e164, country, member, now, caps, plan.providers)
             return counts.check(query)

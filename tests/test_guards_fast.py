@@ -96,7 +96,7 @@ def answer(
         checked = side.guards.check_now(
             side.counts, message, d.e164, d.country, p.rule, "m", now, emit
         )
-        assert checked is not None  # the counts are in memory: never awaited
+        assert isinstance(checked, tuple)  # the counts are in memory: never awaited
     else:
         checked = asyncio.run(
             side.guards.check(side.counts, message, d.e164, d.country, p.rule, "m", now, emit)

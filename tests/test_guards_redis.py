@@ -30,7 +30,7 @@ from redis_support import (  # noqa: F401
 )
 
 from smsroute import ManualClock, Message, Router, parse_config
-from smsroute.state.redis_guards import GUARDS
+from smsroute.state.guards_script import GUARDS
 from smsroute.testing import FakeTwilio
 
 START = float(calendar.timegm((2026, 3, 31, 23, 0, 0)))

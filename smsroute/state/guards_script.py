@@ -1,0 +1,242 @@
+"""The Lua script that answers the guards' checks in Redis, and its arguments.
+
+:mod:`smsroute.state.redis_guards` packs a batch of checks into the arguments below and
+reads the reply; this script applies the rules of :mod:`smsroute.guardcounts` to each
+check atomically (budgets at their cap, the anomaly slots, the velocity logs, then the
+counting).  What a batch shares is read and written once per batch, per key: a lane's
+budget caps and provider spends, an anomaly key's slot sums (incremented once, at the
+end), a velocity log's count (``ZCARD``, every time in the log possibly still in the
+window; trimmed and counted again only at the limit, so a refusal is exact) and its new
+times (one ``ZADD``).
+"""
+
+from __future__ import annotations
+
+#: ARGV: mode ('check': answer and count; 'peek': answer, change nothing; 'back': take
+#: the queries' members out of their velocity logs), n spends, n x (key, amount, ttl
+#: ms), n lanes, per lane: its id, n caps, n x (key, limit), n spends read, keys, has
+#: anomaly (0/1) [key, since key, window, baseline, slot, factor, min count, blocks
+#: (0/1)], n velocity, n x (key prefix, window, max, ident or '': the query's next),
+#: then the queries, one line each: '<lane id> <time, us> <ident>... <member>'.
+#: Returns {spend totals, per lane {spends read, tripped, recent, base} (the anomaly
+#: as its last query in the batch saw it; recent -1: none did), {query number, its
+#: answer, ...} for the queries with something to report (all when peeking): '<refused
+#: or -> <index> <count> <tripped> <recent> <base> <velocity counts...>'}.  A query
+#: left out passed, and did not trip the anomaly guard.
+GUARDS = """
+local mode = ARGV[1]
+local commit = mode == 'check'
+local i = 2
+local totals = {}
+local nspend = tonumber(ARGV[i]); i = i + 1
+for s = 1, nspend do
+  totals[s] = redis.call('INCRBYFLOAT', ARGV[i], ARGV[i + 1])
+  redis.call('PEXPIRE', ARGV[i], ARGV[i + 2])
+  i = i + 3
+end
+-- the lanes; what they share is counted once per batch, per key
+local anomalies, akeys = {}, {}
+local lanes, order = {}, {}
+local nl = tonumber(ARGV[i]); i = i + 1
+for l = 1, nl do
+  local lane = {v = {}, free = 0, recent = -1, tripped = 0, base = 0}
+  lanes[ARGV[i]] = lane; i = i + 1
+  order[l] = lane
+  local ncaps = tonumber(ARGV[i]); i = i + 1
+  for c = 1, ncaps do
+    if not lane.capped then
+      local spent = tonumber(redis.call('GET', ARGV[i]) or '0')
+      if spent >= tonumber(ARGV[i + 1]) then
+        lane.capped = {c - 1, string.format('%.17g', spent)}
+      end
+    end
+    i = i + 2
+  end
+  local spends = {}
+  local nread = tonumber(ARGV[i]); i = i + 1
+  for r = 1, nread do
+    spends[r] = redis.call('GET', ARGV[i]) or '0'
+    i = i + 1
+  end
+  lane.spends = spends
+  if ARGV[i] == '1' then
+    local key = ARGV[i + 1]
+    local a = anomalies[key]
+    if a == nil then
+      a = {key = key, since_key = ARGV[i + 2], window = tonumber(ARGV[i + 3]),
+           baseline = tonumber(ARGV[i + 4]), slot = tonumber(ARGV[i + 5])}
+      a.nb = math.floor(a.baseline / a.slot + 0.5)
+      anomalies[key] = a
+      akeys[#akeys + 1] = key
+    end
+    lane.a = a
+    lane.factor, lane.mincount = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
+    lane.blocks = ARGV[i + 8] == '1'
+    i = i + 9
+  else
+    i = i + 1
+  end
+  local nv = tonumber(ARGV[i]); i = i + 1
+  for v = 1, nv do
+    if ARGV[i + 3] == '' then lane.free = lane.free + 1 end
+    lane.v[v] = {ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3]}
+    i = i + 4
+  end
+end
+
+-- an anomaly key's slots: the sums read once per slot, this batch's counts added at the end
+local function aflush(a)
+  if a.cur ~= nil then
+    if a.r > 0 then redis.call('HINCRBY', a.key, 'r' .. a.cur, a.r) end
+    if a.p > 0 then redis.call('HINCRBY', a.key, 'p' .. a.cur, a.p) end
+  end
+end
+local function aslot(a, slot, now)
+  if a.since == nil then
+    if commit then
+      redis.call('SET', a.since_key, string.format('%.6f', now), 'NX')
+      redis.call('PEXPIRE', a.since_key, math.ceil(4 * (a.window + a.baseline) * 1000))
+    end
+    a.since = tonumber(redis.call('GET', a.since_key) or now)
+  end
+  if a.cur ~= slot then
+    aflush(a)
+    local fields = {}
+    for n = slot - 4, slot do fields[#fields + 1] = 'r' .. n end
+    for n = slot - 4 - a.nb, slot - 5 do fields[#fields + 1] = 'p' .. n end
+    local values = redis.call('HMGET', a.key, unpack(fields))
+    local recent, base = 0, 0
+    for n = 1, #fields do
+      local value = tonumber(values[n] or '0')
+      if n <= 5 then recent = recent + value else base = base + value end
+    end
+    a.cur, a.recent, a.base, a.r, a.p = slot, recent, base, 0, 0
+  end
+end
+
+-- a velocity log's count in the window: ZCARD once per batch (every time in the log may
+-- still be in the window); trimmed and counted again only at the limit, so the count
+-- that refuses is exact.  This batch's times are added at the end.
+local logs, lkeys = {}, {}
+local function vlog(key, window, most, now)
+  local c = logs[key]
+  if c == nil then
+    c = {n = redis.call('ZCARD', key), adds = {}, window = window, exact = nil}
+    logs[key] = c
+    lkeys[#lkeys + 1] = key
+  end
+  if c.n >= most and c.exact ~= now then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+    local n = redis.call('ZCARD', key)
+    for k = 1, #c.adds, 2 do
+      if c.adds[k] > now - window then n = n + 1 end
+    end
+    c.n, c.exact = n, now
+  end
+  return c
+end
+
+local out = {}
+local text = ARGV[i]
+local at, q = 1, 0
+while at <= #text do
+  local stop = string.find(text, '\\n', at, true) or (#text + 1)
+  local s = string.sub(text, at, stop - 1)
+  at = stop + 1
+  q = q + 1
+  local e = string.find(s, ' ', 1, true)
+  local lane = lanes[string.sub(s, 1, e - 1)]
+  local pos = e + 1
+  e = string.find(s, ' ', pos, true)
+  local now = tonumber(string.sub(s, pos, e - 1)) / 1000000; pos = e + 1
+  local keys = {}
+  for v, lim in ipairs(lane.v) do
+    local ident = lim[4]
+    if ident == '' then
+      e = string.find(s, ' ', pos, true)
+      ident = string.sub(s, pos, e - 1); pos = e + 1
+    end
+    keys[v] = lim[1] .. ident
+  end
+  local member = string.sub(s, pos)
+  if mode == 'back' then
+    for v = 1, #keys do redis.call('ZREM', keys[v], member) end
+  else
+    local refused, index, count = '-', 0, '0'
+    if lane.capped then refused, index, count = 'budget', lane.capped[1], lane.capped[2] end
+    local tripped, recent, base = 0, 0, 0
+    local a = lane.a
+    if a and refused == '-' then
+      aslot(a, math.floor(now / a.slot), now)
+      if commit then a.r = a.r + 1 end
+      recent, base = a.recent + a.r, a.base
+      if not commit then recent = recent + 1 end  -- as a check would count this message
+      if now - a.since >= a.baseline and recent >= lane.mincount
+          and recent * a.baseline > lane.factor * base * a.window then
+        tripped = 1
+        if lane.blocks then refused = 'anomaly'; count = tostring(recent) end
+      end
+      lane.tripped, lane.recent, lane.base = tripped, recent, base
+    end
+    local counts = {}
+    if refused == '-' then
+      for v, lim in ipairs(lane.v) do
+        local n
+        if commit then
+          n = vlog(keys[v], lim[2], lim[3], now).n
+        else
+          n = redis.call('ZCOUNT', keys[v], '(' .. (now - lim[2]), '+inf')
+        end
+        if n >= lim[3] then
+          refused = 'velocity'; index = v - 1; count = tostring(n); counts[#counts + 1] = n
+          break
+        end
+        counts[#counts + 1] = n + 1
+      end
+    end
+    if refused == '-' and commit then
+      for v = 1, #keys do
+        local c = logs[keys[v]]
+        c.n = c.n + 1
+        c.adds[#c.adds + 1] = now
+        c.adds[#c.adds + 1] = member
+      end
+      if a then a.p = a.p + 1 end
+    end
+    if refused ~= '-' or tripped == 1 or not commit then
+      out[#out + 1] = q
+      out[#out + 1] = refused .. ' ' .. index .. ' ' .. count .. ' ' .. tripped .. ' '
+                      .. recent .. ' ' .. base .. ' ' .. table.concat(counts, ' ')
+    end
+  end
+end
+if commit then
+  for _, key in ipairs(lkeys) do
+    local c = logs[key]
+    local adds = c.adds
+    for k = 1, #adds, 2000 do
+      redis.call('ZADD', key, unpack(adds, k, math.min(k + 1999, #adds)))
+    end
+    if #adds > 0 then redis.call('PEXPIRE', key, math.ceil(c.window * 1000) + 1000) end
+  end
+  for _, key in ipairs(akeys) do
+    local a = anomalies[key]
+    if a.cur ~= nil then
+      aflush(a)
+      redis.call('PEXPIRE', key, math.ceil((a.window + a.baseline + 2 * a.slot) * 1000))
+      if redis.call('HLEN', key) > 2 * (a.nb + 10) then
+        for _, name in ipairs(redis.call('HKEYS', key)) do
+          local n = tonumber(string.sub(name, 2))
+          if n and n < a.cur - 5 - a.nb then redis.call('HDEL', key, name) end
+        end
+      end
+    end
+  end
+end
+local lanes_out = {}
+for l = 1, nl do
+  local lane = order[l]
+  lanes_out[l] = {lane.spends, lane.tripped, lane.recent, lane.base}
+end
+return {totals, lanes_out, out}
+"""
