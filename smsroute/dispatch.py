@@ -559,6 +559,16 @@ class Dispatcher:
                     except BaseException:  # cancelled: give the probe ticket back
                         if not last_resort:
                             breaker.release(ticket)
+                        if guards and not called:  # and the guards' count: never sent
+                            guards.give_back(
+                                counts,
+                                message,
+                                p.destination.e164,
+                                country,
+                                rule,
+                                message_id,
+                                checked_at,
+                            )
                         raise
                     now = loop.time()
             if wait is None:
@@ -589,6 +599,16 @@ class Dispatcher:
                     state.bucket(pcfg).refund(clock.now() + max(0.0, now + wait - loop.time()))
                     if not last_resort:
                         breaker.release(ticket)
+                    if guards and not called:  # and the guards' count: never sent
+                        guards.give_back(
+                            counts,
+                            message,
+                            p.destination.e164,
+                            country,
+                            rule,
+                            message_id,
+                            checked_at,
+                        )
                     raise
                 now = loop.time()
 

@@ -162,6 +162,12 @@ class GuardCounts(Protocol):
         it: the caller moved it on); the totals after."""
         ...
 
+    def give_back(self, lane: Lane, e164: str, member: str, now: float) -> None:
+        """Take the message checked at ``now`` (as ``member``) out of the velocity
+        windows of its ``lane``: its send was cancelled before any provider was called
+        (the anomaly guard keeps its request)."""
+        ...
+
 
 class SharedGuardCounts(GuardCounts, Protocol):
     """Counts in a shared store, where a check waits for its answer: the common case
@@ -496,6 +502,19 @@ class MemoryGuardCounts:
             entry[0] += amount
             out.append(entry[0])
         return out
+
+    def give_back(self, lane: Lane, e164: str, member: str, now: float) -> None:
+        """:meth:`GuardCounts.give_back`: the last ``now`` in each log goes."""
+        for key, kind, end, _, _ in lane.velocity:
+            window = self.windows.get(key)
+            log = None
+            if window is not None:
+                log = window.find(e164 if kind == 0 else e164[1:end] if kind == 1 else lane.country)
+            if log:
+                for i in range(len(log) - 1, -1, -1):
+                    if log[i] == now:
+                        del log[i]
+                        break
 
     def add_spend(self, key: str, amount: float, expires: float) -> None:
         """Add to a spend without reading it back (the Redis fallback's replay)."""

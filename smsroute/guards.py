@@ -396,6 +396,23 @@ class Guards:
             return counts.check(query)
         return counts.ask(lane, e164, member, now)
 
+    def give_back(
+        self,
+        counts: GuardCounts,
+        message: Message,
+        e164: str,
+        country: str,
+        rule: Rule,
+        member: str,
+        now: float,
+    ) -> None:
+        """The send of a message the guards passed at ``now`` was cancelled before any
+        provider was called: it leaves the velocity windows (a message never sent must
+        not count towards a limit)."""
+        lane = self._lanes.get((rule.name, message.category, country))
+        if lane is not None and lane.velocity:
+            counts.give_back(lane, e164, member, now)
+
     def answered(
         self,
         counts: GuardCounts,

@@ -310,3 +310,40 @@ async def test_a_provider_at_its_cap_and_a_tag_budget_on_redis(
         ]
     assert plain == ["a", "a", "a", "b", "b"]
     assert tagged == ["accepted", "accepted", "failed"]
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_send_cancelled_before_any_provider_was_called_leaves_the_window(
+    redis_url: str,  # noqa: F811
+    prefix: str,  # noqa: F811
+    twilio_a: FakeTwilio,
+    backend: str,
+) -> None:
+    """The guards passed it, then it waited for a rate-limit token and was cancelled
+    there: it was never sent, so it does not count towards the number's limit."""
+    text = (
+        "defaults:\n  max_rate_wait: 5s\nproviders:\n"
+        + twilio_block("a", twilio_a, rate_limit="1/s", burst=1)
+        + "\nrules:\n  - name: default\n    providers: [a]\n"
+        + "guards:\n  otp:\n    velocity:\n      - {per: number, max: 2, window: 1h}\n"
+        + (state_block(redis_url, prefix, timeout="300ms") + "\n" if backend == "redis" else "")
+    )
+    clock = ManualClock(START)
+    number = DE.format(11)
+    async with Router(parse_config(text), clock=clock, metrics=False) as router:
+        assert (await router.send(otp(number))).ok  # 1 of 2; the bucket's token is gone
+        task = asyncio.ensure_future(router.send(otp(number)))
+        await asyncio.sleep(0.1)  # it waits for the next token (a second, never advanced)
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.05)  # with Redis: the give-back goes with the next batch
+        clock.advance(2)  # a token again
+        second = await router.send(otp(number))
+        clock.advance(2)
+        third = await router.send(otp(number))
+    assert len(twilio_a.messages) == 2
+    assert second.ok, second.reason
+    assert (third.ok, third.attempts) == (False, ())
+    assert "velocity" in (third.reason or "")

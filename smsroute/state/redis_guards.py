@@ -162,7 +162,9 @@ class RedisGuardCounts:
         self._unwritten: dict[str, list[float]] = {}
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._seq = 0
+        #: Cancelled sends' checks whose times go back out of the logs (see give_back).
+        self._back_specs: list[_Spec] = []
+        self._back_texts: list[str] = []
         self._batches = 0
         self._ids = 0
         self._prefixes: dict[str, str] = {}
@@ -180,9 +182,20 @@ class RedisGuardCounts:
         spec = lane.shared
         if spec is None or spec.owner is not self or not spec.start <= now < spec.until:
             spec = self._lane_spec(lane, now)
-        if "\n" in member:  # a line of the script's queries: only its uniqueness matters
+        self._specs.append(spec)
+        self._texts.append(self._line(spec, e164, member, now))
+        self._futures.append(future)
+        self._numbers.append(e164)
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+        return future
+
+    def _line(self, spec: _Spec, e164: str, member: str, now: float) -> str:
+        """A lane's message as a line of the script's queries.  Its member in the logs
+        is ``<id>:<time>``: unique, and made again the same by :meth:`give_back`."""
+        t = int(now * 1e6)
+        if "\n" in member:  # a line of the queries: only its uniqueness matters
             member = _hashed(member)
-        self._seq += 1
         idents = ""
         for kind, end in spec.free:
             if kind == 0:
@@ -195,13 +208,21 @@ class RedisGuardCounts:
                         self._prefixes.clear()
                     hashed = self._prefixes[part] = _hashed(part)
                 idents += hashed + " "
-        self._specs.append(spec)
-        self._texts.append(f"{spec.ident} {int(now * 1e6)} {idents}{member}:{self._seq}")
-        self._futures.append(future)
-        self._numbers.append(e164)
+        return f"{spec.ident} {t} {idents}{member}:{t}"
+
+    def give_back(self, lane: Lane, e164: str, member: str, now: float) -> None:
+        """:meth:`GuardCounts.give_back`, with the next batch (in this process's counts
+        while Redis is down)."""
+        if not self._link.up:
+            self.local.give_back(lane, e164, member, now)
+            return
+        spec = lane.shared
+        if spec is None or spec.owner is not self or not spec.start <= now < spec.until:
+            spec = self._lane_spec(lane, now)
+        self._back_specs.append(spec)
+        self._back_texts.append(self._line(spec, e164, member, now))
         if self._task is None:
             self._task = asyncio.ensure_future(self._run())
-        return future
 
     async def check(self, query: GuardQuery) -> GuardAnswer:
         """Answer ``query`` (any message: tag budgets, an override) with the next batch."""
@@ -209,10 +230,10 @@ class RedisGuardCounts:
             return self.local.evaluate(query, True)
         future: asyncio.Future[GuardAnswer] = asyncio.get_running_loop().create_future()
         spec = self._query_spec(query)
+        t = int(query.now * 1e6)
         member = query.member if "\n" not in query.member else _hashed(query.member)
-        self._seq += 1
         self._specs.append(spec)
-        self._texts.append(f"{spec.ident} {int(query.now * 1e6)} {member}:{self._seq}")
+        self._texts.append(f"{spec.ident} {t} {member}:{t}")
         self._futures.append(future)
         self._numbers.append(None)
         if self._task is None:
@@ -339,7 +360,12 @@ class RedisGuardCounts:
 
     async def _run(self) -> None:
         try:
-            while self._specs or self._unwritten:
+            while self._specs or self._unwritten or self._back_specs:
+                if self._back_specs:
+                    back = self._back_specs, self._back_texts
+                    self._back_specs, self._back_texts = [], []
+                    await self._give_back(*back)
+                    continue
                 specs, texts, futures, numbers = (
                     self._specs, self._texts, self._futures, self._numbers
                 )  # fmt: skip
