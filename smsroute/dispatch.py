@@ -159,8 +159,11 @@ class Dispatcher:
         Once providers were started, the new runtime's are started now (on the
         next send when no event loop runs here), and the old runtime's adapters
         are closed (SMPP binds unbound) when every send that may still use them
-        has ended: after the old config's longest ``deadline``.
+        has ended: after the old config's longest ``deadline``.  An SMPP provider
+        whose config did not change is carried over, binds and all
+        (:meth:`Runtime.adopt`).
         """
+        runtime.adopt(self._runtime)  # unchanged SMPP providers keep their binds
         old, self._runtime = self._runtime, runtime
         if self._providers_started is not None:
             self._state_ready = False  # the next send starts the new runtime's providers
@@ -287,8 +290,8 @@ class Dispatcher:
         grace = max([config.defaults.deadline, *(r.deadline or 0.0 for r in config.rules)])
         try:
             await self._sleep(grace)
-        finally:
-            await _close_providers(rt)
+        finally:  # not those carried over into the runtime in force (it closes them)
+            await _close_providers(rt, keep=self._runtime.providers.values())
 
     def links(self) -> dict[str, LinkState]:
         """The connections of the providers in force that keep some (``type: smpp``: binds
@@ -978,9 +981,13 @@ class Dispatcher:
             self.emit(BreakerTransition(provider, country, before.value, after.value))
 
 
-async def _close_providers(rt: Runtime) -> None:
-    """``aclose`` every adapter of ``rt``; one that raises is logged, the others still close."""
+async def _close_providers(rt: Runtime, keep: Iterable[Provider] = ()) -> None:
+    """``aclose`` every adapter of ``rt`` but those in ``keep``; one that raises is logged,
+    the others still close."""
+    kept = {id(p) for p in keep}
     for provider in rt.providers.values():
+        if id(provider) in kept:
+            continue
         try:
             await provider.aclose()
         except Exception:

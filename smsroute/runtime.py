@@ -89,6 +89,20 @@ class Runtime:
             c.encoding == "transliterate" for c in config.categories.values()
         )
 
+    def adopt(self, old: Runtime) -> None:
+        """Take over ``old``'s adapters that keep connections (``type: smpp``: binds)
+        where the provider's config is unchanged: a reload neither binds twice nor
+        holds two sets of binds while the old runtime's sends finish (an SMSC may allow
+        a system_id one bind).  The new runtime then owns them (see Dispatcher.swap)."""
+        for name, pcfg in self.config.providers.items():
+            kept = old.providers.get(name)
+            if (
+                kept is not None
+                and kept.links() is not None
+                and old.config.providers.get(name) == pcfg
+            ):
+                self.providers[name] = kept
+
     def prepare(self, message: Message) -> Prepared:
         """Check ``message`` and find its rule; raises :class:`InvalidMessage` or
         :class:`InvalidNumber` when it cannot be sent as written.  No I/O."""

@@ -241,11 +241,33 @@ async def test_closing_the_router_during_the_grace_unbinds_everything(
 ) -> None:
     path = write(tmp_path, smsc.port, binds=1, deadline="30s")
     async with Router.from_yaml(path, metrics=False) as router:
+        write(tmp_path, smsc.port, binds=1, window=5, deadline="30s")  # a changed provider
         router.reload()
         await until(lambda: smsc.binds == 2)
         assert smsc.unbinds == 0
     assert smsc.unbinds == 2
     assert smsc.bound_sessions == 0
+
+
+async def test_a_reload_that_leaves_the_smpp_provider_unchanged_keeps_its_binds(
+    smsc: FakeSMSC, tmp_path: Path
+) -> None:
+    """Only the rules' deadline changes: the new runtime carries the provider over, binds
+    and all, so the SMSC sees no second bind (one may be all a system_id is allowed) and
+    the old runtime's retirement unbinds nothing."""
+    path = write(tmp_path, smsc.port, binds=1, deadline="0.3s")
+    async with Router.from_yaml(path, metrics=False) as router:
+        old = router.dispatcher.runtime.providers["smsc"]
+        assert (await router.send(message())).ok
+        write(tmp_path, smsc.port, binds=1, deadline="0.4s")
+        router.reload()
+        assert router.dispatcher.runtime.config.defaults.deadline == 0.4
+        assert router.dispatcher.runtime.providers["smsc"] is old
+        await asyncio.sleep(0.6)  # past the old runtime's grace
+        assert (smsc.binds, smsc.unbinds, smsc.bound_sessions) == (1, 0, 1)
+        assert (await router.send(message())).ok
+        assert len(smsc.submits) == 2
+    assert smsc.unbinds == 1
 
 
 async def test_reload_before_any_send_starts_nothing_twice(smsc: FakeSMSC, tmp_path: Path) -> None:
