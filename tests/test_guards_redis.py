@@ -27,6 +27,7 @@ from redis_support import (  # noqa: F401
     redis_url,
     state_block,
     throwaway_redis,
+    until,
 )
 
 from smsroute import ManualClock, Message, Router, parse_config
@@ -347,3 +348,76 @@ async def test_a_send_cancelled_before_any_provider_was_called_leaves_the_window
     assert second.ok, second.reason
     assert (third.ok, third.attempts) == (False, ())
     assert "velocity" in (third.reason or "")
+
+
+async def test_when_redis_comes_back_the_guards_count_there_again(
+    throwaway_redis: RedisServer,  # noqa: F811
+    twilio_a: FakeTwilio,
+) -> None:
+    """Redis restarts empty (its scripts gone too): the guards count in memory while it
+    is away, then in Redis again on a connection of their own, loading the script anew."""
+    guards = "guards:\n  otp:\n    velocity:\n      - {per: number, max: 2, window: 1h}\n"
+    text = config_text(twilio_a, throwaway_redis.url, "guards-back:", guards)
+    clock = ManualClock(START)
+    async with Router(parse_config(text), clock=clock, metrics=False) as router:
+        assert (await router.send(otp(DE.format(1)))).ok  # in Redis
+        throwaway_redis.kill()
+        assert (await router.send(otp(DE.format(2)))).ok  # in memory
+        throwaway_redis.start()
+        await until(lambda: router.state.link.up, within=5.0)  # type: ignore[attr-defined]
+        results = [(await router.send(otp(DE.format(3)))).status for _ in range(3)]
+        client = redis.Redis.from_url(throwaway_redis.url)
+        keys = client.keys("guards-back:guard:v|*")
+        client.close()
+    assert results == ["accepted", "accepted", "failed"]  # counted in Redis, from empty
+    assert len(keys) == 1  # number 3's log (Redis lost the first one's)
+
+
+GROUPS = st.lists(  # groups of sends made at once: (seconds later, numbers of the group)
+    st.tuples(
+        st.sampled_from([0.0, 1.0, 30.0, 299.0, 300.0, 301.0, 599.0, 600.0, 900.0]),
+        st.lists(st.integers(0, 5), min_size=1, max_size=6),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(groups=GROUPS)
+def test_the_script_answers_as_the_memory_counts_do(redis_url: str, groups: Any) -> None:  # noqa: F811
+    """Any traffic, sent in groups at once (one batch in Redis) and in sequence, through a
+    router counting in memory and one counting in Redis: the same messages pass and the
+    same are refused, windows sliding at their exact edges (a log counted once per batch
+    and trimmed only at its limit must refuse exactly when the memory's would)."""
+    guards = """
+        guards:
+          otp:
+            velocity:
+              - {per: number, max: 3, window: 10m}
+              - {per: prefix, digits: 10, max: 5, window: 5m}
+              - {per: country, max: 9, window: 15m}
+    """
+
+    async def run(backend: str) -> list[str]:
+        async with FakeTwilio() as fake:
+            key_prefix = f"smsroute-test:{uuid.uuid4().hex[:12]}:"
+            text = config_text(fake, redis_url, key_prefix, guards)
+            if backend == "memory":
+                text = text[: text.index("state:")]
+            clock = ManualClock(START)
+            out: list[str] = []
+            async with Router(parse_config(text), clock=clock, metrics=False) as router:
+                for later, numbers in groups:
+                    clock.advance(later)
+                    sends = [router.send(otp(DE.format(n))) for n in numbers]
+                    out += [r.status for r in await asyncio.gather(*sends)]
+            if backend == "redis":
+                client = redis.Redis.from_url(redis_url)
+                keys = client.keys(f"{key_prefix}*")
+                if keys:
+                    client.delete(*keys)
+                client.close()
+            return out
+
+    assert asyncio.run(run("redis")) == asyncio.run(run("memory"))
