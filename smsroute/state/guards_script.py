@@ -22,7 +22,9 @@ from __future__ import annotations
 #: as its last query in the batch saw it; recent -1: none did), {query number, its
 #: answer, ...} for the queries with something to report (all when peeking): '<refused
 #: or -> <index> <count> <tripped> <recent> <base> <velocity counts...>'}.  A query
-#: left out passed, and did not trip the anomaly guard.
+#: left out passed, and its anomaly guard was not tripped, nor did it change from the
+#: lane's query before in the batch (the first of a lane in a batch with an anomaly
+#: guard is always reported: a release tells its own counts).
 GUARDS = """
 local mode = ARGV[1]
 local commit = mode == 'check'
@@ -165,6 +167,7 @@ while at <= #text do
     local refused, index, count = '-', 0, '0'
     if lane.capped then refused, index, count = 'budget', lane.capped[1], lane.capped[2] end
     local tripped, recent, base = 0, 0, 0
+    local report = false
     local a = lane.a
     if a and refused == '-' then
       aslot(a, math.floor(now / a.slot), now)
@@ -176,6 +179,8 @@ while at <= #text do
         tripped = 1
         if lane.blocks then refused = 'anomaly'; count = tostring(recent) end
       end
+      if lane.last ~= tripped then report = true end  -- the lane's first, or a change
+      lane.last = tripped
       lane.tripped, lane.recent, lane.base = tripped, recent, base
     end
     local counts = {}
@@ -203,7 +208,7 @@ while at <= #text do
       end
       if a then a.p = a.p + 1 end
     end
-    if refused ~= '-' or tripped == 1 or not commit then
+    if refused ~= '-' or tripped == 1 or report or not commit then
       out[#out + 1] = q
       out[#out + 1] = refused .. ' ' .. index .. ' ' .. count .. ' ' .. tripped .. ' '
                       .. recent .. ' ' .. base .. ' ' .. table.concat(counts, ' ')

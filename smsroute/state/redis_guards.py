@@ -18,11 +18,13 @@ wall clocks (UTC epoch seconds), which must agree (NTP) to well within a window.
 What a message costs here is kept small, because every message of a guarded category
 makes one (issue 19: "the Redis state keeps its ratio"): a :class:`~smsroute.guardcounts.Lane`
 (the messages of one category, rule and country) is packed into the script's arguments
-once per budget period (:class:`_Spec`), and a message adds one argument, ``<lane> <time>
-<hashed numbers and prefixes> <member>``; the script answers a message that passed with
-nothing to report by an empty string, and the lane once per batch (its provider spends,
-the anomaly counts).  The batch goes over a connection of its own
-(:class:`~smsroute.state.redis_link.Channel`): one write, one read.
+once per budget period (:class:`_Spec`), and a message is one line of one argument,
+``<lane> <time> <hashed number and prefixes> <member>``; the script answers each lane
+once per batch (its provider spends) and only the messages with something to report (a
+refusal, a trip, a release: :mod:`smsroute.state.guards_script`), so the lane's other
+messages share one answer, with its providers at their cap worked out once.  A batch
+goes over a connection of its own (:class:`~smsroute.state.redis_link.Channel`): one
+write, one read.
 
 While Redis is down, checks are answered by a :class:`MemoryGuardCounts` in this
 process (each replica counts alone), and spend waits to be written when Redis is back.
