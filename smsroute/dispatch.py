@@ -32,7 +32,7 @@ from smsroute.clock import Clock, wall_clock
 from smsroute.config import Config, ProviderConfig, Rule
 from smsroute.configload import load_config
 from smsroute.errors import ConfigError
-from smsroute.guardcounts import Lane, SharedGuardCounts
+from smsroute.guardcounts import GuardCounts, Lane, SharedGuardCounts
 from smsroute.guards import PASSED, Guards, Refusal
 from smsroute.instrument.events import (
     AttemptFinished,
@@ -563,15 +563,7 @@ class Dispatcher:
                         if not last_resort:
                             breaker.release(ticket)
                         if guards and not called:  # and the guards' count: never sent
-                            guards.give_back(
-                                counts,
-                                message,
-                                p.destination.e164,
-                                country,
-                                rule,
-                                message_id,
-                                checked_at,
-                            )
+                            self._uncount(guards, counts, message, p, message_id, checked_at)
                         raise
                     now = loop.time()
             if wait is None:
@@ -603,15 +595,7 @@ class Dispatcher:
                     if not last_resort:
                         breaker.release(ticket)
                     if guards and not called:  # and the guards' count: never sent
-                        guards.give_back(
-                            counts,
-                            message,
-                            p.destination.e164,
-                            country,
-                            rule,
-                            message_id,
-                            checked_at,
-                        )
+                        self._uncount(guards, counts, message, p, message_id, checked_at)
                     raise
                 now = loop.time()
 
@@ -830,6 +814,20 @@ class Dispatcher:
         if emit:
             emit(GuardRefused(refusal.guard, message.category, country, p.rule.name))
         return self._refused(message, message_id, p, emit, t0, refusal.reason)
+
+    @staticmethod
+    def _uncount(
+        guards: Guards,
+        counts: GuardCounts,
+        message: Message,
+        p: Prepared,
+        message_id: str,
+        checked_at: float,
+    ) -> None:
+        """A send the guards passed was cancelled before any provider was called: it
+        leaves their velocity windows (:meth:`Guards.give_back`)."""
+        d = p.destination
+        guards.give_back(counts, message, d.e164, d.country, p.rule, message_id, checked_at)
 
     def admit(self, message: Message, due: float) -> float | None:
         """Check ``message`` as :meth:`send` would (raising :class:`InvalidNumber` or

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import contextlib
 import textwrap
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -50,6 +52,16 @@ def config_text(fake: FakeTwilio, url: str, key_prefix: str, guards: str) -> str
     )
 
 
+@contextlib.asynccontextmanager
+async def two_routers(text: str, clock: ManualClock) -> AsyncIterator[tuple[Router, Router]]:
+    """Two replicas of one config (the same key prefix), on one clock."""
+    async with (
+        Router(parse_config(text), clock=clock, metrics=False) as one,
+        Router(parse_config(text), clock=clock, metrics=False) as two,
+    ):
+        yield one, two
+
+
 def otp(number: str) -> Message:
     return Message(to=number, text="Code 123456", category="otp")
 
@@ -62,10 +74,7 @@ async def test_two_routers_share_one_velocity_window(
     guards = "guards:\n  otp:\n    velocity:\n      - {per: number, max: 3, window: 1h}\n"
     text = config_text(twilio_a, redis_url, prefix, guards)
     clock = ManualClock(START)
-    async with (
-        Router(parse_config(text), clock=clock, metrics=False) as one,
-        Router(parse_config(text), clock=clock, metrics=False) as two,
-    ):
+    async with two_routers(text, clock) as (one, two):
         results = [
             await one.send(otp(DE.format(1))),
             await two.send(otp(DE.format(1))),
@@ -92,10 +101,7 @@ async def test_concurrent_sends_through_two_routers_never_pass_the_limit(
     guards = "guards:\n  otp:\n    velocity:\n      - {per: country, max: 25, window: 1m}\n"
     text = config_text(twilio_a, redis_url, prefix, guards)
     clock = ManualClock(START)
-    async with (
-        Router(parse_config(text), clock=clock, metrics=False) as one,
-        Router(parse_config(text), clock=clock, metrics=False) as two,
-    ):
+    async with two_routers(text, clock) as (one, two):
         sends = [(one if i % 2 else two).send(otp(DE.format(i))) for i in range(60)]
         results = await asyncio.gather(*sends)
     assert sum(r.status == "accepted" for r in results) == 25
@@ -114,10 +120,7 @@ async def test_two_routers_share_spend_and_the_budget_rolls_over_with_the_month(
     """
     text = config_text(twilio_a, redis_url, prefix, guards)
     clock = ManualClock(START + 3000)  # March 31st, 23:50 UTC
-    async with (
-        Router(parse_config(text), clock=clock, metrics=False) as one,
-        Router(parse_config(text), clock=clock, metrics=False) as two,
-    ):
+    async with two_routers(text, clock) as (one, two):
         statuses = []
         for i in range(5):  # 0.08 each, alternately: 0.32 after the 4th
             statuses.append((await (one if i % 2 else two).send(otp(DE.format(i)))).status)
@@ -140,10 +143,7 @@ async def test_the_anomaly_guard_trips_on_traffic_seen_by_both_routers(
     """
     text = config_text(twilio_a, redis_url, prefix, guards)
     clock = ManualClock(START)
-    async with (
-        Router(parse_config(text), clock=clock, metrics=False) as one,
-        Router(parse_config(text), clock=clock, metrics=False) as two,
-    ):
+    async with two_routers(text, clock) as (one, two):
         for i in range(12):
             clock.set(START + i * 300)
             assert (await one.send(otp(DE.format(i)))).status == "accepted"
@@ -217,10 +217,7 @@ async def test_explain_reads_the_counts_every_replica_made(
     guards = "guards:\n  otp:\n    velocity:\n      - {per: number, max: 3, window: 1h}\n"
     text = config_text(twilio_a, redis_url, prefix, guards)
     clock = ManualClock(START)
-    async with (
-        Router(parse_config(text), clock=clock, metrics=False) as one,
-        Router(parse_config(text), clock=clock, metrics=False) as two,
-    ):
+    async with two_routers(text, clock) as (one, two):
         before = two.explain(otp(DE.format(5)))
         for _ in range(3):
             assert (await one.send(otp(DE.format(5)))).ok
@@ -243,10 +240,7 @@ async def test_a_flushed_script_is_loaded_again(
     guards = "guards:\n  otp:\n    velocity:\n      - {per: number, max: 2, window: 1h}\n"
     text = config_text(twilio_a, redis_url, prefix, guards)
     clock = ManualClock(START)
-    async with (
-        Router(parse_config(text), clock=clock, metrics=False) as one,
-        Router(parse_config(text), clock=clock, metrics=False) as two,
-    ):
+    async with two_routers(text, clock) as (one, two):
         assert (await one.send(otp(DE.format(8)))).ok
         client = aioredis.Redis.from_url(redis_url)
         await client.script_flush()
@@ -374,6 +368,41 @@ async def test_when_redis_comes_back_the_guards_count_there_again(
     assert len(keys) == 1  # number 3's log (Redis lost the first one's)
 
 
+async def traffic(
+    redis_url: str,  # noqa: F811
+    guards: str,
+    groups: list[tuple[float, list[int]]],
+    backend: str,
+) -> tuple[list[str], list[str]]:
+    """Send ``groups`` (seconds later, numbers sent at once) through a router whose
+    guards count in ``backend``: the statuses, and the anomaly trips and releases."""
+    async with FakeTwilio() as fake:
+        key_prefix = f"smsroute-test:{uuid.uuid4().hex[:12]}:"
+        text = config_text(fake, redis_url, key_prefix, guards)
+        if backend == "memory":
+            text = text[: text.index("state:")]
+        clock = ManualClock(START)
+        out: list[str] = []
+        events: list[str] = []
+
+        def hook(event: Any) -> None:
+            if isinstance(event, AnomalyTransition):
+                events.append(f"{event.to_state} {event.recent} {event.baseline}")
+
+        async with Router(parse_config(text), clock=clock, metrics=False, hooks=[hook]) as router:
+            for later, numbers in groups:
+                clock.advance(later)
+                sends = [router.send(otp(DE.format(n))) for n in numbers]
+                out += [r.status for r in await asyncio.gather(*sends)]
+    if backend == "redis":
+        client = redis.Redis.from_url(redis_url)
+        keys = client.keys(f"{key_prefix}*")
+        if keys:
+            client.delete(*keys)
+        client.close()
+    return out, events
+
+
 GROUPS = st.lists(  # groups of sends made at once: (seconds later, numbers of the group)
     st.tuples(
         st.sampled_from([0.0, 1.0, 30.0, 299.0, 300.0, 301.0, 599.0, 600.0, 900.0]),
@@ -400,28 +429,8 @@ def test_the_script_answers_as_the_memory_counts_do(redis_url: str, groups: Any)
               - {per: country, max: 9, window: 15m}
     """
 
-    async def run(backend: str) -> list[str]:
-        async with FakeTwilio() as fake:
-            key_prefix = f"smsroute-test:{uuid.uuid4().hex[:12]}:"
-            text = config_text(fake, redis_url, key_prefix, guards)
-            if backend == "memory":
-                text = text[: text.index("state:")]
-            clock = ManualClock(START)
-            out: list[str] = []
-            async with Router(parse_config(text), clock=clock, metrics=False) as router:
-                for later, numbers in groups:
-                    clock.advance(later)
-                    sends = [router.send(otp(DE.format(n))) for n in numbers]
-                    out += [r.status for r in await asyncio.gather(*sends)]
-            if backend == "redis":
-                client = redis.Redis.from_url(redis_url)
-                keys = client.keys(f"{key_prefix}*")
-                if keys:
-                    client.delete(*keys)
-                client.close()
-            return out
-
-    assert asyncio.run(run("redis")) == asyncio.run(run("memory"))
+    redis_run = asyncio.run(traffic(redis_url, guards, groups, "redis"))
+    assert redis_run == asyncio.run(traffic(redis_url, guards, groups, "memory"))
 
 
 ANOMALY_GROUPS = st.lists(
@@ -449,32 +458,5 @@ def test_the_anomaly_guard_trips_and_releases_as_in_memory(
             anomaly: {window: 5m, baseline: 1h, factor: 2, min_count: 3}
     """
 
-    async def run(backend: str) -> tuple[list[str], list[str]]:
-        async with FakeTwilio() as fake:
-            key_prefix = f"smsroute-test:{uuid.uuid4().hex[:12]}:"
-            text = config_text(fake, redis_url, key_prefix, guards)
-            if backend == "memory":
-                text = text[: text.index("state:")]
-            clock = ManualClock(START)
-            out: list[str] = []
-            events: list[str] = []
-
-            def hook(event: Any) -> None:
-                if isinstance(event, AnomalyTransition):
-                    events.append(f"{event.to_state} {event.recent} {event.baseline}")
-
-            config = parse_config(text)
-            async with Router(config, clock=clock, metrics=False, hooks=[hook]) as router:
-                for later, numbers in groups:
-                    clock.advance(later)
-                    sends = [router.send(otp(DE.format(n))) for n in numbers]
-                    out += [r.status for r in await asyncio.gather(*sends)]
-            if backend == "redis":
-                client = redis.Redis.from_url(redis_url)
-                keys = client.keys(f"{key_prefix}*")
-                if keys:
-                    client.delete(*keys)
-                client.close()
-            return out, events
-
-    assert asyncio.run(run("redis")) == asyncio.run(run("memory"))
+    redis_run = asyncio.run(traffic(redis_url, guards, groups, "redis"))
+    assert redis_run == asyncio.run(traffic(redis_url, guards, groups, "memory"))
