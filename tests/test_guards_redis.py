@@ -460,3 +460,28 @@ def test_the_anomaly_guard_trips_and_releases_as_in_memory(
 
     redis_run = asyncio.run(traffic(redis_url, guards, groups, "redis"))
     assert redis_run == asyncio.run(traffic(redis_url, guards, groups, "memory"))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    groups=st.lists(
+        st.tuples(
+            st.sampled_from([0.0, 60.0, 1800.0, 3600.0]),
+            st.lists(st.integers(0, 9), min_size=1, max_size=5),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_budgets_cap_and_roll_over_as_in_memory(redis_url: str, groups: Any) -> None:  # noqa: F811
+    """As above for budgets (0.08 a message): a category cap, and a provider cap under
+    the rule's default ``on_budget: refuse`` (the lane's answer works out the providers
+    at their cap once per batch), over hour boundaries: the same statuses in both."""
+    guards = """
+        guards:
+          budgets:
+            - {scope: category, name: otp, limit: 0.6, per: hour}
+            - {scope: provider, name: a, limit: 0.3, per: hour}
+    """
+    redis_run = asyncio.run(traffic(redis_url, guards, groups, "redis"))
+    assert redis_run == asyncio.run(traffic(redis_url, guards, groups, "memory"))
