@@ -194,9 +194,14 @@ rules:
     times = [server for server, _, _ in taken]
     span = max(times) - min(times)
     assert len(times) / span >= 0.9 * rate, f"{len(times)} in {span:.2f}s"
-    # Each replica got a share, none monopolised the schedule.
-    for r in results:
-        assert r["outcomes"]["accepted"] > 200
+    # Each replica got a share, none monopolised the schedule: each at least a quarter of an
+    # equal share.  Shares are not equal: four replicas on two cores get unequal CPU, and
+    # a replica's event loop that runs more often leases again sooner (a lease is capped
+    # at 5% of a second, so none hoards).  Seen on this machine, the smallest of the four
+    # in a run: 187 to 465 of about 2,200 (the floor here was 200 and failed once, in CI).
+    for i, r in enumerate(results):
+        got = r["outcomes"]["accepted"]
+        assert got >= accepted / (4 * len(results)), f"replica {i}: {got} of {accepted}"
 
 
 async def test_one_replicas_failures_open_the_breaker_for_every_replica_within_a_second(
