@@ -138,6 +138,14 @@ class _Plan:
         self.caps_possible = bool(guards.cap_budgets)
         self.providers = guards.provider_budgets(rule)
 
+    def anomaly_for(self, message: Message, country: str) -> AnomalyQuery | None:
+        """The anomaly query of ``message`` to ``country`` (blocking unless the caller
+        overrides it and the action allows that), or None without an anomaly guard."""
+        if self.anomaly is None:
+            return None
+        blocks = self.always_blocks or message.metadata.get(OVERRIDE_KEY) is not ANOMALY_OVERRIDE
+        return self.anomaly_queries.get((country, blocks)) or self.anomaly_query(country, blocks)
+
     def anomaly_query(self, country: str, blocks: bool) -> AnomalyQuery:
         a = self.anomaly
         assert a is not None
@@ -246,14 +254,7 @@ class Guards:
         providers: list[Budget],
     ) -> GuardQuery:
         """The query of one message."""
-        anomaly: AnomalyQuery | None = None
-        if plan.anomaly is not None:
-            blocks = plan.always_blocks or (
-                message.metadata.get(OVERRIDE_KEY) is not ANOMALY_OVERRIDE
-            )
-            anomaly = plan.anomaly_queries.get((country, blocks)) or plan.anomaly_query(
-                country, blocks
-            )
+        anomaly = plan.anomaly_for(message, country)
         velocity = [
             (key, e164 if kind == 0 else e164[1:digits] if kind == 1 else country, window, most)
             for key, kind, digits, window, most in plan.velocity
@@ -428,12 +429,7 @@ class Guards:
             return (None, over) if over else PASSED
         category = message.category
         plan = self._plan(category, rule)
-        a = None
-        if plan.anomaly is not None:
-            blocks = plan.always_blocks or (
-                message.metadata.get(OVERRIDE_KEY) is not ANOMALY_OVERRIDE
-            )
-            a = plan.anomaly_queries.get((country, blocks)) or plan.anomaly_query(country, blocks)
+        a = plan.anomaly_for(message, country)
         if (
             answer.refused is None
             and not answer.tripped

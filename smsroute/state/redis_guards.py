@@ -83,7 +83,7 @@ class _Spec:
     prefix's end) per velocity limit whose ident is not fixed (a country's is)."""
 
     __slots__ = (
-        "anomaly", "answer", "count", "free", "ident", "lane", "limits", "mark", "names",
+        "answer", "count", "fields", "free", "ident", "lane", "limits", "mark", "names",
         "owner", "packed", "query", "start", "until",
     )  # fmt: skip
 
@@ -125,12 +125,13 @@ class _Spec:
         self.owner = owner
         #: Its id in the script's queries.
         self.ident = ident
+        #: Its fields, and the same packed (RESP) for the batches.
+        self.fields = fields
         self.packed = resp(fields)
         self.count = len(fields)
         #: The provider budgets read: their names and limits, in the order of the spends.
         self.names = tuple(name for _, name, _ in reads)
         self.limits = tuple(limit for _, _, limit in reads)
-        self.anomaly = anomaly
         self.free = free
         #: The clock's span in which the budget keys packed here are current.
         self.start, self.until = float("-inf"), float("inf")
@@ -181,20 +182,57 @@ class RedisGuardCounts:
         if not self._link.up:
             future.set_result(self.local.evaluate(self._lane_query(lane, e164, member, now), True))
             return future
-        spec = lane.shared
-        if spec is None or spec.owner is not self or not spec.start <= now < spec.until:
-            spec = self._lane_spec(lane, now)
-        self._specs.append(spec)
-        self._texts.append(self._line(spec, e164, member, now))
-        self._futures.append(future)
-        self._numbers.append(e164)
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._run())
+        spec = self._spec_of(lane, now)
+        self._enqueue(spec, self._line(spec, e164, member, now), future, e164)
         return future
 
+    async def check(self, query: GuardQuery) -> GuardAnswer:
+        """Answer ``query`` (any message: tag budgets, an override) with the next batch."""
+        if not self._link.up:
+            return self.local.evaluate(query, True)
+        future: asyncio.Future[GuardAnswer] = asyncio.get_running_loop().create_future()
+        spec = self._query_spec(query)
+        self._enqueue(spec, self._line(spec, "", query.member, query.now), future, None)
+        return await future
+
+    def give_back(self, lane: Lane, e164: str, member: str, now: float) -> None:
+        """:meth:`GuardCounts.give_back`, with the next batch (in this process's counts
+        while Redis is down)."""
+        if not self._link.up:
+            self.local.give_back(lane, e164, member, now)
+            return
+        spec = self._spec_of(lane, now)
+        self._back_specs.append(spec)
+        self._back_texts.append(self._line(spec, e164, member, now))
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    def _spec_of(self, lane: Lane, now: float) -> _Spec:
+        """``lane``'s spec for the budget periods ``now`` falls in."""
+        spec: _Spec | None = lane.shared
+        if spec is None or spec.owner is not self or not spec.start <= now < spec.until:
+            spec = self._lane_spec(lane, now)
+        return spec
+
+    def _enqueue(
+        self,
+        spec: _Spec,
+        text: str,
+        future: asyncio.Future[GuardAnswer],
+        number: str | None,
+    ) -> None:
+        """Put a check in the next batch (starting the batches if none is under way)."""
+        self._specs.append(spec)
+        self._texts.append(text)
+        self._futures.append(future)
+        self._numbers.append(number)
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
     def _line(self, spec: _Spec, e164: str, member: str, now: float) -> str:
-        """A lane's message as a line of the script's queries.  Its member in the logs
-        is ``<id>:<time>``: unique, and made again the same by :meth:`give_back`."""
+        """A message as a line of the script's queries: the idents ``spec`` leaves free
+        (a query's spec fixes them all), hashed.  Its member in the logs is
+        ``<id>:<time>``: unique, and made again the same by :meth:`give_back`."""
         t = int(now * 1e6)
         if "\n" in member:  # a line of the queries: only its uniqueness matters
             member = _hashed(member)
@@ -211,36 +249,6 @@ class RedisGuardCounts:
                     hashed = self._prefixes[part] = _hashed(part)
                 idents += hashed + " "
         return f"{spec.ident} {t} {idents}{member}:{t}"
-
-    def give_back(self, lane: Lane, e164: str, member: str, now: float) -> None:
-        """:meth:`GuardCounts.give_back`, with the next batch (in this process's counts
-        while Redis is down)."""
-        if not self._link.up:
-            self.local.give_back(lane, e164, member, now)
-            return
-        spec = lane.shared
-        if spec is None or spec.owner is not self or not spec.start <= now < spec.until:
-            spec = self._lane_spec(lane, now)
-        self._back_specs.append(spec)
-        self._back_texts.append(self._line(spec, e164, member, now))
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._run())
-
-    async def check(self, query: GuardQuery) -> GuardAnswer:
-        """Answer ``query`` (any message: tag budgets, an override) with the next batch."""
-        if not self._link.up:
-            return self.local.evaluate(query, True)
-        future: asyncio.Future[GuardAnswer] = asyncio.get_running_loop().create_future()
-        spec = self._query_spec(query)
-        t = int(query.now * 1e6)
-        member = query.member if "\n" not in query.member else _hashed(query.member)
-        self._specs.append(spec)
-        self._texts.append(f"{spec.ident} {t} {member}:{t}")
-        self._futures.append(future)
-        self._numbers.append(None)
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._run())
-        return await future
 
     def spend(self, keys: Sequence[SpendKey], amount: float, now: float) -> list[float]:
         """Add ``amount`` to each key's spend; written with the next batch of checks, or
@@ -279,7 +287,7 @@ class RedisGuardCounts:
             return self.local.peek(query)
         spec = self._query_spec(query)
         line = f"{spec.ident} {int(query.now * 1e6)} peek".encode()
-        args = [b"peek", b"0", b"1", *self._unpacked(spec), line]
+        args = [b"peek", b"0", b"1", *spec.fields, line]
 
         def call(client: Any) -> Any:
             return client.register_script(GUARDS)(keys=[], args=args)
@@ -332,17 +340,6 @@ class RedisGuardCounts:
         )
         spec.query = query
         return spec
-
-    @staticmethod
-    def _unpacked(spec: _Spec) -> list[bytes]:
-        """The spec's fields one by one (for a client that packs them itself)."""
-        out, data, pos = [], spec.packed, 0
-        while pos < len(data):
-            end = data.index(b"\r\n", pos)
-            size = int(data[pos + 1 : end])
-            out.append(data[end + 2 : end + 2 + size])
-            pos = end + 4 + size
-        return out
 
     def _lane_query(self, lane: Lane, e164: str, member: str, now: float) -> GuardQuery:
         """The query of a lane's message, for the counts in this process."""

@@ -11,6 +11,7 @@ and the replica rejoins (one more log line).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import urllib.parse
@@ -170,7 +171,8 @@ class Channel:
         self._link = link
         self._operation = operation
         self._script = script.encode()
-        self._sha = b""
+        #: Redis names a script by its SHA-1: known here, loaded only when Redis lacks it.
+        self._sha = hashlib.sha1(self._script).hexdigest().encode()
         self._pool = ConnectionPool.from_url(
             link.settings.url,
             decode_responses=True,
@@ -189,7 +191,6 @@ class Channel:
                 conn = self._conn
                 if conn is None:
                     conn = self._conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
-                    await self._load(conn)
                 try:
                     reply = await self._exchange(conn, self._head(count), args)
                 except NoScriptError:  # Redis restarted, or its scripts were flushed
@@ -212,8 +213,7 @@ class Channel:
 
     async def _load(self, conn: AbstractConnection) -> None:
         command = [b"SCRIPT", b"LOAD", self._script]
-        sha = await self._exchange(conn, b"*3\r\n", [resp(command)])
-        self._sha = str(sha).encode()
+        await self._exchange(conn, b"*3\r\n", [resp(command)])
 
     @staticmethod
     async def _exchange(conn: AbstractConnection, head: bytes, args: list[bytes]) -> Any:
