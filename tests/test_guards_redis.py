@@ -52,6 +52,14 @@ def config_text(fake: FakeTwilio, url: str, key_prefix: str, guards: str) -> str
     )
 
 
+def guard_count(router: Router, guard: str, number: str = DE.format(0)) -> float:
+    """The count ``explain`` gives the (first) guard of that kind for an otp to ``number``."""
+    plan = router.explain(otp(number))
+    count = next(g.count for g in plan.guards if g.guard == guard)
+    assert count is not None
+    return count
+
+
 @contextlib.asynccontextmanager
 async def two_routers(text: str, clock: ManualClock) -> AsyncIterator[tuple[Router, Router]]:
     """Two replicas of one config (the same key prefix), on one clock."""
@@ -123,8 +131,11 @@ async def test_two_routers_share_spend_and_the_budget_rolls_over_with_the_month(
     async with two_routers(text, clock) as (one, two):
         statuses = []
         for i in range(5):  # 0.08 each, alternately: 0.32 after the 4th
-            statuses.append((await (one if i % 2 else two).send(otp(DE.format(i)))).status)
-            await asyncio.sleep(0.05)  # the spend is written with the next batch, or in 10 ms
+            sender, other = (one, two) if i % 2 else (two, one)
+            statuses.append((await sender.send(otp(DE.format(i)))).status)
+            if i < 4:  # written with the next batch, or within 10 ms: the other sees it
+                spent = round(0.08 * (i + 1), 2)
+                await until(lambda o=other, s=spent: guard_count(o, "budget") >= s - 1e-9)
         clock.set(START + 3600)  # April
         april = await one.send(otp(DE.format(9)))
     assert statuses == ["accepted"] * 4 + ["failed"]
@@ -329,12 +340,13 @@ async def test_a_send_cancelled_before_any_provider_was_called_leaves_the_window
     async with Router(parse_config(text), clock=clock, metrics=False) as router:
         assert (await router.send(otp(number))).ok  # 1 of 2; the bucket's token is gone
         task = asyncio.ensure_future(router.send(otp(number)))
-        await asyncio.sleep(0.1)  # it waits for the next token (a second, never advanced)
+        # Counted, then waiting for the next token (a second away on the clock).
+        await until(lambda: guard_count(router, "velocity", number) == 2)
         assert not task.done()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await asyncio.sleep(0.05)  # with Redis: the give-back goes with the next batch
+        await until(lambda: guard_count(router, "velocity", number) == 1)  # given back
         clock.advance(2)  # a token again
         second = await router.send(otp(number))
         clock.advance(2)
@@ -485,3 +497,28 @@ def test_budgets_cap_and_roll_over_as_in_memory(redis_url: str, groups: Any) -> 
     """
     redis_run = asyncio.run(traffic(redis_url, guards, groups, "redis"))
     assert redis_run == asyncio.run(traffic(redis_url, guards, groups, "memory"))
+
+
+async def test_explain_while_redis_is_gone_answers_from_memory(
+    throwaway_redis: RedisServer,  # noqa: F811
+    twilio_a: FakeTwilio,
+) -> None:
+    """explain() reads Redis with a blocking call: with Redis killed under it, that call
+    fails within the state timeout, explain answers from this replica's counts, the link
+    is marked down, and sending goes on."""
+    guards = "guards:\n  otp:\n    velocity:\n      - {per: number, max: 2, window: 1h}\n"
+    text = config_text(twilio_a, throwaway_redis.url, "guards-explain:", guards)
+    async with Router(parse_config(text), clock=ManualClock(START), metrics=False) as router:
+        assert (await router.send(otp(DE.format(3)))).ok  # counted in Redis
+        assert guard_count(router, "velocity", DE.format(3)) == 1  # read there
+        throwaway_redis.kill()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        plan = router.explain(otp(DE.format(3)))
+        took = loop.time() - started
+        assert not router.state.link.up  # type: ignore[attr-defined]
+        after = await router.send(otp(DE.format(3)))
+    assert plan.refused_by is None
+    assert [g.count for g in plan.guards if g.guard == "velocity"] == [0]  # memory: none yet
+    assert took < 1.0  # the state timeout is 300 ms
+    assert after.ok
