@@ -169,8 +169,10 @@ rules:
     score_weights: {{price: 1.5, success: 1, latency: 1}}
 """)
     clock = ManualClock()
-    # Latencies well above loopback jitter, so that score's latency ratios are stable.
-    twilio_a.latency(0.1)
+    # Latencies well above loopback jitter, so that score's latency ratios are stable:
+    # b wins while a's measured latency is over 4x its own, so a 25x gap leaves room for
+    # b's measurements to be slowed several-fold by a busy machine (CI's two cores).
+    twilio_a.latency(0.25)
     twilio_b.latency(0.01)
     async with Router(config, clock=clock, rng=random.Random(3), metrics=False) as router:
         slow = []
