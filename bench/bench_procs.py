@@ -31,19 +31,29 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
-def config_text(backend: str, url: str, prefix: str, name: str = "realistic.yaml") -> str:
-    """bench/<name> with a non-binding rate limit on each provider and a state section."""
+def config_text(
+    backend: str, url: str, prefix: str, name: str = "realistic.yaml", guard_checks: str = "exact"
+) -> str:
+    """bench/<name> with a non-binding rate limit on each provider and a state section
+    (with Redis: the guards' ``guard_checks``)."""
     out = []
     for line in (HERE / name).read_text().splitlines():
         out.append(line)
         if line.strip().startswith("max_concurrency:"):
             out.append("    rate_limit: 100000/s")
-    out.append(f'state: {{backend: {backend}, url: "{url}", key_prefix: "{prefix}"}}')
+    checks = f", guard_checks: {guard_checks}" if backend == "redis" else ""
+    out.append(f'state: {{backend: {backend}, url: "{url}", key_prefix: "{prefix}"{checks}}}')
     return "\n".join(out) + "\n"
 
 
 async def child(
-    backend: str, url: str, prefix: str, messages: int, concurrency: int, name: str
+    backend: str,
+    url: str,
+    prefix: str,
+    messages: int,
+    concurrency: int,
+    name: str,
+    guard_checks: str = "exact",
 ) -> None:
     import bench_send as b
 
@@ -56,7 +66,9 @@ async def child(
             "BENCH_ACCOUNT_SID": info["account_sid"],
             "BENCH_AUTH_TOKEN": info["auth_token"],
         }
-        config = parse_config(config_text(backend, url, prefix, name), environ=environ)
+        config = parse_config(
+            config_text(backend, url, prefix, name, guard_checks), environ=environ
+        )
         ok = 0
         async with Router(config) as router:
 
@@ -100,6 +112,8 @@ def one_round(k: int, backend: str, args: argparse.Namespace) -> tuple[float, fl
         str(args.concurrency),
         "--config",
         args.config,
+        "--guard-checks",
+        args.guard_checks,
     ]
     procs = [
         subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -153,17 +167,31 @@ def main() -> None:
         default="realistic.yaml",
         help="the config under bench/ (realistic-guards.yaml: every guard configured)",
     )
+    parser.add_argument(
+        "--guard-checks",
+        choices=["exact", "local"],
+        default="exact",
+        help="state.guard_checks of the Redis runs (local: checked in memory, counted in Redis)",
+    )
     parser.add_argument("--child", choices=["memory", "redis"], help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
         asyncio.run(
-            child(args.child, args.redis, args.prefix, args.messages, args.concurrency, args.config)
+            child(
+                args.child,
+                args.redis,
+                args.prefix,
+                args.messages,
+                args.concurrency,
+                args.config,
+                args.guard_checks,
+            )
         )
         return
     print(
         f"{args.config}: {args.messages} messages per process, concurrency {args.concurrency}, "
-        f"medians of {args.rounds} rounds"
+        f"medians of {args.rounds} rounds, guard_checks {args.guard_checks}"
     )
     for k in args.k:
         rates: dict[str, list[float]] = {"memory": [], "redis": []}

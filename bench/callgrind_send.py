@@ -25,7 +25,9 @@ without ``max_concurrency``: the difference is what an uncontended slot costs),
 ``router-realistic-guards`` (bench/realistic-guards.yaml: the realistic config with
 every fraud and spend guard configured, none reached; issue 19),
 ``router-realistic-redis`` and ``router-realistic-guards-redis`` (the same two configs with
-their state in Redis, see :data:`REDIS_STATE`: the client's side of the guards' batches)
+their state in Redis, see :data:`REDIS_STATE`: the client's side of the guards' batches),
+``router-realistic-guards-redis-local`` (the same with ``guard_checks: local``: checked in
+memory, recorded in Redis)
 and ``sdk`` (the twilio SDK's async client).
 ``--profile DIR`` keeps each run's callgrind file there (for callgrind_annotate).
 """
@@ -64,6 +66,7 @@ ARMS = {
     "router-realistic-guards": "realistic, with guards",
     "router-realistic-redis": "realistic, Redis state",
     "router-realistic-guards-redis": "guards, Redis state",
+    "router-realistic-guards-redis-local": "guards, Redis, local checks",
     "sdk": "twilio SDK (async)",
 }
 
@@ -83,12 +86,24 @@ async def client(arm: str, count: int) -> None:
             await b.sdk_round(info, warm, 64)
             await b.sdk_round(info, items, 64)
         else:
+            if arm.endswith("-local"):
+                from smsroute.state import redis_guards
+
+                # Records wait SPEND_DELAY (10 ms) to share a batch; under valgrind the
+                # client runs ~50x slower, so the same wait would hold 50x fewer: wait
+                # 50x longer, for the batches a native run makes.
+                redis_guards.SPEND_DELAY *= 50
             kw = {
                 "metrics": arm != "router-no-metrics",
                 "realistic": arm.startswith("router-realistic"),
                 "capped": arm != "router-realistic-uncapped",
                 "guards": arm.startswith("router-realistic-guards"),
-                "state": REDIS_STATE.format(uuid.uuid4().hex[:8]) if arm.endswith("-redis") else "",
+                "state": (
+                    REDIS_STATE.format(uuid.uuid4().hex[:8])
+                    + ("  guard_checks: local\n" if arm.endswith("-local") else "")
+                    if "-redis" in arm
+                    else ""
+                ),
             }
             await b.router_round(info, warm, 64, **kw)
             await b.router_round(info, items, 64, **kw)

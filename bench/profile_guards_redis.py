@@ -2,6 +2,7 @@
 
     python bench/profile_guards_redis.py [--config realistic-guards.yaml]
                                          [--backend redis|memory] [--messages 3000]
+                                         [--guard-checks exact|local]
                                          [--no-io] [--profile FILE]
 
 One router (bench/<config> as bench_procs.py runs it: a non-binding rate limit and a
@@ -9,7 +10,8 @@ state section) against a fake Twilio in another process; after a warm-up, ``--me
 sends at 64 concurrent, and the CPU per message split into user and system time, with
 the process's voluntary and involuntary context switches.  ``--no-io`` answers the
 guards' script calls at once without Redis (every message passes, nothing to report):
-what is left over the run without guards is the waiting itself, not Redis's I/O.
+what is left over the run without guards is the waiting itself, not Redis's I/O (with
+``--guard-checks local``: the recording, the batches' answers not read back).
 ``--profile FILE`` writes a cProfile of the measured sends (for pstats).
 """
 
@@ -39,6 +41,12 @@ async def no_io(channel: Any, args: list[bytes], count: int) -> Any:
     return [["0"] * spends, [[["0"] * 2, 0, 0, 0]] * lanes, [""] * nq]
 
 
+async def no_io_records(channel: Any, args: list[bytes], count: int) -> Any:
+    """A record batch's reply, without asking Redis (see ``--no-io``)."""
+    await asyncio.sleep(0)
+    return [[], [], []]
+
+
 async def main(args: argparse.Namespace) -> None:
     import bench_procs
     import bench_send as b
@@ -48,7 +56,11 @@ async def main(args: argparse.Namespace) -> None:
     proc, info = b.start_fake()
     try:
         text = bench_procs.config_text(
-            args.backend, args.redis, f"smsroute-bench-prof:{uuid.uuid4().hex[:8]}:", args.config
+            args.backend,
+            args.redis,
+            f"smsroute-bench-prof:{uuid.uuid4().hex[:8]}:",
+            args.config,
+            args.guard_checks,
         )
         environ = {
             "BENCH_URL": info["url"],
@@ -96,11 +108,18 @@ if __name__ == "__main__":
     parser.add_argument("--backend", choices=["redis", "memory"], default="redis")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--guard-checks", choices=["exact", "local"], default="exact")
     parser.add_argument("--no-io", action="store_true")
     parser.add_argument("--profile")
     options = parser.parse_args()
     if options.no_io:
         from smsroute.state import redis_link
 
-        redis_link.Channel.evalsha = no_io  # type: ignore[method-assign,assignment]
+        if options.guard_checks == "local":  # records: an empty answer, nothing learnt
+            from smsroute.state import guards_mirror
+
+            redis_link.Channel.evalsha = no_io_records  # type: ignore[method-assign,assignment]
+            guards_mirror.Mirror.learn = lambda *args: None  # type: ignore[method-assign]
+        else:
+            redis_link.Channel.evalsha = no_io  # type: ignore[method-assign,assignment]
     asyncio.run(main(options))

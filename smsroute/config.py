@@ -123,9 +123,11 @@ STATE_KEYS = frozenset(
         "health_window",
         "health_half_life",
         "receipt_ttl",
+        "guard_checks",
     }
 )
 StateBackendName = Literal["memory", "redis"]
+GuardChecks = Literal["exact", "local"]
 OUTBOX_KEYS = frozenset(
     {
         "backend",
@@ -399,6 +401,10 @@ class StateSettings:
     health_half_life: float = 300.0
     #: How long a processed delivery receipt is remembered, so a retry is dropped.
     receipt_ttl: float = 48 * 3600.0
+    #: With Redis: ``exact``, every guard check waits for Redis (limits exact across
+    #: replicas); ``local``, each replica decides from its own counts at once and
+    #: learns every replica's within a round trip (see smsroute.state.guards_mirror).
+    guard_checks: GuardChecks = "exact"
 
 
 @attrs.frozen(slots=True)

@@ -19,6 +19,7 @@ from smsroute.config import (
     STRATEGIES,
     BreakerScope,
     EncodingMode,
+    GuardChecks,
     OnTimeout,
     OnUndelivered,
     OutboxBackend,
@@ -180,6 +181,7 @@ breaker_scope: Callable[[Any], BreakerScope] = _choice(
 
 
 state_backend: Callable[[Any], StateBackendName] = _choice(("memory", "redis"), "state backend")
+guard_checks: Callable[[Any], GuardChecks] = _choice(("exact", "local"), "guard_checks")
 encoding_mode: Callable[[Any], EncodingMode] = _choice(("auto", "transliterate"), "encoding")
 
 

@@ -154,6 +154,7 @@ class _Loader(Checker):
             receipt_ttl=self.field(
                 s, path, "receipt_ttl", check.positive_duration, base.receipt_ttl
             ),
+            guard_checks=self.field(s, path, "guard_checks", check.guard_checks, base.guard_checks),
         )
         if settings.sync_interval > 1.0:
             self.error(

@@ -41,19 +41,15 @@ import calendar
 import time
 from collections import deque
 from collections.abc import Awaitable, Sequence
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol
 
 from smsroute.guardconfig import Budget
+from smsroute.guardwindows import Slots, VelocityWindow, trim
 
 #: Checks between two sweeps of idle anomaly slots and spends (velocity logs need none).
 SWEEP_EVERY = 4096
-#: Velocity logs of a limit whose ``max`` is larger are deques (O(1) to drop the oldest;
-#: but one costs ten times a list to make).
-SHORT_LOG = 1000
 #: Seconds a spend is kept after its period ends.
 SPEND_KEPT = 3600.0
-
-Log: TypeAlias = "list[float] | deque[float]"
 
 
 class AnomalyQuery:
@@ -222,63 +218,6 @@ class SpendKey:
         return self.end - now + SPEND_KEPT
 
 
-class VelocityWindow:
-    """The sliding logs of one velocity limit: ident (a number, a prefix or a country) ->
-    its send times, oldest first.
-
-    Logs live in two generations of ``length`` seconds (``cur`` ends at ``end``): a log
-    is moved into the current one when it is used, and a generation is dropped whole
-    when the clock passes the end of the next one, when every time in its logs has left
-    the window.  Idle logs cost neither a sweep nor an expiry queue."""
-
-    __slots__ = ("cur", "end", "length", "long", "prev")
-
-    def __init__(self, length: float, most: int) -> None:
-        self.length = length
-        self.long = most > SHORT_LOG
-        self.cur: dict[str, Log] = {}
-        self.prev: dict[str, Log] = {}
-        self.end = float("-inf")
-
-    def rotate(self, now: float) -> None:
-        """Start the generation ``now`` falls in (when ``now >= end``)."""
-        if now < self.end + self.length:
-            self.prev = self.cur
-            self.end += self.length
-        else:  # both generations are over
-            self.prev = {}
-            self.end = now + self.length
-        self.cur = {}
-
-    def log(self, ident: str) -> Log:
-        """The log of ``ident`` in the current generation (moved or made there)."""
-        log = self.cur.get(ident)
-        if log is None:
-            log = self.prev.pop(ident, None)
-            if log is None:
-                log = deque() if self.long else []
-            self.cur[ident] = log
-        return log
-
-    def find(self, ident: str) -> Log | None:
-        """The log of ``ident``, moving nothing."""
-        log = self.cur.get(ident)
-        return self.prev.get(ident) if log is None else log
-
-
-def trim(log: Log, horizon: float) -> int:
-    """Drop the times at or before ``horizon`` from the front of ``log``; the count left."""
-    if isinstance(log, list):
-        n = 0
-        while n < len(log) and log[n] <= horizon:
-            n += 1
-        del log[:n]
-    else:
-        while log and log[0] <= horizon:
-            log.popleft()
-    return len(log)
-
-
 class Lane:
     """The query of a message of one category, under one rule, to one country, worked
     out once (by :mod:`smsroute.guards`) for :meth:`MemoryGuardCounts.fast`: only the
@@ -313,7 +252,7 @@ class Lane:
         #: (window, kind, prefix end, max) per velocity limit, in ``counts``.
         self.windows: tuple[tuple[VelocityWindow, int, int, int], ...] = ()
         #: The anomaly slots of the country, in ``counts`` (once it has some).
-        self.kept: _Slots | None = None
+        self.kept: Slots | None = None
         #: What a :class:`SharedGuardCounts` keeps for the lane (its packed arguments).
         self.shared: Any = None
         #: Whether the caller may override its anomaly guard (then a message with the
@@ -338,7 +277,7 @@ class MemoryGuardCounts:
         #: velocity limit key -> its logs.
         self.windows: dict[str, VelocityWindow] = {}
         #: anomaly key -> its slots; and when each category was first counted.
-        self._slots: dict[str, _Slots] = {}
+        self._slots: dict[str, Slots] = {}
         self._since: dict[str, float] = {}
         #: spend key -> [amount, when it may be forgotten].
         self.spent: dict[str, list[float]] = {}
@@ -359,11 +298,12 @@ class MemoryGuardCounts:
             window = self.windows[key] = VelocityWindow(length, most)
         return window
 
-    def fast(self, lane: Lane, e164: str, now: float) -> bool:
+    def fast(self, lane: Lane, e164: str, now: float, member: str = "") -> bool:
         """Check and count a message of ``lane`` to ``e164`` when nothing happens: True
         when it passed, no provider budget of the lane is at its cap and the anomaly
         guard neither trips nor releases.  False: nothing counted, :meth:`evaluate` must
-        answer (a refusal, a provider at its cap, an anomaly transition)."""
+        answer (a refusal, a provider at its cap, an anomaly transition).  ``member``
+        (the message's id) is for counts that record it elsewhere too."""
         if lane.counts is not self:
             lane.windows = tuple(
                 (self.window(key, length, most), kind, end, most)
@@ -402,6 +342,9 @@ class MemoryGuardCounts:
             if now >= window.end:
                 window.rotate(now)
             ident = e164 if kind == 0 else e164[1:end] if kind == 1 else lane.country
+            if window.held and window.held.get(ident, now) > now:  # full elsewhere
+                _take_back(lane, limit, e164)
+                return False
             logs = window.cur
             log = logs.get(ident)
             if log is None:
@@ -444,7 +387,7 @@ class MemoryGuardCounts:
         if a is not None:
             kept = self._slots.get(a.key)
             if kept is None:
-                kept = _Slots(a.slot, a.window + a.baseline, round(a.baseline / a.slot))
+                kept = Slots(a.slot, a.window + a.baseline, round(a.baseline / a.slot))
                 if commit:
                     self._slots[a.key] = kept
             if not kept.start <= now < kept.end:
@@ -478,6 +421,8 @@ class MemoryGuardCounts:
                 window.rotate(now)
             log = window.find(ident)
             n = 0 if log is None else trim(log, now - length)
+            if window.held and window.held.get(ident, now) > now:  # full elsewhere
+                n = max(n, most)
             if n >= most:
                 return GuardAnswer(
                     "velocity", i, n, spends, tripped, recent, base, (*counts_out, n)
@@ -516,6 +461,49 @@ class MemoryGuardCounts:
                         del log[i]
                         break
 
+    # -- what a shared store counted (state.guard_checks: local) -------------------------
+
+    def hold(self, key: str, ident: str, length: float, most: int, until: float) -> None:
+        """Count the log of ``ident`` (velocity limit ``key``) as full until ``until``:
+        the shared store says every replica's messages fill it until then."""
+        held = self.window(key, length, most).held
+        if held.get(ident, until) <= until:
+            held[ident] = until
+
+    def merge_spend(self, key: str, total: float, expires: float) -> None:
+        """Take every replica's spend on ``key`` (``total``, this one's included)."""
+        entry = self.spent.get(key)
+        if entry is None:
+            self.spent[key] = [total, expires]
+        elif total > entry[0]:
+            entry[0] = total
+
+    def merge_anomaly(
+        self, a: AnomalyQuery, slot: int, recent: int, base: int, since: float
+    ) -> None:
+        """Take every replica's counts of the anomaly key of ``a`` as the shared store
+        had them in its slot ``slot``: the requests of the window (``recent``), the
+        passed messages of the baseline before it (``base``), when the category was
+        first counted (``since``).  A slot this process has left already is ignored."""
+        kept = self._slots.get(a.key)
+        if kept is None:
+            kept = self._slots[a.key] = Slots(
+                a.slot, a.window + a.baseline, round(a.baseline / a.slot)
+            )
+        number = round(kept.start / kept.length) if kept.end else -1
+        if number > slot:
+            return
+        if number < slot:
+            kept.at(slot * kept.length)
+        first = self._since.get(a.armed_key)
+        if first is None or since < first:
+            self._since[a.armed_key] = first = since
+        kept.armed = first + a.baseline
+        # the store's counts include this process's (but not the requests counted here
+        # since the batch left): never fewer than counted here
+        kept.before = max(kept.before, recent - kept.cur[0])
+        kept.base = max(kept.base, base)
+
     def add_spend(self, key: str, amount: float, expires: float) -> None:
         """Add to a spend without reading it back (the Redis fallback's replay)."""
         entry = self.spent.get(key)
@@ -526,72 +514,9 @@ class MemoryGuardCounts:
 
     def sweep(self, now: float) -> None:
         """Forget the anomaly slots and spends no window or period counts any more (a
-        country's :class:`_Slots` stays, empty: lanes hold it)."""
+        country's :class:`Slots` stays, empty: lanes hold it)."""
         for kept in self._slots.values():
             kept.prune(now)
         for key, (_, expires) in list(self.spent.items()):
             if expires <= now:
                 del self.spent[key]
-
-
-class _Slots:
-    """One anomaly key's counts: slot number -> [requests, passed]; and, for the slot
-    the clock is in, the sums that change only when a new slot begins."""
-
-    __slots__ = (
-        "armed",
-        "base",
-        "before",
-        "cur",
-        "end",
-        "length",
-        "nbase",
-        "slots",
-        "span",
-        "start",
-    )
-
-    def __init__(self, length: float, span: float, nbase: int) -> None:
-        self.length = length
-        self.span = span
-        #: Slots in the baseline.
-        self.nbase = nbase
-        self.slots: dict[int, list[int]] = {}
-        #: The current slot's [requests, passed], its bounds, the requests of the four
-        #: slots before it (the rest of the recent window) and the passed messages of the
-        #: baseline before the window.
-        self.cur = [0, 0]
-        self.start = self.end = 0.0
-        self.before = self.base = 0
-        #: When the guard is armed: its category's first count plus the baseline.
-        self.armed = float("inf")
-
-    def prune(self, now: float) -> None:
-        """Forget the slots no window or baseline counts any more."""
-        slots = self.slots
-        for number in [n for n in slots if (n + 1) * self.length < now - self.span]:
-            del slots[number]
-        self.end = 0.0  # its current slot may be gone: found again on next use
-
-    def at(self, now: float) -> None:
-        """Make the slot ``now`` falls in the current one."""
-        slots = self.slots
-        if len(slots) > self.nbase + 10:
-            self.prune(now)
-        number = int(now // self.length)
-        self.start = number * self.length
-        self.end = self.start + self.length
-        cur = slots.get(number)
-        if cur is None:
-            cur = slots[number] = [0, 0]
-        self.cur = cur
-        before = base = 0
-        for n in range(number - 4, number):
-            counts = slots.get(n)
-            if counts is not None:
-                before += counts[0]
-        for n in range(number - 4 - self.nbase, number - 4):
-            counts = slots.get(n)
-            if counts is not None:
-                base += counts[1]
-        self.before, self.base = before, base

@@ -338,7 +338,7 @@ class Guards:
             local = counts
         assert local is not None
         if (not self._tag or self._tag.keys().isdisjoint(message.tags)) and local.fast(
-            lane, e164, now
+            lane, e164, now, member
         ):
             return PASSED
         plan = self._plan(category, rule)
@@ -598,7 +598,7 @@ class Guards:
             keys += tuple(self._keys[id(b)] for t in message.tags if (b := self._tag.get(t)))
         if not keys:
             return
-        if isinstance(counts, MemoryGuardCounts):
+        if type(counts) is MemoryGuardCounts:  # inline (a Mirror records its spend too)
             spent = counts.spent
             for sk in keys:
                 if not sk.start <= now < sk.end:  # a new period: the spends of past ones go

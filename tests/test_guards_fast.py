@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smsroute import ANOMALY_OVERRIDE, AnomalyTransition, Event, Message, parse_config
-from smsroute.guardcounts import MemoryGuardCounts, VelocityWindow
+from smsroute.guardcounts import MemoryGuardCounts
 from smsroute.guards import Guards, Refusal
+from smsroute.guardwindows import VelocityWindow
 from smsroute.runtime import Prepared, Runtime
 
 START = float(calendar.timegm((2026, 1, 31, 23, 59, 0)))  # a minute before a new month

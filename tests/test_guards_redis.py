@@ -319,7 +319,7 @@ async def test_a_provider_at_its_cap_and_a_tag_budget_on_redis(
     assert tagged == ["accepted", "accepted", "failed"]
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis"])
+@pytest.mark.parametrize("backend", ["memory", "redis", "redis-local"])
 async def test_a_send_cancelled_before_any_provider_was_called_leaves_the_window(
     redis_url: str,  # noqa: F811
     prefix: str,  # noqa: F811
@@ -333,7 +333,8 @@ async def test_a_send_cancelled_before_any_provider_was_called_leaves_the_window
         + twilio_block("a", twilio_a, rate_limit="1/s", burst=1)
         + "\nrules:\n  - name: default\n    providers: [a]\n"
         + "guards:\n  otp:\n    velocity:\n      - {per: number, max: 2, window: 1h}\n"
-        + (state_block(redis_url, prefix, timeout="300ms") + "\n" if backend == "redis" else "")
+        + (state_block(redis_url, prefix, timeout="300ms") + "\n" if backend != "memory" else "")
+        + ("  guard_checks: local\n" if backend == "redis-local" else "")
     )
     clock = ManualClock(START)
     number = DE.format(11)
@@ -387,12 +388,15 @@ async def traffic(
     backend: str,
 ) -> tuple[list[str], list[str]]:
     """Send ``groups`` (seconds later, numbers sent at once) through a router whose
-    guards count in ``backend``: the statuses, and the anomaly trips and releases."""
+    guards count in ``backend`` (memory, redis, or redis-local: redis with
+    ``guard_checks: local``): the statuses, and the anomaly trips and releases."""
     async with FakeTwilio() as fake:
         key_prefix = f"smsroute-test:{uuid.uuid4().hex[:12]}:"
         text = config_text(fake, redis_url, key_prefix, guards)
         if backend == "memory":
             text = text[: text.index("state:")]
+        elif backend == "redis-local":
+            text += "  guard_checks: local\n"
         clock = ManualClock(START)
         out: list[str] = []
         events: list[str] = []
@@ -406,7 +410,7 @@ async def traffic(
                 clock.advance(later)
                 sends = [router.send(otp(DE.format(n))) for n in numbers]
                 out += [r.status for r in await asyncio.gather(*sends)]
-    if backend == "redis":
+    if backend != "memory":
         client = redis.Redis.from_url(redis_url)
         keys = client.keys(f"{key_prefix}*")
         if keys:
@@ -425,13 +429,20 @@ GROUPS = st.lists(  # groups of sends made at once: (seconds later, numbers of t
 )
 
 
+@pytest.mark.parametrize("backend", ["redis", "redis-local"])
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(groups=GROUPS)
-def test_the_script_answers_as_the_memory_counts_do(redis_url: str, groups: Any) -> None:  # noqa: F811
+def test_the_script_answers_as_the_memory_counts_do(
+    redis_url: str,  # noqa: F811
+    backend: str,
+    groups: Any,
+) -> None:
     """Any traffic, sent in groups at once (one batch in Redis) and in sequence, through a
     router counting in memory and one counting in Redis: the same messages pass and the
     same are refused, windows sliding at their exact edges (a log counted once per batch
-    and trimmed only at its limit must refuse exactly when the memory's would)."""
+    and trimmed only at its limit must refuse exactly when the memory's would).  With
+    ``guard_checks: local`` one replica decides in its own memory and Redis only counts
+    (what Redis says back must never refuse what the memory passed, or pass more)."""
     guards = """
         guards:
           otp:
@@ -441,7 +452,7 @@ def test_the_script_answers_as_the_memory_counts_do(redis_url: str, groups: Any)
               - {per: country, max: 9, window: 15m}
     """
 
-    redis_run = asyncio.run(traffic(redis_url, guards, groups, "redis"))
+    redis_run = asyncio.run(traffic(redis_url, guards, groups, backend))
     assert redis_run == asyncio.run(traffic(redis_url, guards, groups, "memory"))
 
 
@@ -455,10 +466,12 @@ ANOMALY_GROUPS = st.lists(
 )
 
 
+@pytest.mark.parametrize("backend", ["redis", "redis-local"])
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(groups=ANOMALY_GROUPS)
 def test_the_anomaly_guard_trips_and_releases_as_in_memory(
     redis_url: str,  # noqa: F811
+    backend: str,
     groups: Any,
 ) -> None:
     """As above for the anomaly guard (its slots' sums read once per slot and batch in
@@ -470,10 +483,11 @@ def test_the_anomaly_guard_trips_and_releases_as_in_memory(
             anomaly: {window: 5m, baseline: 1h, factor: 2, min_count: 3}
     """
 
-    redis_run = asyncio.run(traffic(redis_url, guards, groups, "redis"))
+    redis_run = asyncio.run(traffic(redis_url, guards, groups, backend))
     assert redis_run == asyncio.run(traffic(redis_url, guards, groups, "memory"))
 
 
+@pytest.mark.parametrize("backend", ["redis", "redis-local"])
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     groups=st.lists(
@@ -485,7 +499,11 @@ def test_the_anomaly_guard_trips_and_releases_as_in_memory(
         max_size=8,
     )
 )
-def test_budgets_cap_and_roll_over_as_in_memory(redis_url: str, groups: Any) -> None:  # noqa: F811
+def test_budgets_cap_and_roll_over_as_in_memory(
+    redis_url: str,  # noqa: F811
+    backend: str,
+    groups: Any,
+) -> None:
     """As above for budgets (0.08 a message): a category cap, and a provider cap under
     the rule's default ``on_budget: refuse`` (the lane's answer works out the providers
     at their cap once per batch), over hour boundaries: the same statuses in both."""
@@ -495,7 +513,7 @@ def test_budgets_cap_and_roll_over_as_in_memory(redis_url: str, groups: Any) -> 
             - {scope: category, name: otp, limit: 0.6, per: hour}
             - {scope: provider, name: a, limit: 0.3, per: hour}
     """
-    redis_run = asyncio.run(traffic(redis_url, guards, groups, "redis"))
+    redis_run = asyncio.run(traffic(redis_url, guards, groups, backend))
     assert redis_run == asyncio.run(traffic(redis_url, guards, groups, "memory"))
 
 

@@ -13,7 +13,8 @@ times (one ``ZADD``).
 from __future__ import annotations
 
 #: ARGV: mode ('check': answer and count; 'peek': answer, change nothing; 'back': take
-#: the queries' members out of their velocity logs), n spends, n x (key, amount, ttl
+#: the queries' members out of their velocity logs; 'record': count what the replica
+#: decided, see below), n spends, n x (key, amount, ttl
 #: ms), n lanes, per lane: its id, n caps, n x (key, limit), n spends read, keys, has
 #: anomaly (0/1) [key, since key, window, baseline, slot, factor, min count, blocks
 #: (0/1)], n velocity, n x (key prefix, window, max, ident or '': the query's next),
@@ -25,9 +26,18 @@ from __future__ import annotations
 #: left out passed, and its anomaly guard was not tripped, nor did it change from the
 #: lane's query before in the batch (the first of a lane in a batch with an anomaly
 #: guard is always reported: a release tells its own counts).
+#:
+#: In 'record' mode (``state.guard_checks: local``) the replica has decided already: a
+#: query's member starts with ``p`` (passed: counted everywhere) or ``r`` (refused: a
+#: request of the anomaly guard only) and nothing is refused.  Per lane: {cap spends,
+#: spends read, recent, base, since ('' without an anomaly guard), anomaly slot (-1
+#: without)}; per query whose velocity logs are at their limit after it: {query
+#: number, '<limit index>:<when the log falls below its max, us> ...'}.
 GUARDS = """
 local mode = ARGV[1]
 local commit = mode == 'check'
+local record = mode == 'record'
+local counting = commit or record
 local i = 2
 local totals = {}
 local nspend = tonumber(ARGV[i]); i = i + 1
@@ -45,8 +55,11 @@ for l = 1, nl do
   lanes[ARGV[i]] = lane; i = i + 1
   order[l] = lane
   local ncaps = tonumber(ARGV[i]); i = i + 1
+  local capvals = {}
   for c = 1, ncaps do
-    if not lane.capped then
+    if record then
+      capvals[c] = redis.call('GET', ARGV[i]) or '0'
+    elseif not lane.capped then
       local spent = tonumber(redis.call('GET', ARGV[i]) or '0')
       if spent >= tonumber(ARGV[i + 1]) then
         lane.capped = {c - 1, string.format('%.17g', spent)}
@@ -54,6 +67,7 @@ for l = 1, nl do
     end
     i = i + 2
   end
+  lane.capvals = capvals
   local spends = {}
   local nread = tonumber(ARGV[i]); i = i + 1
   for r = 1, nread do
@@ -95,7 +109,7 @@ local function aflush(a)
 end
 local function aslot(a, slot, now)
   if a.since == nil then
-    if commit then
+    if counting then
       redis.call('SET', a.since_key, string.format('%.6f', now), 'NX')
       redis.call('PEXPIRE', a.since_key, math.ceil(4 * (a.window + a.baseline) * 1000))
     end
@@ -163,6 +177,43 @@ while at <= #text do
   local member = string.sub(s, pos)
   if mode == 'back' then
     for v = 1, #keys do redis.call('ZREM', keys[v], member) end
+  elseif record then
+    -- decided by the replica: counted whatever the counts say; the logs that are at
+    -- their limit now are reported with when they fall below it again
+    local flag = string.sub(member, 1, 1)
+    member = string.sub(member, 2)
+    local a = lane.a
+    if a then
+      aslot(a, math.floor(now / a.slot), now)
+      a.r = a.r + 1
+      if flag == 'p' then a.p = a.p + 1 end
+      lane.recent, lane.base = a.recent + a.r, a.base
+    end
+    if flag == 'p' then
+      local full = {}
+      for v, lim in ipairs(lane.v) do
+        local c = vlog(keys[v], lim[2], lim[3] - 1, now)  -- exact from max - 1 on
+        c.n = c.n + 1
+        c.adds[#c.adds + 1] = now
+        c.adds[#c.adds + 1] = member
+        if c.n >= lim[3] then
+          -- the count falls below max when its (n - max + 1)th oldest time leaves
+          local k = c.n - lim[3]
+          local z = redis.call('ZCARD', keys[v])
+          local t
+          if k < z then
+            t = tonumber(redis.call('ZRANGE', keys[v], k, k, 'WITHSCORES')[2])
+          else
+            t = c.adds[2 * (k - z) + 1]
+          end
+          full[#full + 1] = (v - 1) .. ':' .. string.format('%d', math.floor((t + lim[2]) * 1000000))
+        end
+      end
+      if #full > 0 then
+        out[#out + 1] = q
+        out[#out + 1] = table.concat(full, ' ')
+      end
+    end
   else
     local refused, index, count = '-', 0, '0'
     if lane.capped then refused, index, count = 'budget', lane.capped[1], lane.capped[2] end
@@ -215,7 +266,7 @@ while at <= #text do
     end
   end
 end
-if commit then
+if counting then
   for _, key in ipairs(lkeys) do
     local c = logs[key]
     local adds = c.adds
@@ -241,7 +292,14 @@ end
 local lanes_out = {}
 for l = 1, nl do
   local lane = order[l]
-  lanes_out[l] = {lane.spends, lane.tripped, lane.recent, lane.base}
+  if record then
+    local a = lane.a
+    lanes_out[l] = {lane.capvals, lane.spends, lane.recent, lane.base,
+                    a and a.since and string.format('%.6f', a.since) or '',
+                    a and a.cur or -1}
+  else
+    lanes_out[l] = {lane.spends, lane.tripped, lane.recent, lane.base}
+  end
 end
 return {totals, lanes_out, out}
 """

@@ -54,6 +54,7 @@ from smsroute.health import Health
 from smsroute.instrument.events import Event
 from smsroute.optout import OptOutStore
 from smsroute.ratelimit import TokenBucket
+from smsroute.state.guards_mirror import Mirror
 from smsroute.state.redis_breaker import SharedBreaker
 from smsroute.state.redis_bucket import SharedBucket
 from smsroute.state.redis_guards import RedisGuardCounts
@@ -127,6 +128,7 @@ class RedisState:
         self._optouts: RedisOptOuts | None = None
         self._status: StatusStore | None = None
         self._guards: RedisGuardCounts | None = None
+        self._counts: RedisGuardCounts | Mirror | None = None
 
     # -- what the router reads on its send path ----------------------------------------
 
@@ -197,11 +199,16 @@ class RedisState:
             self._status = StatusStore()
         return self._status
 
-    def guard_counts(self) -> RedisGuardCounts:
-        """The guards' counts, shared through Redis (one store per router)."""
-        if self._guards is None:
+    def guard_counts(self) -> RedisGuardCounts | Mirror:
+        """The guards' counts, shared through Redis (one store per router): checked in
+        Redis, or with ``guard_checks: local`` in this process and counted in Redis."""
+        counts = self._counts
+        if counts is None:
             self._guards = RedisGuardCounts(self)
-        return self._guards
+            counts = self._counts = (
+                Mirror(self._guards) if self.settings.guard_checks == "local" else self._guards
+            )
+        return counts
 
     @property
     def receipt_log(self) -> ReceiptLog:

@@ -18,7 +18,7 @@ wall clocks (UTC epoch seconds), which must agree (NTP) to well within a window.
 What a message costs here is kept small, because every message of a guarded category
 makes one (issue 19: "the Redis state keeps its ratio"): a :class:`~smsroute.guardcounts.Lane`
 (the messages of one category, rule and country) is packed into the script's arguments
-once per budget period (:class:`_Spec`), and a message is one line of one argument,
+once per budget period (:class:`Spec`), and a message is one line of one argument,
 ``<lane> <time> <hashed number and prefixes> <member>``; the script answers each lane
 once per batch (its provider spends) and only the messages with something to report (a
 refusal, a trip, a release: :mod:`smsroute.state.guards_script`), so the lane's other
@@ -35,14 +35,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from smsroute.guardcounts import (
     SPEND_KEPT,
-    AnomalyQuery,
     GuardAnswer,
     GuardQuery,
     Lane,
@@ -50,6 +48,7 @@ from smsroute.guardcounts import (
     SpendKey,
 )
 from smsroute.state.guards_script import GUARDS
+from smsroute.state.guards_spec import Spec, hashed, packed_number
 from smsroute.state.redis_link import Channel, resp
 
 if TYPE_CHECKING:
@@ -67,81 +66,19 @@ SEEN_MAX = 100_000
 SPEND_DELAY = 0.01
 
 
-def _hashed(ident: str) -> str:
-    """A number or prefix (or country) hashed: Redis never sees the digits."""
-    return hashlib.blake2b(ident.encode(), digest_size=12).hexdigest()
+class Learner(Protocol):
+    """What the batches of ``state.guard_checks: local`` tell (the
+    :class:`~smsroute.state.guards_mirror.Mirror`)."""
 
-
-def _num(value: float) -> bytes:
-    return repr(value).encode()
-
-
-class _Spec:
-    """One lane's (or one unusual query's) part of the script's arguments, packed.
-
-    ``free`` says how a message's idents are found: (0 its number / 1 its prefix, the
-    prefix's end) per velocity limit whose ident is not fixed (a country's is)."""
-
-    __slots__ = (
-        "answer", "count", "fields", "free", "ident", "lane", "limits", "mark", "names",
-        "owner", "packed", "query", "start", "until",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        owner: RedisGuardCounts,
-        ident: int,
-        caps: Sequence[tuple[str, float]],
-        reads: Sequence[tuple[str, str, float]],
-        anomaly: AnomalyQuery | None,
-        velocity: Sequence[tuple[str, str | None, float, int]],
-        free: tuple[tuple[int, int], ...],
+    def learn(
+        self, specs: Sequence[Spec], numbers: Sequence[str | None], mark: int, reply: Any
     ) -> None:
-        prefix = owner.prefix
-        fields: list[bytes] = [b"%d" % ident, b"%d" % len(caps)]
-        for key, limit in caps:
-            fields += [(prefix + key).encode(), _num(limit)]
-        fields.append(b"%d" % len(reads))
-        fields += [(prefix + key).encode() for key, _, _ in reads]
-        if anomaly is None:
-            fields.append(b"0")
-        else:
-            a = anomaly
-            fields += [
-                b"1",
-                (prefix + a.key).encode(),
-                (prefix + a.armed_key).encode(),
-                _num(a.window),
-                _num(a.baseline),
-                _num(a.slot),
-                _num(a.factor),
-                b"%d" % a.min_count,
-                b"1" if a.blocks else b"0",
-            ]
-        fields.append(b"%d" % len(velocity))
-        for key, fixed, window, most in velocity:
-            hashed = b"" if fixed is None else _hashed(fixed).encode()
-            fields += [(prefix + key).encode(), _num(window), b"%d" % most, hashed]
-        self.owner = owner
-        #: Its id in the script's queries.
-        self.ident = ident
-        #: Its fields, and the same packed (RESP) for the batches.
-        self.fields = fields
-        self.packed = resp(fields)
-        self.count = len(fields)
-        #: The provider budgets read: their names and limits, in the order of the spends.
-        self.names = tuple(name for _, name, _ in reads)
-        self.limits = tuple(limit for _, _, limit in reads)
-        self.free = free
-        #: The clock's span in which the budget keys packed here are current.
-        self.start, self.until = float("-inf"), float("inf")
-        #: The batch that carries it (it goes once in each).
-        self.mark = 0
-        self.lane: Lane | None = None
-        #: The query the spec was made of (an unusual message's, see check()).
-        self.query: GuardQuery | None = None
-        #: Its answer for the messages that passed with nothing to report, in a batch.
-        self.answer: GuardAnswer | None = None
+        """A batch of records was answered (see the script's 'record' mode)."""
+        ...
+
+    def release(self, specs: Sequence[Spec], numbers: Sequence[str]) -> None:
+        """Given-back messages left their logs in Redis."""
+        ...
 
 
 class RedisGuardCounts:
@@ -157,7 +94,7 @@ class RedisGuardCounts:
         self.tripped: dict[str, bool] = {}
         #: The checks waiting for the next batch: their specs, their lines of the
         #: script's queries, their answers to come and their numbers (None: a query's).
-        self._specs: list[_Spec] = []
+        self._specs: list[Spec] = []
         self._texts: list[str] = []
         self._futures: list[asyncio.Future[GuardAnswer]] = []
         self._numbers: list[str | None] = []
@@ -166,13 +103,22 @@ class RedisGuardCounts:
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         #: Cancelled sends' checks whose times go back out of the logs (see give_back).
-        self._back_specs: list[_Spec] = []
+        self._back_specs: list[Spec] = []
         self._back_texts: list[str] = []
+        self._back_numbers: list[str] = []
         self._batches = 0
         self._ids = 0
         self._prefixes: dict[str, str] = {}
         #: The spend totals Redis answered last: key -> total.
         self._seen: dict[str, float] = {}
+        #: With ``state.guard_checks: local``: the counts that decide (this process's),
+        #: told what Redis counted (see :mod:`smsroute.state.guards_mirror`).
+        self.mirror: Learner | None = None
+
+    @property
+    def up(self) -> bool:
+        """Whether Redis answered the last call."""
+        return self._link.up
 
     # -- the guards' side ------------------------------------------------------------
 
@@ -204,19 +150,52 @@ class RedisGuardCounts:
         spec = self._spec_of(lane, now)
         self._back_specs.append(spec)
         self._back_texts.append(self._line(spec, e164, member, now))
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._run())
+        self._back_numbers.append(e164)
+        self._start()
 
-    def _spec_of(self, lane: Lane, now: float) -> _Spec:
+    def record(self, lane: Lane, e164: str, member: str, now: float, passed: bool) -> None:
+        """Count in Redis a message of ``lane`` the replica decided on (``state.guard_checks:
+        local``): ``passed``, or refused after the anomaly guard counted its request.
+        Written with the next batch, at most :data:`SPEND_DELAY` after the batch before
+        (so that batches carry many: nothing waits for them); while Redis is down only
+        this process counts."""
+        if self._link.up:
+            spec = self._spec_of(lane, now)
+            self._specs.append(spec)
+            self._texts.append(self._line(spec, e164, member, now, "p" if passed else "r"))
+            self._numbers.append(e164)
+            if self._timer is None and self._task is None:
+                self._later()
+
+    def record_query(self, query: GuardQuery, passed: bool) -> None:
+        """:meth:`record` for a message that took the general path (a query)."""
+        if self._link.up:
+            spec = self._query_spec(query)
+            self._specs.append(spec)
+            self._texts.append(
+                self._line(spec, "", query.member, query.now, "p" if passed else "r")
+            )
+            self._numbers.append(None)
+            if self._timer is None and self._task is None:
+                self._later()
+
+    def _start(self) -> None:
+        """Start the batches unless one is under way."""
+        if self._task is None:
+            self._task = asyncio.ensure_future(
+                self._run() if self.mirror is None else self._run_records()
+            )
+
+    def _spec_of(self, lane: Lane, now: float) -> Spec:
         """``lane``'s spec for the budget periods ``now`` falls in."""
-        spec: _Spec | None = lane.shared
+        spec: Spec | None = lane.shared
         if spec is None or spec.owner is not self or not spec.start <= now < spec.until:
             spec = self._lane_spec(lane, now)
         return spec
 
     def _enqueue(
         self,
-        spec: _Spec,
+        spec: Spec,
         text: str,
         future: asyncio.Future[GuardAnswer],
         number: str | None,
@@ -226,58 +205,73 @@ class RedisGuardCounts:
         self._texts.append(text)
         self._futures.append(future)
         self._numbers.append(number)
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._run())
+        self._start()
 
-    def _line(self, spec: _Spec, e164: str, member: str, now: float) -> str:
+    def _line(self, spec: Spec, e164: str, member: str, now: float, flag: str = "") -> str:
         """A message as a line of the script's queries: the idents ``spec`` leaves free
         (a query's spec fixes them all), hashed.  Its member in the logs is
-        ``<id>:<time>``: unique, and made again the same by :meth:`give_back`."""
+        ``<id>:<time>``: unique, and made again the same by :meth:`give_back` (a
+        recorded message's line puts its ``flag`` before it)."""
         t = int(now * 1e6)
         if "\n" in member:  # a line of the queries: only its uniqueness matters
-            member = _hashed(member)
+            member = hashed(member)
         idents = ""
         for kind, end in spec.free:
             if kind == 0:
-                idents += _hashed(e164) + " "
+                idents += hashed(e164) + " "
             else:
                 part = e164[1:end]
-                hashed = self._prefixes.get(part)
-                if hashed is None:
+                digest = self._prefixes.get(part)
+                if digest is None:
                     if len(self._prefixes) > PREFIXES_MAX:
                         self._prefixes.clear()
-                    hashed = self._prefixes[part] = _hashed(part)
-                idents += hashed + " "
-        return f"{spec.ident} {t} {idents}{member}:{t}"
+                    digest = self._prefixes[part] = hashed(part)
+                idents += digest + " "
+        return f"{spec.ident} {t} {idents}{flag}{member}:{t}"
 
     def spend(self, keys: Sequence[SpendKey], amount: float, now: float) -> list[float]:
         """Add ``amount`` to each key's spend; written with the next batch of checks, or
         on its own after :data:`SPEND_DELAY` (the totals returned count what Redis said
         last and this replica's spend since)."""
         out = []
-        unwritten = self._unwritten
         seen = self._seen
         for sk in keys:
             key = sk.key
-            entry = unwritten.get(key)
-            if entry is None:
-                unwritten[key] = [amount, sk.end - now + SPEND_KEPT]
-            else:
-                entry[0] += amount
             total = seen[key] = seen.get(key, 0.0) + amount
             out.append(total)
+        self.queue_spend(keys, amount, now)
         if not self._link.up:
             for sk in keys:
                 self.local.add_spend(sk.key, amount, sk.end + SPEND_KEPT)
-        elif self._task is None and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(SPEND_DELAY, self._flush)
         return out
 
+    def queue_spend(self, keys: Sequence[SpendKey], amount: float, now: float) -> None:
+        """Write ``amount`` to each key's spend with the next batch, or after
+        :data:`SPEND_DELAY` (kept while Redis is down, written when it is back)."""
+        unwritten = self._unwritten
+        for sk in keys:
+            entry = unwritten.get(sk.key)
+            if entry is None:
+                unwritten[sk.key] = [amount, sk.end - now + SPEND_KEPT]
+            else:
+                entry[0] += amount
+        if self._link.up and self._task is None and self._timer is None:
+            self._later()
+
+    def unwritten(self, key: str) -> float:
+        """This replica's spend on ``key`` not yet sent to Redis."""
+        entry = self._unwritten.get(key)
+        return 0.0 if entry is None else entry[0]
+
+    def _later(self) -> None:
+        """Write what waits (spend, records) after :data:`SPEND_DELAY`."""
+        self._timer = asyncio.get_running_loop().call_later(SPEND_DELAY, self._flush)
+
     def _flush(self) -> None:
-        """Write the spend no batch has carried since :data:`SPEND_DELAY`."""
+        """Write what no batch has carried since :data:`SPEND_DELAY`."""
         self._timer = None
-        if self._unwritten and self._task is None:
-            self._task = asyncio.ensure_future(self._run())
+        if (self._unwritten or self._specs or self._back_specs) and self._task is None:
+            self._start()
 
     def peek(self, query: GuardQuery) -> GuardAnswer:
         """What a check would answer now, changing nothing: read in Redis with a blocking
@@ -300,13 +294,14 @@ class RedisGuardCounts:
 
     # -- the specs -------------------------------------------------------------------
 
-    def _lane_spec(self, lane: Lane, now: float) -> _Spec:
+    def _lane_spec(self, lane: Lane, now: float) -> Spec:
         """``lane``'s spec for the budget periods ``now`` falls in (kept on the lane)."""
         keys = [sk.at(now) for sk in lane.budgets]
         n = lane.ncaps
         self._ids += 1
-        spec = _Spec(
+        spec = Spec(
             self,
+            self.prefix,
             self._ids,
             [(key, sk.limit) for key, sk in zip(keys[:n], lane.budgets[:n], strict=True)],
             [
@@ -327,10 +322,11 @@ class RedisGuardCounts:
         lane.shared = spec
         return spec
 
-    def _query_spec(self, query: GuardQuery) -> _Spec:
+    def _query_spec(self, query: GuardQuery) -> Spec:
         self._ids += 1
-        spec = _Spec(
+        spec = Spec(
             self,
+            self.prefix,
             self._ids,
             query.caps,
             [(key, "", float("inf")) for key in query.spends],
@@ -362,7 +358,7 @@ class RedisGuardCounts:
             while self._specs or self._unwritten or self._back_specs:
                 if self._back_specs:
                     back = self._back_specs, self._back_texts
-                    self._back_specs, self._back_texts = [], []
+                    self._back_specs, self._back_texts, self._back_numbers = [], [], []
                     await self._give_back(*back)
                     continue
                 specs, texts, futures, numbers = (
@@ -374,7 +370,7 @@ class RedisGuardCounts:
                 except Exception:  # a bug must not leave sends waiting
                     log.exception("smsroute: checking guards in Redis failed")
                     answers = None
-                back_specs: list[_Spec] = []
+                back_specs: list[Spec] = []
                 back_texts: list[str] = []
                 for i, future in enumerate(futures):
                     if future.done():  # its send was cancelled while it waited
@@ -401,7 +397,49 @@ class RedisGuardCounts:
         finally:
             self._task = None
 
-    def _local(self, spec: _Spec, text: str, e164: str | None) -> GuardAnswer:
+    async def _run_records(self) -> None:
+        """The batches of ``state.guard_checks: local``: the messages recorded (and the
+        spend) go in one script call, the times of cancelled sends out after them, and
+        what Redis counted goes back to the mirror."""
+        try:
+            await self._records()
+        except Exception:  # a bug must not stop the batches (the next one tries again)
+            log.exception("smsroute: recording the guards' counts in Redis failed")
+        finally:
+            self._task = None
+            pending = self._specs or self._unwritten or self._back_specs
+            if pending and self._link.up and self._timer is None:
+                self._later()  # what came meanwhile: the next batch, SPEND_DELAY on
+
+    async def _records(self) -> None:
+        """One batch of records and spend; then the given-back messages."""
+        if self._specs or self._unwritten:
+            specs, texts, numbers = self._specs, self._texts, self._numbers
+            self._specs, self._texts, self._numbers = [], [], []
+            unwritten, self._unwritten = self._unwritten, {}
+            parts, count = self._pack(b"record", unwritten, specs, texts)
+            reply = await self._channel.evalsha(parts, count)
+            if reply is None:  # Redis is down: these records are lost, spend waits
+                self._keep(unwritten)
+                self._specs, self._texts, self._numbers = [], [], []
+                self._back_specs, self._back_texts, self._back_numbers = [], [], []
+                return
+            if self.mirror is not None:
+                self.mirror.learn(specs, numbers, self._batches, reply)
+        if self._back_specs:
+            specs, texts, back = self._back_specs, self._back_texts, self._back_numbers
+            self._back_specs, self._back_texts, self._back_numbers = [], [], []
+            await self._give_back(specs, texts)
+            if self.mirror is not None:  # after any record's answer that held them
+                self.mirror.release(specs, back)
+
+    def _keep(self, unwritten: dict[str, list[float]]) -> None:
+        """Put spend a failed call did not write back in line (written when Redis is back)."""
+        for key, (amount, ttl) in unwritten.items():
+            entry = self._unwritten.setdefault(key, [0.0, ttl])
+            entry[0] += amount
+
+    def _local(self, spec: Spec, text: str, e164: str | None) -> GuardAnswer:
         """The answer of the counts in this process (Redis is down)."""
         if spec.query is not None:
             return self.local.evaluate(spec.query, True)
@@ -412,14 +450,14 @@ class RedisGuardCounts:
         return self.local.evaluate(self._lane_query(spec.lane, e164, member, now), True)
 
     def _pack(
-        self, mode: bytes, spends: dict[str, list[float]], specs: list[_Spec], texts: list[str]
+        self, mode: bytes, spends: dict[str, list[float]], specs: list[Spec], texts: list[str]
     ) -> tuple[list[bytes], int]:
         """The script's arguments (packed) for writing ``spends`` and answering the
         checks of ``specs`` and ``texts`` in ``mode``, and how many there are."""
         prefix = self.prefix
         head = [mode, b"%d" % len(spends)]
         for key, (amount, ttl) in spends.items():
-            head += [(prefix + key).encode(), _num(amount), b"%d" % (int(ttl * 1000) + 1)]
+            head += [(prefix + key).encode(), packed_number(amount), b"%d" % (int(ttl * 1000) + 1)]
         self._batches += 1
         mark = self._batches
         parts: list[bytes] = []
@@ -435,14 +473,12 @@ class RedisGuardCounts:
         parts.append(b"$%d\r\n%b\r\n" % (len(lines), lines))
         return parts, len(head) + count + 1
 
-    async def _call(self, specs: list[_Spec], texts: list[str]) -> list[GuardAnswer] | None:
+    async def _call(self, specs: list[Spec], texts: list[str]) -> list[GuardAnswer] | None:
         unwritten, self._unwritten = self._unwritten, {}
         parts, count = self._pack(b"check", unwritten, specs, texts)
         reply = await self._channel.evalsha(parts, count)
         if reply is None:
-            for key, (amount, ttl) in unwritten.items():  # written when Redis is back
-                entry = self._unwritten.setdefault(key, [0.0, ttl])
-                entry[0] += amount
+            self._keep(unwritten)
             return None
         totals, lanes, details = reply
         seen = self._seen
@@ -488,22 +524,29 @@ class RedisGuardCounts:
             tuple(int(c) for c in counts if c),
         )
 
-    async def _give_back(self, specs: list[_Spec], texts: list[str]) -> None:
+    async def _give_back(self, specs: list[Spec], texts: list[str]) -> None:
         """Take cancelled sends' times out of the velocity windows: a send cancelled while
         its check waited for Redis counts for nothing (the anomaly guard's request count
         keeps it: it counts requests, refused ones included)."""
         parts, count = self._pack(b"back", {}, specs, texts)
         await self._channel.evalsha(parts, count)
 
+    async def settle(self) -> None:
+        """Wait until what was checked, recorded and spent so far is answered or written
+        (what waits for :data:`SPEND_DELAY` goes now)."""
+        while True:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._flush()
+            task = self._task
+            if task is None:
+                return
+            await asyncio.shield(task)
+
     async def aclose(self) -> None:
         """Let the batch under way (and the spend it writes) finish, briefly; close the
         batches' connection."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._flush()
-        task = self._task
-        if task is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(1.0, 2 * self._backend.settings.timeout)):
-                    await asyncio.shield(task)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(1.0, 2 * self._backend.settings.timeout)):
+                await self.settle()
         await self._channel.aclose()

@@ -1,0 +1,91 @@
+"""A lane's part of the guards' script arguments, packed once (see
+:mod:`smsroute.state.redis_guards` and :mod:`smsroute.state.guards_script`)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from smsroute.guardcounts import AnomalyQuery, GuardAnswer, GuardQuery, Lane
+from smsroute.state.redis_link import resp
+
+
+def hashed(ident: str) -> str:
+    """A number or prefix (or country) hashed: Redis never sees the digits."""
+    return hashlib.blake2b(ident.encode(), digest_size=12).hexdigest()
+
+
+def packed_number(value: float) -> bytes:
+    """A number as the script reads it."""
+    return repr(value).encode()
+
+
+class Spec:
+    """One lane's (or one unusual query's) part of the script's arguments, packed.
+
+    ``free`` says how a message's idents are found: (0 its number / 1 its prefix, the
+    prefix's end) per velocity limit whose ident is not fixed (a country's is)."""
+
+    __slots__ = (
+        "answer", "count", "fields", "free", "ident", "keys", "lane", "limits", "mark",
+        "names", "owner", "packed", "query", "start", "until",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        owner: object,
+        prefix: str,
+        ident: int,
+        caps: Sequence[tuple[str, float]],
+        reads: Sequence[tuple[str, str, float]],
+        anomaly: AnomalyQuery | None,
+        velocity: Sequence[tuple[str, str | None, float, int]],
+        free: tuple[tuple[int, int], ...],
+    ) -> None:
+        fields: list[bytes] = [b"%d" % ident, b"%d" % len(caps)]
+        for key, limit in caps:
+            fields += [(prefix + key).encode(), packed_number(limit)]
+        fields.append(b"%d" % len(reads))
+        fields += [(prefix + key).encode() for key, _, _ in reads]
+        if anomaly is None:
+            fields.append(b"0")
+        else:
+            a = anomaly
+            fields += [
+                b"1",
+                (prefix + a.key).encode(),
+                (prefix + a.armed_key).encode(),
+                packed_number(a.window),
+                packed_number(a.baseline),
+                packed_number(a.slot),
+                packed_number(a.factor),
+                b"%d" % a.min_count,
+                b"1" if a.blocks else b"0",
+            ]
+        fields.append(b"%d" % len(velocity))
+        for key, fixed, window, most in velocity:
+            digest = b"" if fixed is None else hashed(fixed).encode()
+            fields += [(prefix + key).encode(), packed_number(window), b"%d" % most, digest]
+        #: The counts it was made for (a lane keeps one spec, for one store).
+        self.owner = owner
+        #: Its id in the script's queries.
+        self.ident = ident
+        #: Its fields, and the same packed (RESP) for the batches.
+        self.fields = fields
+        self.packed = resp(fields)
+        self.count = len(fields)
+        #: The provider budgets read: their names and limits, in the order of the spends.
+        self.names = tuple(name for _, name, _ in reads)
+        #: The budget keys (caps, then reads), as this process names them.
+        self.keys = tuple([key for key, _ in caps] + [key for key, _, _ in reads])
+        self.limits = tuple(limit for _, _, limit in reads)
+        self.free = free
+        #: The clock's span in which the budget keys packed here are current.
+        self.start, self.until = float("-inf"), float("inf")
+        #: The batch that carries it (it goes once in each).
+        self.mark = 0
+        self.lane: Lane | None = None
+        #: The query the spec was made of (an unusual message's, see check()).
+        self.query: GuardQuery | None = None
+        #: Its answer for the messages that passed with nothing to report, in a batch.
+        self.answer: GuardAnswer | None = None

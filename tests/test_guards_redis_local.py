@@ -1,0 +1,217 @@
+"""``state.guard_checks: local``: each replica decides at once, Redis counts for all.
+
+A replica checks a guarded message in its own memory (no wait for Redis), records it in
+Redis with the next batch, and learns from each batch's answer what every replica
+counted: a velocity log at its limit is held full, the anomaly guard's counts and the
+budgets' spends are every replica's.  The price, asserted here as the bound the docs
+give: another replica may accept one message more per log before it hears the log is
+full.  One replica alone counts exactly as memory does (the equivalence properties of
+tests/test_guards_redis.py run in this mode too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import textwrap
+from collections.abc import AsyncIterator
+
+import redis
+from conftest import twilio_block
+from redis_support import (  # noqa: F401
+    RedisServer,
+    prefix,
+    redis_url,
+    state_block,
+    throwaway_redis,
+    until,
+)
+from test_guards_redis import DE, START, guard_count, otp
+
+from smsroute import ConfigError, ManualClock, Router, parse_config
+from smsroute.state.guards_mirror import Mirror
+from smsroute.testing import FakeTwilio
+
+
+def local_config(fake: FakeTwilio, url: str, key_prefix: str, guards: str) -> str:
+    return (
+        "providers:\n"
+        + twilio_block("a", fake, prices="{DE: 0.08, default: 0.05}")
+        + "\nrules:\n  - name: default\n    providers: [a]\n"
+        + textwrap.dedent(guards)
+        + state_block(url, key_prefix, sync_interval="100ms", timeout="300ms")
+        + "\n  guard_checks: local\n"
+    )
+
+
+async def settled(*routers: Router) -> None:
+    """Wait until what each router recorded is counted in Redis and answered."""
+    for router in routers:
+        counts = router.state.guard_counts()
+        assert isinstance(counts, Mirror)
+        await counts.remote.settle()
+
+
+@contextlib.asynccontextmanager
+async def two_routers(text: str, clock: ManualClock) -> AsyncIterator[tuple[Router, Router]]:
+    async with (
+        Router(parse_config(text), clock=clock, metrics=False) as one,
+        Router(parse_config(text), clock=clock, metrics=False) as two,
+    ):
+        yield one, two
+
+
+async def test_a_full_log_is_learnt_and_overrun_by_at_most_one_per_replica(
+    redis_url: str,  # noqa: F811
+    prefix: str,  # noqa: F811
+    twilio_a: FakeTwilio,
+) -> None:
+    guards = "guards:\n  otp:\n    velocity:\n      - {per: number, max: 3, window: 1h}\n"
+    text = local_config(twilio_a, redis_url, prefix, guards)
+    clock = ManualClock(START)
+    number = DE.format(1)
+    async with two_routers(text, clock) as (one, two):
+        statuses = []
+        for router in (one, one, two, two, one, one):
+            statuses.append((await router.send(otp(number))).status)
+            await settled(one, two)
+        in_redis = guard_count(two, "velocity", number)
+        clock.advance(3601)  # every time has left the window, everywhere
+        later = [(await r.send(otp(number))).status for r in (one, two)]
+    # two filled the log (its 3rd) and heard so from Redis: refused.  one had counted
+    # two of its own: it accepts one more (the overrun), hears the log is full, refuses.
+    assert statuses == ["accepted", "accepted", "accepted", "failed", "accepted", "failed"]
+    assert twilio_a.requests == 4 + 2
+    assert in_redis == 4  # Redis counted every replica's, the overrun too
+    assert later == ["accepted", "accepted"]
+
+
+async def test_concurrent_local_checks_overrun_a_limit_by_a_bounded_amount(
+    redis_url: str,  # noqa: F811
+    prefix: str,  # noqa: F811
+    twilio_a: FakeTwilio,
+) -> None:
+    """60 sends at once through two replicas against a country limit of 25: each accepts
+    at most 25 on its own count; once a batch's answer says the log is full, neither
+    accepts more.  Everything accepted is counted in Redis."""
+    guards = "guards:\n  otp:\n    velocity:\n      - {per: country, max: 25, window: 1m}\n"
+    text = local_config(twilio_a, redis_url, prefix, guards)
+    clock = ManualClock(START)
+    async with two_routers(text, clock) as (one, two):
+        results = await asyncio.gather(
+            *[(one if i % 2 else two).send(otp(DE.format(i))) for i in range(60)]
+        )
+        await settled(one, two)
+        in_redis = guard_count(one, "velocity")
+        after = [(await r.send(otp(DE.format(99)))).status for r in (one, two)]
+    accepted = sum(r.status == "accepted" for r in results)
+    assert 25 <= accepted <= 50
+    assert in_redis == accepted == twilio_a.requests
+    assert after == ["failed", "failed"]  # both heard it is full
+
+
+async def test_the_anomaly_guard_trips_on_every_replicas_traffic(
+    redis_url: str,  # noqa: F811
+    prefix: str,  # noqa: F811
+    twilio_a: FakeTwilio,
+) -> None:
+    """A baseline sent through one replica, a burst through both: the guard trips on
+    the whole burst, in each replica, within one message of where the exact mode does
+    (9 accepted, tests/test_guards_redis.py)."""
+    guards = """
+        guards:
+          otp:
+            anomaly: {window: 5m, baseline: 1h, factor: 5, min_count: 10}
+    """
+    text = local_config(twilio_a, redis_url, prefix, guards)
+    clock = ManualClock(START)
+    async with two_routers(text, clock) as (one, two):
+        for i in range(12):
+            clock.set(START + i * 300)
+            assert (await one.send(otp(DE.format(i)))).status == "accepted"
+        await settled(one)
+        clock.set(START + 65 * 60)
+        burst = []
+        for i in range(12):
+            burst.append((await (one if i % 2 else two).send(otp(DE.format(100 + i)))).status)
+            await settled(one, two)
+        clock.set(START + 75 * 60)
+        after = await two.send(otp(DE.format(200)))
+    accepted = burst.count("accepted")
+    assert 9 <= accepted <= 10
+    assert burst == ["accepted"] * accepted + ["failed"] * (12 - accepted)
+    assert after.status == "accepted"  # released, on every replica's counts
+
+
+async def test_spend_is_shared_and_a_cap_overrun_by_at_most_one_per_replica(
+    redis_url: str,  # noqa: F811
+    prefix: str,  # noqa: F811
+    twilio_a: FakeTwilio,
+) -> None:
+    guards = """
+        guards:
+          budgets:
+            - {scope: category, name: otp, limit: 0.3, per: month}
+    """
+    text = local_config(twilio_a, redis_url, prefix, guards)
+    clock = ManualClock(START)
+    async with two_routers(text, clock) as (one, two):
+        first = [(await one.send(otp(DE.format(i)))).status for i in range(5)]
+        await settled(one)
+        second = []
+        for i in range(2):
+            second.append((await two.send(otp(DE.format(10 + i)))).status)
+            await settled(two)  # its record answered (before that, it may accept more)
+        spent = guard_count(one, "budget")
+    # one: 4 x 0.08 = 0.32 reaches the cap; two had heard nothing yet: one more, then
+    # the answer to it carries every replica's spend
+    assert first == ["accepted"] * 4 + ["failed"]
+    assert second == ["accepted", "failed"]
+    assert abs(spent - 0.40) < 1e-9
+
+
+async def test_local_checks_go_on_while_redis_is_stopped_and_count_there_again(
+    throwaway_redis: RedisServer,  # noqa: F811
+    twilio_a: FakeTwilio,
+) -> None:
+    """Redis frozen (SIGSTOP: connections hang, nothing answers): a local check does not
+    wait for it, so sends go on at once; the batch under way times out, Redis is marked
+    down, and when it answers again the records go there again."""
+    guards = "guards:\n  otp:\n    velocity:\n      - {per: number, max: 2, window: 1h}\n"
+    text = local_config(twilio_a, throwaway_redis.url, "guards-local-stop:", guards)
+    assert throwaway_redis.process is not None
+    pid = throwaway_redis.process.pid
+    async with Router(parse_config(text), clock=ManualClock(START), metrics=False) as router:
+        assert (await router.send(otp(DE.format(1)))).ok
+        await settled(router)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            frozen = [(await router.send(otp(DE.format(1)))).status for _ in range(2)]
+            took = loop.time() - started
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await until(lambda: router.state.link.up, within=5.0)  # type: ignore[attr-defined]
+        assert (await router.send(otp(DE.format(2)))).ok
+        await settled(router)
+        client = redis.Redis.from_url(throwaway_redis.url)
+        number_logs = client.keys("guards-local-stop:guard:v|*")
+        client.close()
+    assert frozen == ["accepted", "failed"]  # this replica's own count: exact
+    assert took < 0.25  # well under the 300 ms state timeout: nothing waited for Redis
+    assert len(number_logs) == 2  # number 1 before the freeze, number 2 after
+
+
+def test_guard_checks_takes_exact_or_local_only() -> None:
+    text = "providers: {}\nrules: []\nstate: {backend: redis, guard_checks: eventually}\n"
+    try:
+        parse_config(text)
+    except ConfigError as exc:
+        message = str(exc)
+    else:  # pragma: no cover - the assertion below says what went wrong
+        message = ""
+    assert "state.guard_checks" in message
+    assert "choose one of exact, local" in message
