@@ -176,6 +176,20 @@ class SharedGuardCounts(GuardCounts, Protocol):
         ...
 
 
+class Recorder(Protocol):
+    """Where :class:`MemoryGuardCounts` that decide for one replica record what they
+    decided, for every replica to count (``state.guard_checks: local``)."""
+
+    def record(self, lane: Lane, e164: str, member: str, now: float, passed: bool) -> None:
+        """A message of ``lane`` passed (or was refused after the anomaly guard counted
+        its request)."""
+        ...
+
+    def queue_spend(self, keys: Sequence[SpendKey], amount: float, now: float) -> None:
+        """An accepted message's spend."""
+        ...
+
+
 class SpendKey:
     """One budget's spend key in its current calendar period (UTC), worked out again only
     when the clock leaves the period: ``b|<scope:name>|<per>|<period number>``."""
@@ -282,6 +296,8 @@ class MemoryGuardCounts:
         #: spend key -> [amount, when it may be forgotten].
         self.spent: dict[str, list[float]] = {}
         self._sweep_in = SWEEP_EVERY
+        #: Where what these counts decide is recorded for other replicas (None: nowhere).
+        self.recorder: Recorder | None = None
 
     async def check(self, query: GuardQuery) -> GuardAnswer:
         """Answer and count (no await inside: one step, like the Redis script)."""
@@ -298,12 +314,12 @@ class MemoryGuardCounts:
             window = self.windows[key] = VelocityWindow(length, most)
         return window
 
-    def fast(self, lane: Lane, e164: str, now: float, member: str = "") -> bool:
+    def fast(self, lane: Lane, e164: str, now: float) -> bool:
         """Check and count a message of ``lane`` to ``e164`` when nothing happens: True
         when it passed, no provider budget of the lane is at its cap and the anomaly
         guard neither trips nor releases.  False: nothing counted, :meth:`evaluate` must
-        answer (a refusal, a provider at its cap, an anomaly transition).  ``member``
-        (the message's id) is for counts that record it elsewhere too."""
+        answer (a refusal, a provider at its cap, an anomaly transition).  The caller
+        tells :attr:`recorder` of a pass."""
         if lane.counts is not self:
             lane.windows = tuple(
                 (self.window(key, length, most), kind, end, most)

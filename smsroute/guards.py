@@ -338,8 +338,10 @@ class Guards:
             local = counts
         assert local is not None
         if (not self._tag or self._tag.keys().isdisjoint(message.tags)) and local.fast(
-            lane, e164, now, member
+            lane, e164, now
         ):
+            if local.recorder is not None:  # guard_checks: local, counted in Redis too
+                local.recorder.record(lane, e164, member, now, True)
             return PASSED
         plan = self._plan(category, rule)
         caps = self._caps(message, country) if plan.caps_possible else []
@@ -598,7 +600,7 @@ class Guards:
             keys += tuple(self._keys[id(b)] for t in message.tags if (b := self._tag.get(t)))
         if not keys:
             return
-        if type(counts) is MemoryGuardCounts:  # inline (a Mirror records its spend too)
+        if isinstance(counts, MemoryGuardCounts):  # inline
             spent = counts.spent
             for sk in keys:
                 if not sk.start <= now < sk.end:  # a new period: the spends of past ones go
@@ -610,6 +612,8 @@ class Guards:
                 entry[0] += cost
                 if emit is not None and not sk.lo <= entry[0] < sk.hi:
                     self._tell(sk, entry[0], provider, emit)
+            if counts.recorder is not None:
+                counts.recorder.queue_spend(keys, cost, now)
             return
         for sk in keys:
             if not sk.start <= now < sk.end:

@@ -16,10 +16,13 @@ import contextlib
 import os
 import signal
 import textwrap
+import uuid
 from collections.abc import AsyncIterator
 
 import redis
 from conftest import twilio_block
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from redis_support import (  # noqa: F401
     RedisServer,
     prefix,
@@ -32,6 +35,7 @@ from test_guards_redis import DE, START, guard_count, otp
 
 from smsroute import ConfigError, ManualClock, Router, parse_config
 from smsroute.state.guards_mirror import Mirror
+from smsroute.state.guards_script import GUARDS
 from smsroute.testing import FakeTwilio
 
 
@@ -215,3 +219,40 @@ def test_guard_checks_takes_exact_or_local_only() -> None:
         message = ""
     assert "state.guard_checks" in message
     assert "choose one of exact, local" in message
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    member=st.text(min_size=1, max_size=40).filter(lambda m: "\n" not in m),
+    passed=st.booleans(),
+)
+def test_any_member_id_is_recorded_and_given_back_whole(
+    redis_url: str,  # noqa: F811
+    member: str,
+    passed: bool,
+) -> None:
+    """A recorded message's line ends '<p or r><member>': whatever the id holds (spaces,
+    NUL, non-ASCII), the script strips the flag only, counts a passed one under its
+    whole id (the one a give-back names) and a refused one in no velocity log."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    key = f"smsroute-test:{uuid.uuid4().hex[:12]}:v|"
+    lane = ["7", "0", "0", "0", "1", key, "3600", "1", ""]  # id 7, 1 limit of max 1
+    t = int(START * 1e6)
+    script = client.register_script(GUARDS)
+    try:
+        flag = "p" if passed else "r"
+        _, lanes, details = script(
+            keys=[], args=["record", "0", "1", *lane, f"7 {t} abc {flag}{member}"]
+        )
+        assert lanes == [[[], [], -1, 0, "", -1]]
+        if passed:
+            assert client.zrange(key + "abc", 0, -1) == [member]
+            assert details == [1, f"0:{t + 3600 * 10**6}"]  # full (1 of 1) until it leaves
+        else:
+            assert client.zcard(key + "abc") == 0
+            assert details == []
+        script(keys=[], args=["back", "0", "1", *lane, f"7 {t} abc {member}"])
+        assert client.zcard(key + "abc") == 0
+    finally:
+        client.delete(key + "abc")
+        client.close()

@@ -52,14 +52,9 @@ class Mirror(MemoryGuardCounts):
         self.remote = remote
         remote.mirror = self
         remote.local = self  # what answers while Redis is down: the same counts
+        self.recorder = remote  # what fast() passes, and spend (see Guards)
 
     # -- deciding, and recording what was decided -------------------------------------
-
-    def fast(self, lane: Lane, e164: str, now: float, member: str = "") -> bool:
-        if MemoryGuardCounts.fast(self, lane, e164, now):
-            self.remote.record(lane, e164, member, now, True)
-            return True
-        return False
 
     def evaluate(self, query: GuardQuery, commit: bool) -> GuardAnswer:
         answer = MemoryGuardCounts.evaluate(self, query, commit)

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from hashlib import blake2b
 from typing import TYPE_CHECKING, Any, Protocol
 
 from smsroute.guardcounts import (
@@ -160,7 +161,9 @@ class RedisGuardCounts:
         (so that batches carry many: nothing waits for them); while Redis is down only
         this process counts."""
         if self._link.up:
-            spec = self._spec_of(lane, now)
+            spec: Spec | None = lane.shared  # _spec_of(), inline: once per message
+            if spec is None or spec.owner is not self or not spec.start <= now < spec.until:
+                spec = self._lane_spec(lane, now)
             self._specs.append(spec)
             self._texts.append(self._line(spec, e164, member, now, "p" if passed else "r"))
             self._numbers.append(e164)
@@ -212,13 +215,13 @@ class RedisGuardCounts:
         (a query's spec fixes them all), hashed.  Its member in the logs is
         ``<id>:<time>``: unique, and made again the same by :meth:`give_back` (a
         recorded message's line puts its ``flag`` before it)."""
-        t = int(now * 1e6)
+        t = str(int(now * 1e6))
         if "\n" in member:  # a line of the queries: only its uniqueness matters
             member = hashed(member)
         idents = ""
         for kind, end in spec.free:
             if kind == 0:
-                idents += hashed(e164) + " "
+                idents += blake2b(e164.encode(), digest_size=12).hexdigest() + " "  # hashed()
             else:
                 part = e164[1:end]
                 digest = self._prefixes.get(part)
