@@ -18,6 +18,7 @@ import signal
 import textwrap
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import redis
 from conftest import twilio_block
@@ -33,7 +34,8 @@ from redis_support import (  # noqa: F401
 )
 from test_guards_redis import DE, START, guard_count, otp
 
-from smsroute import ConfigError, ManualClock, Router, parse_config
+from smsroute import ConfigError, GuardOverrun, ManualClock, Router, parse_config
+from smsroute.instrument.events import Event
 from smsroute.state.guards_mirror import Mirror
 from smsroute.state.guards_script import GUARDS
 from smsroute.testing import FakeTwilio
@@ -59,10 +61,21 @@ async def settled(*routers: Router) -> None:
 
 
 @contextlib.asynccontextmanager
-async def two_routers(text: str, clock: ManualClock) -> AsyncIterator[tuple[Router, Router]]:
+async def two_routers(
+    text: str, clock: ManualClock, events: list[tuple[str, Event]] | None = None
+) -> AsyncIterator[tuple[Router, Router]]:
+    """Two replicas; ``events``: each one's GuardOverrun events, named "one" or "two"."""
+
+    def hook(name: str) -> Any:
+        def record(event: Event) -> None:
+            if events is not None and isinstance(event, GuardOverrun):
+                events.append((name, event))
+
+        return record
+
     async with (
-        Router(parse_config(text), clock=clock, metrics=False) as one,
-        Router(parse_config(text), clock=clock, metrics=False) as two,
+        Router(parse_config(text), clock=clock, metrics=False, hooks=[hook("one")]) as one,
+        Router(parse_config(text), clock=clock, metrics=False, hooks=[hook("two")]) as two,
     ):
         yield one, two
 
@@ -76,7 +89,8 @@ async def test_a_full_log_is_learnt_and_overrun_by_at_most_one_per_replica(
     text = local_config(twilio_a, redis_url, prefix, guards)
     clock = ManualClock(START)
     number = DE.format(1)
-    async with two_routers(text, clock) as (one, two):
+    events: list[tuple[str, Event]] = []
+    async with two_routers(text, clock, events) as (one, two):
         statuses = []
         for router in (one, one, two, two, one, one):
             statuses.append((await router.send(otp(number))).status)
@@ -90,6 +104,7 @@ async def test_a_full_log_is_learnt_and_overrun_by_at_most_one_per_replica(
     assert twilio_a.requests == 4 + 2
     assert in_redis == 4  # Redis counted every replica's, the overrun too
     assert later == ["accepted", "accepted"]
+    assert events == [("one", GuardOverrun("number", "DE"))]  # the overrun, told once
 
 
 async def test_concurrent_local_checks_overrun_a_limit_by_a_bounded_amount(

@@ -37,6 +37,7 @@ from smsroute import (
     DeliveryReceived,
     Event,
     Failover,
+    GuardOverrun,
     GuardRefused,
     LoggingHook,
     ManualClock,
@@ -85,6 +86,7 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
     "smsroute_state_backend_errors": ("counter", set()),
     # The fraud and spend guards (issue 19).
     "smsroute_guard_refusals": ("counter", {"guard", "category", "country"}),
+    "smsroute_guard_overruns": ("counter", {"per", "country"}),
     "smsroute_guard_anomaly_tripped": ("gauge", {"category", "country"}),
     "smsroute_guard_anomaly_transitions": ("counter", {"category", "country", "to_state"}),
     "smsroute_budget_spent": ("gauge", {"scope"}),
@@ -160,6 +162,7 @@ async def test_metric_names_types_and_labels_are_the_contract(
     feed(WebhookRefused("primary", "status", "signature"))
     feed(BreakerTransition("primary", None, "closed", "open"))
     feed(GuardRefused("velocity", "otp", "DE", "default"))
+    feed(GuardOverrun("number", "DE"))
     feed(AnomalyTransition("otp", "DE", "tripped", 60, 2))
     feed(BudgetSpent("provider:primary", 1.5, 10.0, "USD"))
     families = {

@@ -40,6 +40,7 @@ from prometheus_client import CollectorRegistry
 from smsroute import (
     ConfigError,
     DeliveryReceived,
+    GuardOverrun,
     GuardRefused,
     Message,
     PrometheusHook,
@@ -306,6 +307,7 @@ async def wave(
     # their values.
     for _ in range(pumped):
         feeder(GuardRefused("geo", "otp", "GB", "default"))
+    feeder(GuardOverrun("number", "DE"))  # a replica with guard_checks: local
     if reload == "good":
         router.reload()
     elif reload == "bad":

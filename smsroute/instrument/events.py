@@ -124,6 +124,16 @@ class GuardRefused(NamedTuple):
     rule: str
 
 
+class GuardOverrun(NamedTuple):
+    """With ``state.guard_checks: local``: a replica accepted a message to a velocity log
+    that other replicas' messages had already filled (Redis counted it past the limit, and
+    the replica now holds the log full).  ``per`` is ``number``, ``prefix`` or
+    ``country``; ``country`` an ISO code (empty when not known)."""
+
+    per: str
+    country: str
+
+
 class AnomalyTransition(NamedTuple):
     """The anomaly guard of a category and country tripped or was released (``to_state``:
     ``tripped`` or ``released``); ``recent`` messages in its window, ``baseline`` before."""
@@ -156,6 +166,7 @@ Event = (
     | WebhookRefused
     | StateBackendError
     | GuardRefused
+    | GuardOverrun
     | AnomalyTransition
     | BudgetSpent
 )

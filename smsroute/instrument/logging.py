@@ -13,6 +13,7 @@ from smsroute.instrument.events import (
     DeliveryReceived,
     Event,
     Failover,
+    GuardOverrun,
     GuardRefused,
     MessageFinished,
     RateLimitWait,
@@ -30,6 +31,7 @@ _NAMES = {
     DeliveryReceived: "delivery_received",
     WebhookRefused: "webhook_refused",
     GuardRefused: "guard_refused",
+    GuardOverrun: "guard_overrun",
     AnomalyTransition: "anomaly_transition",
     BudgetSpent: "budget_spent",
 }
@@ -67,7 +69,7 @@ class LoggingHook:
     def _level(event: Event) -> int:
         if isinstance(event, Failover | BreakerTransition | WebhookRefused | AnomalyTransition):
             return logging.WARNING
-        if isinstance(event, GuardRefused):
+        if isinstance(event, GuardRefused | GuardOverrun):
             return logging.INFO
         if isinstance(event, ConfigReloaded):
             return logging.INFO if event.result == "success" else logging.ERROR

@@ -24,6 +24,7 @@ metric                                         labels                           
 ``smsroute_state_backend_errors_total``        operation                           counter
 ``smsroute_rule_provider_info``                rule, provider                      gauge (1)
 ``smsroute_guard_refusals_total``              guard, category, country            counter
+``smsroute_guard_overruns_total``               per, country                        counter
 ``smsroute_guard_anomaly_tripped``             category, country                   gauge
 ``smsroute_guard_anomaly_transitions_total``   category, country, to_state         counter
 ``smsroute_budget_spent``                      scope                               gauge
@@ -85,6 +86,7 @@ from smsroute.instrument.events import (
     DeliveryReceived,
     Event,
     Failover,
+    GuardOverrun,
     GuardRefused,
     MessageFinished,
     RateLimitWait,
@@ -259,6 +261,12 @@ class _Metrics:
             "Messages refused by a fraud or spend guard (geo, velocity, anomaly, budget) before any provider.",
             ["guard", "category", "country"],
         )
+        self.guard_overruns = self.counter(
+            "smsroute_guard_overruns",
+            "Messages a replica accepted past a velocity limit other replicas had reached "
+            "(state.guard_checks: local), by the limit's kind (number, prefix, country).",
+            ["per", "country"],
+        )
         self.anomaly_tripped = self.gauge(
             "smsroute_guard_anomaly_tripped",
             "1 while the anomaly guard of a category and country is tripped, else 0.",
@@ -407,6 +415,7 @@ class PrometheusHook:
             WebhookRefused: self._webhook_refused,
             StateBackendError: self._state_backend_error,
             GuardRefused: self._guard_refused,
+            GuardOverrun: self._guard_overrun,
             AnomalyTransition: self._anomaly,
             BudgetSpent: self._budget_spent,
         }
@@ -620,6 +629,9 @@ class PrometheusHook:
 
     def _guard_refused(self, e: GuardRefused) -> None:
         self._m.guard_refusals.labels(e.guard, e.category, self.country(e.country)).inc()
+
+    def _guard_overrun(self, e: GuardOverrun) -> None:
+        self._m.guard_overruns.labels(e.per, self.country(e.country)).inc()
 
     def _anomaly(self, e: AnomalyTransition) -> None:
         country = self.country(e.country)

@@ -35,9 +35,10 @@ from smsroute.guardcounts import (
     MemoryGuardCounts,
     SpendKey,
 )
+from smsroute.instrument.events import Event, GuardOverrun
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from smsroute.state.guards_spec import Spec
     from smsroute.state.redis_guards import RedisGuardCounts
@@ -47,9 +48,12 @@ class Mirror(MemoryGuardCounts):
     """Counts in this process that decide, recorded in Redis and told what every
     replica counted (see the module)."""
 
-    def __init__(self, remote: RedisGuardCounts) -> None:
+    def __init__(
+        self, remote: RedisGuardCounts, emit: Callable[[Event], None] | None = None
+    ) -> None:
         super().__init__()
         self.remote = remote
+        self._emit = emit
         remote.mirror = self
         remote.local = self  # what answers while Redis is down: the same counts
         self.recorder = remote  # what fast() passes, and spend (see Guards)
@@ -129,14 +133,19 @@ class Mirror(MemoryGuardCounts):
             q = details[k] - 1
             spec, e164 = specs[q], numbers[q]
             for item in details[k + 1].split(" "):
-                v_text, _, until_text = item.partition(":")
+                v_text, until_text, *over = item.split(":")
                 v, until = int(v_text), int(until_text) / 1e6
                 if spec.query is not None:
                     key, ident, length, most = spec.query.velocity[v]
+                    country = ""
                 else:
                     assert spec.lane is not None
                     assert e164 is not None
                     lane = spec.lane
                     key, kind, end, length, most = lane.velocity[v]
                     ident = e164 if kind == 0 else e164[1:end] if kind == 1 else lane.country
+                    country = lane.country
                 self.hold(key, ident, length, most, until)
+                if over and self._emit is not None:
+                    per = key.split("|")[2].rstrip("0123456789")  # v|scope|<per><digits>|...
+                    self._emit(GuardOverrun(per, country))

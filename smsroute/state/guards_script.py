@@ -32,7 +32,8 @@ from __future__ import annotations
 #: request of the anomaly guard only) and nothing is refused.  Per lane: {cap spends,
 #: spends read, recent, base, since ('' without an anomaly guard), anomaly slot (-1
 #: without)}; per query whose velocity logs are at their limit after it: {query
-#: number, '<limit index>:<when the log falls below its max, us> ...'}.
+#: number, '<limit index>:<when the log falls below its max, us>[:over] ...'} (``over``:
+#: this message took the log past its max).
 GUARDS = """
 local mode = ARGV[1]
 local commit = mode == 'check'
@@ -206,7 +207,9 @@ while at <= #text do
           else
             t = c.adds[2 * (k - z) + 1]
           end
-          full[#full + 1] = (v - 1) .. ':' .. string.format('%d', math.floor((t + lim[2]) * 1000000))
+          local item = (v - 1) .. ':' .. string.format('%d', math.floor((t + lim[2]) * 1000000))
+          if c.n > lim[3] then item = item .. ':over' end  -- this message passed the limit
+          full[#full + 1] = item
         end
       end
       if #full > 0 then

@@ -98,6 +98,7 @@ class RedisState:
         self.settings = settings
         self.clock = clock
         self.on_transition = on_transition
+        self._emit = emit
         self.link = RedisLink(settings, emit)
         self.scripts = Scripts(self.link)
         #: This process among the replicas (host:pid:random).
@@ -206,7 +207,9 @@ class RedisState:
         if counts is None:
             self._guards = RedisGuardCounts(self)
             counts = self._counts = (
-                Mirror(self._guards) if self.settings.guard_checks == "local" else self._guards
+                Mirror(self._guards, self._emit)
+                if self.settings.guard_checks == "local"
+                else self._guards
             )
         return counts
 
