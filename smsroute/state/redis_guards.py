@@ -26,6 +26,11 @@ messages share one answer, with its providers at their cap worked out once.  A b
 goes over a connection of its own (:class:`~smsroute.state.redis_link.Channel`): one
 write, one read.
 
+With ``state.guard_checks: local`` nothing waits: the replica decides in its memory
+(:mod:`smsroute.state.guards_mirror`) and the batches, every :data:`SPEND_DELAY` at most,
+carry *records* of what it decided (:meth:`RedisGuardCounts.record`, the script's
+``record`` mode), whose answers go back to the mirror.
+
 While Redis is down, checks are answered by a :class:`MemoryGuardCounts` in this
 process (each replica counts alone), and spend waits to be written when Redis is back.
 ``explain`` reads the counts in Redis with a blocking call (:meth:`RedisGuardCounts.peek`).
