@@ -12,16 +12,12 @@ tests/test_guards_redis.py run in this mode too).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
-import textwrap
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import redis
-from conftest import twilio_block
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis_support import (  # noqa: F401
@@ -32,7 +28,16 @@ from redis_support import (  # noqa: F401
     throwaway_redis,
     until,
 )
-from test_guards_redis import DE, START, guard_count, otp
+from test_guards_redis import (
+    ANOMALY_GUARD,
+    DE,
+    START,
+    anomaly_burst,
+    config_text,
+    guard_count,
+    otp,
+    two_routers,
+)
 
 from smsroute import ConfigError, GuardOverrun, ManualClock, Router, parse_config
 from smsroute.instrument.events import Event
@@ -42,14 +47,7 @@ from smsroute.testing import FakeTwilio
 
 
 def local_config(fake: FakeTwilio, url: str, key_prefix: str, guards: str) -> str:
-    return (
-        "providers:\n"
-        + twilio_block("a", fake, prices="{DE: 0.08, default: 0.05}")
-        + "\nrules:\n  - name: default\n    providers: [a]\n"
-        + textwrap.dedent(guards)
-        + state_block(url, key_prefix, sync_interval="100ms", timeout="300ms")
-        + "\n  guard_checks: local\n"
-    )
+    return config_text(fake, url, key_prefix, guards) + "  guard_checks: local\n"
 
 
 async def settled(*routers: Router) -> None:
@@ -60,24 +58,18 @@ async def settled(*routers: Router) -> None:
         await counts.remote.settle()
 
 
-@contextlib.asynccontextmanager
-async def two_routers(
-    text: str, clock: ManualClock, events: list[tuple[str, Event]] | None = None
-) -> AsyncIterator[tuple[Router, Router]]:
-    """Two replicas; ``events``: each one's GuardOverrun events, named "one" or "two"."""
+def overruns(events: list[tuple[str, Event]]) -> tuple[list[Any], list[Any]]:
+    """Hooks for two_routers() that keep each replica's GuardOverrun events in ``events``,
+    named "one" or "two"."""
 
     def hook(name: str) -> Any:
-        def record(event: Event) -> None:
-            if events is not None and isinstance(event, GuardOverrun):
+        def keep(event: Event) -> None:
+            if isinstance(event, GuardOverrun):
                 events.append((name, event))
 
-        return record
+        return keep
 
-    async with (
-        Router(parse_config(text), clock=clock, metrics=False, hooks=[hook("one")]) as one,
-        Router(parse_config(text), clock=clock, metrics=False, hooks=[hook("two")]) as two,
-    ):
-        yield one, two
+    return [hook("one")], [hook("two")]
 
 
 async def test_a_full_log_is_learnt_and_overrun_by_at_most_one_per_replica(
@@ -90,7 +82,7 @@ async def test_a_full_log_is_learnt_and_overrun_by_at_most_one_per_replica(
     clock = ManualClock(START)
     number = DE.format(1)
     events: list[tuple[str, Event]] = []
-    async with two_routers(text, clock, events) as (one, two):
+    async with two_routers(text, clock, overruns(events)) as (one, two):
         statuses = []
         for router in (one, one, two, two, one, one):
             statuses.append((await router.send(otp(number))).status)
@@ -139,29 +131,14 @@ async def test_the_anomaly_guard_trips_on_every_replicas_traffic(
     """A baseline sent through one replica, a burst through both: the guard trips on
     the whole burst, in each replica, within one message of where the exact mode does
     (9 accepted, tests/test_guards_redis.py)."""
-    guards = """
-        guards:
-          otp:
-            anomaly: {window: 5m, baseline: 1h, factor: 5, min_count: 10}
-    """
-    text = local_config(twilio_a, redis_url, prefix, guards)
+    text = local_config(twilio_a, redis_url, prefix, ANOMALY_GUARD)
     clock = ManualClock(START)
     async with two_routers(text, clock) as (one, two):
-        for i in range(12):
-            clock.set(START + i * 300)
-            assert (await one.send(otp(DE.format(i)))).status == "accepted"
-        await settled(one)
-        clock.set(START + 65 * 60)
-        burst = []
-        for i in range(12):
-            burst.append((await (one if i % 2 else two).send(otp(DE.format(100 + i)))).status)
-            await settled(one, two)
-        clock.set(START + 75 * 60)
-        after = await two.send(otp(DE.format(200)))
+        burst, after = await anomaly_burst(one, two, clock, settle=settled)
     accepted = burst.count("accepted")
     assert 9 <= accepted <= 10
     assert burst == ["accepted"] * accepted + ["failed"] * (12 - accepted)
-    assert after.status == "accepted"  # released, on every replica's counts
+    assert after == "accepted"  # released, on every replica's counts
 
 
 async def test_spend_is_shared_and_a_cap_overrun_by_at_most_one_per_replica(
