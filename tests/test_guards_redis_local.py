@@ -12,6 +12,7 @@ tests/test_guards_redis.py run in this mode too).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import uuid
@@ -199,6 +200,46 @@ async def test_local_checks_go_on_while_redis_is_stopped_and_count_there_again(
     assert frozen == ["accepted", "failed"]  # this replica's own count: exact
     assert took < 0.25  # well under the 300 ms state timeout: nothing waited for Redis
     assert len(number_logs) == 2  # number 1 before the freeze, number 2 after
+
+
+_TEXT = st.characters(categories=["L", "N", "P", "S", "Zs"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    value=st.one_of(
+        st.sampled_from(["exact", "local", "Local", "exact ", ""]),
+        st.text(_TEXT, max_size=20),
+        st.booleans(),
+        st.none(),
+        st.integers(),
+        st.lists(st.sampled_from(["exact", "local"]), max_size=2),
+    )
+)
+def test_any_guard_checks_value_loads_or_is_one_config_error(value: object) -> None:
+    """Whatever ``state.guard_checks`` holds: the config with it (``exact`` or ``local``,
+    exactly; null: the default), or one ConfigError naming it (never a traceback, never
+    another value)."""
+    source = json.dumps(
+        {
+            "providers": {"a": {"type": "twilio", "account_sid": "AC1", "auth_token": "t"}},
+            "rules": [{"name": "default", "providers": ["a"]}],
+            "state": {"backend": "redis", "guard_checks": value},
+        },
+        ensure_ascii=False,
+    )
+    problem: ConfigError | None = None
+    try:
+        loaded = parse_config(source)
+    except ConfigError as exc:
+        problem = exc
+    if problem is not None:
+        assert value not in ("exact", "local", None)
+        assert "state.guard_checks" in str(problem)
+        assert "Traceback" not in str(problem)
+    else:  # null is the default, as for every key
+        assert value in ("exact", "local", None)
+        assert loaded.state.guard_checks == (value or "exact")
 
 
 def test_guard_checks_takes_exact_or_local_only() -> None:
