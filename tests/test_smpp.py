@@ -143,7 +143,9 @@ async def test_wrong_password_is_auth(smsc: FakeSMSC) -> None:
 
 async def test_no_answer_in_time_is_timeout(smsc: FakeSMSC) -> None:
     smsc.hang()
-    async with Router(smpp_config(smsc, timeout="0.2s"), metrics=False) as router:
+    # 1 s, not less: the timeout bounds the bind too, which a busy CI machine once took
+    # more than 0.2 s to answer (a transient "cannot bind", not the timeout tested here).
+    async with Router(smpp_config(smsc, timeout="1s"), metrics=False) as router:
         result = await router.send(message())
         assert result.attempts[0].outcome is Outcome.TIMEOUT
         assert adapter(router).links().in_flight == 0
