@@ -280,7 +280,7 @@ def _take_back(lane: Lane, upto: tuple[VelocityWindow, int, int, int], e164: str
         if limit is upto:
             return
         window, kind, end, _ = limit
-        window.cur[e164 if kind == 0 else e164[1:end] if kind == 1 else lane.country].pop()
+        window.take_last(e164 if kind == 0 else e164[1:end] if kind == 1 else lane.country)
 
 
 class MemoryGuardCounts:
@@ -365,9 +365,19 @@ class MemoryGuardCounts:
             log = logs.get(ident)
             if log is None:
                 log = window.prev.pop(ident, None)
-                if log is None:
-                    log = deque() if window.long else []
+                if log is None:  # a log of one time is the time (see guardwindows.Log)
+                    logs[ident] = now
+                    continue
                 logs[ident] = log
+            if isinstance(log, float):
+                if log <= now - window.length:  # its time has left the window
+                    logs[ident] = now
+                    continue
+                if most < 2:
+                    _take_back(lane, limit, e164)
+                    return False
+                logs[ident] = deque((log, now)) if window.long else [log, now]
+                continue
             if log:
                 if log[0] <= now - window.length:
                     trim(log, now - window.length)
@@ -447,7 +457,7 @@ class MemoryGuardCounts:
             found.append((window, ident))
         if commit:
             for window, ident in found:
-                window.log(ident).append(now)
+                window.add(ident, now)
             if kept is not None:
                 kept.cur[1] += 1
         return GuardAnswer(None, 0, 0.0, spends, tripped, recent, base, tuple(counts_out))
@@ -468,14 +478,10 @@ class MemoryGuardCounts:
         """:meth:`GuardCounts.give_back`: the last ``now`` in each log goes."""
         for key, kind, end, _, _ in lane.velocity:
             window = self.windows.get(key)
-            log = None
             if window is not None:
-                log = window.find(e164 if kind == 0 else e164[1:end] if kind == 1 else lane.country)
-            if log:
-                for i in range(len(log) - 1, -1, -1):
-                    if log[i] == now:
-                        del log[i]
-                        break
+                window.remove(
+                    e164 if kind == 0 else e164[1:end] if kind == 1 else lane.country, now
+                )
 
     # -- what a shared store counted (state.guard_checks: local) -------------------------
 

@@ -10,7 +10,12 @@ from typing import TypeAlias
 #: but one costs ten times a list to make).
 SHORT_LOG = 1000
 
-Log: TypeAlias = "list[float] | deque[float]"
+#: A velocity log: its times, oldest first.  A log of one time is that time, a float: most
+#: logs (one number's) hold one, and a float is no container, so the logs of a busy
+#: router's numbers neither cost a list each nor add to the garbage collector's work
+#: (every container that outlives its send makes the collections come sooner, and
+#: each one walks every send under way).  A second time makes it a list.
+Log: TypeAlias = "float | list[float] | deque[float]"
 
 
 class VelocityWindow:
@@ -46,24 +51,59 @@ class VelocityWindow:
             self.end = now + self.length
         self.cur = {}
 
-    def log(self, ident: str) -> Log:
-        """The log of ``ident`` in the current generation (moved or made there)."""
-        log = self.cur.get(ident)
+    def add(self, ident: str, now: float) -> None:
+        """Put ``now`` at the end of the log of ``ident`` (moved or made in the current
+        generation)."""
+        cur = self.cur
+        log = cur.get(ident)
         if log is None:
             log = self.prev.pop(ident, None)
             if log is None:
-                log = deque() if self.long else []
-            self.cur[ident] = log
-        return log
+                cur[ident] = now
+                return
+            cur[ident] = log
+        if isinstance(log, float):
+            if log > now - self.length:  # still in the window
+                cur[ident] = deque((log, now)) if self.long else [log, now]
+            else:
+                cur[ident] = now
+        else:
+            log.append(now)
 
     def find(self, ident: str) -> Log | None:
         """The log of ``ident``, moving nothing."""
         log = self.cur.get(ident)
         return self.prev.get(ident) if log is None else log
 
+    def take_last(self, ident: str) -> None:
+        """Take the last time out of the current generation's log of ``ident``."""
+        log = self.cur[ident]
+        if isinstance(log, float):
+            del self.cur[ident]
+        else:
+            log.pop()
+
+    def remove(self, ident: str, time: float) -> None:
+        """Take the latest ``time`` out of the log of ``ident``, if it holds one."""
+        logs = self.cur if ident in self.cur else self.prev
+        log = logs.get(ident)
+        if log is None:
+            return
+        if isinstance(log, float):
+            if log == time:
+                del logs[ident]
+            return
+        for i in range(len(log) - 1, -1, -1):
+            if log[i] == time:
+                del log[i]
+                return
+
 
 def trim(log: Log, horizon: float) -> int:
-    """Drop the times at or before ``horizon`` from the front of ``log``; the count left."""
+    """Drop the times at or before ``horizon`` from the front of ``log``; the count left
+    (a one-time log, a float, is left as it is: counted 0 once it is past)."""
+    if isinstance(log, float):
+        return 1 if log > horizon else 0
     if isinstance(log, list):
         n = 0
         while n < len(log) and log[n] <= horizon:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from smsroute import ANOMALY_OVERRIDE, AnomalyTransition, Event, Message, parse_config
 from smsroute.guardcounts import MemoryGuardCounts
 from smsroute.guards import Guards, Refusal
-from smsroute.guardwindows import VelocityWindow
+from smsroute.guardwindows import VelocityWindow, trim
 from smsroute.runtime import Prepared, Runtime
 
 START = float(calendar.timegm((2026, 1, 31, 23, 59, 0)))  # a minute before a new month
@@ -157,14 +157,14 @@ def test_idle_velocity_logs_are_forgotten_after_two_windows() -> None:
     def send(ident: str, now: float) -> None:
         if now >= window.end:
             window.rotate(now)
-        window.log(ident).append(now)
+        window.add(ident, now)
 
     for n in range(100):
         send(f"+4915123456{n:03d}", START + n * 0.1)
     assert len(window.cur) + len(window.prev) == 100
     send("+4915123456999", START + 60)  # a new generation: the old logs are kept
     assert (len(window.cur), len(window.prev)) == (1, 100)
-    assert window.find("+4915123456000") == [START]
+    assert window.find("+4915123456000") == START  # a one-time log is the time
     send("+4915123456998", START + 60 + 60)  # their times all left the window: forgotten
     assert (len(window.cur), len(window.prev)) == (1, 1)
     send("+4915123456997", START + 1000)  # both generations over at once
@@ -202,3 +202,50 @@ def test_the_fast_path_gives_way_to_an_anomaly_trip_and_its_release() -> None:
     assert calm[0] is None
     transitions = [(e.country, e.to_state) for e in side.events if isinstance(e, AnomalyTransition)]
     assert transitions == [("AT", "tripped"), ("AT", "released")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["add", "add", "add", "take_last", "remove"]),
+            st.sampled_from(["+31612345678", "+31612345679", "NL"]),
+            st.floats(min_value=0.0, max_value=4.0),  # the clock's step
+        ),
+        max_size=60,
+    ),
+    st.booleans(),
+)
+def test_velocity_logs_count_as_a_plain_list_of_times_would(
+    ops: list[tuple[str, str, float]], long: bool
+) -> None:
+    """A log of one time is kept as the time (a float), of more as a list (or a deque
+    past SHORT_LOG): whatever the mix of adds, take-backs and give-backs, every log
+    counts exactly the times a plain list would still hold in the window."""
+    length = 5.0
+    window = VelocityWindow(length, 5000 if long else 5)
+    model: dict[str, list[float]] = {}
+    now = START
+    last: str | None = None  # the ident of the last add (take_last undoes only that)
+    for op, ident, step in ops:
+        if op != "take_last":  # a take-back follows its add at once (fast(), a refusal)
+            last = None
+            now += step
+            if now >= window.end:
+                window.rotate(now)
+        if op == "add":
+            window.add(ident, now)
+            model.setdefault(ident, []).append(now)
+            last = ident
+        elif op == "take_last" and last is not None:
+            window.take_last(last)
+            model[last].pop()
+            last = None
+        elif op == "remove" and model.get(ident):
+            time = model[ident][len(model[ident]) // 2]
+            window.remove(ident, time)
+            model[ident].remove(time)  # the first equal time: the same count either way
+        for name, times in model.items():
+            log = window.find(name)
+            expected = sum(1 for t in times if t > now - length)
+            assert (0 if log is None else trim(log, now - length)) == expected, name
