@@ -9,6 +9,9 @@ from collections.abc import Sequence
 from smsroute.guardcounts import AnomalyQuery, GuardAnswer, GuardQuery, Lane
 from smsroute.state.redis_link import resp
 
+#: The hash of :func:`hashed` with nothing in it yet (a copy is cheaper than a new one).
+HASH = hashlib.blake2b(digest_size=12)
+
 
 def hashed(ident: str) -> str:
     """A number or prefix (or country) hashed: Redis never sees the digits."""
@@ -27,7 +30,7 @@ class Spec:
     prefix's end) per velocity limit whose ident is not fixed (a country's is)."""
 
     __slots__ = (
-        "answer", "count", "fields", "free", "ident", "keys", "lane", "limits", "mark",
+        "answer", "count", "fields", "free", "head", "ident", "keys", "lane", "limits", "mark",
         "names", "owner", "packed", "query", "start", "until",
     )  # fmt: skip
 
@@ -68,8 +71,9 @@ class Spec:
             fields += [(prefix + key).encode(), packed_number(window), b"%d" % most, digest]
         #: The counts it was made for (a lane keeps one spec, for one store).
         self.owner = owner
-        #: Its id in the script's queries.
+        #: Its id in the script's queries, and as its lines start.
         self.ident = ident
+        self.head = f"{ident} "
         #: Its fields, and the same packed (RESP) for the batches.
         self.fields = fields
         self.packed = resp(fields)

@@ -42,7 +42,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from hashlib import blake2b
 from typing import TYPE_CHECKING, Any, Protocol
 
 from smsroute.guardcounts import (
@@ -54,6 +53,7 @@ from smsroute.guardcounts import (
     SpendKey,
 )
 from smsroute.state.guards_script import GUARDS
+from smsroute.state.guards_spec import HASH as _HASH
 from smsroute.state.guards_spec import Spec, hashed, packed_number
 from smsroute.state.redis_link import Channel, resp
 
@@ -226,7 +226,9 @@ class RedisGuardCounts:
         idents = ""
         for kind, end in spec.free:
             if kind == 0:
-                idents += blake2b(e164.encode(), digest_size=12).hexdigest() + " "  # hashed()
+                h = _HASH.copy()  # hashed(e164), without making the hash's parameters again
+                h.update(e164.encode())
+                idents += h.hexdigest() + " "
             else:
                 part = e164[1:end]
                 digest = self._prefixes.get(part)
@@ -235,7 +237,7 @@ class RedisGuardCounts:
                         self._prefixes.clear()
                     digest = self._prefixes[part] = hashed(part)
                 idents += digest + " "
-        return f"{spec.ident} {t} {idents}{flag}{member}:{t}"
+        return f"{spec.head}{t} {idents}{flag}{member}:{t}"
 
     def spend(self, keys: Sequence[SpendKey], amount: float, now: float) -> list[float]:
         """Add ``amount`` to each key's spend; written with the next batch of checks, or
