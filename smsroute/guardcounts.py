@@ -185,8 +185,13 @@ class Recorder(Protocol):
         its request)."""
         ...
 
-    def queue_spend(self, keys: Sequence[SpendKey], amount: float, now: float) -> None:
-        """An accepted message's spend."""
+    #: Whether no batch is due: spend added to the counts' entries (see
+    #: :attr:`MemoryGuardCounts.spent`) must :meth:`wake` it.
+    asleep: bool
+
+    def wake(self, now: float) -> None:
+        """Record soon what the counts' entries hold unrecorded
+        (:meth:`MemoryGuardCounts.take_unrecorded`); ``now``: the clock's time."""
         ...
 
 
@@ -293,7 +298,8 @@ class MemoryGuardCounts:
         #: anomaly key -> its slots; and when each category was first counted.
         self._slots: dict[str, Slots] = {}
         self._since: dict[str, float] = {}
-        #: spend key -> [amount, when it may be forgotten].
+        #: spend key -> [amount, when it may be forgotten, what :attr:`recorder` has not
+        #: taken of this process's spend yet].
         self.spent: dict[str, list[float]] = {}
         self._sweep_in = SWEEP_EVERY
         #: Where what these counts decide is recorded for other replicas (None: nowhere).
@@ -466,12 +472,17 @@ class MemoryGuardCounts:
         """Add ``amount`` to each key's spend; the totals after."""
         out = []
         spent = self.spent
+        recorder = self.recorder
         for sk in keys:
             entry = spent.get(sk.key)
             if entry is None:
-                entry = spent[sk.key] = [0.0, sk.end + SPEND_KEPT]
+                entry = spent[sk.key] = [0.0, sk.end + SPEND_KEPT, 0.0]
             entry[0] += amount
+            if recorder is not None:
+                entry[2] += amount
             out.append(entry[0])
+        if recorder is not None and recorder.asleep:
+            recorder.wake(now)
         return out
 
     def give_back(self, lane: Lane, e164: str, member: str, now: float) -> None:
@@ -496,7 +507,7 @@ class MemoryGuardCounts:
         """Take every replica's spend on ``key`` (``total``, this one's included)."""
         entry = self.spent.get(key)
         if entry is None:
-            self.spent[key] = [total, expires]
+            self.spent[key] = [total, expires, 0.0]
         elif total > entry[0]:
             entry[0] = total
 
@@ -530,15 +541,30 @@ class MemoryGuardCounts:
         """Add to a spend without reading it back (the Redis fallback's replay)."""
         entry = self.spent.get(key)
         if entry is None:
-            self.spent[key] = [amount, expires]
+            self.spent[key] = [amount, expires, 0.0]
         else:
             entry[0] += amount
+
+    def take_unrecorded(self, now: float) -> list[tuple[str, float, float]]:
+        """This process's spend :attr:`recorder` has not taken yet, as (key, amount,
+        seconds to keep it), taken."""
+        out = []
+        for key, entry in self.spent.items():
+            if entry[2]:
+                out.append((key, entry[2], entry[1] - now))
+                entry[2] = 0.0
+        return out
+
+    def unrecorded(self, key: str) -> float:
+        """This process's spend on ``key`` :attr:`recorder` has not taken yet."""
+        entry = self.spent.get(key)
+        return 0.0 if entry is None else entry[2]
 
     def sweep(self, now: float) -> None:
         """Forget the anomaly slots and spends no window or period counts any more (a
         country's :class:`Slots` stays, empty: lanes hold it)."""
         for kept in self._slots.values():
             kept.prune(now)
-        for key, (_, expires) in list(self.spent.items()):
+        for key, (_, expires, _) in list(self.spent.items()):
             if expires <= now:
                 del self.spent[key]

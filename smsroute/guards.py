@@ -600,20 +600,23 @@ class Guards:
             keys += tuple(self._keys[id(b)] for t in message.tags if (b := self._tag.get(t)))
         if not keys:
             return
-        if isinstance(counts, MemoryGuardCounts):  # inline
+        if isinstance(counts, MemoryGuardCounts):  # inline (MemoryGuardCounts.spend)
             spent = counts.spent
+            recorder = counts.recorder
             for sk in keys:
                 if not sk.start <= now < sk.end:  # a new period: the spends of past ones go
                     sk.at(now)
                     counts.sweep(now)
                 entry = spent.get(sk.key)
                 if entry is None:
-                    entry = spent[sk.key] = [0.0, sk.end + SPEND_KEPT]
+                    entry = spent[sk.key] = [0.0, sk.end + SPEND_KEPT, 0.0]
                 entry[0] += cost
+                if recorder is not None:  # guard_checks: local, recorded in Redis too
+                    entry[2] += cost
                 if emit is not None and not sk.lo <= entry[0] < sk.hi:
                     self._tell(sk, entry[0], provider, emit)
-            if counts.recorder is not None:
-                counts.recorder.queue_spend(keys, cost, now)
+            if recorder is not None and recorder.asleep:
+                recorder.wake(now)
             return
         for sk in keys:
             if not sk.start <= now < sk.end:

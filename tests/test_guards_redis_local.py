@@ -12,9 +12,11 @@ tests/test_guards_redis.py run in this mode too).
 from __future__ import annotations
 
 import asyncio
+import calendar
 import json
 import os
 import signal
+import time
 import uuid
 from typing import Any
 
@@ -42,6 +44,7 @@ from test_guards_redis import (
 )
 
 from smsroute import ConfigError, GuardOverrun, ManualClock, Router, parse_config
+from smsroute.guardcounts import SPEND_KEPT
 from smsroute.instrument.events import Event
 from smsroute.state.guards_mirror import Mirror
 from smsroute.state.guards_script import GUARDS
@@ -169,6 +172,38 @@ async def test_spend_is_shared_and_a_cap_overrun_by_at_most_one_per_replica(
     assert first == ["accepted"] * 4 + ["failed"]
     assert second == ["accepted", "failed"]
     assert abs(spent - 0.40) < 1e-9
+
+
+async def test_a_lone_sends_spend_reaches_redis_by_itself_kept_for_its_period(
+    redis_url: str,  # noqa: F811
+    prefix: str,  # noqa: F811
+    twilio_a: FakeTwilio,
+) -> None:
+    """The spend of the last send before a pause is counted in the mirror after its
+    record's batch has gone: it wakes a batch of its own (nothing else is sent, nobody
+    settles), and Redis keeps it for its period plus SPEND_KEPT on the router's clock."""
+    guards = """
+        guards:
+          budgets:
+            - {scope: category, name: otp, limit: 100, per: month}
+    """
+    text = local_config(twilio_a, redis_url, prefix, guards)
+    twilio_a.latency(0.2)  # the record's batch (10 ms on) is answered before the spend
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    async with Router(parse_config(text), clock=ManualClock(START), metrics=False) as router:
+        assert (await router.send(otp(DE.format(1)))).ok
+        assert not client.keys(f"{prefix}guard:b|*")  # not yet: it waits SPEND_DELAY
+
+        def written() -> bool:
+            return any(client.get(key) == "0.08" for key in client.keys(f"{prefix}guard:b|*"))
+
+        await until(written, within=2.0)
+        (key,) = client.keys(f"{prefix}guard:b|*")
+        ttl = client.pttl(key) / 1000
+    client.close()
+    year, month = time.gmtime(START)[:2]
+    month_ends = calendar.timegm((year + month // 12, month % 12 + 1, 1, 0, 0, 0))
+    assert month_ends - START + SPEND_KEPT - 5 < ttl <= month_ends - START + SPEND_KEPT + 1
 
 
 async def test_local_checks_go_on_while_redis_is_stopped_and_count_there_again(

@@ -33,7 +33,6 @@ from smsroute.guardcounts import (
     GuardQuery,
     Lane,
     MemoryGuardCounts,
-    SpendKey,
 )
 from smsroute.instrument.events import Event, GuardOverrun
 
@@ -58,6 +57,10 @@ class Mirror(MemoryGuardCounts):
         remote.local = self  # what answers while Redis is down: the same counts
         self.recorder = remote  # what fast() passes, and spend (see Guards)
 
+    def has_unrecorded(self) -> bool:
+        """Whether this replica counted spend its recorder has not taken yet."""
+        return any(entry[2] for entry in self.spent.values())
+
     # -- deciding, and recording what was decided -------------------------------------
 
     def evaluate(self, query: GuardQuery, commit: bool) -> GuardAnswer:
@@ -74,11 +77,6 @@ class Mirror(MemoryGuardCounts):
         if self.remote.up:
             return self.remote.peek(query)
         return MemoryGuardCounts.peek(self, query)
-
-    def spend(self, keys: Sequence[SpendKey], amount: float, now: float) -> list[float]:
-        totals = MemoryGuardCounts.spend(self, keys, amount, now)
-        self.remote.queue_spend(keys, amount, now)
-        return totals
 
     def give_back(self, lane: Lane, e164: str, member: str, now: float) -> None:
         """Out of this process's windows, and of Redis's with the next batch; the logs
@@ -125,7 +123,7 @@ class Mirror(MemoryGuardCounts):
                 continue
             for sk, key, value in zip(lane.budgets, spec.keys, [*capvals, *reads], strict=True):
                 if sk.key == key:  # still the current period
-                    total = float(value) + self.remote.unwritten(key)
+                    total = float(value) + self.remote.unwritten(key) + self.unrecorded(key)
                     self.merge_spend(key, total, sk.end + SPEND_KEPT)
             if lane.anomaly is not None and since:
                 self.merge_anomaly(lane.anomaly, int(slot), int(recent), int(base), float(since))

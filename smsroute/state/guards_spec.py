@@ -26,8 +26,8 @@ def packed_number(value: float) -> bytes:
 class Spec:
     """One lane's (or one unusual query's) part of the script's arguments, packed.
 
-    ``free`` says how a message's idents are found: (0 its number / 1 its prefix, the
-    prefix's end) per velocity limit whose ident is not fixed (a country's is)."""
+    ``free`` says how a message's idents are found, one per velocity limit whose ident
+    is not fixed (a country's is): 0 its number, ``n`` its prefix ``e164[1:n]``."""
 
     __slots__ = (
         "answer", "count", "fields", "free", "head", "ident", "keys", "lane", "limits", "mark",
@@ -43,7 +43,7 @@ class Spec:
         reads: Sequence[tuple[str, str, float]],
         anomaly: AnomalyQuery | None,
         velocity: Sequence[tuple[str, str | None, float, int]],
-        free: tuple[tuple[int, int], ...],
+        free: tuple[int, ...],
     ) -> None:
         fields: list[bytes] = [b"%d" % ident, b"%d" % len(caps)]
         for key, limit in caps:

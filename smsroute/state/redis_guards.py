@@ -86,6 +86,14 @@ class Learner(Protocol):
         """Given-back messages left their logs in Redis."""
         ...
 
+    def take_unrecorded(self, now: float) -> list[tuple[str, float, float]]:
+        """This replica's spend not recorded yet, taken: (key, amount, seconds to keep)."""
+        ...
+
+    def has_unrecorded(self) -> bool:
+        """Whether :meth:`take_unrecorded` has anything to give."""
+        ...
+
 
 class RedisGuardCounts:
     """:class:`~smsroute.guardcounts.SharedGuardCounts` in Redis, checks batched."""
@@ -108,6 +116,11 @@ class RedisGuardCounts:
         self._unwritten: dict[str, list[float]] = {}
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        #: No batch is due: neither under way nor waiting for its timer (see wake()).
+        self.asleep = True
+        #: The clock's time the guards last gave (a record's, a wake's): how long spend
+        #: taken from the mirror is kept in Redis is counted from it.
+        self._now = 0.0
         #: Cancelled sends' checks whose times go back out of the logs (see give_back).
         self._back_specs: list[Spec] = []
         self._back_texts: list[str] = []
@@ -166,6 +179,7 @@ class RedisGuardCounts:
         (so that batches carry many: nothing waits for them); while Redis is down only
         this process counts."""
         if self._link.up:
+            self._now = now
             spec: Spec | None = lane.shared  # _spec_of(), inline: once per message
             if spec is None or spec.owner is not self or not spec.start <= now < spec.until:
                 spec = self._lane_spec(lane, now)
@@ -190,9 +204,17 @@ class RedisGuardCounts:
     def _start(self) -> None:
         """Start the batches unless one is under way."""
         if self._task is None:
+            self.asleep = False
             self._task = asyncio.ensure_future(
                 self._run() if self.mirror is None else self._run_records()
             )
+
+    def wake(self, now: float) -> None:
+        """The mirror holds spend to record (``state.guard_checks: local``): a batch
+        within :data:`SPEND_DELAY` unless one is due (see :attr:`asleep`)."""
+        self._now = now
+        if self._link.up and self._timer is None and self._task is None:
+            self._later()
 
     def _spec_of(self, lane: Lane, now: float) -> Spec:
         """``lane``'s spec for the budget periods ``now`` falls in."""
@@ -224,19 +246,19 @@ class RedisGuardCounts:
         if "\n" in member:  # a line of the queries: only its uniqueness matters
             member = hashed(member)
         idents = ""
-        for kind, end in spec.free:
-            if kind == 0:
-                h = _HASH.copy()  # hashed(e164), without making the hash's parameters again
-                h.update(e164.encode())
-                idents += h.hexdigest() + " "
-            else:
+        for end in spec.free:
+            if end:
                 part = e164[1:end]
                 digest = self._prefixes.get(part)
                 if digest is None:
                     if len(self._prefixes) > PREFIXES_MAX:
                         self._prefixes.clear()
                     digest = self._prefixes[part] = hashed(part)
-                idents += digest + " "
+            else:
+                h = _HASH.copy()  # hashed(e164), without making the hash's parameters again
+                h.update(e164.encode())
+                digest = h.hexdigest()
+            idents += digest + " "
         return f"{spec.head}{t} {idents}{flag}{member}:{t}"
 
     def spend(self, keys: Sequence[SpendKey], amount: float, now: float) -> list[float]:
@@ -275,13 +297,26 @@ class RedisGuardCounts:
 
     def _later(self) -> None:
         """Write what waits (spend, records) after :data:`SPEND_DELAY`."""
+        self.asleep = False
         self._timer = asyncio.get_running_loop().call_later(SPEND_DELAY, self._flush)
+
+    def _pending(self) -> bool:
+        """Whether anything waits for a batch."""
+        return bool(
+            self._unwritten
+            or self._specs
+            or self._back_specs
+            or (self.mirror is not None and self.mirror.has_unrecorded())
+        )
 
     def _flush(self) -> None:
         """Write what no batch has carried since :data:`SPEND_DELAY`."""
         self._timer = None
-        if (self._unwritten or self._specs or self._back_specs) and self._task is None:
-            self._start()
+        if self._task is None:
+            if self._pending():
+                self._start()
+            else:
+                self.asleep = True
 
     def peek(self, query: GuardQuery) -> GuardAnswer:
         """What a check would answer now, changing nothing: read in Redis with a blocking
@@ -323,7 +358,7 @@ class RedisGuardCounts:
                 (key, lane.country if kind == 2 else None, window, most)
                 for key, kind, _, window, most in lane.velocity
             ],
-            tuple((kind, end) for _, kind, end, _, _ in lane.velocity if kind != 2),
+            tuple(0 if kind == 0 else end for _, kind, end, _, _ in lane.velocity if kind != 2),
         )
         if lane.budgets:
             spec.start = max(sk.start for sk in lane.budgets)
@@ -406,6 +441,7 @@ class RedisGuardCounts:
                     return
         finally:
             self._task = None
+            self.asleep = self._timer is None
 
     async def _run_records(self) -> None:
         """The batches of ``state.guard_checks: local``: the messages recorded (and the
@@ -417,12 +453,22 @@ class RedisGuardCounts:
             log.exception("smsroute: recording the guards' counts in Redis failed")
         finally:
             self._task = None
-            pending = self._specs or self._unwritten or self._back_specs
-            if pending and self._link.up and self._timer is None:
-                self._later()  # what came meanwhile: the next batch, SPEND_DELAY on
+            if self._timer is None:
+                if self._link.up and self._pending():
+                    self._later()  # what came meanwhile: the next batch, SPEND_DELAY on
+                else:
+                    self.asleep = True
 
     async def _records(self) -> None:
         """One batch of records and spend; then the given-back messages."""
+        if self.mirror is not None:  # the spend the mirror counted since the last batch
+            unwritten = self._unwritten
+            for key, amount, ttl in self.mirror.take_unrecorded(self._now):
+                entry = unwritten.get(key)
+                if entry is None:
+                    unwritten[key] = [amount, ttl]
+                else:
+                    entry[0] += amount
         if self._specs or self._unwritten:
             specs, texts, numbers = self._specs, self._texts, self._numbers
             self._specs, self._texts, self._numbers = [], [], []
