@@ -1,7 +1,7 @@
 """Router.send against raw aiohttp in instructions per message, under callgrind.
 
     python bench/callgrind_send.py [--messages 1000] [--base 300] [--arm ARM ...]
-                                   [--profile DIR]
+                                   [--repeat 1] [--profile DIR]
 
 bench_send.py measures CPU time, which on a shared VM drifts by tens of
 percent from minute to minute.  This counts the instructions the client
@@ -30,6 +30,11 @@ their state in Redis, see :data:`REDIS_STATE`: the client's side of the guards' 
 memory, recorded in Redis)
 and ``sdk`` (the twilio SDK's async client).
 ``--profile DIR`` keeps each run's callgrind file there (for callgrind_annotate).
+
+The count of one run is exact, but the 64 concurrent sends interleave as the fake answers,
+so the garbage collector's collections fall at different points from run to run: an arm's
+per-message figure moves by up to ±5k between runs (more with fewer messages).
+``--repeat N`` runs each arm N times and gives the median (and the spread).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import argparse
 import asyncio
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import uuid
@@ -146,6 +152,7 @@ def main() -> None:
     parser.add_argument(
         "--arm", choices=sorted(ARMS), action="append", help="run only these arms (repeatable)"
     )
+    parser.add_argument("--repeat", type=int, default=1, help="runs per arm (the median is given)")
     parser.add_argument("--profile", type=Path, help="keep the callgrind files in this directory")
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -161,10 +168,19 @@ def main() -> None:
     per_message: dict[str, float] = {}
     with ThreadPoolExecutor(max_workers=2) as pool:  # two valgrinds at once on 2 cores
         for arm in arms:
-            small = pool.submit(instructions, arm, args.base, args.profile)
-            large = pool.submit(instructions, arm, args.base + args.messages, args.profile)
-            per_message[arm] = (large.result() - small.result()) / args.messages
-            print(f"{ARMS[arm]:26s}: {per_message[arm] / 1000:8.1f} k instructions/msg", flush=True)
+            runs = []
+            for _ in range(args.repeat):
+                small = pool.submit(instructions, arm, args.base, args.profile)
+                large = pool.submit(instructions, arm, args.base + args.messages, args.profile)
+                runs.append((large.result() - small.result()) / args.messages)
+            per_message[arm] = statistics.median(runs)
+            spread = (
+                f" (runs {', '.join(f'{r / 1000:.1f}' for r in runs)})" if len(runs) > 1 else ""
+            )
+            print(
+                f"{ARMS[arm]:26s}: {per_message[arm] / 1000:8.1f} k instructions/msg{spread}",
+                flush=True,
+            )
     raw = per_message.get("raw")
     if raw is None:
         return
