@@ -1,5 +1,7 @@
 """A lane's part of the guards' script arguments, packed once (see
-:mod:`smsroute.state.redis_guards` and :mod:`smsroute.state.guards_script`)."""
+:mod:`smsroute.state.redis_guards` and :mod:`smsroute.state.guards_script`): the
+:class:`Spec`, made of a lane or of an unusual message's query, and a lane's message as a
+query for the counts in this process."""
 
 from __future__ import annotations
 
@@ -93,3 +95,63 @@ class Spec:
         self.query: GuardQuery | None = None
         #: Its answer for the messages that passed with nothing to report, in a batch.
         self.answer: GuardAnswer | None = None
+
+
+def lane_spec(owner: object, prefix: str, ident: int, lane: Lane, now: float) -> Spec:
+    """``lane``'s spec (id ``ident``) for the budget periods ``now`` falls in, kept on the
+    lane."""
+    keys = [sk.at(now) for sk in lane.budgets]
+    n = lane.ncaps
+    spec = Spec(
+        owner,
+        prefix,
+        ident,
+        [(key, sk.limit) for key, sk in zip(keys[:n], lane.budgets[:n], strict=True)],
+        [
+            (key, sk.budget.name, sk.limit)
+            for key, sk in zip(keys[n:], lane.budgets[n:], strict=True)
+        ],
+        lane.anomaly,
+        [
+            (key, lane.country if kind == 2 else None, window, most)
+            for key, kind, _, window, most in lane.velocity
+        ],
+        tuple(0 if kind == 0 else end for _, kind, end, _, _ in lane.velocity if kind != 2),
+    )
+    if lane.budgets:
+        spec.start = max(sk.start for sk in lane.budgets)
+        spec.until = min(sk.end for sk in lane.budgets)
+    spec.lane = lane
+    lane.shared = spec
+    return spec
+
+
+def query_spec(owner: object, prefix: str, ident: int, query: GuardQuery) -> Spec:
+    """The spec (id ``ident``) of an unusual message's query: every ident fixed."""
+    spec = Spec(
+        owner,
+        prefix,
+        ident,
+        query.caps,
+        [(key, "", float("inf")) for key in query.spends],
+        query.anomaly,
+        [(key, ident_, window, most) for key, ident_, window, most in query.velocity],
+        (),
+    )
+    spec.query = query
+    return spec
+
+
+def lane_query(lane: Lane, e164: str, member: str, now: float) -> GuardQuery:
+    """The query of a lane's message, for counts in this process."""
+    return GuardQuery(
+        now,
+        member,
+        [(sk.at(now), sk.limit) for sk in lane.budgets[: lane.ncaps]],
+        [sk.at(now) for sk in lane.budgets[lane.ncaps :]],
+        lane.anomaly,
+        [
+            (key, e164 if kind == 0 else e164[1:end] if kind == 1 else lane.country, w, most)
+            for key, kind, end, w, most in lane.velocity
+        ],
+    )

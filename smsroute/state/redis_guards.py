@@ -54,7 +54,14 @@ from smsroute.guardcounts import (
 )
 from smsroute.state.guards_script import GUARDS
 from smsroute.state.guards_spec import HASH as _HASH
-from smsroute.state.guards_spec import Spec, hashed, packed_number
+from smsroute.state.guards_spec import (
+    Spec,
+    hashed,
+    lane_query,
+    lane_spec,
+    packed_number,
+    query_spec,
+)
 from smsroute.state.redis_link import Channel, resp
 
 if TYPE_CHECKING:
@@ -145,7 +152,7 @@ class RedisGuardCounts:
         """Check and count a message of ``lane`` to ``e164`` with the next batch."""
         future: asyncio.Future[GuardAnswer] = asyncio.get_running_loop().create_future()
         if not self._link.up:
-            future.set_result(self.local.evaluate(self._lane_query(lane, e164, member, now), True))
+            future.set_result(self.local.evaluate(lane_query(lane, e164, member, now), True))
             return future
         spec = self._spec_of(lane, now)
         self._enqueue(spec, self._line(spec, e164, member, now), future, e164)
@@ -341,60 +348,12 @@ class RedisGuardCounts:
 
     def _lane_spec(self, lane: Lane, now: float) -> Spec:
         """``lane``'s spec for the budget periods ``now`` falls in (kept on the lane)."""
-        keys = [sk.at(now) for sk in lane.budgets]
-        n = lane.ncaps
         self._ids += 1
-        spec = Spec(
-            self,
-            self.prefix,
-            self._ids,
-            [(key, sk.limit) for key, sk in zip(keys[:n], lane.budgets[:n], strict=True)],
-            [
-                (key, sk.budget.name, sk.limit)
-                for key, sk in zip(keys[n:], lane.budgets[n:], strict=True)
-            ],
-            lane.anomaly,
-            [
-                (key, lane.country if kind == 2 else None, window, most)
-                for key, kind, _, window, most in lane.velocity
-            ],
-            tuple(0 if kind == 0 else end for _, kind, end, _, _ in lane.velocity if kind != 2),
-        )
-        if lane.budgets:
-            spec.start = max(sk.start for sk in lane.budgets)
-            spec.until = min(sk.end for sk in lane.budgets)
-        spec.lane = lane
-        lane.shared = spec
-        return spec
+        return lane_spec(self, self.prefix, self._ids, lane, now)
 
     def _query_spec(self, query: GuardQuery) -> Spec:
         self._ids += 1
-        spec = Spec(
-            self,
-            self.prefix,
-            self._ids,
-            query.caps,
-            [(key, "", float("inf")) for key in query.spends],
-            query.anomaly,
-            [(key, ident, window, most) for key, ident, window, most in query.velocity],
-            (),
-        )
-        spec.query = query
-        return spec
-
-    def _lane_query(self, lane: Lane, e164: str, member: str, now: float) -> GuardQuery:
-        """The query of a lane's message, for the counts in this process."""
-        return GuardQuery(
-            now,
-            member,
-            [(sk.at(now), sk.limit) for sk in lane.budgets[: lane.ncaps]],
-            [sk.at(now) for sk in lane.budgets[lane.ncaps :]],
-            lane.anomaly,
-            [
-                (key, e164 if kind == 0 else e164[1:end] if kind == 1 else lane.country, w, most)
-                for key, kind, end, w, most in lane.velocity
-            ],
-        )
+        return query_spec(self, self.prefix, self._ids, query)
 
     # -- the batches -----------------------------------------------------------------
 
@@ -503,7 +462,7 @@ class RedisGuardCounts:
         assert e164 is not None
         fields = text.split(" ")
         now, member = int(fields[1]) / 1e6, fields[-1]
-        return self.local.evaluate(self._lane_query(spec.lane, e164, member, now), True)
+        return self.local.evaluate(lane_query(spec.lane, e164, member, now), True)
 
     def _pack(
         self, mode: bytes, spends: dict[str, list[float]], specs: list[Spec], texts: list[str]
