@@ -555,6 +555,10 @@ class MemoryGuardCounts:
                 entry[2] = 0.0
         return out
 
+    def has_unrecorded(self) -> bool:
+        """Whether :meth:`take_unrecorded` has anything to give."""
+        return any(entry[2] for entry in self.spent.values())
+
     def unrecorded(self, key: str) -> float:
         """This process's spend on ``key`` :attr:`recorder` has not taken yet."""
         entry = self.spent.get(key)

@@ -57,10 +57,6 @@ class Mirror(MemoryGuardCounts):
         remote.local = self  # what answers while Redis is down: the same counts
         self.recorder = remote  # what fast() passes, and spend (see Guards)
 
-    def has_unrecorded(self) -> bool:
-        """Whether this replica counted spend its recorder has not taken yet."""
-        return any(entry[2] for entry in self.spent.values())
-
     # -- deciding, and recording what was decided -------------------------------------
 
     def evaluate(self, query: GuardQuery, commit: bool) -> GuardAnswer:

@@ -199,6 +199,7 @@ class RedisGuardCounts:
     def record_query(self, query: GuardQuery, passed: bool) -> None:
         """:meth:`record` for a message that took the general path (a query)."""
         if self._link.up:
+            self._now = query.now
             spec = self._query_spec(query)
             self._specs.append(spec)
             self._texts.append(
