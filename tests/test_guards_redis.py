@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import calendar
 import contextlib
+import hashlib
 import textwrap
 import uuid
 from collections.abc import AsyncIterator
@@ -35,6 +36,7 @@ from redis_support import (  # noqa: F401
 from smsroute import ManualClock, Message, Router, parse_config
 from smsroute.instrument.events import AnomalyTransition
 from smsroute.state.guards_script import GUARDS
+from smsroute.state.guards_spec import hashed
 from smsroute.testing import FakeTwilio
 
 START = float(calendar.timegm((2026, 3, 31, 23, 0, 0)))
@@ -558,3 +560,13 @@ async def test_explain_while_redis_is_gone_answers_from_memory(
     assert [g.count for g in plan.guards if g.guard == "velocity"] == [0]  # memory: none yet
     assert took < 1.0  # the state timeout is 300 ms
     assert after.ok
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=30))
+def test_idents_hash_to_blake2b_of_twelve_bytes_as_every_version_did(ident: str) -> None:
+    """The Redis keys of numbers and prefixes are named by BLAKE2b (12-byte digest) of
+    the ident: replicas of different versions during a rolling upgrade, and ``explain``,
+    must name the same keys however the hash is made."""
+    assert hashed(ident) == hashlib.blake2b(ident.encode(), digest_size=12).hexdigest()
+    assert hashed("+4915123456789") == "d67f27efb796b6746a97d709"  # a known answer
