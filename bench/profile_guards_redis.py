@@ -32,13 +32,14 @@ sys.path.insert(0, str(HERE))
 
 
 async def no_io(channel: Any, args: list[bytes], count: int) -> Any:
-    """A guards' script reply with every message passed, without asking Redis."""
-    head = args[0].split(b"\r\n")
-    spends = int(head[3])
-    nq = int(args[-1].split(b"\r\n")[1])
-    lanes = int(head[3 + 6 * spends + 2])
+    """A guards' script reply with every message passed and nothing to report, without
+    asking Redis (the head of ``args``: mode, n spends, n x (key, amount, ttl), n lanes;
+    see ``smsroute.state.guards_spec.pack``)."""
+    fields = args[0].split(b"\r\n")[1::2]  # the head's bulk strings
+    spends = int(fields[1])
+    lanes = int(fields[2 + 3 * spends])
     await asyncio.sleep(0)
-    return [["0"] * spends, [[["0"] * 2, 0, 0, 0]] * lanes, [""] * nq]
+    return [["0"] * spends, [[["0"] * 2, 0, 0, 0]] * lanes, []]
 
 
 async def no_io_records(channel: Any, args: list[bytes], count: int) -> Any:

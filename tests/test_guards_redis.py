@@ -36,7 +36,7 @@ from redis_support import (  # noqa: F401
 from smsroute import ManualClock, Message, Router, parse_config
 from smsroute.instrument.events import AnomalyTransition
 from smsroute.state.guards_script import GUARDS
-from smsroute.state.guards_spec import hashed
+from smsroute.state.guards_spec import hashed, packed_times
 from smsroute.testing import FakeTwilio
 
 START = float(calendar.timegm((2026, 3, 31, 23, 0, 0)))
@@ -284,24 +284,35 @@ async def test_a_flushed_script_is_loaded_again(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-@given(member=st.text(min_size=1, max_size=40).filter(lambda m: "\n" not in m))
-def test_any_member_id_is_counted_and_given_back_whole(redis_url: str, member: str) -> None:  # noqa: F811
-    """A query is a line '<lane> <time, us> <idents...> <member>': whatever else a message
-    id holds (spaces, NUL, non-ASCII; one with a newline is sent hashed), it is the
-    member counted, and the one taken back."""
+@given(
+    member=st.text(min_size=1, max_size=40).filter(lambda m: "\n" not in m),
+    later=st.floats(0, 10**7, allow_nan=False),
+)
+def test_any_member_id_is_counted_and_given_back_whole(
+    redis_url: str,  # noqa: F811
+    member: str,
+    later: float,
+) -> None:
+    """A query is a line '<lane> <idents...> <member>' and a time (a packed double):
+    whatever else a message id holds (spaces, NUL, non-ASCII; one with a newline is sent
+    hashed), it is the member counted with its time in µs, at that time, and the one
+    taken back."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     key = f"smsroute-test:{uuid.uuid4().hex[:12]}:v|"
     lane = ["7", "0", "0", "0", "1", key, "3600", "5", ""]  # id 7, 1 limit, nothing else
-    query = f"7 {int(START * 1e6)} abc123 {member}"
+    now = START + later
+    query, times = f"7 abc123 {member}", packed_times([now])
     script = client.register_script(GUARDS)
     try:
-        _, _, details = script(keys=[], args=["check", "0", "1", *lane, query])
+        _, _, details = script(keys=[], args=["check", "0", "1", *lane, query, times])
         assert details == []  # passed, nothing to report
-        assert client.zrange(key + "abc123", 0, -1) == [member]
-        _, _, details = script(keys=[], args=["peek", "0", "1", *lane, query])
+        assert client.zrange(key + "abc123", 0, -1, withscores=True) == [
+            (f"{member}:{now * 1e6:.0f}", now)
+        ]
+        _, _, details = script(keys=[], args=["peek", "0", "1", *lane, query, times])
         assert details[0] == 1
         assert details[1].split(" ")[:3] == ["-", "0", "0"]  # 1 of 5: would pass
-        script(keys=[], args=["back", "0", "1", *lane, query])
+        script(keys=[], args=["back", "0", "1", *lane, query, times])
         assert client.zcard(key + "abc123") == 0
     finally:
         client.delete(key + "abc123")

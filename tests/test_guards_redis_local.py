@@ -48,6 +48,7 @@ from smsroute.guardcounts import SPEND_KEPT
 from smsroute.instrument.events import Event
 from smsroute.state.guards_mirror import Mirror
 from smsroute.state.guards_script import GUARDS
+from smsroute.state.guards_spec import packed_times
 from smsroute.state.redis_link import Channel
 from smsroute.testing import FakeTwilio
 
@@ -305,25 +306,27 @@ def test_any_member_id_is_recorded_and_given_back_whole(
 ) -> None:
     """A recorded message's line ends '<p or r><member>': whatever the id holds (spaces,
     NUL, non-ASCII), the script strips the flag only, counts a passed one under its
-    whole id (the one a give-back names) and a refused one in no velocity log."""
+    whole id and time (the member a give-back names) and a refused one in no velocity
+    log."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     key = f"smsroute-test:{uuid.uuid4().hex[:12]}:v|"
     lane = ["7", "0", "0", "0", "1", key, "3600", "1", ""]  # id 7, 1 limit of max 1
     t = int(START * 1e6)
+    times = packed_times([START])
     script = client.register_script(GUARDS)
     try:
         flag = "p" if passed else "r"
         _, lanes, details = script(
-            keys=[], args=["record", "0", "1", *lane, f"7 {t} abc {flag}{member}"]
+            keys=[], args=["record", "0", "1", *lane, f"7 abc {flag}{member}", times]
         )
         assert lanes == [[[], [], -1, 0, "", -1]]
         if passed:
-            assert client.zrange(key + "abc", 0, -1) == [member]
+            assert client.zrange(key + "abc", 0, -1) == [f"{member}:{t}"]
             assert details == [1, f"0:{t + 3600 * 10**6}"]  # full (1 of 1) until it leaves
         else:
             assert client.zcard(key + "abc") == 0
             assert details == []
-        script(keys=[], args=["back", "0", "1", *lane, f"7 {t} abc {member}"])
+        script(keys=[], args=["back", "0", "1", *lane, f"7 abc {member}", times])
         assert client.zcard(key + "abc") == 0
     finally:
         client.delete(key + "abc")

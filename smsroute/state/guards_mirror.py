@@ -83,12 +83,12 @@ class Mirror(MemoryGuardCounts):
         if self.remote.up:
             self.remote.give_back(lane, e164, member, now)
 
-    def release(self, specs: Sequence[Spec], numbers: Sequence[str]) -> None:
+    def release(self, specs: Sequence[Spec], numbers: Sequence[str | None]) -> None:
         """Redis took given-back messages out of their logs: the holds an earlier answer
         put on those logs go (a log still full elsewhere is held again by the next
         message's answer)."""
         for spec, e164 in zip(specs, numbers, strict=True):
-            if spec.lane is not None:
+            if spec.lane is not None and e164 is not None:
                 self._release(spec.lane, e164)
 
     def _release(self, lane: Lane, e164: str) -> None:

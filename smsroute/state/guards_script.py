@@ -18,7 +18,8 @@ from __future__ import annotations
 #: ms), n lanes, per lane: its id, n caps, n x (key, limit), n spends read, keys, has
 #: anomaly (0/1) [key, since key, window, baseline, slot, factor, min count, blocks
 #: (0/1)], n velocity, n x (key prefix, window, max, ident or '': the query's next),
-#: then the queries, one line each: '<lane id> <time, us> <ident>... <member>'.
+#: then the queries, one line each: '<lane id> <ident>... <member>', and their times, one
+#: little-endian double each (their member in the logs is '<member>:<time in µs>').
 #: Returns {spend totals, per lane {spends read, tripped, recent, base} (the anomaly
 #: as its last query in the batch saw it; recent -1: none did), {query number, its
 #: answer, ...} for the queries with something to report (all when peeking): '<refused
@@ -154,18 +155,17 @@ local function vlog(key, window, most, now)
 end
 
 local out = {}
-local text = ARGV[i]
+local text, times = ARGV[i], ARGV[i + 1]
 local at, q = 1, 0
 while at <= #text do
   local stop = string.find(text, '\\n', at, true) or (#text + 1)
   local s = string.sub(text, at, stop - 1)
   at = stop + 1
   q = q + 1
+  local now = struct.unpack('<d', times, 8 * q - 7)
   local e = string.find(s, ' ', 1, true)
   local lane = lanes[string.sub(s, 1, e - 1)]
   local pos = e + 1
-  e = string.find(s, ' ', pos, true)
-  local now = tonumber(string.sub(s, pos, e - 1)) / 1000000; pos = e + 1
   local keys = {}
   for v, lim in ipairs(lane.v) do
     local ident = lim[4]
@@ -175,7 +175,8 @@ while at <= #text do
     end
     keys[v] = lim[1] .. ident
   end
-  local member = string.sub(s, pos)
+  -- its member in the logs: unique (a message's id, and its time for a resend's)
+  local member = string.sub(s, pos) .. ':' .. string.format('%.0f', now * 1000000)
   if mode == 'back' then
     for v = 1, #keys do redis.call('ZREM', keys[v], member) end
   elseif record then

@@ -1,15 +1,22 @@
-"""A lane's part of the guards' script arguments, packed once (see
-:mod:`smsroute.state.redis_guards` and :mod:`smsroute.state.guards_script`): the
-:class:`Spec`, made of a lane or of an unusual message's query, and a lane's message as a
-query for the counts in this process."""
+"""The guards' script arguments (see :mod:`smsroute.state.redis_guards` and
+:mod:`smsroute.state.guards_script`): a lane's part, packed once (the :class:`Spec`, made
+of a lane or of an unusual message's query), the messages waiting for a batch
+(:class:`Queued`) and a batch packed (:func:`pack`); and a lane's message as a query for
+the counts in this process."""
 
 from __future__ import annotations
 
 import hashlib
+import sys
+from array import array
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from smsroute.guardcounts import AnomalyQuery, GuardAnswer, GuardQuery, Lane
 from smsroute.state.redis_link import resp
+
+if TYPE_CHECKING:
+    import asyncio
 
 #: The hash of :func:`hashed` with nothing in it yet: every hash of an ident is a copy
 #: (cheaper than a new one, and one place for its parameters; ``_line`` in
@@ -27,6 +34,14 @@ def hashed(ident: str) -> str:
 def packed_number(value: float) -> bytes:
     """A number as the script reads it."""
     return repr(value).encode()
+
+
+def packed_times(times: Sequence[float]) -> bytes:
+    """Times as the script reads them: little-endian doubles, one after the other."""
+    packed = array("d", times)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return packed.tobytes()
 
 
 class Spec:
@@ -159,3 +174,43 @@ def lane_query(lane: Lane, e164: str, member: str, now: float) -> GuardQuery:
             for key, kind, end, w, most in lane.velocity
         ],
     )
+
+
+class Queued:
+    """Messages waiting for a batch, a column each: their specs; their lines of the
+    script's queries, ``<lane> <idents...> <flag><member>`` (the idents its spec leaves
+    free, hashed); their times (the clock's; the script gets them packed as doubles, see
+    :func:`pack`); their numbers (None: a query's); and, for checks, the answers to come."""
+
+    __slots__ = ("futures", "numbers", "specs", "texts", "times")
+
+    def __init__(self) -> None:
+        self.specs: list[Spec] = []
+        self.texts: list[str] = []
+        self.times: list[float] = []
+        self.numbers: list[str | None] = []
+        self.futures: list[asyncio.Future[GuardAnswer]] = []
+
+
+def pack(
+    prefix: str, mark: int, mode: bytes, spends: dict[str, list[float]], queued: Queued
+) -> tuple[list[bytes], int]:
+    """The script's arguments (packed) for writing ``spends`` (key -> [amount, ttl
+    seconds]) and answering ``queued`` in ``mode`` as batch ``mark`` (each spec goes once
+    in a batch), and how many there are."""
+    head = [mode, b"%d" % len(spends)]
+    for key, (amount, ttl) in spends.items():
+        head += [(prefix + key).encode(), packed_number(amount), b"%d" % (int(ttl * 1000) + 1)]
+    parts: list[bytes] = []
+    count = 0
+    for spec in queued.specs:
+        if spec.mark != mark:
+            spec.mark = mark
+            parts.append(spec.packed)
+            count += spec.count
+    head.append(b"%d" % len(parts))
+    lines = "\n".join(queued.texts).encode()
+    packed = packed_times(queued.times)
+    parts.insert(0, resp(head))
+    parts.append(b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(lines), lines, len(packed), packed))
+    return parts, len(head) + count + 2

@@ -19,7 +19,9 @@ What a message costs here is kept small, because every message of a guarded cate
 makes one (issue 19: "the Redis state keeps its ratio"): a :class:`~smsroute.guardcounts.Lane`
 (the messages of one category, rule and country) is packed into the script's arguments
 once per budget period (:class:`Spec`), and a message is one line of one argument,
-``<lane> <time> <hashed number and prefixes> <member>``; the script answers each lane
+``<lane> <hashed number and prefixes> <member>``, and its time one double of another
+(:class:`~smsroute.state.guards_spec.Queued`, :func:`~smsroute.state.guards_spec.pack`:
+no decimal text to make); the script answers each lane
 once per batch (its provider spends) and only the messages with something to report (a
 refusal, a trip, a release: :mod:`smsroute.state.guards_script`), so the lane's other
 messages share one answer, with its providers at their cap worked out once.  A batch
@@ -55,14 +57,16 @@ from smsroute.guardcounts import (
 from smsroute.state.guards_script import GUARDS
 from smsroute.state.guards_spec import HASH as _HASH
 from smsroute.state.guards_spec import (
+    Queued,
     Spec,
     hashed,
     lane_query,
     lane_spec,
-    packed_number,
+    pack,
+    packed_times,
     query_spec,
 )
-from smsroute.state.redis_link import Channel, resp
+from smsroute.state.redis_link import Channel
 
 if TYPE_CHECKING:
     from smsroute.state.redis_shared import SharedBackend
@@ -89,7 +93,7 @@ class Learner(Protocol):
         """A batch of records was answered (see the script's 'record' mode)."""
         ...
 
-    def release(self, specs: Sequence[Spec], numbers: Sequence[str]) -> None:
+    def release(self, specs: Sequence[Spec], numbers: Sequence[str | None]) -> None:
         """Given-back messages left their logs in Redis."""
         ...
 
@@ -113,12 +117,8 @@ class RedisGuardCounts:
         #: Answers checks while Redis is down.
         self.local = MemoryGuardCounts()
         self.tripped: dict[str, bool] = {}
-        #: The checks waiting for the next batch: their specs, their lines of the
-        #: script's queries, their answers to come and their numbers (None: a query's).
-        self._specs: list[Spec] = []
-        self._texts: list[str] = []
-        self._futures: list[asyncio.Future[GuardAnswer]] = []
-        self._numbers: list[str | None] = []
+        #: The checks (or records) waiting for the next batch.
+        self._queued = Queued()
         #: Spend not yet written: key -> [amount, ttl seconds].
         self._unwritten: dict[str, list[float]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -129,9 +129,7 @@ class RedisGuardCounts:
         #: taken from the mirror is kept in Redis is counted from it.
         self._now = 0.0
         #: Cancelled sends' checks whose times go back out of the logs (see give_back).
-        self._back_specs: list[Spec] = []
-        self._back_texts: list[str] = []
-        self._back_numbers: list[str] = []
+        self._back = Queued()
         self._batches = 0
         self._ids = 0
         self._prefixes: dict[str, str] = {}
@@ -155,7 +153,7 @@ class RedisGuardCounts:
             future.set_result(self.local.evaluate(lane_query(lane, e164, member, now), True))
             return future
         spec = self._spec_of(lane, now)
-        self._enqueue(spec, self._line(spec, e164, member, now), future, e164)
+        self._enqueue(spec, self._line(spec, e164, member), now, future, e164)
         return future
 
     async def check(self, query: GuardQuery) -> GuardAnswer:
@@ -164,7 +162,7 @@ class RedisGuardCounts:
             return self.local.evaluate(query, True)
         future: asyncio.Future[GuardAnswer] = asyncio.get_running_loop().create_future()
         spec = self._query_spec(query)
-        self._enqueue(spec, self._line(spec, "", query.member, query.now), future, None)
+        self._enqueue(spec, self._line(spec, "", query.member), query.now, future, None)
         return await future
 
     def give_back(self, lane: Lane, e164: str, member: str, now: float) -> None:
@@ -174,9 +172,11 @@ class RedisGuardCounts:
             self.local.give_back(lane, e164, member, now)
             return
         spec = self._spec_of(lane, now)
-        self._back_specs.append(spec)
-        self._back_texts.append(self._line(spec, e164, member, now))
-        self._back_numbers.append(e164)
+        back = self._back
+        back.specs.append(spec)
+        back.texts.append(self._line(spec, e164, member))
+        back.times.append(now)
+        back.numbers.append(e164)
         self._start()
 
     def record(self, lane: Lane, e164: str, member: str, now: float, passed: bool) -> None:
@@ -187,12 +187,28 @@ class RedisGuardCounts:
         this process counts."""
         if self._link.up:
             self._now = now
-            spec: Spec | None = lane.shared  # _spec_of(), inline: once per message
+            spec: Spec | None = lane.shared  # _spec_of() and _line(), inline: once a message
             if spec is None or spec.owner is not self or not spec.start <= now < spec.until:
                 spec = self._lane_spec(lane, now)
-            self._specs.append(spec)
-            self._texts.append(self._line(spec, e164, member, now, "p" if passed else "r"))
-            self._numbers.append(e164)
+            queued = self._queued
+            queued.specs.append(spec)
+            queued.times.append(now)
+            queued.numbers.append(e164)
+            line = spec.head
+            for end in spec.free:
+                if end:
+                    part = e164[1:end]
+                    digest = self._prefixes.get(part)
+                    if digest is None:
+                        digest = self._prefix_hash(part)
+                else:
+                    h = _HASH.copy()  # hashed(e164), without making the hash's parameters again
+                    h.update(e164.encode())
+                    digest = h.hexdigest()
+                line += digest + " "
+            if "\n" in member:  # a line of the queries: only its uniqueness matters
+                member = hashed(member)
+            queued.texts.append(f"{line}p{member}" if passed else f"{line}r{member}")
             if self._timer is None and self._task is None:
                 self._later()
 
@@ -201,11 +217,11 @@ class RedisGuardCounts:
         if self._link.up:
             self._now = query.now
             spec = self._query_spec(query)
-            self._specs.append(spec)
-            self._texts.append(
-                self._line(spec, "", query.member, query.now, "p" if passed else "r")
-            )
-            self._numbers.append(None)
+            queued = self._queued
+            queued.specs.append(spec)
+            queued.texts.append(self._line(spec, "", query.member, "p" if passed else "r"))
+            queued.times.append(query.now)
+            queued.numbers.append(None)
             if self._timer is None and self._task is None:
                 self._later()
 
@@ -235,39 +251,45 @@ class RedisGuardCounts:
         self,
         spec: Spec,
         text: str,
+        now: float,
         future: asyncio.Future[GuardAnswer],
         number: str | None,
     ) -> None:
         """Put a check in the next batch (starting the batches if none is under way)."""
-        self._specs.append(spec)
-        self._texts.append(text)
-        self._futures.append(future)
-        self._numbers.append(number)
+        queued = self._queued
+        queued.specs.append(spec)
+        queued.texts.append(text)
+        queued.times.append(now)
+        queued.futures.append(future)
+        queued.numbers.append(number)
         self._start()
 
-    def _line(self, spec: Spec, e164: str, member: str, now: float, flag: str = "") -> str:
+    def _line(self, spec: Spec, e164: str, member: str, flag: str = "") -> str:
         """A message as a line of the script's queries: the idents ``spec`` leaves free
-        (a query's spec fixes them all), hashed.  Its member in the logs is
-        ``<id>:<time>``: unique, and made again the same by :meth:`give_back` (a
-        recorded message's line puts its ``flag`` before it)."""
-        t = str(int(now * 1e6))
+        (a query's spec fixes them all), hashed, and its ``member``, which the script
+        makes ``<member>:<time in µs>`` in the logs: unique, and made again the same by
+        :meth:`give_back` (a recorded message's line puts its ``flag`` before it; see
+        :meth:`record`, which makes its lines inline)."""
         if "\n" in member:  # a line of the queries: only its uniqueness matters
             member = hashed(member)
-        idents = ""
+        line = spec.head
         for end in spec.free:
             if end:
                 part = e164[1:end]
                 digest = self._prefixes.get(part)
                 if digest is None:
-                    if len(self._prefixes) > PREFIXES_MAX:
-                        self._prefixes.clear()
-                    digest = self._prefixes[part] = hashed(part)
+                    digest = self._prefix_hash(part)
             else:
-                h = _HASH.copy()  # hashed(e164), without making the hash's parameters again
-                h.update(e164.encode())
-                digest = h.hexdigest()
-            idents += digest + " "
-        return f"{spec.head}{t} {idents}{flag}{member}:{t}"
+                digest = hashed(e164)
+            line += digest + " "
+        return f"{line}{flag}{member}"
+
+    def _prefix_hash(self, part: str) -> str:
+        """A prefix's hash, remembered (at most :data:`PREFIXES_MAX`)."""
+        if len(self._prefixes) > PREFIXES_MAX:
+            self._prefixes.clear()
+        digest = self._prefixes[part] = hashed(part)
+        return digest
 
     def spend(self, keys: Sequence[SpendKey], amount: float, now: float) -> list[float]:
         """Add ``amount`` to each key's spend; written with the next batch of checks, or
@@ -312,8 +334,8 @@ class RedisGuardCounts:
         """Whether anything waits for a batch."""
         return bool(
             self._unwritten
-            or self._specs
-            or self._back_specs
+            or self._queued.specs
+            or self._back.specs
             or (self.mirror is not None and self.mirror.has_unrecorded())
         )
 
@@ -333,8 +355,8 @@ class RedisGuardCounts:
         if not self._link.up:
             return self.local.peek(query)
         spec = self._query_spec(query)
-        line = f"{spec.ident} {int(query.now * 1e6)} peek".encode()
-        args = [b"peek", b"0", b"1", *spec.fields, line]
+        line = f"{spec.head}peek".encode()
+        args = [b"peek", b"0", b"1", *spec.fields, line, packed_times([query.now])]
 
         def call(client: Any) -> Any:
             return client.register_script(GUARDS)(keys=[], args=args)
@@ -360,44 +382,33 @@ class RedisGuardCounts:
 
     async def _run(self) -> None:
         try:
-            while self._specs or self._unwritten or self._back_specs:
-                if self._back_specs:
-                    back = self._back_specs, self._back_texts
-                    self._back_specs, self._back_texts, self._back_numbers = [], [], []
-                    await self._give_back(*back)
+            while self._queued.specs or self._unwritten or self._back.specs:
+                if self._back.specs:
+                    back, self._back = self._back, Queued()
+                    await self._give_back(back)
                     continue
-                specs, texts, futures, numbers = (
-                    self._specs, self._texts, self._futures, self._numbers
-                )  # fmt: skip
-                self._specs, self._texts, self._futures, self._numbers = [], [], [], []
+                queued, self._queued = self._queued, Queued()
                 try:
-                    answers = await self._call(specs, texts)
+                    answers = await self._call(queued)
                 except Exception:  # a bug must not leave sends waiting
                     log.exception("smsroute: checking guards in Redis failed")
                     answers = None
-                back_specs: list[Spec] = []
-                back_texts: list[str] = []
-                for i, future in enumerate(futures):
+                back = Queued()
+                for i, future in enumerate(queued.futures):
                     if future.done():  # its send was cancelled while it waited
                         if answers is not None and answers[i].refused is None:
-                            back_specs.append(specs[i])
-                            back_texts.append(texts[i])
+                            back.specs.append(queued.specs[i])
+                            back.texts.append(queued.texts[i])
+                            back.times.append(queued.times[i])
                         continue
-                    future.set_result(
-                        answers[i]
-                        if answers is not None
-                        else self._local(specs[i], texts[i], numbers[i])
-                    )
-                if back_specs:
-                    await self._give_back(back_specs, back_texts)
+                    future.set_result(answers[i] if answers is not None else self._local(queued, i))
+                if back.specs:
+                    await self._give_back(back)
                 if answers is None:  # Redis is down: checks go local; spend waits for it
-                    specs, texts, futures, numbers = (
-                        self._specs, self._texts, self._futures, self._numbers
-                    )  # fmt: skip
-                    self._specs, self._texts, self._futures, self._numbers = [], [], [], []
-                    for i, future in enumerate(futures):
+                    queued, self._queued = self._queued, Queued()
+                    for i, future in enumerate(queued.futures):
                         if not future.done():
-                            future.set_result(self._local(specs[i], texts[i], numbers[i]))
+                            future.set_result(self._local(queued, i))
                     return
         finally:
             self._task = None
@@ -429,25 +440,22 @@ class RedisGuardCounts:
                     unwritten[key] = [amount, ttl]
                 else:
                     entry[0] += amount
-        if self._specs or self._unwritten:
-            specs, texts, numbers = self._specs, self._texts, self._numbers
-            self._specs, self._texts, self._numbers = [], [], []
+        if self._queued.specs or self._unwritten:
+            queued, self._queued = self._queued, Queued()
             unwritten, self._unwritten = self._unwritten, {}
-            parts, count = self._pack(b"record", unwritten, specs, texts)
+            parts, count = self._pack(b"record", unwritten, queued)
             reply = await self._channel.evalsha(parts, count)
             if reply is None:  # Redis is down: these records are lost, spend waits
                 self._keep(unwritten)
-                self._specs, self._texts, self._numbers = [], [], []
-                self._back_specs, self._back_texts, self._back_numbers = [], [], []
+                self._queued, self._back = Queued(), Queued()
                 return
             if self.mirror is not None:
-                self.mirror.learn(specs, numbers, self._batches, reply)
-        if self._back_specs:
-            specs, texts, back = self._back_specs, self._back_texts, self._back_numbers
-            self._back_specs, self._back_texts, self._back_numbers = [], [], []
-            await self._give_back(specs, texts)
+                self.mirror.learn(queued.specs, queued.numbers, self._batches, reply)
+        if self._back.specs:
+            back, self._back = self._back, Queued()
+            await self._give_back(back)
             if self.mirror is not None:  # after any record's answer that held them
-                self.mirror.release(specs, back)
+                self.mirror.release(back.specs, back.numbers)
 
     def _keep(self, unwritten: dict[str, list[float]]) -> None:
         """Put spend a failed call did not write back in line (written when Redis is back)."""
@@ -455,43 +463,30 @@ class RedisGuardCounts:
             entry = self._unwritten.setdefault(key, [0.0, ttl])
             entry[0] += amount
 
-    def _local(self, spec: Spec, text: str, e164: str | None) -> GuardAnswer:
-        """The answer of the counts in this process (Redis is down)."""
+    def _local(self, queued: Queued, i: int) -> GuardAnswer:
+        """The answer of the counts in this process (Redis is down) to ``queued``'s
+        ``i``-th check."""
+        spec = queued.specs[i]
         if spec.query is not None:
             return self.local.evaluate(spec.query, True)
         assert spec.lane is not None
+        e164 = queued.numbers[i]
         assert e164 is not None
-        fields = text.split(" ")
-        now, member = int(fields[1]) / 1e6, fields[-1]
-        return self.local.evaluate(lane_query(spec.lane, e164, member, now), True)
+        member = queued.texts[i].rsplit(" ", 1)[-1]
+        return self.local.evaluate(lane_query(spec.lane, e164, member, queued.times[i]), True)
 
     def _pack(
-        self, mode: bytes, spends: dict[str, list[float]], specs: list[Spec], texts: list[str]
+        self, mode: bytes, spends: dict[str, list[float]], queued: Queued
     ) -> tuple[list[bytes], int]:
-        """The script's arguments (packed) for writing ``spends`` and answering the
-        checks of ``specs`` and ``texts`` in ``mode``, and how many there are."""
-        prefix = self.prefix
-        head = [mode, b"%d" % len(spends)]
-        for key, (amount, ttl) in spends.items():
-            head += [(prefix + key).encode(), packed_number(amount), b"%d" % (int(ttl * 1000) + 1)]
+        """The script's arguments (packed) for writing ``spends`` and answering
+        ``queued`` in ``mode`` (a new batch), and how many there are."""
         self._batches += 1
-        mark = self._batches
-        parts: list[bytes] = []
-        count = 0
-        for spec in specs:
-            if spec.mark != mark:
-                spec.mark = mark
-                parts.append(spec.packed)
-                count += spec.count
-        head.append(b"%d" % len(parts))
-        lines = "\n".join(texts).encode()
-        parts.insert(0, resp(head))
-        parts.append(b"$%d\r\n%b\r\n" % (len(lines), lines))
-        return parts, len(head) + count + 1
+        return pack(self.prefix, self._batches, mode, spends, queued)
 
-    async def _call(self, specs: list[Spec], texts: list[str]) -> list[GuardAnswer] | None:
+    async def _call(self, queued: Queued) -> list[GuardAnswer] | None:
         unwritten, self._unwritten = self._unwritten, {}
-        parts, count = self._pack(b"check", unwritten, specs, texts)
+        specs = queued.specs
+        parts, count = self._pack(b"check", unwritten, queued)
         reply = await self._channel.evalsha(parts, count)
         if reply is None:
             self._keep(unwritten)
@@ -540,11 +535,11 @@ class RedisGuardCounts:
             tuple(int(c) for c in counts if c),
         )
 
-    async def _give_back(self, specs: list[Spec], texts: list[str]) -> None:
+    async def _give_back(self, back: Queued) -> None:
         """Take cancelled sends' times out of the velocity windows: a send cancelled while
         its check waited for Redis counts for nothing (the anomaly guard's request count
         keeps it: it counts requests, refused ones included)."""
-        parts, count = self._pack(b"back", {}, specs, texts)
+        parts, count = self._pack(b"back", {}, back)
         await self._channel.evalsha(parts, count)
 
     async def settle(self) -> None:
