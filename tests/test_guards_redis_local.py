@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from redis_support import (  # noqa: F401
     RedisServer,
@@ -44,11 +44,14 @@ from test_guards_redis import (
 )
 
 from smsroute import ConfigError, GuardOverrun, ManualClock, Router, parse_config
-from smsroute.guardcounts import SPEND_KEPT
+from smsroute.guardcounts import SPEND_KEPT, Lane
+from smsroute.guards import Guards
 from smsroute.instrument.events import Event
+from smsroute.runtime import Runtime
 from smsroute.state.guards_mirror import Mirror
 from smsroute.state.guards_script import GUARDS
-from smsroute.state.guards_spec import packed_times
+from smsroute.state.guards_spec import hashed, packed_times
+from smsroute.state.redis_guards import RedisGuardCounts
 from smsroute.state.redis_link import Channel
 from smsroute.testing import FakeTwilio
 
@@ -422,3 +425,74 @@ async def test_a_garbled_answer_from_redis_is_logged_and_sending_goes_on(
     assert statuses == ["accepted", "accepted", "failed"]
     assert in_redis == 2  # both counted in Redis, the one whose answer was garbled too
     assert "recording the guards' counts in Redis failed" in caplog.text
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    member=st.text(min_size=1, max_size=30),
+    later=st.floats(0, 3000, allow_nan=False),
+    mode=st.sampled_from(["local", "exact"]),
+)
+@example(member="a\nb c", later=0.000_001, mode="local").via("a newline and a space")
+@example(member="a\nb c", later=0.000_001, mode="exact").via("the same, checked in Redis")
+def test_a_checked_member_of_any_text_is_counted_and_given_back(
+    redis_url: str,  # noqa: F811
+    member: str,
+    later: float,
+    mode: str,
+) -> None:
+    """Whatever id a check names (a newline: sent hashed, as a line of the batch may hold
+    none; spaces, NUL, non-ASCII: as it is), the check (``exact``) or the record of a
+    local check (``local``) puts it in the number's log in Redis, at the check's time,
+    and its give-back takes that member out."""
+    guards = "guards:\n  otp:\n    velocity:\n      - {per: number, max: 5, window: 1h}\n"
+    number = DE.format(7)
+
+    async def run() -> tuple[list[tuple[bytes, float]], int, float]:
+        async with FakeTwilio() as fake:
+            key_prefix = f"smsroute-test:{uuid.uuid4().hex[:12]}:"
+            text = config_text(fake, redis_url, key_prefix, guards)
+            config = parse_config(text + f"  guard_checks: {mode}\n")
+            clock = ManualClock(START)
+            client = redis.Redis.from_url(redis_url)
+            try:
+                async with Router(config, clock=clock, metrics=False) as router:
+                    assert (await router.send(otp(DE.format(1)))).ok  # the state started
+                    counts = router.state.guard_counts()
+                    remote = counts.remote if isinstance(counts, Mirror) else counts
+                    assert isinstance(remote, RedisGuardCounts)
+                    runtime = Runtime(config)
+                    guards_ = Guards(runtime.config)
+                    message = otp(number)
+                    p = runtime.prepare(message)
+                    now = START + later
+                    checked = guards_.check_now(
+                        counts, message, p.destination.e164, "DE", p.rule, member, now, None
+                    )
+                    if isinstance(checked, Lane):  # exact: asked in Redis
+                        answer = await guards_.ask(
+                            remote, checked, message, number, p.rule, member, now
+                        )
+                        assert answer.refused is None
+                    else:
+                        assert checked == (None, frozenset())  # passed (and recorded)
+                    await remote.settle()
+                    key = next(
+                        k
+                        for k in client.keys(f"{key_prefix}guard:v|*")
+                        if k.endswith(hashed(number).encode())
+                    )
+                    logged = client.zrange(key, 0, -1, withscores=True)
+                    guards_.give_back(counts, message, number, "DE", p.rule, member, now)
+                    await remote.settle()
+                    return logged, client.zcard(key), now
+            finally:
+                keys = client.keys(f"{key_prefix}*")
+                if keys:
+                    client.delete(*keys)
+                client.close()
+
+    logged, left, now = asyncio.run(run())
+    sent = hashed(member) if "\n" in member else member
+    assert logged == [(f"{sent}:{now * 1e6:.0f}".encode(), now)]
+    assert left == 0
