@@ -37,6 +37,7 @@ from smsroute import ManualClock, Message, Router, parse_config
 from smsroute.instrument.events import AnomalyTransition
 from smsroute.state.guards_script import GUARDS
 from smsroute.state.guards_spec import hashed, packed_times
+from smsroute.state.redis_link import Channel
 from smsroute.testing import FakeTwilio
 
 START = float(calendar.timegm((2026, 3, 31, 23, 0, 0)))
@@ -581,3 +582,51 @@ def test_idents_hash_to_blake2b_of_twelve_bytes_as_every_version_did(ident: str)
     must name the same keys however the hash is made."""
     assert hashed(ident) == hashlib.blake2b(ident.encode(), digest_size=12).hexdigest()
     assert hashed("+4915123456789") == "d67f27efb796b6746a97d709"  # a known answer
+
+
+async def test_a_garbled_check_answer_is_logged_and_its_checks_answered_here(
+    redis_url: str,  # noqa: F811
+    prefix: str,  # noqa: F811
+    twilio_a: FakeTwilio,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A batch's answer comes back garbled while more checks wait for the next: one log
+    line, and every waiting send, of that batch and of the next, is answered by this
+    process's counts (a limit still holds: the third message to a number is refused);
+    the batches after go to Redis again."""
+    guards = "guards:\n  otp:\n    velocity:\n      - {per: number, max: 2, window: 1h}\n"
+    text = config_text(twilio_a, redis_url, prefix, guards)
+    real = Channel.evalsha
+    calls: list[int] = []
+    garble = [False]
+
+    async def answer(channel: Channel, args: list[bytes], count: int) -> Any:
+        calls.append(count)
+        reply = await real(channel, args, count)
+        if garble[0]:
+            garble[0] = False
+            await asyncio.sleep(0.1)  # the other sends queue meanwhile
+            return [[], 42, []]
+        return reply
+
+    monkeypatch.setattr(Channel, "evalsha", answer)
+    async with Router(parse_config(text), clock=ManualClock(START), metrics=False) as router:
+        assert (await router.send(otp(DE.format(9)))).ok  # the state started, in Redis
+        calls.clear()
+        garble[0] = True
+        first = asyncio.ensure_future(router.send(otp(DE.format(1))))
+        await until(lambda: bool(calls), within=5.0)  # its batch is under way
+        numbers = [1, 2, 1, 3, 4]
+        rest = await asyncio.gather(*(router.send(otp(DE.format(n))) for n in numbers))
+        results = [await first, *rest]
+        after = await router.send(otp(DE.format(7)))
+        in_redis = guard_count(router, "velocity", DE.format(7))
+    statuses = [r.status for r in results]
+    # answered here: the garbled batch's check, then the ones that waited for the next
+    assert statuses == ["accepted", "accepted", "accepted", "failed", "accepted", "accepted"]
+    assert not results[3].attempts  # refused before any provider was called
+    assert after.ok
+    assert in_redis == 1  # counted in Redis again
+    assert len(calls) >= 2  # the garbled batch, then Redis again
+    assert caplog.text.count("checking guards in Redis failed") == 1
