@@ -29,6 +29,7 @@ from smsroute.errors import ConfigError as ConfigError
 from smsroute.errors import ConfigProblem as ConfigProblem
 from smsroute.guardconfig import GuardSet, GuardSettings, OnBudget
 from smsroute.numbers import NumberType
+from smsroute.redact import redact
 from smsroute.yamlsource import format_path
 
 Strategy = Literal["priority", "weighted", "cheapest", "fastest", "score"]
@@ -389,7 +390,8 @@ class StateSettings:
     """
 
     backend: StateBackendName = "memory"
-    url: str = "redis://127.0.0.1:6379/0"
+    #: Its password never shows in the settings' repr (nor the config's).
+    url: str = attrs.field(default="redis://127.0.0.1:6379/0", repr=lambda u: repr(redact(u)))
     key_prefix: str = "smsroute:"
     #: How often a replica refreshes shared breakers and flushes its health counters.
     sync_interval: float = 0.25

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smsroute import ConfigError, load_config, parse_config
 from smsroute.units import parse_duration, parse_fraction, parse_rate
@@ -256,3 +259,23 @@ def test_fractions(text: object, fraction: float) -> None:
 def test_fraction_above_100_percent_is_refused() -> None:
     with pytest.raises(ValueError, match="0% to 100%"):
         parse_fraction("150%")
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    user=st.sampled_from(["", "default", "svc"]),
+    tail=st.text(
+        alphabet=string.ascii_letters + string.digits + "-._~!$&'()*+,;=%", min_size=0, max_size=30
+    ),
+)
+def test_the_redis_password_never_shows_in_the_configs_repr(user: str, tail: str) -> None:
+    """The Redis URL's password (from ${REDIS_URL}, as the docs show it) is in the settings
+    the router connects with, and in no repr of the config or of its state settings."""
+    password = f"Zq7{tail}7qZ"  # nothing else in a config's repr looks like it
+    url = f"redis://{user}:{password}@redis.internal:6380/2"
+    text = GOOD + "state:\n  backend: redis\n  url: ${REDIS_URL}\n"
+    config = parse_config(text, file="routing.yaml", environ={"TOKEN": "secret", "REDIS_URL": url})
+    assert config.state.url == url
+    for shown in (repr(config), repr(config.state), str(config.state)):
+        assert password not in shown
+        assert "redis://***@redis.internal:6380/2" in shown

@@ -45,7 +45,7 @@ from smsroute.outbox.store import (
     attempt_fields,
     utc,
 )
-from smsroute.state.redis_link import redact
+from smsroute.redact import redact
 from smsroute.status import RANK
 
 #: Sent messages purged per script call (a long script blocks Redis).

@@ -14,7 +14,6 @@ import asyncio
 import hashlib
 import logging
 import math
-import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -28,25 +27,11 @@ from redis.exceptions import NoScriptError, RedisError
 from smsroute.config import StateSettings
 from smsroute.errors import StateBackendUnavailable
 from smsroute.instrument.events import Event, StateBackendError
+from smsroute.redact import redact
 
 log = logging.getLogger("smsroute.state")
 
 T = TypeVar("T")
-
-
-def redact(url: str) -> str:
-    """``url`` with its password (and user) replaced by ``***``.
-
-    >>> redact("redis://:s3cret@redis.internal:6379/0")
-    'redis://***@redis.internal:6379/0'
-    """
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
 class RedisLink:
