@@ -125,6 +125,7 @@ STATE_KEYS = frozenset(
         "health_half_life",
         "receipt_ttl",
         "guard_checks",
+        "hash_key",
     }
 )
 StateBackendName = Literal["memory", "redis"]
@@ -407,6 +408,12 @@ class StateSettings:
     #: replicas); ``local``, each replica decides from its own counts at once and
     #: learns every replica's within a round trip (see smsroute.state.guards_mirror).
     guard_checks: GuardChecks = "exact"
+    #: A secret the guards' keys in Redis hash numbers and prefixes with (keyed BLAKE2b);
+    #: None: unkeyed, and anyone who reads the keys can find a number by hashing its range.
+    #: The same on every replica.  Never shown in the repr.
+    hash_key: str | None = attrs.field(
+        default=None, repr=lambda k: "None" if k is None else "'***'"
+    )
 
 
 @attrs.frozen(slots=True)

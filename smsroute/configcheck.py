@@ -196,6 +196,31 @@ def redis_url(value: Any) -> str:
     return value
 
 
+#: A BLAKE2b key is 64 bytes at most; fewer than 16 is too easy to guess.
+HASH_KEY_BYTES = (16, 64)
+_KINDS = {int: "a number", float: "a number", list: "a list", dict: "a mapping"}
+
+
+def hash_key(value: Any) -> str:
+    """A secret: its length is named when it does not fit, never its text."""
+    if isinstance(value, yamlsource.Placeholder):
+        return value
+    low, high = HASH_KEY_BYTES
+    if not isinstance(value, str):
+        kind = "true or false" if isinstance(value, bool) else _KINDS.get(type(value), "a value")
+        raise ValueError(
+            f"expected a secret of {low} to {high} characters, like ${{SMSROUTE_HASH_KEY}}, "
+            f"not {kind}"
+        )
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if not low <= size <= high:
+        raise ValueError(
+            f"expected a secret of {low} to {high} bytes (UTF-8), got {size}: make one with "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return value
+
+
 def key_prefix(value: Any) -> str:
     if not isinstance(value, str) or not value or any(c.isspace() for c in value):
         raise ValueError(

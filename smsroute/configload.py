@@ -155,6 +155,7 @@ class _Loader(Checker):
                 s, path, "receipt_ttl", check.positive_duration, base.receipt_ttl
             ),
             guard_checks=self.field(s, path, "guard_checks", check.guard_checks, base.guard_checks),
+            hash_key=self.field(s, path, "hash_key", check.hash_key, base.hash_key),
         )
         if settings.sync_interval > 1.0:
             self.error(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import string
 from pathlib import Path
 
@@ -279,3 +280,38 @@ def test_the_redis_password_never_shows_in_the_configs_repr(user: str, tail: str
     for shown in (repr(config), repr(config.state), str(config.state)):
         assert password not in shown
         assert "redis://***@redis.internal:6380/2" in shown
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    value=st.one_of(
+        st.text(min_size=0, max_size=80),
+        st.integers(),
+        st.lists(st.integers(), max_size=3),
+        st.booleans(),
+    )
+)
+def test_any_hash_key_loads_or_is_one_error_that_never_shows_it(value: object) -> None:
+    """``state.hash_key`` (a secret, from the environment): 16 to 64 bytes load, and the
+    config's repr shows '***'; anything else is one error at state.hash_key that names
+    what is wrong (a length, a type) and never the value."""
+    secret = f"Zq7{value}7qZ" if isinstance(value, str) else value
+    text = GOOD + "state:\n  backend: redis\n  hash_key: ${HASH_KEY}\n"
+    environ = {"TOKEN": "secret"}
+    if isinstance(secret, str):
+        environ["HASH_KEY"] = secret
+    else:
+        text = GOOD + f"state:\n  backend: redis\n  hash_key: {json.dumps(secret)}\n"
+    size = len(secret.encode("utf-8", "surrogatepass")) if isinstance(secret, str) else -1
+    if not 16 <= size <= 64:
+        with pytest.raises(ConfigError) as info:
+            parse_config(text, file="routing.yaml", environ=environ)
+        assert len(info.value.problems) == 1
+        assert str(info.value).startswith("routing.yaml:23:13: state.hash_key: expected a secret")
+        if isinstance(secret, str):
+            assert secret not in str(info.value)
+        return
+    config = parse_config(text, file="routing.yaml", environ=environ)
+    assert config.state.hash_key == secret
+    assert secret not in repr(config)
+    assert "hash_key='***'" in repr(config.state)

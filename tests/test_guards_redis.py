@@ -35,6 +35,7 @@ from redis_support import (  # noqa: F401
 
 from smsroute import ManualClock, Message, Router, parse_config
 from smsroute.instrument.events import AnomalyTransition
+from smsroute.state.guards_mirror import Mirror
 from smsroute.state.guards_script import GUARDS
 from smsroute.state.guards_spec import hashed, packed_times
 from smsroute.state.redis_link import Channel
@@ -630,3 +631,60 @@ async def test_a_garbled_check_answer_is_logged_and_its_checks_answered_here(
     assert in_redis == 1  # counted in Redis again
     assert len(calls) >= 2  # the garbled batch, then Redis again
     assert caplog.text.count("checking guards in Redis failed") == 1
+
+
+KEY = "k" * 8 + "-a-test-hash-key"  # 24 bytes
+
+
+@pytest.mark.parametrize("mode", ["exact", "local"])
+async def test_with_a_hash_key_the_keys_hash_numbers_with_it_and_replicas_share_them(
+    redis_url: str,  # noqa: F811
+    prefix: str,  # noqa: F811
+    twilio_a: FakeTwilio,
+    mode: str,
+) -> None:
+    """``state.hash_key``: the number and prefix logs in Redis are named by the keyed
+    BLAKE2b (the unkeyed hash of the number, which anyone can compute from a guess, names
+    nothing), two replicas with the key count together, and ``explain`` reads the same
+    keys; a replica with another key counts apart (its keys are other keys)."""
+    guards = (
+        "guards:\n  otp:\n    velocity:\n"
+        "      - {per: number, max: 2, window: 1h}\n"
+        "      - {per: prefix, digits: 8, max: 100, window: 1h}\n"
+    )
+    text = config_text(twilio_a, redis_url, prefix, guards)
+    text += f"  guard_checks: {mode}\n  hash_key: ${{HASH_KEY}}\n"
+    number = DE.format(5)
+
+    def config(key: str) -> Any:
+        return parse_config(text, environ={"HASH_KEY": key})
+
+    clock = ManualClock(START)
+    async with (
+        Router(config(KEY), clock=clock, metrics=False) as one,
+        Router(config(KEY), clock=clock, metrics=False) as two,
+        Router(config(KEY[::-1]), clock=clock, metrics=False) as other,
+    ):
+        statuses = []
+        for router in (one, two, one):
+            statuses.append((await router.send(otp(number))).status)
+            for r in (one, two):
+                counts = r.state.guard_counts()
+                await (counts.remote if isinstance(counts, Mirror) else counts).settle()
+        counted = guard_count(two, "velocity", number)
+        apart = (await other.send(otp(number))).status
+    client = redis.Redis.from_url(redis_url)
+    names = [k.decode() for k in client.keys(f"{prefix}guard:v|*")]
+    client.close()
+    keyed = hashlib.blake2b(number.encode(), digest_size=12, key=KEY.encode()).hexdigest()
+    prefix_keyed = hashlib.blake2b(number[1:9].encode(), digest_size=12, key=KEY.encode())
+    if mode == "exact":
+        assert statuses == ["accepted", "accepted", "failed"]  # the 3rd across both: refused
+    else:  # one had counted one of its own and not heard of two's: the bounded overrun
+        assert statuses == ["accepted", "accepted", "accepted"]
+    assert counted == statuses.count("accepted")  # every replica's, in the keyed logs
+    assert apart == "accepted"  # another key: other logs
+    assert sum(n.endswith(keyed) for n in names) == 1
+    assert sum(n.endswith(prefix_keyed.hexdigest()) for n in names) == 1
+    assert not any(n.endswith((hashed(number), hashed(number[1:9]))) for n in names)
+    assert len(names) == 4  # number and prefix, for each of the two keys

@@ -18,15 +18,26 @@ from smsroute.state.redis_link import resp
 if TYPE_CHECKING:
     import asyncio
 
-#: The hash of :func:`hashed` with nothing in it yet: every hash of an ident is a copy
-#: (cheaper than a new one, and one place for its parameters; ``_line`` in
-#: :mod:`smsroute.state.redis_guards` copies it inline for a message's number).
+#: The hash of :func:`hashed` with nothing in it yet, without a key: every hash of an
+#: ident is a copy of this or of :func:`keyed_hash`'s (cheaper than a new one, and one
+#: place for its parameters; ``record`` in :mod:`smsroute.state.redis_guards` copies it
+#: inline for a message's number).
 HASH = hashlib.blake2b(digest_size=12)
 
 
-def hashed(ident: str) -> str:
-    """A number or prefix (or country) hashed: Redis never sees the digits."""
-    h = HASH.copy()
+def keyed_hash(key: str | None) -> hashlib.blake2b:
+    """The empty hash idents are hashed from: :data:`HASH`, or keyed with ``state.hash_key``
+    (then whoever reads the keys cannot find a number by hashing every number of its
+    range without the key)."""
+    if key is None:
+        return HASH
+    return hashlib.blake2b(digest_size=12, key=key.encode("utf-8", "surrogatepass"))
+
+
+def hashed(ident: str, base: hashlib.blake2b = HASH) -> str:
+    """A number or prefix (or country) hashed from ``base``: the keys in Redis never show
+    the digits."""
+    h = base.copy()
     h.update(ident.encode())
     return h.hexdigest()
 
@@ -65,6 +76,7 @@ class Spec:
         anomaly: AnomalyQuery | None,
         velocity: Sequence[tuple[str, str | None, float, int]],
         free: tuple[int, ...],
+        base: hashlib.blake2b = HASH,
     ) -> None:
         fields: list[bytes] = [b"%d" % ident, b"%d" % len(caps)]
         for key, limit in caps:
@@ -88,7 +100,7 @@ class Spec:
             ]
         fields.append(b"%d" % len(velocity))
         for key, fixed, window, most in velocity:
-            digest = b"" if fixed is None else hashed(fixed).encode()
+            digest = b"" if fixed is None else hashed(fixed, base).encode()
             fields += [(prefix + key).encode(), packed_number(window), b"%d" % most, digest]
         #: The counts it was made for (a lane keeps one spec, for one store).
         self.owner = owner
@@ -116,9 +128,11 @@ class Spec:
         self.answer: GuardAnswer | None = None
 
 
-def lane_spec(owner: object, prefix: str, ident: int, lane: Lane, now: float) -> Spec:
+def lane_spec(
+    owner: object, prefix: str, ident: int, lane: Lane, now: float, base: hashlib.blake2b = HASH
+) -> Spec:
     """``lane``'s spec (id ``ident``) for the budget periods ``now`` falls in, kept on the
-    lane."""
+    lane (its fixed idents hashed from ``base``)."""
     keys = [sk.at(now) for sk in lane.budgets]
     n = lane.ncaps
     spec = Spec(
@@ -136,6 +150,7 @@ def lane_spec(owner: object, prefix: str, ident: int, lane: Lane, now: float) ->
             for key, kind, _, window, most in lane.velocity
         ],
         tuple(0 if kind == 0 else end for _, kind, end, _, _ in lane.velocity if kind != 2),
+        base,
     )
     if lane.budgets:
         spec.start = max(sk.start for sk in lane.budgets)
@@ -145,8 +160,11 @@ def lane_spec(owner: object, prefix: str, ident: int, lane: Lane, now: float) ->
     return spec
 
 
-def query_spec(owner: object, prefix: str, ident: int, query: GuardQuery) -> Spec:
-    """The spec (id ``ident``) of an unusual message's query: every ident fixed."""
+def query_spec(
+    owner: object, prefix: str, ident: int, query: GuardQuery, base: hashlib.blake2b = HASH
+) -> Spec:
+    """The spec (id ``ident``) of an unusual message's query: every ident fixed (hashed
+    from ``base``)."""
     spec = Spec(
         owner,
         prefix,
@@ -156,6 +174,7 @@ def query_spec(owner: object, prefix: str, ident: int, query: GuardQuery) -> Spe
         query.anomaly,
         [(key, ident_, window, most) for key, ident_, window, most in query.velocity],
         (),
+        base,
     )
     spec.query = query
     return spec

@@ -55,11 +55,11 @@ from smsroute.guardcounts import (
     SpendKey,
 )
 from smsroute.state.guards_script import GUARDS
-from smsroute.state.guards_spec import HASH as _HASH
 from smsroute.state.guards_spec import (
     Queued,
     Spec,
     hashed,
+    keyed_hash,
     lane_query,
     lane_spec,
     pack,
@@ -113,6 +113,8 @@ class RedisGuardCounts:
         self._backend = backend
         self._link = backend.link
         self.prefix = f"{backend.settings.key_prefix}guard:"
+        #: What numbers and prefixes are hashed from (keyed with ``state.hash_key``).
+        self._hash = keyed_hash(backend.settings.hash_key)
         self._channel = Channel(backend.link, "guards", GUARDS)
         #: Answers checks while Redis is down.
         self.local = MemoryGuardCounts()
@@ -202,7 +204,7 @@ class RedisGuardCounts:
                     if digest is None:
                         digest = self._prefix_hash(part)
                 else:
-                    h = _HASH.copy()  # hashed(e164), without making the hash's parameters again
+                    h = self._hash.copy()  # hashed(e164, self._hash), inline
                     h.update(e164.encode())
                     digest = h.hexdigest()
                 line += digest + " "
@@ -280,7 +282,7 @@ class RedisGuardCounts:
                 if digest is None:
                     digest = self._prefix_hash(part)
             else:
-                digest = hashed(e164)
+                digest = hashed(e164, self._hash)
             line += digest + " "
         return f"{line}{flag}{member}"
 
@@ -288,7 +290,7 @@ class RedisGuardCounts:
         """A prefix's hash, remembered (at most :data:`PREFIXES_MAX`)."""
         if len(self._prefixes) > PREFIXES_MAX:
             self._prefixes.clear()
-        digest = self._prefixes[part] = hashed(part)
+        digest = self._prefixes[part] = hashed(part, self._hash)
         return digest
 
     def spend(self, keys: Sequence[SpendKey], amount: float, now: float) -> list[float]:
@@ -372,11 +374,11 @@ class RedisGuardCounts:
     def _lane_spec(self, lane: Lane, now: float) -> Spec:
         """``lane``'s spec for the budget periods ``now`` falls in (kept on the lane)."""
         self._ids += 1
-        return lane_spec(self, self.prefix, self._ids, lane, now)
+        return lane_spec(self, self.prefix, self._ids, lane, now, self._hash)
 
     def _query_spec(self, query: GuardQuery) -> Spec:
         self._ids += 1
-        return query_spec(self, self.prefix, self._ids, query)
+        return query_spec(self, self.prefix, self._ids, query, self._hash)
 
     # -- the batches -----------------------------------------------------------------
 
