@@ -189,28 +189,14 @@ class RedisGuardCounts:
         this process counts."""
         if self._link.up:
             self._now = now
-            spec: Spec | None = lane.shared  # _spec_of() and _line(), inline: once a message
+            spec: Spec | None = lane.shared  # _spec_of(), inline: once a message
             if spec is None or spec.owner is not self or not spec.start <= now < spec.until:
                 spec = self._lane_spec(lane, now)
             queued = self._queued
             queued.specs.append(spec)
             queued.times.append(now)
             queued.numbers.append(e164)
-            line = spec.head
-            for end in spec.free:
-                if end:
-                    part = e164[1:end]
-                    digest = self._prefixes.get(part)
-                    if digest is None:
-                        digest = self._prefix_hash(part)
-                else:
-                    h = self._hash.copy()  # hashed(e164, self._hash), inline
-                    h.update(e164.encode())
-                    digest = h.hexdigest()
-                line += digest + " "
-            if "\n" in member:  # a line of the queries: only its uniqueness matters
-                member = hashed(member)
-            queued.texts.append(f"{line}p{member}" if passed else f"{line}r{member}")
+            queued.texts.append(self._line(spec, e164, member, "p" if passed else "r"))
             if self._timer is None and self._task is None:
                 self._later()
 
@@ -270,8 +256,7 @@ class RedisGuardCounts:
         """A message as a line of the script's queries: the idents ``spec`` leaves free
         (a query's spec fixes them all), hashed, and its ``member``, which the script
         makes ``<member>:<time in µs>`` in the logs: unique, and made again the same by
-        :meth:`give_back` (a recorded message's line puts its ``flag`` before it; see
-        :meth:`record`, which makes its lines inline)."""
+        :meth:`give_back` (a recorded message's line puts its ``flag`` before it)."""
         if "\n" in member:  # a line of the queries: only its uniqueness matters
             member = hashed(member)
         line = spec.head
@@ -282,7 +267,9 @@ class RedisGuardCounts:
                 if digest is None:
                     digest = self._prefix_hash(part)
             else:
-                digest = hashed(e164, self._hash)
+                h = self._hash.copy()  # hashed(e164, self._hash), inline: once a message
+                h.update(e164.encode())
+                digest = h.hexdigest()
             line += digest + " "
         return f"{line}{flag}{member}"
 
