@@ -38,6 +38,7 @@ from smsroute.instrument.events import AnomalyTransition
 from smsroute.state.guards_mirror import Mirror
 from smsroute.state.guards_script import GUARDS
 from smsroute.state.guards_spec import hashed, packed_times
+from smsroute.state.redis_guards import RedisGuardCounts
 from smsroute.state.redis_link import Channel
 from smsroute.testing import FakeTwilio
 
@@ -601,24 +602,33 @@ async def test_a_garbled_check_answer_is_logged_and_its_checks_answered_here(
     real = Channel.evalsha
     calls: list[int] = []
     garble = [False]
+    real_ask = RedisGuardCounts.ask
+    asked: list[str] = []
+
+    def ask(counts: RedisGuardCounts, lane: Any, e164: str, member: str, now: float) -> Any:
+        asked.append(e164)
+        return real_ask(counts, lane, e164, member, now)
 
     async def answer(channel: Channel, args: list[bytes], count: int) -> Any:
         calls.append(count)
         reply = await real(channel, args, count)
         if garble[0]:
             garble[0] = False
-            await asyncio.sleep(0.1)  # the other sends queue meanwhile
+            # held until the other sends' checks wait for the next batch
+            await until(lambda: len(asked) == 1 + len(numbers), within=5.0)
             return [[], 42, []]
         return reply
 
     monkeypatch.setattr(Channel, "evalsha", answer)
+    monkeypatch.setattr(RedisGuardCounts, "ask", ask)
+    numbers = [1, 2, 1, 3, 4]
     async with Router(parse_config(text), clock=ManualClock(START), metrics=False) as router:
         assert (await router.send(otp(DE.format(9)))).ok  # the state started, in Redis
         calls.clear()
+        asked.clear()
         garble[0] = True
         first = asyncio.ensure_future(router.send(otp(DE.format(1))))
         await until(lambda: bool(calls), within=5.0)  # its batch is under way
-        numbers = [1, 2, 1, 3, 4]
         rest = await asyncio.gather(*(router.send(otp(DE.format(n))) for n in numbers))
         results = [await first, *rest]
         after = await router.send(otp(DE.format(7)))
