@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 #: The hash of :func:`hashed` with nothing in it yet, without a key: every hash of an
 #: ident is a copy of this or of :func:`keyed_hash`'s (cheaper than a new one, and one
-#: place for its parameters; ``record`` in :mod:`smsroute.state.redis_guards` copies it
-#: inline for a message's number).
+#: place for its parameters; ``RedisGuardCounts._line`` copies it inline for a
+#: message's number).
 HASH = hashlib.blake2b(digest_size=12)
 
 

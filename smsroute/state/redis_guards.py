@@ -389,6 +389,7 @@ class RedisGuardCounts:
                             back.specs.append(queued.specs[i])
                             back.texts.append(queued.texts[i])
                             back.times.append(queued.times[i])
+                            back.numbers.append(queued.numbers[i])
                         continue
                     future.set_result(answers[i] if answers is not None else self._local(queued, i))
                 if back.specs:
