@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import logging
 import os
 import re
 import sys
@@ -35,6 +36,7 @@ from smsroute import __version__
 from smsroute.config import Config
 from smsroute.configload import load_config
 from smsroute.errors import ConfigError, ConfigProblem, InvalidMessage, InvalidNumber, SmsrouteError
+from smsroute.loglevel import log_level_problem
 from smsroute.message import Message
 from smsroute.numbers import scrub
 
@@ -271,6 +273,10 @@ def explain(
         )
     except (InvalidNumber, InvalidMessage) as exc:
         _fail(EXIT_USAGE, str(exc))
+    except ConfigError as exc:
+        _config_failed(exc)
+    except SmsrouteError as exc:  # --connect: Redis (or its package) cannot be used
+        _fail(EXIT_FAILED, str(exc))
     out = _console()
     out.print(f"number   {plan.to}  ({plan.country}, {plan.number_type.value})")
     out.print(
@@ -447,6 +453,14 @@ def _listen_error(host: str, port: int, exc: OSError, option: str = "--port") ->
     return f"cannot listen on {where}: {exc.strerror or exc}"
 
 
+def _log_level(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A level name logging knows (any case), or a usage error (exit 2)."""
+    problem = log_level_problem(value)
+    if problem is not None:
+        raise click.BadParameter(problem)
+    return value
+
+
 @main.command()
 @_CONFIG
 @click.option(
@@ -455,7 +469,13 @@ def _listen_error(host: str, port: int, exc: OSError, option: str = "--port") ->
     default=None,
     help="Messages sent at once (default: the config's outbox.concurrency).",
 )
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    callback=_log_level,
+    help="DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+)
 def worker(config: str, concurrency: int | None, log_level: str) -> None:
     """Send the messages queued in CONFIG's outbox until SIGTERM.
 
@@ -622,7 +642,6 @@ def demo(
     /metrics is served while it runs: its URL is the first line printed.
     Exit status: 0 done, 1 the metrics port cannot be used, 3 a config error.
     """
-    import logging
 
     from smsroute.demo import run_demo
 

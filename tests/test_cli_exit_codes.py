@@ -125,3 +125,17 @@ def test_the_table_is_in_the_help() -> None:
         "130 interrupted",
     ):
         assert line in help_text
+
+
+@pytest.mark.parametrize("command", ["worker", "python -m smsroute.outbox"])
+def test_an_unknown_log_level_is_a_usage_error_before_anything_starts(
+    command: str, tmp_path: Path
+) -> None:
+    """Both workers take ``--log-level``: a name logging does not know exits 2 with what
+    to use, not a traceback (the config is never read: it does not even exist)."""
+    config = tmp_path / "nowhere.yaml"
+    code, out, err = run(command, config, "--log-level", "loud")
+    assert code == EXIT_USAGE == 2, err
+    assert "Traceback" not in err
+    assert "'loud' is not a log level: use DEBUG, INFO, WARNING, ERROR or CRITICAL" in err
+    assert out == ""

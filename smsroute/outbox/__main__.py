@@ -24,6 +24,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from smsroute.errors import ConfigError, SmsrouteError
+from smsroute.loglevel import log_level_problem
 
 if TYPE_CHECKING:
     from smsroute.outbox.worker import OutboxWorker
@@ -65,6 +66,14 @@ async def _serve(path: str, concurrency: int | None) -> None:
         await worker.stop()
 
 
+def _level(text: str) -> str:
+    """``--log-level``: a level logging knows, or a usage error (exit 2)."""
+    problem = log_level_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m smsroute.outbox",
@@ -77,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="messages at once (default: outbox.concurrency)",
     )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    parser.add_argument(
+        "--log-level", default="INFO", type=_level, help="DEBUG, INFO, WARNING (default INFO)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
