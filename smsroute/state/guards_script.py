@@ -12,6 +12,8 @@ times (one ``ZADD``).
 
 from __future__ import annotations
 
+from smsroute.state.redis_scripts import KEYED
+
 #: ARGV: mode ('check': answer and count; 'peek': answer, change nothing; 'back': take
 #: the queries' members out of their velocity logs; 'record': count what the replica
 #: decided, see below), n spends, n x (key, amount, ttl
@@ -35,7 +37,9 @@ from __future__ import annotations
 #: without)}; per query whose velocity logs are at their limit after it: {query
 #: number, '<limit index>:<when the log falls below its max, us>[:over] ...'} (``over``:
 #: this message took the log past its max).
-GUARDS = """
+GUARDS = (
+    KEYED
+    + """
 local mode = ARGV[1]
 local commit = mode == 'check'
 local record = mode == 'record'
@@ -44,8 +48,8 @@ local i = 2
 local totals = {}
 local nspend = tonumber(ARGV[i]); i = i + 1
 for s = 1, nspend do
-  totals[s] = redis.call('INCRBYFLOAT', ARGV[i], ARGV[i + 1])
-  redis.call('PEXPIRE', ARGV[i], ARGV[i + 2])
+  totals[s] = call('INCRBYFLOAT', ARGV[i], ARGV[i + 1])
+  call('PEXPIRE', ARGV[i], ARGV[i + 2])
   i = i + 3
 end
 -- the lanes; what they share is counted once per batch, per key
@@ -60,9 +64,9 @@ for l = 1, nl do
   local capvals = {}
   for c = 1, ncaps do
     if record then
-      capvals[c] = redis.call('GET', ARGV[i]) or '0'
+      capvals[c] = string.format('%.17g', num(call('GET', ARGV[i]), ARGV[i]) or 0)
     elseif not lane.capped then
-      local spent = tonumber(redis.call('GET', ARGV[i]) or '0')
+      local spent = num(call('GET', ARGV[i]), ARGV[i]) or 0
       if spent >= tonumber(ARGV[i + 1]) then
         lane.capped = {c - 1, string.format('%.17g', spent)}
       end
@@ -73,7 +77,7 @@ for l = 1, nl do
   local spends = {}
   local nread = tonumber(ARGV[i]); i = i + 1
   for r = 1, nread do
-    spends[r] = redis.call('GET', ARGV[i]) or '0'
+    spends[r] = string.format('%.17g', num(call('GET', ARGV[i]), ARGV[i]) or 0)
     i = i + 1
   end
   lane.spends = spends
@@ -105,27 +109,27 @@ end
 -- an anomaly key's slots: the sums read once per slot, this batch's counts added at the end
 local function aflush(a)
   if a.cur ~= nil then
-    if a.r > 0 then redis.call('HINCRBY', a.key, 'r' .. a.cur, a.r) end
-    if a.p > 0 then redis.call('HINCRBY', a.key, 'p' .. a.cur, a.p) end
+    if a.r > 0 then call('HINCRBY', a.key, 'r' .. a.cur, a.r) end
+    if a.p > 0 then call('HINCRBY', a.key, 'p' .. a.cur, a.p) end
   end
 end
 local function aslot(a, slot, now)
   if a.since == nil then
     if counting then
-      redis.call('SET', a.since_key, string.format('%.6f', now), 'NX')
-      redis.call('PEXPIRE', a.since_key, math.ceil(4 * (a.window + a.baseline) * 1000))
+      call('SET', a.since_key, string.format('%.6f', now), 'NX')
+      call('PEXPIRE', a.since_key, math.ceil(4 * (a.window + a.baseline) * 1000))
     end
-    a.since = tonumber(redis.call('GET', a.since_key) or now)
+    a.since = num(call('GET', a.since_key), a.since_key) or now
   end
   if a.cur ~= slot then
     aflush(a)
     local fields = {}
     for n = slot - 4, slot do fields[#fields + 1] = 'r' .. n end
     for n = slot - 4 - a.nb, slot - 5 do fields[#fields + 1] = 'p' .. n end
-    local values = redis.call('HMGET', a.key, unpack(fields))
+    local values = call('HMGET', a.key, unpack(fields))
     local recent, base = 0, 0
     for n = 1, #fields do
-      local value = tonumber(values[n] or '0')
+      local value = num(values[n], a.key) or 0
       if n <= 5 then recent = recent + value else base = base + value end
     end
     a.cur, a.recent, a.base, a.r, a.p = slot, recent, base, 0, 0
@@ -139,13 +143,13 @@ local logs, lkeys = {}, {}
 local function vlog(key, window, most, now)
   local c = logs[key]
   if c == nil then
-    c = {n = redis.call('ZCARD', key), adds = {}, window = window, exact = nil}
+    c = {n = call('ZCARD', key), adds = {}, window = window, exact = nil}
     logs[key] = c
     lkeys[#lkeys + 1] = key
   end
   if c.n >= most and c.exact ~= now then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-    local n = redis.call('ZCARD', key)
+    call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+    local n = call('ZCARD', key)
     for k = 1, #c.adds, 2 do
       if c.adds[k] > now - window then n = n + 1 end
     end
@@ -178,7 +182,7 @@ while at <= #text do
   -- its member in the logs: unique (a message's id, and its time for a resend's)
   local member = string.sub(s, pos) .. ':' .. string.format('%.0f', now * 1000000)
   if mode == 'back' then
-    for v = 1, #keys do redis.call('ZREM', keys[v], member) end
+    for v = 1, #keys do call('ZREM', keys[v], member) end
   elseif record then
     -- decided by the replica: counted whatever the counts say; the logs that are at
     -- their limit now are reported with when they fall below it again
@@ -201,10 +205,10 @@ while at <= #text do
         if c.n >= lim[3] then
           -- the count falls below max when its (n - max + 1)th oldest time leaves
           local k = c.n - lim[3]
-          local z = redis.call('ZCARD', keys[v])
+          local z = call('ZCARD', keys[v])
           local t
           if k < z then
-            t = tonumber(redis.call('ZRANGE', keys[v], k, k, 'WITHSCORES')[2])
+            t = tonumber(call('ZRANGE', keys[v], k, k, 'WITHSCORES')[2])
           else
             t = c.adds[2 * (k - z) + 1]
           end
@@ -245,7 +249,7 @@ while at <= #text do
         if commit then
           n = vlog(keys[v], lim[2], lim[3], now).n
         else
-          n = redis.call('ZCOUNT', keys[v], '(' .. (now - lim[2]), '+inf')
+          n = call('ZCOUNT', keys[v], '(' .. (now - lim[2]), '+inf')
         end
         if n >= lim[3] then
           refused = 'velocity'; index = v - 1; count = tostring(n); counts[#counts + 1] = n
@@ -275,19 +279,19 @@ if counting then
     local c = logs[key]
     local adds = c.adds
     for k = 1, #adds, 2000 do
-      redis.call('ZADD', key, unpack(adds, k, math.min(k + 1999, #adds)))
+      call('ZADD', key, unpack(adds, k, math.min(k + 1999, #adds)))
     end
-    if #adds > 0 then redis.call('PEXPIRE', key, math.ceil(c.window * 1000) + 1000) end
+    if #adds > 0 then call('PEXPIRE', key, math.ceil(c.window * 1000) + 1000) end
   end
   for _, key in ipairs(akeys) do
     local a = anomalies[key]
     if a.cur ~= nil then
       aflush(a)
-      redis.call('PEXPIRE', key, math.ceil((a.window + a.baseline + 2 * a.slot) * 1000))
-      if redis.call('HLEN', key) > 2 * (a.nb + 10) then
-        for _, name in ipairs(redis.call('HKEYS', key)) do
+      call('PEXPIRE', key, math.ceil((a.window + a.baseline + 2 * a.slot) * 1000))
+      if call('HLEN', key) > 2 * (a.nb + 10) then
+        for _, name in ipairs(call('HKEYS', key)) do
           local n = tonumber(string.sub(name, 2))
-          if n and n < a.cur - 5 - a.nb then redis.call('HDEL', key, name) end
+          if n and n < a.cur - 5 - a.nb then call('HDEL', key, name) end
         end
       end
     end
@@ -307,3 +311,4 @@ for l = 1, nl do
 end
 return {totals, lanes_out, out}
 """
+)

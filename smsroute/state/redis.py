@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import os
 import secrets
 import socket
@@ -74,9 +75,20 @@ HEALTH_SLOTS = 6
 CLOCK_SAMPLES = 16
 
 
-def _parse_breaker(packed: str) -> tuple[int, str, int, float]:
-    version, state, opens, reopen_at = packed.split(",")
-    return int(version), state, int(opens), float(reopen_at)
+def _parse_breaker(packed: str) -> tuple[int, str, int, float] | None:
+    """A breaker as :data:`~smsroute.state.redis_scripts.BREAKER_SET` packs it, or None
+    when ``packed`` is not such a value (not smsroute's: the breaker's next change writes
+    it anew, see that script)."""
+    parts = packed.split(",")
+    if len(parts) != 4 or parts[1] not in ("open", "closed"):
+        return None
+    try:
+        version, opens, reopen_at = int(parts[0]), int(parts[2]), float(parts[3])
+    except ValueError:
+        return None
+    if version < 0 or opens < 0 or not math.isfinite(reopen_at):
+        return None
+    return version, parts[1], opens, reopen_at
 
 
 class RedisState:
@@ -315,6 +327,9 @@ class RedisState:
                 return
             _, packed, _ = reply
             shared = _parse_breaker(packed)
+            if shared is None:  # the script reads a breaker as this does: never
+                self.link.bad_data("breaker", f"field '{breaker.field}' unreadable", keys[0])
+                return
             self._shared[breaker.field] = shared
             if breaker.pending is target:
                 breaker.pending = None
@@ -383,10 +398,17 @@ class RedisState:
         self.replicas = int(live)
         if version != self._shared_version:
             self._shared_version = version
-            shared = {
-                field: _parse_breaker(packed)
-                for field, packed in zip(flat[::2], flat[1::2], strict=True)
-            }
+            shared = {}
+            for field, packed in zip(flat[::2], flat[1::2], strict=True):
+                entry = _parse_breaker(packed)
+                if entry is None:  # not smsroute's: as if absent (its next change heals it)
+                    self.link.bad_data(
+                        "sync",
+                        f"field '{field}' is not a breaker smsroute wrote",
+                        self.keys["breakers"],
+                    )
+                else:
+                    shared[field] = entry
             self._shared = shared
             for breaker in list(self._breakers.values()):
                 entry = shared.get(breaker.field)

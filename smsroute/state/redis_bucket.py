@@ -53,6 +53,10 @@ MAX_LEASE = 1000
 MAX_HORIZON = 60.0
 #: Largest lead (seconds) asked of Redis: slots start at least this far ahead.
 MAX_LEAD = 0.1
+#: Seconds the limit is kept in this process after Redis answered that the rate or pause
+#: key holds data smsroute did not write (Redis is up; that key cannot be used), before
+#: Redis is asked again.
+BAD_DATA_LOCAL = 10.0
 
 log = logging.getLogger("smsroute.state")
 
@@ -75,6 +79,7 @@ class SharedBucket(TokenBucket):
         "_full_until",
         "_late_leases",
         "_lead",
+        "_local_until",
         "_rate_est",
         "_slots",
         "_waiters",
@@ -104,6 +109,8 @@ class SharedBucket(TokenBucket):
         self._demand_since = self.clock.now()
         self._rate_est = 0.0
         self._fallback: tuple[int, TokenBucket] | None = None
+        #: Counted in this process until then (local clock): see :data:`BAD_DATA_LOCAL`.
+        self._local_until = -math.inf
         #: The end (local clock) of a Retry-After pause still to be written to Redis.
         self.unpublished_pause: float | None = None
         #: See :data:`LeaseHook`; None (the default) records nothing.
@@ -137,7 +144,7 @@ class SharedBucket(TokenBucket):
             self.paused_until = None
         if self.rate is None:
             return 0.0
-        if not self._backend.link.up:
+        if not self._backend.link.up or now < self._local_until:
             return self._local().reserve(max_wait)
         slots = self._slots
         horizon = now - GRACE
@@ -162,7 +169,7 @@ class SharedBucket(TokenBucket):
         """Put back the leased slot for local time ``at``: its send was cancelled unused."""
         if self.rate is None:
             return
-        if not self._backend.link.up:
+        if not self._backend.link.up or self.clock.now() < self._local_until:
             self._local().refund(at)
             return
         slots = self._slots
@@ -189,6 +196,8 @@ class SharedBucket(TokenBucket):
                     return wait  # a slot, a pause, or the next slot too far for max_wait
                 if not self._backend.link.up or self.rate is None:
                     return wait
+                if self.clock.now() < self._local_until:
+                    return self._take(until - self.clock.now())
                 if self.clock.now() < self._full_until:
                     return None
                 fetching = self._fetching
@@ -247,7 +256,9 @@ class SharedBucket(TokenBucket):
             ),
         )
         if reply is None:
-            return 0  # Redis is down: reserve() now uses the local fallback
+            if backend.link.up:  # it answered that the rate or pause key is not smsroute's
+                self._local_until = self.clock.now() + BAD_DATA_LOCAL
+            return 0  # Redis is down (or that): reserve() now uses the local fallback
         granted, now_r, paused_r, start_r = int(reply[0]), *(float(x) for x in reply[1:])
         offset = backend.offset(now_r)
         arrived = self.clock.now()

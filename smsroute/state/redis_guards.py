@@ -408,20 +408,22 @@ class RedisGuardCounts:
         """The batches of ``state.guard_checks: local``: the messages recorded (and the
         spend) go in one script call, the times of cancelled sends out after them, and
         what Redis counted goes back to the mirror."""
+        written = False
         try:
-            await self._records()
+            written = await self._records()
         except Exception:  # a bug must not stop the batches (the next one tries again)
             log.exception("smsroute: recording the guards' counts in Redis failed")
         finally:
             self._task = None
             if self._timer is None:
-                if self._link.up and self._pending():
+                if written and self._link.up and self._pending():
                     self._later()  # what came meanwhile: the next batch, SPEND_DELAY on
-                else:
-                    self.asleep = True
+                else:  # after a failed call the next record or spend starts one (no loop
+                    self.asleep = True  # of calls while Redis answers each with an error)
 
-    async def _records(self) -> None:
-        """One batch of records and spend; then the given-back messages."""
+    async def _records(self) -> bool:
+        """One batch of records and spend; then the given-back messages.  False when the
+        call failed."""
         if self.mirror is not None:  # the spend the mirror counted since the last batch
             unwritten = self._unwritten
             for key, amount, ttl in self.mirror.take_unrecorded(self._now):
@@ -435,10 +437,10 @@ class RedisGuardCounts:
             unwritten, self._unwritten = self._unwritten, {}
             parts, count = self._pack(b"record", unwritten, queued)
             reply = await self._channel.evalsha(parts, count)
-            if reply is None:  # Redis is down: these records are lost, spend waits
-                self._keep(unwritten)
+            if reply is None:  # Redis is down (or refused bad data): these records are
+                self._keep(unwritten)  # lost, spend waits
                 self._queued, self._back = Queued(), Queued()
-                return
+                return False
             if self.mirror is not None:
                 self.mirror.learn(queued.specs, queued.numbers, self._batches, reply)
         if self._back.specs:
@@ -446,6 +448,7 @@ class RedisGuardCounts:
             await self._give_back(back)
             if self.mirror is not None:  # after any record's answer that held them
                 self.mirror.release(back.specs, back.numbers)
+        return True
 
     def _keep(self, unwritten: dict[str, list[float]]) -> None:
         """Put spend a failed call did not write back in line (written when Redis is back)."""

@@ -6,6 +6,15 @@ loud log line), counts ``smsroute_state_backend_errors_total`` through the
 router's hooks, and returns None; the callers then run on local state.  The
 periodic sync keeps trying and, when a call succeeds again, the link is up
 and the replica rejoins (one more log line).
+
+A call Redis *answers* with an error about the data it met (:func:`bad_data`: a key
+of another type than smsroute keeps there, a value that is not a number; the
+scripts name the key, see :data:`~smsroute.state.redis_scripts.KEYED`) does not
+take the link down: Redis is there, and every other part of the shared state goes
+on sharing.  That call returns None like a failed one (its caller runs on local
+state for it), it is counted the same, and :meth:`RedisLink.bad_data` logs what,
+where and what to do, once per key (or kind of error) every
+:data:`BAD_DATA_LOG_EVERY` seconds while it lasts.
 """
 
 from __future__ import annotations
@@ -14,6 +23,8 @@ import asyncio
 import hashlib
 import logging
 import math
+import re
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -22,7 +33,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from smsroute.config import StateSettings
 from smsroute.errors import StateBackendUnavailable
@@ -32,6 +43,24 @@ from smsroute.redact import redact
 log = logging.getLogger("smsroute.state")
 
 T = TypeVar("T")
+
+#: Seconds between two log lines about the same bad data (a key, or one kind of error).
+BAD_DATA_LOG_EVERY = 300.0
+#: What Redis answers when a command or script meets data smsroute did not write: a
+#: key of another type, a value that is not a number (Redis's own words, or the
+#: scripts' ``[key ...]``), a script's arithmetic on such a value.
+_BAD_DATA = re.compile(
+    r"^WRONGTYPE|\[key |value is not an? (?:integer|valid float)|^ERR not a finite number"
+    r"|user_script:\d+: attempt to"
+)
+_KEY = re.compile(r"\[key ([^\]]*)\]")
+_SCRIPT_TAIL = re.compile(r"\s*script: [0-9a-f]{40}, on @user_script:\d+\.?$")
+
+
+def bad_data(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis answering that a call met data smsroute did not write
+    (Redis is up; the data is not smsroute's), not Redis failing."""
+    return isinstance(exc, ResponseError) and bool(_BAD_DATA.search(str(exc)))
 
 
 class RedisLink:
@@ -45,6 +74,8 @@ class RedisLink:
         self._emit = emit
         #: False from the first failed call until a call succeeds again.
         self.up = True
+        #: (operation, key or error) -> when bad data there was last logged.
+        self._bad_data: dict[tuple[str, str], float] = {}
         self._blocking: redis.Redis | None = None
         self.client: aioredis.Redis = aioredis.Redis.from_url(
             settings.url,
@@ -72,12 +103,19 @@ class RedisLink:
             ) from None
         self.up = True
 
-    async def run(self, operation: str, call: Callable[[], Awaitable[T]]) -> T | None:
-        """``await call()``; on a Redis error count it, mark the link down and return None."""
+    async def run(
+        self, operation: str, call: Callable[[], Awaitable[T]], key: str | None = None
+    ) -> T | None:
+        """``await call()``; on a Redis error count it, mark the link down and return None
+        (on an error about the data of ``key``, or of the key a script names: count it,
+        log it, return None; the link stays up)."""
         try:
             result = await call()
         except (RedisError, OSError, TimeoutError) as exc:
-            self.failed(operation, exc)
+            if bad_data(exc):
+                self.bad_data(operation, exc, key)
+            else:
+                self.failed(operation, exc)
             return None
         if not self.up:
             self.answered()
@@ -98,7 +136,10 @@ class RedisLink:
         try:
             result = call(self._blocking)
         except (RedisError, OSError) as exc:
-            self.failed(operation, exc)
+            if bad_data(exc):
+                self.bad_data(operation, exc)
+            else:
+                self.failed(operation, exc)
             return None
         if not self.up:
             self.answered()
@@ -127,6 +168,51 @@ class RedisLink:
             )
         if self._emit is not None:
             self._emit(StateBackendError(operation))
+
+    def bad_data(self, operation: str, exc: BaseException | str, key: str | None = None) -> None:
+        """Redis answered a call of ``operation`` with an error about data smsroute did not
+        write (or the caller found such data in a reply: ``exc`` says what, ``key``
+        where): counted like a failed call; the link stays up.  Logged once per key (or
+        kind of error) every :data:`BAD_DATA_LOG_EVERY` seconds."""
+        if not self.up:  # it answered
+            self.answered()
+        text = _SCRIPT_TAIL.sub("", str(exc).strip())
+        if key is None:
+            found = _KEY.search(text)
+            key = found.group(1) if found else None
+        if self._emit is not None:
+            self._emit(StateBackendError(operation))
+        now = time.monotonic()
+        seen = (operation, key if key is not None else text.split(" [key ")[0])
+        last = self._bad_data.get(seen)
+        if last is not None and now - last < BAD_DATA_LOG_EVERY:
+            return
+        if len(self._bad_data) > 1000:
+            self._bad_data.clear()
+        self._bad_data[seen] = now
+        prefix = self.settings.key_prefix
+        where = (
+            f"the key '{key}'" if key is not None else f"a key under state.key_prefix '{prefix}'"
+        )
+        fix = (
+            f"delete it (redis-cli -u <state.url> DEL '{key}')"
+            if key is not None
+            else f"find it with redis-cli -u <state.url> --scan --pattern '{prefix}*' and delete it"
+        )
+        log.error(
+            "Redis at %s answered smsroute's %s call with an error about its data (%s): "
+            "%s holds something smsroute did not write there (another program, a manual "
+            "write, or another smsroute version under the same key_prefix). Redis is up "
+            "and the rest of the shared state stays shared; what meets that key is kept "
+            "in this replica's memory until it is fixed: %s, or give this config a "
+            "key_prefix of its own. (Said again every %d minutes while it lasts.)",
+            self.url,
+            operation,
+            text,
+            where,
+            fix,
+            BAD_DATA_LOG_EVERY // 60,
+        )
 
     async def aclose(self) -> None:
         """Close the clients' connections."""
@@ -182,6 +268,9 @@ class Channel:
                     await self._load(conn)
                     reply = await self._exchange(conn, self._head(count), args)
         except (RedisError, OSError, TimeoutError) as exc:
+            if bad_data(exc):  # Redis answered (the reply is read): the connection is fine
+                link.bad_data(self._operation, exc)
+                return None
             await self._drop()
             link.failed(self._operation, exc)
             return None

@@ -20,6 +20,7 @@ import functools
 from typing import TYPE_CHECKING, Any
 
 from smsroute.optout import OptOutStore
+from smsroute.state.redis_scripts import KEYED
 
 if TYPE_CHECKING:
     from smsroute.state.redis_shared import SharedBackend
@@ -30,27 +31,33 @@ LOG_KEEP = 3600.0
 READ_BATCH = 10_000
 
 #: KEYS: set, log.  ARGV: keep (ms), then (number, "out"|"in") pairs.
-WRITE = """
+WRITE = (
+    KEYED
+    + """
 local t = redis.call('TIME')
 local minid = (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)) - tonumber(ARGV[1])
 for i = 2, #ARGV, 2 do
   if ARGV[i + 1] == 'out' then
-    redis.call('SADD', KEYS[1], ARGV[i])
+    call('SADD', KEYS[1], ARGV[i])
   else
-    redis.call('SREM', KEYS[1], ARGV[i])
+    call('SREM', KEYS[1], ARGV[i])
   end
-  redis.call('XADD', KEYS[2], 'MINID', '~', minid, '*', 'n', ARGV[i], 'op', ARGV[i + 1])
+  call('XADD', KEYS[2], 'MINID', '~', minid, '*', 'n', ARGV[i], 'op', ARGV[i + 1])
 end
 return 1
 """
+)
 
 #: KEYS: set, log.  Returns {last log id or "0-0", every member}.
-LOAD = """
-local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+LOAD = (
+    KEYED
+    + """
+local last = call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local id = '0-0'
 if #last > 0 then id = last[1][1] end
-return {id, redis.call('SMEMBERS', KEYS[1])}
+return {id, call('SMEMBERS', KEYS[1])}
 """
+)
 
 
 class RedisOptOuts(OptOutStore):
@@ -117,7 +124,7 @@ class RedisOptOuts(OptOutStore):
         read = functools.partial(
             link.client.xrange, self._keys[1], min=f"({self._last_id}", count=READ_BATCH
         )
-        entries = await link.run("optouts", read)
+        entries = await link.run("optouts", read, self._keys[1])
         if entries is None:
             return
         self._read_at = now

@@ -39,5 +39,5 @@ class ReceiptLog:
         async def claim() -> bool:
             return bool(await link.client.set(name, "1", nx=True, ex=ttl))
 
-        claimed = await link.run("receipts", claim)
+        claimed = await link.run("receipts", claim, name)
         return claimed is None or claimed
