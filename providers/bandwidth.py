@@ -401,7 +401,7 @@ class BandwidthProvider(HttpProvider):
     def parse_response(self, status: int, headers: CIMultiDictProxy[str], body: bytes) -> Reply:
         try:
             doc = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             doc = None
         if 200 <= status < 300:
             return accepted(status, doc.get("id") if isinstance(doc, dict) else None, "message id")

@@ -603,6 +603,8 @@ class HttpProvider(Provider):
     """
 
     _timeout: aiohttp.ClientTimeout | None = None
+    #: The values of its secret options, kept out of its replies (made on first use).
+    _secrets: tuple[str, ...] | None = None
 
     @abc.abstractmethod
     def build_request(self, sms: OutboundSMS) -> HttpRequest:
@@ -640,7 +642,43 @@ class HttpProvider(Provider):
             )
         async with request as resp:
             raw = await resp.read()
-            return self.parse_response(resp.status, resp.headers, raw)
+            reply = self.parse_response(resp.status, resp.headers, raw)
+        if reply.detail is None:  # an acceptance: nothing quoted back
+            return reply
+        return _withhold(reply, sms.text, self._secret_values())
+
+    def _secret_values(self) -> tuple[str, ...]:
+        found = self._secrets
+        if found is None:
+            options = self.config.options
+            found = self._secrets = tuple(
+                str(value)
+                for name in sorted(self.secret_options)
+                if isinstance(value := options.get(name), str | int)
+                and not isinstance(value, bool)
+                and str(value)
+            )
+        return found
+
+
+#: A text shorter than this is not looked for in an answer (it would mask the answer's words).
+_MIN_WITHHELD = 4
+
+
+def _withhold(reply: Reply, text: str, secrets: tuple[str, ...]) -> Reply:
+    """``reply`` with the message's text and the provider's credentials masked in its detail.
+
+    Providers quote the request back in their error messages: each adapter masks
+    the numbers they quote (``scrub``), but only here are the text and the
+    credentials known.
+    """
+    detail = reply.detail
+    assert detail is not None
+    if len(text) >= _MIN_WITHHELD:
+        detail = detail.replace(text, "***")
+    for secret in secrets:
+        detail = detail.replace(secret, "***")
+    return reply if detail == reply.detail else attrs.evolve(reply, detail=detail)
 
 
 def malformed(status: int, why: str) -> Reply:
@@ -656,7 +694,7 @@ def json_object(status: int, headers: CIMultiDictProxy[str], body: bytes) -> dic
     """
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         doc = None
     if isinstance(doc, dict):
         return doc
@@ -726,15 +764,17 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:  # "inf" and "1e400" are no number of seconds: a pause that would never end
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a year or offset of 20 digits
         return None
     current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
+    return max(0.0, when - current)
 
 
 def classify_status(status: int) -> Outcome:

@@ -1349,7 +1349,7 @@ class HttpApiProvider(HttpProvider):
         spec = self.spec
         try:
             doc: Any = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
             doc = _MISSING
         is_json = isinstance(doc, dict | list)
         found_code = _as_text(spec.code_path.find(doc)) if is_json and spec.code_path else None

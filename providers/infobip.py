@@ -380,7 +380,7 @@ class InfobipProvider(HttpProvider):
             status_code=status,
             error_code=code,
             detail=detail,
-            opted_out=name in OPT_OUT_STATUSES,
+            opted_out=isinstance(name, str) and name in OPT_OUT_STATUSES,
         )
 
     @staticmethod
@@ -391,7 +391,8 @@ class InfobipProvider(HttpProvider):
         if isinstance(doc.get("errorCode"), str):
             code = doc["errorCode"]
             description = doc.get("description")
-            for v in doc.get("violations") or []:
+            violations = doc.get("violations")
+            for v in violations if isinstance(violations, list) else []:
                 if isinstance(v, dict) and isinstance(v.get("property"), str):
                     properties.append(v["property"])
                     if description is not None and isinstance(v.get("violation"), str):

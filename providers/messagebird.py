@@ -351,7 +351,7 @@ class MessageBirdProvider(HttpProvider):
     def parse_response(self, status: int, headers: CIMultiDictProxy[str], body: bytes) -> Reply:
         try:
             doc = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             doc = None
         errors = _errors(doc)
         if 200 <= status < 300 and not errors:

@@ -323,7 +323,7 @@ class PlivoProvider(HttpProvider):
     def parse_response(self, status: int, headers: CIMultiDictProxy[str], body: bytes) -> Reply:
         try:
             doc = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             doc = None
         if 200 <= status < 300:
             return self._success(status, doc)

@@ -424,7 +424,8 @@ class TelnyxProvider(HttpProvider):
         # is already "sending_failed", with the reason in data.errors.
         recipients = data.get("to")
         first = recipients[0] if isinstance(recipients, list) and recipients else None
-        if isinstance(first, dict) and first.get("status") in _FAILED_STATUSES:
+        state = first.get("status") if isinstance(first, dict) else None
+        if isinstance(state, str) and state in _FAILED_STATUSES:
             errors = data.get("errors")
             error = errors[0] if isinstance(errors, list) and errors else None
             if isinstance(error, dict):
@@ -451,7 +452,7 @@ class TelnyxProvider(HttpProvider):
         outcome = ERROR_OUTCOMES.get(code) if code is not None else None
         source = error.get("source")
         pointer = source.get("pointer") if isinstance(source, dict) else None
-        if code in _SENDER_SENSITIVE and pointer in SENDER_POINTERS:
+        if code in _SENDER_SENSITIVE and isinstance(pointer, str) and pointer in SENDER_POINTERS:
             outcome = Outcome.UNROUTABLE
         if outcome is None:
             outcome = fallback

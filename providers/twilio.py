@@ -402,5 +402,5 @@ class TwilioProvider(HttpProvider):
             error_code=str(code) if code is not None else None,
             detail=detail,
             retry_after=parse_retry_after(headers.get("Retry-After")),
-            opted_out=code in OPT_OUT_CODES,
+            opted_out=isinstance(code, int) and code in OPT_OUT_CODES,
         )

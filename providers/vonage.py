@@ -451,7 +451,7 @@ class VonageProvider(HttpProvider):
             )
         try:
             doc = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             doc = None
         parts = doc.get("messages") if isinstance(doc, dict) else None
         if not isinstance(parts, list) or not parts or not all(isinstance(p, dict) for p in parts):
@@ -671,5 +671,8 @@ def _status_code(value: object) -> int | None:
     if isinstance(value, int):
         return value
     if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
+        try:
+            return int(value)
+        except ValueError:  # isdigit() takes "\u00b2" and 5,000 digits; int() neither
+            return None
     return None
