@@ -35,6 +35,12 @@ log = logging.getLogger("smsroute")
 
 DeliveryCallback = Callable[[DeliveryReport], Awaitable[None] | None]
 
+#: Seconds a receipt for an outbox message waits for the worker that sent it to record the
+#: provider's id (a provider may call back before the worker's write lands), and how
+#: often it looks.
+DURABLE_WAIT = 2.0
+DURABLE_POLL = 0.05
+
 #: Sends a message again under its id, avoiding the providers given.
 Resend = Callable[[Message, str, frozenset[str]], Awaitable[SendResult]]
 
@@ -230,12 +236,21 @@ class Receipts:
         """
         assert report.message_id is not None
         state = await self._durable.status(report.message_id)
+        sent_as = (report.provider, report.provider_message_id)
+        if state is not None and (state.provider, state.provider_message_id) != sent_as:
+            # Perhaps sent just now: the provider called back before the worker that sent it
+            # recorded its id.  Look again for a moment (a message it never sent waits too,
+            # then counts as unknown or as another attempt's, below).
+            loop = asyncio.get_running_loop()
+            until = loop.time() + DURABLE_WAIT
+            while loop.time() < until:
+                await asyncio.sleep(DURABLE_POLL)
+                state = await self._durable.status(report.message_id)
+                if state is None or (state.provider, state.provider_message_id) == sent_as:
+                    break
         if state is None or state.provider is None:
             return False  # not known, or not sent yet: nothing to check it against
-        if (state.provider, state.provider_message_id) != (
-            report.provider,
-            report.provider_message_id,
-        ):
+        if (state.provider, state.provider_message_id) != sent_as:
             log.warning(
                 "receipt at the %s endpoint names an outbox message that provider did not "
                 "send under that id: ignored",

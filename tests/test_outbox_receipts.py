@@ -91,3 +91,60 @@ rules:
         refused = await receiver.send(Message(to=number, text="Sale!", category="marketing"))
         assert (refused.ok, refused.reason, refused.attempts) == (False, "opted_out", ())
         assert len(twilio_a.messages) == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_receipt_that_beats_the_workers_record_is_applied_once_it_lands(
+    tmp_path: Path,
+    hooks: Hooks,
+    twilio_a: FakeTwilio,
+    backend: str,
+    redis_url: str,  # noqa: F811
+    prefix: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A provider may call back before the worker that sent the message has written the
+    provider's id to the outbox (here the write is held 300 ms; the fake calls back at
+    once).  The receipt waits for that record instead of being parked in a process
+    whose own sends will never claim it: the opt-out it carries is recorded, the message
+    fails."""
+    from smsroute.outbox.redis import RedisOutbox
+    from smsroute.outbox.sqlite import SQLiteOutbox
+
+    store_class: type = SQLiteOutbox if backend == "sqlite" else RedisOutbox
+    ack = store_class.ack
+
+    async def late_ack(self: object, *args: object) -> bool:
+        await asyncio.sleep(0.3)
+        return await ack(self, *args)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(store_class, "ack", late_ack)
+    store = (
+        f"outbox:\n  path: {tmp_path / 'outbox.db'}\n  poll: 20ms\n"
+        if backend == "sqlite"
+        else "outbox:\n  backend: redis\n  poll: 20ms\n" + state_block(redis_url, prefix) + "\n"
+    )
+    text = f"""
+defaults:
+  webhook_url: {hooks.url}
+  default_region: DE
+providers:
+{twilio_block("twilio", twilio_a)}
+rules:
+  - name: default
+    providers: [twilio]
+{store}"""
+    twilio_a.receipts("opted_out")
+    async with (
+        Router(make_config(text), metrics=False) as sender,
+        Router(make_config(text), metrics=False) as receiver,
+    ):
+        await hooks.serve(receiver)
+        message_id = await sender.enqueue(Message(to="+4915123456789", text="Sale!"))
+        async with sender.worker(concurrency=2), asyncio.timeout(10):
+            await twilio_a.wait_receipts(1)
+        assert twilio_a.receipts_sent[0][2] == 200
+        state = await receiver.status(message_id)
+        assert state is not None
+        assert state.status == "failed"
+        assert receiver.is_opted_out("+4915123456789")
