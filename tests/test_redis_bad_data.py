@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from redis_support import redis_url, state_block, until  # noqa: F401  (fixtures)
 
-from smsroute import Message, Router
+from smsroute import BreakerState, Message, Router
 from smsroute.configload import parse_config
 from smsroute.testing import FakeTwilio
 
@@ -175,11 +175,18 @@ async def run(
             async with Router(parse_config(text), metrics=False) as router:
                 fake.fail(503, times=1)  # an open breaker, in the breakers hash
                 assert (await router.send(otp(0))).status == "failed"
-                await asyncio.sleep(0.15)  # its open time passes; the next send closes it
+                await until(  # its open time passes: the next send may close it
+                    lambda: router.breaker_states()[("a", None)] is not BreakerState.OPEN
+                )
                 for i in range(3):
                     assert (await router.send(otp(i))).status == "accepted"
                 await settle(router)
-                await asyncio.sleep(0.12)  # a sync: health and replicas written
+                await until(  # a sync wrote health and the replicas
+                    lambda: (
+                        bool(client.keys(f"{key_prefix}health:*"))
+                        and bool(client.exists(f"{key_prefix}replicas"))
+                    )
+                )
                 keys = sorted(client.keys(f"{key_prefix}*"))
                 spoiled = []
                 for n, key in enumerate(keys):
