@@ -61,7 +61,8 @@ ESME_RINVPASWD (0x0E), ESME_RBINDFAIL (0x0D),                 AUTH (no bind is u
 ESME_RINVSYSID (0x0F), ESME_RINVSYSTYP (0x53)                 refused ours)
 ESME_RINVBNDSTS (0x04), ESME_RSYSERR (0x08),                  TRANSIENT
 ESME_RSUBMITFAIL (0x45), ESME_RX_T_APPN (0x64),
-generic_nack, any other status
+generic_nack, any other status, a malformed reply (another
+command's response, a message_id blank or not printable ASCII)
 no submit_sm_resp within ``timeout``                          TIMEOUT
 the connection dropped while awaiting the submit_sm_resp      TIMEOUT (it may have been sent)
 no bind up (connection refused, lost, not yet bound)          TRANSIENT
@@ -99,7 +100,7 @@ from smsroute.providers.base import (
     new_reply,
 )
 from smsroute.providers.smpp_codec import LONG_MODES, Part, Reassembly, split, udh_header
-from smsroute.providers.smpp_pdu import SubmitTemplate, sar_tlvs, submit_sm
+from smsroute.providers.smpp_pdu import SubmitTemplate, sar_tlvs, submit_sm, submit_sm_resp_id
 from smsroute.providers.smpp_receipts import IdForms, InboundPart, read_deliver_sm
 from smsroute.providers.smpp_session import (
     BIND_UP,
@@ -160,6 +161,7 @@ def outcome_of(status: int) -> Outcome:
 
 _ESM_UDHI = 0x40
 _SUBMIT_SM = 0x04
+_SUBMIT_SM_RESP = 0x80000004
 _TEMPLATES = 256  # senders whose submit_sm start is kept
 _NOT_READ = 0x65  # ESME_RX_P_APPN: the answer to a deliver_sm we cannot read
 
@@ -514,6 +516,11 @@ class SmppProvider(Provider):
                             error_code=f"0x{status:08X}",
                             detail=f"generic_nack 0x{status:08X} to submit_sm",
                         )
+                    if command != _SUBMIT_SM_RESP:  # a response to something else: no answer
+                        return new_reply(
+                            Outcome.TRANSIENT,
+                            detail=f"malformed reply: command_id 0x{command:08X} to submit_sm",
+                        )
                     if status != 0:
                         part = f" (part {n} of {len(submits)})" if len(submits) > 1 else ""
                         return new_reply(
@@ -521,8 +528,8 @@ class SmppProvider(Provider):
                             error_code=f"0x{status:08X}",
                             detail=f"submit_sm refused with command_status 0x{status:08X}{part}",
                         )
-                    message_id = pdu[16 : pdu.find(0, 16)].decode("ascii", "replace")
-                    if not message_id or not message_id.isprintable():
+                    message_id = submit_sm_resp_id(pdu)
+                    if message_id is None:
                         return new_reply(
                             Outcome.TRANSIENT,
                             detail="malformed reply: submit_sm_resp without an id",

@@ -6,7 +6,8 @@ as aiosmpplib 0.7.4's ``SubmitSm.pdu()`` does (``tests/test_smpp_pdu.py``
 compares them), without building its dataclasses and checking each field per
 message, which was the largest part of what the adapter spent per message.  The
 sender's part of the body is built once per sender (:class:`SubmitTemplate`);
-the bind adds the header with the sequence number.
+the bind adds the header with the sequence number.  :func:`submit_sm_resp_id`
+reads the SMSC's id out of its answer.
 
 Inbound, :func:`readable_deliver_sm` hands aiosmpplib only the TLVs it reads
 correctly.  Its ``DeliverSm.from_pdu`` decodes every TLV it does not know as
@@ -31,6 +32,7 @@ __all__ = [
     "readable_deliver_sm",
     "sar_tlvs",
     "submit_sm",
+    "submit_sm_resp_id",
 ]
 
 _TLV = struct.Struct("!HH")
@@ -96,6 +98,18 @@ def submit_sm(
             tlvs,
         )
     )
+
+
+def submit_sm_resp_id(pdu: bytes) -> str | None:
+    """The message_id of a submit_sm_resp PDU, up to its NUL (to the PDU's end when the
+    SMSC leaves the NUL out); None when it is empty, blank or not printable ASCII: no
+    receipt could name it, and a loose decoding would give two ids one form."""
+    end = pdu.find(0, 16)
+    try:
+        message_id = (pdu[16:] if end < 0 else pdu[16:end]).decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return message_id if message_id.strip() and message_id.isprintable() else None
 
 
 def _tlv_start(pdu: bytes) -> int:

@@ -54,6 +54,7 @@ import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from log_support import Records, every_log_record
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from smsroute import ManualClock, Message, Outcome, Router, SendResult, parse_config
@@ -960,34 +961,6 @@ def answers(draw: st.DrawFn, case: Case) -> Answer:
 
 
 # -- the rig: one server, one router, for the whole run -------------------------------------------
-
-
-class Records(logging.Handler):
-    """Every log record, at every level, as it would be written (traceback included)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[tuple[int, str]] = []
-        self.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append((record.levelno, self.format(record)))
-
-
-@contextmanager
-def every_log_record() -> Iterator[Records]:
-    handler = Records()
-    root, ours = logging.getLogger(), logging.getLogger("smsroute")
-    levels = root.level, ours.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    ours.setLevel(logging.DEBUG)  # the CLI's tests may have left it at ERROR
-    try:
-        yield handler
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(levels[0])
-        ours.setLevel(levels[1])
 
 
 def leaks(text: str | None, secrets: Sequence[str]) -> list[str]:

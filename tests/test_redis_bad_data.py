@@ -31,6 +31,7 @@ import redis
 from conftest import twilio_block
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from log_support import every_log_record
 from redis_support import redis_url, state_block, until  # noqa: F401  (fixtures)
 
 from smsroute import BreakerState, Message, Router
@@ -84,15 +85,6 @@ def spoil(client: redis.Redis, key: bytes, how: str, kind: str, junk: str) -> No
         client.sadd(key, junk)
 
 
-class Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @settings(
     max_examples=12,
     deadline=None,
@@ -118,28 +110,18 @@ def test_data_smsroute_did_not_write_is_named_and_sending_goes_on(
     junk: str,
     mode: str,
 ) -> None:
-    lines = Lines()
-    logger = logging.getLogger("smsroute")
-    logger.addHandler(lines)
-    old_level = logger.level
-    logger.setLevel(logging.DEBUG)
-    try:
+    with every_log_record() as logs:
         spoiled, statuses, up, healed = asyncio.run(run(redis_url, picks, kinds, junk, mode))
-    finally:
-        logger.removeHandler(lines)
-        logger.setLevel(old_level)
     assert statuses == ["accepted"] * len(statuses)
     assert up, "the link went down: Redis answered, so it is up"
     assert healed, "the guards did not count in Redis again once the keys were deleted"
-    for record in lines.records:
-        text = record.getMessage()
-        assert record.exc_info is None, text
+    for _, text in logs.records:
         assert "Traceback" not in text, text
         assert "15123456" not in text, text
         assert TEXT not in text, text
         assert "failed during" not in text, text  # the link never went down
         assert "answers again" not in text, text
-    errors = [r.getMessage() for r in lines.records if r.levelno >= logging.ERROR]
+    errors = [text for level, text in logs.records if level >= logging.ERROR]
     if any(how == "type" for _, how in spoiled):
         assert errors, "nothing said where the bad data is"
     for text in errors:
