@@ -187,10 +187,12 @@ def check(config: str, as_json: bool, strict: bool, env_placeholders: bool) -> N
         loaded = load_config(config, unset=unset)
     except ConfigError as exc:
         problems = [*exc.problems, *(unset if strict else ())]
-        if as_json:
-            doc = {"ok": False, "problems": [p.as_dict() for p in problems]}
-            if not strict:
-                doc["unset"] = [p.as_dict() for p in unset]
+        if as_json:  # one shape whatever failed: problems (unset among them with --strict)
+            doc = {
+                "ok": False,
+                "problems": [p.as_dict() for p in problems],
+                "unset": [p.as_dict() for p in unset],
+            }
             click.echo(json.dumps(doc, indent=2))
         else:
             _print_problems(problems)
@@ -200,6 +202,7 @@ def check(config: str, as_json: bool, strict: bool, env_placeholders: bool) -> N
     if as_json:
         summary: dict[str, Any] = {
             "ok": not (strict and unset),
+            "problems": [p.as_dict() for p in unset] if strict else [],
             "providers": providers,
             "rules": [r.name for r in loaded.rules],
             "unset": [p.as_dict() for p in unset],

@@ -91,6 +91,26 @@ def test_check_strict_passes_when_the_secrets_are_set(monkeypatch: pytest.Monkey
     assert json.loads(out)["unset"] == []
 
 
+def test_check_json_has_one_shape_whatever_failed(tmp_path: Path) -> None:
+    """``check --json`` always gives ok, problems and unset: a config error, unset secrets
+    under --strict (problems then) and a pass (problems empty) are read the same way."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.read_text() + "\nnonsense: 1\n")
+    for args, ok in (
+        ((str(GOOD), "--json"), True),
+        ((str(GOOD), "--json", "--strict"), False),
+        ((str(bad), "--json"), False),
+        ((str(bad), "--json", "--strict"), False),
+    ):
+        code, out, _ = run("check", *args)
+        doc = json.loads(out)
+        assert {"ok", "problems", "unset"} <= doc.keys(), args
+        assert doc["ok"] is ok, args
+        assert bool(doc["problems"]) is not ok, args
+        assert code == (0 if ok else 3), args
+        assert doc["unset"], args  # GOOD names secrets this test does not set
+
+
 def test_send_refuses_missing_secrets_with_exit_3() -> None:
     code, _, err = run("send", str(GOOD), "+4915123456789", "hi")
     assert code == 3
