@@ -532,7 +532,7 @@ class SmppProvider(Provider):
                     if message_id is None:
                         return new_reply(
                             Outcome.TRANSIENT,
-                            detail="malformed reply: submit_sm_resp without an id",
+                            detail="malformed reply: submit_sm_resp without a usable message_id",
                         )
                     ids.append(self._ids.register(message_id))
             finally:
