@@ -183,6 +183,8 @@ async def run(
                     statuses.append((await router.send(otp(i))).status)
                     await asyncio.sleep(0.03)  # syncs run between sends
                 await settle(router)
+                plan = router.explain(otp(1))  # read in Redis (a blocking call of its own)
+                assert {g.guard for g in plan.guards} >= {"velocity", "budget"}
                 up = bool(router.state.link.up)  # type: ignore[attr-defined]
                 if spoiled:
                     client.delete(*[key for key, _ in spoiled])

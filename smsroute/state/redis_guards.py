@@ -351,8 +351,8 @@ class RedisGuardCounts:
             return client.register_script(GUARDS)(keys=[], args=args)
 
         reply = self._link.run_now("guards", call)
-        if reply is None:
-            return self.local.peek(query)
+        if reply is None:  # this process's counts (not local.peek: a Mirror's asks Redis)
+            return MemoryGuardCounts.peek(self.local, query)
         _, lanes, details = reply
         return self._answer(details[1], tuple(float(s) for s in lanes[0][0]))
 
