@@ -47,6 +47,27 @@ outbox:
         assert (await sender.status(message_id)).status == "delivered"  # type: ignore[union-attr]
 
 
+def worker_config(
+    backend: str, tmp_path: Path, hooks: Hooks, fake: FakeTwilio, url: str, key_prefix: str
+) -> str:
+    """One Twilio provider, receipts to ``hooks``, an outbox in SQLite or in Redis."""
+    store = (
+        f"outbox:\n  path: {tmp_path / 'outbox.db'}\n  poll: 20ms\n"
+        if backend == "sqlite"
+        else "outbox:\n  backend: redis\n  poll: 20ms\n" + state_block(url, key_prefix) + "\n"
+    )
+    return f"""
+defaults:
+  webhook_url: {hooks.url}
+  default_region: DE
+providers:
+{twilio_block("twilio", fake)}
+rules:
+  - name: default
+    providers: [twilio]
+{store}"""
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 async def test_an_opt_out_receipt_for_a_worker_sent_message_opts_the_number_out(
     tmp_path: Path,
@@ -59,21 +80,7 @@ async def test_an_opt_out_receipt_for_a_worker_sent_message_opts_the_number_out(
     """The receipt reaches a router that never sent the message: the number comes from
     the outbox's record (the one the message was enqueued for), checked against the
     provider and id there, and is opted out for every router of the store."""
-    store = (
-        f"outbox:\n  path: {tmp_path / 'outbox.db'}\n  poll: 20ms\n"
-        if backend == "sqlite"
-        else "outbox:\n  backend: redis\n  poll: 20ms\n" + state_block(redis_url, prefix) + "\n"
-    )
-    text = f"""
-defaults:
-  webhook_url: {hooks.url}
-  default_region: DE
-providers:
-{twilio_block("twilio", twilio_a)}
-rules:
-  - name: default
-    providers: [twilio]
-{store}"""
+    text = worker_config(backend, tmp_path, hooks, twilio_a, redis_url, prefix)
     number = "+4915123456789"
     twilio_a.receipts("opted_out")
     async with (
@@ -119,21 +126,7 @@ async def test_a_receipt_that_beats_the_workers_record_is_applied_once_it_lands(
         return await ack(self, *args)  # type: ignore[no-any-return]
 
     monkeypatch.setattr(store_class, "ack", late_ack)
-    store = (
-        f"outbox:\n  path: {tmp_path / 'outbox.db'}\n  poll: 20ms\n"
-        if backend == "sqlite"
-        else "outbox:\n  backend: redis\n  poll: 20ms\n" + state_block(redis_url, prefix) + "\n"
-    )
-    text = f"""
-defaults:
-  webhook_url: {hooks.url}
-  default_region: DE
-providers:
-{twilio_block("twilio", twilio_a)}
-rules:
-  - name: default
-    providers: [twilio]
-{store}"""
+    text = worker_config(backend, tmp_path, hooks, twilio_a, redis_url, prefix)
     twilio_a.receipts("opted_out")
     async with (
         Router(make_config(text), metrics=False) as sender,
