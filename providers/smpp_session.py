@@ -177,7 +177,10 @@ class Bind:
                 self._set(BIND_UP, "bound")
                 self.tried.set()
                 log.info("SMPP %s: bound to %s:%d", self.name, s.host, s.port)
-                await self._serve(reader, writer)
+                try:
+                    await self._serve(reader, writer)
+                except Exception:  # a bug must not end the bind for good (nor leave it "up")
+                    log.exception("SMPP %s: reading from the bind failed", self.name)
                 if self._closing:
                     return
                 self._set(BIND_DOWN, "connection lost")

@@ -370,3 +370,31 @@ async def test_bad_options_are_config_errors(smsc: FakeSMSC, key: str, value: ob
         smpp_config(smsc, **{key: value})
     assert key in str(info.value)
     assert smsc.password not in str(info.value) or key != "password"
+
+
+async def test_a_bug_while_reading_the_bind_drops_it_and_binds_again(
+    smsc: FakeSMSC, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever goes wrong while the bind is read (here: reading a deliver_sm raises), the
+    bind is dropped, logged, and bound again: it is neither left dead nor shown up."""
+    import smsroute.providers.smpp as smpp_module
+
+    read = smpp_module.read_deliver_sm
+    calls = 0
+
+    def broken(pdu: bytes) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        return read(pdu)
+
+    monkeypatch.setattr(smpp_module, "read_deliver_sm", broken)
+    async with Router(smpp_config(smsc), metrics=False) as router:
+        assert (await router.send(message())).ok
+        binds = smsc.binds
+        await smsc.send_inbound(TO, "hello")  # read by the broken reader: the bind drops
+        await until(lambda: smsc.binds > binds and smsc.bound_sessions == 1, 10.0)
+        result = await router.send(message())
+    assert result.ok, result.reason
+    assert calls >= 1
