@@ -37,6 +37,7 @@ from smsroute.guards import PASSED, Guards, Refusal
 from smsroute.instrument.events import (
     AttemptFinished,
     BreakerTransition,
+    ConcurrencySkip,
     ConfigReloaded,
     Event,
     Failover,
@@ -61,6 +62,7 @@ from smsroute.quiet import opens_at, quiet_reason
 from smsroute.runtime import Prepared, Runtime
 from smsroute.selection import Option, observe, order
 from smsroute.state.backend import StateBackend, open_state
+from smsroute.state.slots import ConcurrencySlot
 from smsroute.status import StatusStore
 from smsroute.version import __version__
 
@@ -598,6 +600,43 @@ class Dispatcher:
                         self._uncount(guards, counts, message, p, message_id, checked_at)
                     raise
                 now = loop.time()
+            slots = state.slots(pcfg)
+            if slots is not None and not slots.try_acquire():  # every slot taken: wait for one
+                try:  # within the attempt's time; no provider is called meanwhile
+                    async with asyncio.timeout_at(min(now + pcfg.timeout, deadline_at)):
+                        await slots.acquire()
+                except TimeoutError:
+                    slots = None
+                except BaseException:  # cancelled: the token and the ticket go back unused
+                    state.bucket(pcfg).refund(clock.now())
+                    if not last_resort:
+                        breaker.release(ticket)
+                    if guards and not called:  # and the guards' count: never sent
+                        self._uncount(guards, counts, message, p, message_id, checked_at)
+                    raise
+                else:
+                    now = loop.time()
+                if slots is None:
+                    state.bucket(pcfg).refund(clock.now())
+                    if not last_resort:
+                        breaker.release(ticket)
+                    attempts.append(
+                        Attempt(
+                            name,
+                            Outcome.THROTTLED,
+                            0.0,
+                            detail="skipped: no free max_concurrency slot in time",
+                        )
+                    )
+                    if emit:
+                        emit(ConcurrencySkip(name))
+                        emit(
+                            AttemptFinished(
+                                message_id, name, country, Outcome.THROTTLED, 0.0, called,
+                                skipped=True,
+                            )
+                        )  # fmt: skip
+                    continue
 
             called += 1
             if previous is not None and emit:
@@ -618,8 +657,9 @@ class Dispatcher:
             )
             try:
                 reply, latency = await self._attempt(
-                    rt.providers[name], pcfg, sms, session, now + budget, name in rt.self_timed
-                )
+                    rt.providers[name], pcfg, sms, session, now + budget, name in rt.self_timed,
+                    slots,
+                )  # fmt: skip
             except BaseException:  # cancelled mid-request: the probe ticket goes back
                 if not last_resort:
                     breaker.release(ticket)
@@ -863,40 +903,26 @@ class Dispatcher:
         session: aiohttp.ClientSession,
         attempt_deadline: float,
         self_timed: bool,
+        slot: ConcurrencySlot | None,
     ) -> tuple[Reply, float]:
+        """One request to ``provider``, holding its ``max_concurrency`` ``slot`` (released
+        here; None: uncapped), under the attempt's deadline."""
         loop = asyncio.get_running_loop()
-        slots = self._state.slots(pcfg)
         inflight = self._metrics.inflight(pcfg.name) if self._metrics is not None else None
         started = loop.time()
-        holding = counted = False
+        counted = False
         try:
-            # A free max_concurrency slot is taken here with no await and no timer;
-            # only a send that finds them all taken waits, under the deadline.
-            if slots is not None:
-                holding = slots.try_acquire()
-            if self_timed and (holding or slots is None):
+            if inflight is not None:
+                inflight.inc()
+                counted = True
+            if self_timed:
                 # The adapter's aiohttp request enforces sms.timeout: a second
                 # timer here would cost a tenth of the router's own CPU per message.
-                if inflight is not None:
-                    inflight.inc()
-                    counted = True
                 reply = await provider.send(sms, session)
             else:
                 async with asyncio.timeout_at(attempt_deadline):
-                    if slots is not None and not holding:
-                        await slots.acquire()
-                        holding = True
-                        started = loop.time()
-                    if inflight is not None:
-                        inflight.inc()
-                        counted = True
                     reply = await provider.send(sms, session)
         except TimeoutError:
-            if slots is not None and not holding:
-                reply = Reply(
-                    Outcome.THROTTLED, detail="no free slot under max_concurrency in time"
-                )
-                return reply, 0.0
             waited = loop.time() - started
             reply = Reply(Outcome.TIMEOUT, detail=f"no answer within {waited:.3g}s")
         except aiohttp.ClientConnectorError as exc:
@@ -909,8 +935,8 @@ class Dispatcher:
         finally:
             if counted and inflight is not None:
                 inflight.dec()
-            if holding and slots is not None:
-                slots.release()
+            if slot is not None:
+                slot.release()
         return reply, loop.time() - started
 
     # -- events -------------------------------------------------------------------------

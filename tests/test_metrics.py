@@ -32,6 +32,7 @@ from smsroute import (
     AttemptFinished,
     BreakerTransition,
     BudgetSpent,
+    ConcurrencySkip,
     ConfigError,
     ConfigReloaded,
     DeliveryReceived,
@@ -80,6 +81,7 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
     "smsroute_smpp_window_size": ("gauge", set()),
     # Beyond the contract: what the alerts and dashboard also need.
     "smsroute_ratelimit_skips": ("counter", {"provider"}),
+    "smsroute_concurrency_skips": ("counter", {"provider"}),
     "smsroute_webhook_refusals": ("counter", {"provider", "kind", "reason"}),
     "smsroute_rule_provider_info": ("gauge", {"rule", "provider"}),
     # Labelled by operation; no series unless the config's state backend is Redis.
@@ -158,6 +160,7 @@ async def test_metric_names_types_and_labels_are_the_contract(
     feed(Failover("m", "primary", "secondary", "transient"))
     feed(RateLimitWait("primary", 0.2, waited=True))
     feed(RateLimitWait("primary", 5.0, waited=False))
+    feed(ConcurrencySkip("primary"))
     feed(DeliveryReceived("primary", "DE", "delivered", 3.0))
     feed(WebhookRefused("primary", "status", "signature"))
     feed(BreakerTransition("primary", None, "closed", "open"))

@@ -20,7 +20,7 @@ from conftest import make_config, twilio_block
 from prometheus_client import CollectorRegistry
 from redis_support import prefix, redis_url, until  # noqa: F401  (fixtures)
 
-from smsroute import BreakerState, ManualClock, Message, Router
+from smsroute import BreakerState, ManualClock, Message, Outcome, Router
 from smsroute.testing import FakeTwilio
 
 OTP = Message(to="+4915123456789", text="Your code is 123456", category="otp")
@@ -162,6 +162,75 @@ async def test_cancel_while_waiting_for_or_holding_a_concurrency_slot(
         assert result.provider == "a"
         assert not slots.locked()
         assert inflight(registry, "a") == 0
+
+
+async def test_a_send_cancelled_while_it_waits_for_a_slot_gives_back_its_token_and_count(
+    twilio_a: FakeTwilio, twilio_b: FakeTwilio
+) -> None:
+    """Waiting for a ``max_concurrency`` slot comes after the rate-limit token and the
+    guards' count were taken, and before any provider is called: a send cancelled
+    there gives both back (the README: "a rate-limit token it had not used yet")."""
+    clock = ManualClock()
+    guards = "guards:\n  otp:\n    velocity:\n      - {per: number, max: 1, window: 1h}\n"
+    body = config(twilio_a, twilio_b, max_concurrency=1, rate_limit=1, burst=2) + guards
+    other = Message(to="+4915123456780", text="Your code is 654321", category="otp")
+    async with Router(make_config(body), clock=clock) as r:
+        slots = r.state.slots(r.config.providers["a"])
+        bucket = r.state.bucket(r.config.providers["a"])
+        assert slots is not None
+        twilio_a.latency(1.0)
+        holder = asyncio.ensure_future(r.send(OTP))
+        await until(lambda: twilio_a.requests > 0, what="the request at the fake")
+        waits_before = bucket.wait_time()  # one token of the burst of two is left
+        assert waits_before == 0.0
+        waiter = asyncio.ensure_future(r.send(other))
+        await until(lambda: slots.waiting == 1, what="the second send queued for the slot")
+        assert bucket.wait_time() > 0.5  # it took the last token
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert bucket.wait_time() == pytest.approx(waits_before)  # the token came back
+        assert twilio_a.requests == 1
+        await holder
+        twilio_a.heal()
+        result = await r.send(other)  # the guard's count came back: max 1 per number
+        assert result.status == "accepted", result
+        assert result.provider == "a", result
+
+
+async def test_no_free_slot_in_time_is_a_skip_that_calls_no_provider(
+    twilio_a: FakeTwilio, twilio_b: FakeTwilio
+) -> None:
+    """Every slot stays taken for the attempt's whole timeout: the provider is skipped
+    (as a rate limit skips it, counted in ``smsroute_concurrency_skips_total``), its token
+    given back and not paused; the next provider sends the message."""
+    clock = ManualClock()
+    body = config(twilio_a, twilio_b, max_concurrency=1, rate_limit=1, burst=2).replace(
+        "timeout: 5s", "timeout: 300ms", 1
+    )
+    registry = CollectorRegistry()
+    async with Router(make_config(body), clock=clock, registry=registry) as r:
+        bucket = r.state.bucket(r.config.providers["a"])
+        slots = r.state.slots(r.config.providers["a"])
+        assert slots is not None
+        await slots.acquire()  # held elsewhere for the whole test
+        try:
+            result = await r.send(OTP)
+            assert result.status == "accepted", result
+            assert result.provider == "b", result
+            (skip, sent) = result.attempts
+            assert skip.provider == "a"
+            assert skip.outcome is Outcome.THROTTLED
+            assert skip.detail == "skipped: no free max_concurrency slot in time"
+            assert sent.provider == "b"
+            assert twilio_a.requests == 0
+            assert bucket.wait_time() == 0.0  # its token came back; no pause
+            assert bucket.paused_for() == 0.0
+            skips = {"provider": "a"}
+            assert registry.get_sample_value("smsroute_concurrency_skips_total", skips) == 1
+        finally:
+            slots.release()
+        assert (await r.send(OTP)).provider == "a"
 
 
 async def test_cancel_during_shared_token_refill_takes_nothing(

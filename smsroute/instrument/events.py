@@ -74,6 +74,13 @@ class RateLimitWait(NamedTuple):
     waited: bool
 
 
+class ConcurrencySkip(NamedTuple):
+    """The router skipped a provider: every ``max_concurrency`` slot of it stayed taken
+    for its ``timeout`` (no request was made; the next provider of the plan is tried)."""
+
+    provider: str
+
+
 class ConfigReloaded(NamedTuple):
     """``router.reload()`` ran; ``result`` is ``success`` or ``error``."""
 
@@ -161,6 +168,7 @@ Event = (
     | Failover
     | BreakerTransition
     | RateLimitWait
+    | ConcurrencySkip
     | ConfigReloaded
     | DeliveryReceived
     | WebhookRefused

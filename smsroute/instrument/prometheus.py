@@ -82,6 +82,7 @@ from smsroute.instrument.events import (
     AttemptFinished,
     BreakerTransition,
     BudgetSpent,
+    ConcurrencySkip,
     ConfigReloaded,
     DeliveryReceived,
     Event,
@@ -206,6 +207,11 @@ class _Metrics:
         self.ratelimit_skips = self.counter(
             "smsroute_ratelimit_skips",
             "Times a provider was skipped because its rate limit or Retry-After pause would take too long.",
+            ["provider"],
+        )
+        self.concurrency_skips = self.counter(
+            "smsroute_concurrency_skips",
+            "Times a provider was skipped because every max_concurrency slot stayed taken for its timeout.",
             ["provider"],
         )
         self.inflight = self.gauge(
@@ -410,6 +416,7 @@ class PrometheusHook:
             Failover: self._failover,
             BreakerTransition: self._breaker,
             RateLimitWait: self._ratelimit,
+            ConcurrencySkip: self._concurrency_skip,
             ConfigReloaded: self._reloaded,
             DeliveryReceived: self._delivery,
             WebhookRefused: self._webhook_refused,
@@ -609,6 +616,9 @@ class PrometheusHook:
             self._m.ratelimit_wait.labels(e.provider).observe(e.seconds)
         else:
             self._m.ratelimit_skips.labels(e.provider).inc()
+
+    def _concurrency_skip(self, e: ConcurrencySkip) -> None:
+        self._m.concurrency_skips.labels(e.provider).inc()
 
     def _reloaded(self, e: ConfigReloaded) -> None:
         self._m.config_reloads.labels(e.result).inc()
