@@ -328,6 +328,16 @@ class BandwidthProvider(HttpProvider):
 
     webhook_methods = {"status": frozenset({"POST"}), "inbound": frozenset({"POST"})}
 
+    @classmethod
+    def unverified_webhooks(cls, options: Mapping[str, Any]) -> str | None:
+        if options.get("callback_username") is not None and (
+            options.get("callback_password") is not None
+        ):
+            return None
+        return (
+            "set callback_username and callback_password (the Application's callback credentials)"
+        )
+
     def verify_webhook(self, kind: str, request: WebhookRequest, now: float) -> None:
         expected = self._callback_credentials
         if expected is None:

@@ -503,6 +503,14 @@ class Provider(abc.ABC):
         """
         return []
 
+    @classmethod
+    def unverified_webhooks(cls, options: Mapping[str, Any]) -> str | None:
+        """None when the provider's webhooks are verified with these options (or it takes
+        none); else what would verify them, for a warning (``smsroute check`` and
+        ``serve``): its webhooks are then accepted from anyone who can reach their URLs.
+        The default: verified (adapters whose verification is optional override it)."""
+        return None
+
     @abc.abstractmethod
     async def send(self, sms: OutboundSMS, session: aiohttp.ClientSession) -> Reply:
         """Send one message and classify the answer.  Never retry."""

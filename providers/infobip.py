@@ -276,6 +276,16 @@ class InfobipProvider(HttpProvider):
     webhook_methods = {"status": frozenset({"POST"}), "inbound": frozenset({"POST"})}
     echoes_message_id = True  # callbackData comes back in every delivery report
 
+    @classmethod
+    def unverified_webhooks(cls, options: Mapping[str, Any]) -> str | None:
+        if options.get("callback_username") and options.get("callback_password"):
+            return None
+        return (
+            "Infobip signs nothing: give callback_username and callback_password (a "
+            "subscription with BASIC security), or protect the URLs another way (a secret "
+            "path, an IP allow-list, mutual TLS)"
+        )
+
     def verify_webhook(self, kind: str, request: WebhookRequest, now: float) -> None:
         credentials = self.callback_credentials
         if credentials is None:

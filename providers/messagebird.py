@@ -247,6 +247,12 @@ class MessageBirdProvider(HttpProvider):
     webhook_methods = {"status": frozenset({"GET"}), "inbound": frozenset({"GET", "POST"})}
     echoes_message_id = True  # ``reference`` comes back in every status report
 
+    @classmethod
+    def unverified_webhooks(cls, options: Mapping[str, Any]) -> str | None:
+        if options.get("signing_key") not in (None, ""):
+            return None
+        return "set signing_key (the signing key of the MessageBird dashboard)"
+
     def verify_webhook(self, kind: str, request: WebhookRequest, now: float) -> None:
         key = self.signing_key
         if key is None:

@@ -263,6 +263,12 @@ class SinchProvider(HttpProvider):
     webhook_methods = {"status": frozenset({"POST"}), "inbound": frozenset({"POST"})}
     echoes_message_id = True  # client_reference comes back in every delivery report
 
+    @classmethod
+    def unverified_webhooks(cls, options: Mapping[str, Any]) -> str | None:
+        if options.get("webhook_secret") not in (None, ""):
+            return None
+        return "set webhook_secret (the callback secret Sinch signs with; ask Sinch for it)"
+
     def verify_webhook(self, kind: str, request: WebhookRequest, now: float) -> None:
         secret = self.webhook_secret
         if secret is None:

@@ -304,6 +304,12 @@ class TelnyxProvider(HttpProvider):
 
     webhook_methods = {"status": frozenset({"POST"}), "inbound": frozenset({"POST"})}
 
+    @classmethod
+    def unverified_webhooks(cls, options: Mapping[str, Any]) -> str | None:
+        if options.get("public_key") not in (None, ""):
+            return None
+        return "set public_key (the account's Ed25519 public key, from the Telnyx portal)"
+
     def verify_webhook(self, kind: str, request: WebhookRequest, now: float) -> None:
         key = self._webhook_key
         if key is None:

@@ -528,6 +528,15 @@ class VonageProvider(HttpProvider):
         "inbound": frozenset({"GET", "POST"}),
     }
 
+    @classmethod
+    def unverified_webhooks(cls, options: Mapping[str, Any]) -> str | None:
+        if (
+            options.get("signature_secret") not in (None, "")
+            and _flag(options.get("signed_webhooks")) is not False
+        ):
+            return None
+        return "set signature_secret (the dashboard's signature secret) and sign webhooks"
+
     def verify_webhook(self, kind: str, request: WebhookRequest, now: float) -> None:
         secret = self._webhook_secret
         if secret is None:

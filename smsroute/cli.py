@@ -175,6 +175,9 @@ def check(config: str, as_json: bool, strict: bool, env_placeholders: bool) -> N
     An environment variable the config names (${TWILIO_AUTH_TOKEN}) that is not
     set is a warning, so a config can be checked without its secrets (in CI, on
     a laptop); with --strict it is an error, as it is for send, serve and worker.
+    A provider that takes webhooks (defaults.webhook_url, status_callback) but
+    would accept them unverified (no secret for a provider that signs only when
+    asked) is a warning too, naming what to set; serve prints it as it starts.
 
     \b
     Example:
@@ -183,8 +186,9 @@ def check(config: str, as_json: bool, strict: bool, env_placeholders: bool) -> N
     Exit status: 0 valid, 3 problems found (see smsroute --help).
     """
     unset: list[ConfigProblem] = []
+    warnings: list[ConfigProblem] = []
     try:
-        loaded = load_config(config, unset=unset)
+        loaded = load_config(config, unset=unset, warnings=warnings)
     except ConfigError as exc:
         problems = [*exc.problems, *(unset if strict else ())]
         if as_json:  # one shape whatever failed: problems (unset among them with --strict)
@@ -192,6 +196,7 @@ def check(config: str, as_json: bool, strict: bool, env_placeholders: bool) -> N
                 "ok": False,
                 "problems": [p.as_dict() for p in problems],
                 "unset": [p.as_dict() for p in unset],
+                "warnings": [p.as_dict() for p in warnings],
             }
             click.echo(json.dumps(doc, indent=2))
         else:
@@ -206,6 +211,7 @@ def check(config: str, as_json: bool, strict: bool, env_placeholders: bool) -> N
             "providers": providers,
             "rules": [r.name for r in loaded.rules],
             "unset": [p.as_dict() for p in unset],
+            "warnings": [p.as_dict() for p in warnings],
         }
         click.echo(json.dumps(summary, indent=2))
         if strict and unset:
@@ -214,7 +220,7 @@ def check(config: str, as_json: bool, strict: bool, env_placeholders: bool) -> N
     if strict and unset:
         _print_problems(unset)
         sys.exit(EXIT_CONFIG)
-    _print_problems(unset, prefix="warning: ")
+    _print_problems([*unset, *warnings], prefix="warning: ")
     note = f"; {_unset_note(unset)} (--strict makes that an error)" if unset else ""
     click.echo(
         f"{config}: ok: {len(providers)} providers "
@@ -411,7 +417,12 @@ def serve(config: str, host: str, port: int) -> None:
 
     from smsroute.server import make_server_app, served_routes
 
-    loaded = _load(config)
+    warnings: list[ConfigProblem] = []
+    try:
+        loaded = load_config(config, warnings=warnings)
+    except ConfigError as exc:
+        _config_failed(exc)
+    _print_problems(warnings, prefix="warning: ")  # webhooks it would accept unverified
     base = f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     def started(*_: object) -> None:

@@ -48,6 +48,7 @@ from smsroute.errors import ConfigProblem
 from smsroute.guardload import guard_set, guards_section, on_budget
 from smsroute.numbers import NumberType
 from smsroute.providers import load_provider_class, provider_types
+from smsroute.providers.base import Provider
 from smsroute.senderconfig import read_from, rule_from
 from smsroute.units import parse_duration, parse_fraction, parse_rate
 from smsroute.yamlsource import Located, config_error, shown
@@ -58,6 +59,7 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     *,
     unset: list[ConfigProblem] | None = None,
+    warnings: list[ConfigProblem] | None = None,
 ) -> Config:
     """Read and validate the YAML config at ``path``; raise :class:`ConfigError` on any problem.
 
@@ -65,11 +67,13 @@ def load_config(
     :mod:`smsroute.yamlsource` for the bounds on size, nesting and aliases).
     With ``unset`` (a list), an unset ``${VAR}`` is not an error: its value is a
     placeholder and its problem is appended to ``unset`` (``smsroute check``
-    and ``explain`` validate a config without its secrets this way).
+    and ``explain`` validate a config without its secrets this way).  With
+    ``warnings`` (a list), what is valid but likely unwanted is appended to it (a
+    provider whose webhooks would be accepted unverified).
     """
     file = str(Path(path))
     text = yamlsource.read_text(path, file)
-    return parse_config(text, file=file, environ=environ, unset=unset)
+    return parse_config(text, file=file, environ=environ, unset=unset, warnings=warnings)
 
 
 def parse_config(
@@ -78,21 +82,44 @@ def parse_config(
     file: str = "<config>",
     environ: Mapping[str, str] | None = None,
     unset: list[ConfigProblem] | None = None,
+    warnings: list[ConfigProblem] | None = None,
 ) -> Config:
     """Validate YAML ``text``.  ``file`` is used in messages and to resolve price files;
-    ``unset`` is as for :func:`load_config`."""
+    ``unset`` and ``warnings`` are as for :func:`load_config`."""
     located = yamlsource.load(text, file, environ, unset=unset)
-    return _Loader(located).load()
+    return _Loader(located, warnings).load()
 
 
 class _Loader(Checker):
     """One pass over a config's sections: every problem is collected, then raised at once."""
 
-    def __init__(self, located: Located) -> None:
+    def __init__(self, located: Located, warnings: list[ConfigProblem] | None = None) -> None:
         super().__init__(located)
+        #: Where what is valid but likely unwanted goes (None: nowhere).
+        self.warnings = warnings
         # Declared providers refused for a problem of their own (say, an unknown type):
         # rules naming them are not told "unknown provider" again.
         self.refused_providers: set[str] = set()
+
+    def unverified(
+        self, cls: type[Provider], body: Mapping[str, Any], ppath: yamlsource.Path
+    ) -> None:
+        """Warn when the provider's webhooks would be accepted without verification."""
+        assert self.warnings is not None
+        try:
+            hint = cls.unverified_webhooks(body)
+        except Exception:  # an adapter's check meeting a value it did not expect: the
+            return  # options' own check reports the value
+        if hint is not None:
+            self.warnings.append(
+                self.src.problem(
+                    ppath,
+                    "its webhooks are accepted without verification: anyone who can reach "
+                    "its status and inbound URLs can change its messages' status and opt "
+                    f"numbers out or back in; {hint}",
+                    at_key=True,
+                )
+            )
 
     # -- sections ------------------------------------------------------------------
 
@@ -401,6 +428,8 @@ class _Loader(Checker):
             receipts_at = body.get("status_callback") or defaults.webhook_url
             for option, problem in cls.check_webhook_options(body, receipts_at):
                 self.error((*ppath, option), problem)
+            if receipts_at is not None and self.warnings is not None:
+                self.unverified(cls, body, ppath)
             currency = self.field(body, ppath, "currency", check.currency_code, defaults.currency)
             sender, senders = read_from(self, body, ppath)
             out[name] = ProviderConfig(

@@ -92,7 +92,7 @@ def test_check_strict_passes_when_the_secrets_are_set(monkeypatch: pytest.Monkey
 
 
 def test_check_json_has_one_shape_whatever_failed(tmp_path: Path) -> None:
-    """``check --json`` always gives ok, problems and unset: a config error, unset secrets
+    """``check --json`` always gives ok, problems, unset and warnings: a config error, unset secrets
     under --strict (problems then) and a pass (problems empty) are read the same way."""
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD.read_text() + "\nnonsense: 1\n")
@@ -104,7 +104,7 @@ def test_check_json_has_one_shape_whatever_failed(tmp_path: Path) -> None:
     ):
         code, out, _ = run("check", *args)
         doc = json.loads(out)
-        assert {"ok", "problems", "unset"} <= doc.keys(), args
+        assert {"ok", "problems", "unset", "warnings"} <= doc.keys(), args
         assert doc["ok"] is ok, args
         assert bool(doc["problems"]) is not ok, args
         assert code == (0 if ok else 3), args

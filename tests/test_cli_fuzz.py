@@ -394,7 +394,7 @@ def assert_contract(argv: list[str], result: Result, root: Path) -> None:
                 doc = None
             if isinstance(doc, dict):  # check --json
                 assert doc.get("ok") is False, shown
-                assert {"problems", "unset"} <= doc.keys(), shown  # one shape
+                assert {"problems", "unset", "warnings"} <= doc.keys(), shown  # one shape
                 assert doc["problems"], shown  # --strict: the unset among them
             else:
                 typed = sum(len(f"{token}.".splitlines()) - 1 for token in argv)  # echoed
