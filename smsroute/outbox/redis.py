@@ -27,15 +27,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from smsroute.errors import OutboxUnavailable
-from smsroute.message import Attempt, DeliveryReport, Message, MessageState, Outcome, SendResult
+from smsroute.message import Attempt, DeliveryReport, MessageState, SendResult
+from smsroute.outbox import records
+from smsroute.outbox.records import RecordDamaged
 from smsroute.outbox.store import (
     PRIORITY_LEVELS,
     DeadLetter,
@@ -43,17 +47,24 @@ from smsroute.outbox.store import (
     QueuedMessage,
     State,
     attempt_fields,
-    utc,
 )
 from smsroute.redact import redact
 from smsroute.status import RANK
+
+log = logging.getLogger("smsroute.outbox")
 
 #: Sent messages purged per script call (a long script blocks Redis).
 PURGE_BATCH = 500
 
 _COMMON = """
 local P = KEYS[1]
+-- A list smsroute appends to, unless another program left something else there.
+local function appendable(key)
+  local t = redis.call('TYPE', key).ok
+  return t == 'list' or t == 'none'
+end
 local function history(id, at, status, provider, detail)
+  if not appendable(P .. 'h:' .. id) then return end
   local p = cjson.null
   if provider and provider ~= '' then p = provider end
   local d = cjson.null
@@ -62,16 +73,24 @@ local function history(id, at, status, provider, detail)
     .. cjson.encode(p) .. ',' .. cjson.encode(d) .. ']')
 end
 local function attempts(id, tries, first)
+  if not appendable(P .. 'a:' .. id) then return end
   for i = first, #ARGV do
     redis.call('RPUSH', P .. 'a:' .. id, '[' .. tries .. ',' .. string.sub(ARGV[i], 2))
   end
 end
+-- The queue of a priority; a record another program garbled goes to the last one.
+local function queue_of(prio)
+  if prio == '0' or prio == '1' or prio == '2' or prio == '3' then return P .. 'pending:' .. prio end
+  return P .. 'pending:3'
+end
 local function to_pending(key, id)
+  redis.call('ZREM', P .. 'leased', id)
+  if redis.call('TYPE', key).ok ~= 'hash' then return end  -- lease() names it
   local prio, due, pm = unpack(redis.call('HMGET', key, 'priority', 'due', 'pm'))
   redis.call('HSET', key, 'state', 'pending')
   redis.call('HDEL', key, 'owner', 'until')
-  redis.call('ZREM', P .. 'leased', id)
-  redis.call('ZADD', P .. 'pending:' .. prio, due, pm)
+  -- a due that is not a number: due now, and lease() dead-letters the record naming it
+  redis.call('ZADD', queue_of(prio), tonumber(due) or 0, pm or (string.rep('0', 12) .. id))
 end
 """
 
@@ -119,7 +138,8 @@ LEASE = (
 local owner, limit, now, untl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'leased', '-inf', now)) do
   local key = P .. 'm:' .. id
-  local holder = redis.call('HGET', key, 'owner') or '?'
+  local holder = '?'
+  if redis.call('TYPE', key).ok == 'hash' then holder = redis.call('HGET', key, 'owner') or '?' end
   to_pending(key, id)
   history(id, now, 'lease_expired', false, 'the lease of ' .. holder .. ' expired')
 end
@@ -132,11 +152,15 @@ for level = 0, 3 do
     local id = string.sub(pm, 13)
     local key = P .. 'm:' .. id
     redis.call('ZREM', queue, pm)
-    redis.call('ZADD', P .. 'leased', untl, id)
-    redis.call('HSET', key, 'state', 'leased', 'owner', owner, 'until', untl)
-    out[#out + 1] = redis.call('HMGET', key, 'priority', 'due', 'expires', 'tries', 'enq',
-      'to', 'body', 'sender', 'cat', 'tags', 'meta')
-    table.insert(out[#out], 1, id)
+    if redis.call('TYPE', key).ok ~= 'hash' then
+      out[#out + 1] = {id}  -- no record to send (gone, or not smsroute's): lease() names it
+    else
+      redis.call('ZADD', P .. 'leased', untl, id)
+      redis.call('HSET', key, 'state', 'leased', 'owner', owner, 'until', untl)
+      out[#out + 1] = redis.call('HMGET', key, 'priority', 'due', 'expires', 'tries', 'enq',
+        'to', 'body', 'sender', 'cat', 'tags', 'meta')
+      table.insert(out[#out], 1, id)
+    end
   end
 end
 return out
@@ -150,7 +174,10 @@ RENEW = (
 local held = 0
 for i = 3, #ARGV do
   local key = P .. 'm:' .. ARGV[i]
-  local state, owner = unpack(redis.call('HMGET', key, 'state', 'owner'))
+  local state, owner = nil, nil
+  if redis.call('TYPE', key).ok == 'hash' then
+    state, owner = unpack(redis.call('HMGET', key, 'state', 'owner'))
+  end
   if state == 'leased' and owner == ARGV[1] then
     redis.call('HSET', key, 'until', ARGV[2])
     redis.call('ZADD', P .. 'leased', ARGV[2], ARGV[i])
@@ -174,7 +201,10 @@ end
 local released = 0
 for _, id in ipairs(ids) do
   local key = P .. 'm:' .. id
-  local state, owner = unpack(redis.call('HMGET', key, 'state', 'owner'))
+  local state, owner = nil, nil
+  if redis.call('TYPE', key).ok == 'hash' then
+    state, owner = unpack(redis.call('HMGET', key, 'state', 'owner'))
+  end
   if state == 'leased' and owner == ARGV[1] then
     to_pending(key, id)
     released = released + 1
@@ -195,7 +225,7 @@ local state, status, prio, pm = unpack(redis.call('HMGET', key, 'state', 'status
 if not state then return 0 end
 local applied, tries, detail = 0, 0, false
 if state == 'pending' or state == 'leased' then
-  redis.call('ZREM', P .. 'pending:' .. prio, pm)
+  if pm then redis.call('ZREM', queue_of(prio), pm) end
   redis.call('ZREM', P .. 'leased', id)
   tries = redis.call('HINCRBY', key, 'tries', 1)
   if status == 'pending' or status == 'retrying' then status = 'accepted' end
@@ -236,7 +266,8 @@ if state == 'leased' and holder == owner then
   redis.call('HDEL', key, 'owner', 'until')
   redis.call('ZREM', P .. 'leased', id)
   if target == 'pending' then
-    redis.call('ZADD', P .. 'pending:' .. prio, redis.call('HGET', key, 'due'), pm)
+    redis.call('ZADD', queue_of(prio), tonumber(redis.call('HGET', key, 'due')) or 0,
+      pm or (string.rep('0', 12) .. id))
   else
     redis.call('ZADD', P .. 'dead', now, id)
   end
@@ -261,11 +292,11 @@ local state, ttl, prio, pm = unpack(redis.call('HMGET', key, 'state', 'ttl', 'pr
 if state ~= 'dead' then return 0 end
 redis.call('HSET', key, 'state', 'pending', 'status', 'pending', 'due', now, 'tries', 0, 'upd', now)
 redis.call('HDEL', key, 'reason')
-if ttl then
+if tonumber(ttl) then
   redis.call('HSET', key, 'expires', string.format('%.6f', tonumber(now) + tonumber(ttl)))
 end
 redis.call('ZREM', P .. 'dead', id)
-redis.call('ZADD', P .. 'pending:' .. prio, now, pm)
+redis.call('ZADD', queue_of(prio), now, pm or (string.rep('0', 12) .. id))
 history(id, now, 'requeued', false, false)
 return 1
 """
@@ -327,6 +358,23 @@ return #ids
 )
 
 
+#: ARGV: id, reason, now.  A leased record that cannot be read: a dead letter, for a person.
+DAMAGED = (
+    _COMMON
+    + """
+local id, reason, now = ARGV[1], ARGV[2], ARGV[3]
+local key = P .. 'm:' .. id
+redis.call('ZREM', P .. 'leased', id)
+if redis.call('TYPE', key).ok ~= 'hash' then return 0 end
+redis.call('HSET', key, 'state', 'dead', 'status', 'dead', 'reason', reason, 'upd', now)
+redis.call('HDEL', key, 'owner', 'until')
+redis.call('ZADD', P .. 'dead', now, id)
+history(id, now, 'dead', false, reason)
+return 1
+"""
+)
+
+
 def _text(value: float | int | str | None) -> str:
     if value is None:
         return ""
@@ -342,21 +390,13 @@ def _attempt_rows(attempts: Sequence[Attempt]) -> list[str]:
     return [_json(list(attempt_fields(a))) for a in attempts]
 
 
-def _message(
-    to: str, body: str, sender: str | None, category: str, tags: str | None, meta: str | None
-) -> Message:
-    return Message(
-        to=to,
-        text=body,
-        sender=sender,
-        category=category,
-        tags=tuple(json.loads(tags)) if tags else (),
-        metadata=json.loads(meta) if meta else {},
-    )
-
-
-def _optional_float(value: str | None) -> float | None:
-    return float(value) if value else None
+def _json_list(raw: object) -> list[Any] | None:
+    """A JSON list stored in a history or attempts list; None when it is not one."""
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else None
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, list) else None
 
 
 class RedisOutbox:
@@ -371,7 +411,13 @@ class RedisOutbox:
         self.url = redact(url)
         self.prefix = f"{key_prefix}outbox:"
         self._client: aioredis.Redis = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout
+            url,
+            decode_responses=True,
+            # bytes another program left that are not UTF-8: kept, so a record is named
+            # damaged instead of every read failing (and written back unchanged)
+            encoding_errors="surrogateescape",
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
         )
         register = self._client.register_script
         self._enqueue = register(ENQUEUE)
@@ -384,6 +430,7 @@ class RedisOutbox:
         self._receipt = register(RECEIPT)
         self._accepted = register(ACCEPTED)
         self._purge = register(PURGE)
+        self._damaged = register(DAMAGED)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -399,6 +446,15 @@ class RedisOutbox:
         self._check()
         try:
             yield
+        except ResponseError as exc:  # Redis answered: the data under the prefix is not ours
+            what = "a key of the wrong type" if "WRONGTYPE" in str(exc) else "a value"
+            raise OutboxUnavailable(
+                f"the outbox in Redis at {self.url} answered with an error about its data: "
+                f"{what} under '{self.prefix}' that smsroute did not write (another program, "
+                "a manual write, or another smsroute version under the same key_prefix); find "
+                f"it with redis-cli --scan --pattern '{self.prefix}*' and TYPE, and delete it, "
+                "or give this config a key_prefix of its own"
+            ) from None
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise OutboxUnavailable(
                 f"the outbox in Redis at {self.url} cannot be reached ({type(exc).__name__}: "
@@ -446,18 +502,34 @@ class RedisOutbox:
 
     async def lease(self, owner: str, limit: int, now: float, until: float) -> list[QueuedMessage]:
         rows = await self._run(self._lease, [owner, limit, _text(now), _text(until)])
-        return [
-            QueuedMessage(
-                message_id=row[0],
-                message=_message(*row[6:12]),
-                priority=int(row[1]),
-                due=float(row[2]),
-                expires=_optional_float(row[3]),
-                tries=int(row[4]),
-                enqueued_at=float(row[5]),
-            )
-            for row in rows
-        ]
+        leased: list[QueuedMessage] = []
+        for row in rows:
+            mid = records.text(row[0]) or "?"
+            if len(row) == 1:
+                log.error(
+                    "outbox: message %s was in the queue of the outbox in Redis at %s, but its "
+                    "record %sm:%s is gone or not a hash: nothing to send. It left the queue; "
+                    "look at the key (TYPE) and enqueue the message anew if it is still needed.",
+                    mid,
+                    self.url,
+                    self.prefix,
+                    mid,
+                )
+                continue
+            try:
+                leased.append(records.queued(*row))
+            except RecordDamaged as exc:
+                await self._run(self._damaged, [row[0], exc.reason(), _text(now)])
+                log.error(
+                    "outbox: message %s in Redis at %s cannot be sent: %s. It is a dead letter "
+                    "now: %s (router.requeue(%r)).",
+                    mid,
+                    self.url,
+                    exc,
+                    records.TODO,
+                    mid,
+                )
+        return leased
 
     async def renew(self, owner: str, message_ids: Collection[str], until: float) -> int:
         if not message_ids:
@@ -561,20 +633,25 @@ class RedisOutbox:
                     f"{p}m:{message_id}", ["status", "provider", "pmid", "err", "upd", "enq"]
                 )
                 pipe.lrange(f"{p}h:{message_id}", 0, -1)
-                (status, provider, pmid, err, upd, enq), history = await pipe.execute()
-        if status is None:
+                row, history = await pipe.execute(raise_on_error=False)
+        if isinstance(row, Exception) or row[0] is None:  # a key not smsroute's: not a record
             return None
-        entries = [json.loads(h) for h in history]
+        status, provider, pmid, err, upd, enq = row
+        entries = [] if isinstance(history, Exception) else [_json_list(h) for h in history]
         return MessageState(
             message_id=message_id,
-            status=status,
-            provider=provider,
-            provider_message_id=pmid,
-            error_code=err,
-            updated_at=utc(float(upd)),
+            status=records.text(status) or "unknown",
+            provider=records.text(provider),
+            provider_message_id=records.text(pmid),
+            error_code=records.text(err),
+            updated_at=records.moment(upd),
             history=(
-                ("pending", None, utc(float(enq))),
-                *((s, prov, utc(at)) for at, s, prov, _ in entries),
+                ("pending", None, records.moment(enq)),
+                *(
+                    (records.text(e[1]) or "unknown", records.text(e[2]), records.moment(e[0]))
+                    for e in entries
+                    if e is not None and len(e) == 4
+                ),
             ),
         )
 
@@ -589,26 +666,28 @@ class RedisOutbox:
                 for message_id in ids:
                     pipe.hmget(f"{p}m:{message_id}", [*fields, "tags", "meta"])
                     pipe.lrange(f"{p}a:{message_id}", 0, -1)
-                replies = await pipe.execute()
+                replies = await pipe.execute(raise_on_error=False)
         out: list[DeadLetter] = []
         for i, message_id in enumerate(ids):
             row, rows = replies[2 * i], replies[2 * i + 1]
-            if row[0] is None and row[5] is None:
-                continue  # purged or requeued between the two reads
-            attempts = tuple(
-                Attempt(a[1], Outcome(a[2]), a[3], a[4], a[5], a[6], a[7], a[8])
-                for a in (json.loads(r) for r in rows)
-            )
+            if isinstance(row, Exception) or (row[0] is None and row[5] is None):
+                continue  # purged or requeued between the two reads, or not smsroute's
+            attempts = []
+            for raw in [] if isinstance(rows, Exception) else rows:
+                fields_of = _json_list(raw)
+                read = records.attempt(fields_of[1:]) if fields_of else None
+                if read is not None:  # one another program garbled is left out
+                    attempts.append(read)
             out.append(
                 DeadLetter(
                     message_id=message_id,
-                    message=_message(row[5], row[6], row[7], row[8], row[9], row[10]),
-                    reason=row[0] or "",
-                    tries=int(row[1] or 0),
-                    attempts=attempts,
-                    outcome=Outcome(row[2]) if row[2] else None,
-                    enqueued_at=utc(float(row[3])),
-                    dead_at=utc(float(row[4])),
+                    message=records.readable_message(*row[5:11]),
+                    reason=records.text(row[0]) or "",
+                    tries=records.whole(row[1] or 0),
+                    attempts=tuple(attempts),
+                    outcome=records.outcome(row[2]),
+                    enqueued_at=records.moment(row[3]),
+                    dead_at=records.moment(row[4]),
                 )
             )
         return out

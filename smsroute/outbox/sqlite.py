@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import queue
 import sqlite3
@@ -42,7 +43,9 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from smsroute.errors import OutboxUnavailable
-from smsroute.message import Attempt, DeliveryReport, Message, MessageState, Outcome, SendResult
+from smsroute.message import Attempt, DeliveryReport, MessageState, SendResult
+from smsroute.outbox import records
+from smsroute.outbox.records import RecordDamaged
 from smsroute.outbox.store import (
     PRIORITY_LEVELS,
     DeadLetter,
@@ -50,7 +53,6 @@ from smsroute.outbox.store import (
     QueuedMessage,
     State,
     attempt_fields,
-    utc,
 )
 from smsroute.status import RANK
 
@@ -61,6 +63,8 @@ Synchronous = Literal["normal", "full"]
 
 #: Operations committed in one transaction at most.
 MAX_BATCH = 512
+#: Seconds between two looks for unsent rows no lease would take (damaged ones).
+SWEEP_EVERY = 600.0
 #: Host parameters per statement at most (SQLite allows 32766; stay well below).
 CHUNK = 500
 
@@ -163,29 +167,9 @@ def _row(item: NewMessage) -> tuple[Any, ...]:
     )
 
 
-def _message(
-    to: str, body: str, sender: str | None, category: str, tags: Any, meta: Any
-) -> Message:
-    return Message(
-        to=to,
-        text=body,
-        sender=sender,
-        category=category,
-        tags=tuple(json.loads(tags)) if tags else (),
-        metadata=json.loads(meta) if meta else {},
-    )
-
-
 def _queued(row: Sequence[Any]) -> QueuedMessage:
-    return QueuedMessage(
-        message_id=row[1],
-        message=_message(*row[7:13]),
-        priority=row[2],
-        due=row[3],
-        expires=row[4],
-        tries=row[5],
-        enqueued_at=row[6],
-    )
+    """A leased row (``_QUEUED``'s columns), checked: raises :class:`RecordDamaged`."""
+    return records.queued(row[1], *row[2:7], *row[7:13])
 
 
 #: SQLite's primary result codes met here (``sqlite3.Error.sqlite_errorcode & 0xFF``).
@@ -336,6 +320,7 @@ class _Connection:
             conn = sqlite3.connect(
                 self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=True
             )
+            conn.text_factory = records.decode  # text not UTF-8: its record is named, not read
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
             conn.executescript(SCHEMA)
@@ -449,6 +434,8 @@ class SQLiteOutbox:
     ) -> None:
         self.path = os.fspath(path)
         self._db = _Connection(self.path, synchronous, busy_timeout)
+        #: When ``lease`` next looks for rows no lease would take (store time).
+        self._next_sweep = -math.inf
 
     def __repr__(self) -> str:
         return f"SQLiteOutbox({self.path!r})"
@@ -499,7 +486,9 @@ class SQLiteOutbox:
     # -- leases ------------------------------------------------------------------------
 
     async def lease(self, owner: str, limit: int, now: float, until: float) -> list[QueuedMessage]:
-        def run(conn: sqlite3.Connection) -> list[QueuedMessage]:
+        sweep = now >= self._next_sweep
+
+        def run(conn: sqlite3.Connection) -> tuple[list[QueuedMessage], list[tuple[str, str]]]:
             expired = conn.execute(
                 "UPDATE messages SET state = 'pending', lease_owner = NULL, lease_until = NULL"
                 " WHERE state = 'leased' AND lease_until <= ? RETURNING id, lease_owner",
@@ -513,25 +502,79 @@ class SQLiteOutbox:
                         for mid, holder in expired
                     ],
                 )
-            rows: list[Any] = []
+            damaged = self._sweep(conn) if sweep else []
+            leased: list[QueuedMessage] = []
+            seqs: list[int] = []
             for level in PRIORITY_LEVELS:
-                rows += conn.execute(
+                for row in conn.execute(
                     f"{_QUEUED} WHERE state = 'pending' AND priority = ? AND due <= ?"
                     " ORDER BY due, seq LIMIT ?",
-                    (level, now, limit - len(rows)),
-                ).fetchall()
-                if len(rows) >= limit:
+                    (level, now, limit - len(leased)),
+                ).fetchall():
+                    try:
+                        leased.append(_queued(row))
+                    except RecordDamaged as exc:
+                        damaged.append((row[0], row[1], exc.reason()))
+                    else:
+                        seqs.append(row[0])
+                if len(leased) >= limit:
                     break
-            if rows:
-                seqs = [r[0] for r in rows]
+            for chunk in _chunks(seqs):
                 conn.execute(
                     "UPDATE messages SET state = 'leased', lease_owner = ?, lease_until = ?"
-                    f" WHERE seq IN ({_marks(len(seqs))})",
-                    (owner, until, *seqs),
+                    f" WHERE seq IN ({_marks(len(chunk))})",
+                    (owner, until, *chunk),
                 )
-            return [_queued(r) for r in rows]
+            for seq, _, reason in damaged:  # out of the queue, for a person to look at
+                conn.execute(
+                    "UPDATE messages SET state = 'dead', status = 'dead', reason = ?,"
+                    " lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE seq = ?",
+                    (reason, now, seq),
+                )
+                conn.execute(  # the id as stored: it may not be UTF-8
+                    "INSERT INTO history (message_id, at, status, provider, detail)"
+                    " SELECT id, ?, 'dead', NULL, ? FROM messages WHERE seq = ?",
+                    (now, reason, seq),
+                )
+            return leased, [(records.text(mid) or "?", reason) for _, mid, reason in damaged]
 
-        return await self._db.call(run)
+        leased, damaged = await self._db.call(run)
+        if sweep:
+            self._next_sweep = now + SWEEP_EVERY
+        for mid, reason in damaged:
+            log.error(
+                "outbox: message %s in %s cannot be sent: %s. It is a dead letter now: "
+                "%s (router.requeue(%r)).",
+                mid,
+                self.path,
+                reason.removeprefix("the outbox record is damaged: "),
+                records.TODO,
+                mid,
+            )
+        return leased
+
+    @staticmethod
+    def _sweep(conn: sqlite3.Connection) -> list[tuple[int, Any, str]]:
+        """Unsent rows no lease would ever take (a state, priority or time smsroute does
+        not write): (seq, id, the dead letter's reason) of each."""
+        found: list[tuple[int, Any, str]] = []
+        for seq, mid, state, prio_ok, due_ok in conn.execute(
+            "SELECT seq, id, state, priority IN (0, 1, 2, 3), typeof(due) IN ('integer', 'real')"
+            " FROM messages WHERE state NOT IN ('sent', 'dead') AND NOT ("
+            " state IN ('pending', 'leased') AND priority IN (0, 1, 2, 3)"
+            " AND typeof(due) IN ('integer', 'real')"
+            " AND (state = 'pending' OR typeof(lease_until) IN ('integer', 'real')))"
+        ):
+            if state not in ("pending", "leased"):
+                damage = RecordDamaged("state", "is not one the outbox knows")
+            elif not prio_ok:
+                damage = RecordDamaged("priority", "is out of range")
+            elif not due_ok:
+                damage = RecordDamaged("due", "is not a number")
+            else:
+                damage = RecordDamaged("lease_until", "is not a number")
+            found.append((seq, mid, damage.reason()))
+        return found
 
     async def renew(self, owner: str, message_ids: Collection[str], until: float) -> int:
         ids = list(message_ids)
@@ -648,7 +691,7 @@ class SQLiteOutbox:
     @staticmethod
     def _tries(conn: sqlite3.Connection, message_id: str) -> int:
         row = conn.execute("SELECT tries FROM messages WHERE id = ?", (message_id,)).fetchone()
-        return int(row[0]) if row is not None else 0
+        return records.whole(row[0]) if row is not None else 0
 
     @staticmethod
     def _attempts(
@@ -730,7 +773,7 @@ class SQLiteOutbox:
             row = conn.execute(
                 "SELECT to_number FROM messages WHERE id = ?", (message_id,)
             ).fetchone()
-            return None if row is None else str(row[0])
+            return None if row is None else records.text(row[0])
 
         return await self._db.call(run)
 
@@ -749,14 +792,17 @@ class SQLiteOutbox:
             ).fetchall()
             return MessageState(
                 message_id=message_id,
-                status=row[0],
-                provider=row[1],
-                provider_message_id=row[2],
-                error_code=row[3],
-                updated_at=utc(row[4]),
+                status=records.text(row[0]) or "unknown",
+                provider=records.text(row[1]),
+                provider_message_id=records.text(row[2]),
+                error_code=records.text(row[3]),
+                updated_at=records.moment(row[4]),
                 history=(
-                    ("pending", None, utc(row[5])),
-                    *((s, p, utc(at)) for s, p, at in history),
+                    ("pending", None, records.moment(row[5])),
+                    *(
+                        (records.text(s) or "unknown", records.text(p), records.moment(at))
+                        for s, p, at in history
+                    ),
                 ),
             )
 
@@ -766,32 +812,32 @@ class SQLiteOutbox:
         def run(conn: sqlite3.Connection) -> list[DeadLetter]:
             rows = conn.execute(
                 "SELECT id, reason, tries, outcome, enqueued_at, updated_at,"
-                " to_number, body, sender, category, tags, metadata FROM messages"
+                " to_number, body, sender, category, tags, metadata, seq FROM messages"
                 " WHERE state = 'dead' ORDER BY updated_at DESC, seq DESC LIMIT ?",
                 (limit,),
             ).fetchall()
             attempts: dict[str, list[Attempt]] = {}
-            ids = [r[0] for r in rows]
-            for chunk in _chunks(ids):
+            seqs = [r[12] for r in rows]  # not the ids: one another program wrote may not be UTF-8
+            for chunk in _chunks(seqs):
                 for mid, *a in conn.execute(
                     "SELECT message_id, provider, outcome, latency, status_code, error_code,"
-                    " detail, provider_message_id, retry_after FROM attempts"
-                    f" WHERE message_id IN ({_marks(len(chunk))}) ORDER BY rowid",
+                    " detail, provider_message_id, retry_after FROM attempts WHERE message_id IN"
+                    f" (SELECT id FROM messages WHERE seq IN ({_marks(len(chunk))})) ORDER BY rowid",
                     chunk,
                 ):
-                    attempts.setdefault(mid, []).append(
-                        Attempt(a[0], Outcome(a[1]), a[2], a[3], a[4], a[5], a[6], a[7])
-                    )
+                    read = records.attempt(a)
+                    if read is not None:  # one another program garbled is left out
+                        attempts.setdefault(mid, []).append(read)
             return [
                 DeadLetter(
-                    message_id=r[0],
-                    message=_message(*r[6:12]),
-                    reason=r[1] or "",
-                    tries=r[2],
+                    message_id=records.text(r[0]) or "?",
+                    message=records.readable_message(*r[6:12]),
+                    reason=records.text(r[1]) or "",
+                    tries=records.whole(r[2]),
                     attempts=tuple(attempts.get(r[0], ())),
-                    outcome=Outcome(r[3]) if r[3] else None,
-                    enqueued_at=utc(r[4]),
-                    dead_at=utc(r[5]),
+                    outcome=records.outcome(r[3]),
+                    enqueued_at=records.moment(r[4]),
+                    dead_at=records.moment(r[5]),
                 )
                 for r in rows
             ]
@@ -802,12 +848,13 @@ class SQLiteOutbox:
         def run(conn: sqlite3.Connection) -> float | None:
             dues = [
                 conn.execute(
-                    "SELECT min(due) FROM messages WHERE state = 'pending' AND priority = ?",
+                    "SELECT min(due) FROM messages WHERE state = 'pending' AND priority = ?"
+                    " AND typeof(due) IN ('integer', 'real')",
                     (level,),
                 ).fetchone()[0]
                 for level in PRIORITY_LEVELS
             ]
-            known = [d for d in dues if d is not None]
+            known = [float(d) for d in dues if d is not None]
             return min(known) if known else None
 
         return await self._db.call(run)
