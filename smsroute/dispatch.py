@@ -32,7 +32,7 @@ from smsroute.clock import Clock, wall_clock
 from smsroute.config import Config, ProviderConfig, Rule
 from smsroute.configload import load_config
 from smsroute.errors import ConfigError
-from smsroute.guardcounts import GuardCounts, Lane, SharedGuardCounts
+from smsroute.guardcounts import GuardAnswer, GuardCounts, Lane, SharedGuardCounts
 from smsroute.guards import PASSED, Guards, Refusal
 from smsroute.instrument.events import (
     AttemptFinished,
@@ -143,6 +143,9 @@ class Dispatcher:
         #: Where providers with their own connections (SMPP) hand receipts and inbound.
         self._sink: ProviderSink | None = None
         self._providers_started: Runtime | None = None
+        #: Starting the providers of ``_providers_started`` (shielded: a send cancelled
+        #: while it waits for it leaves it running, for the next send to wait on).
+        self._providers_starting: asyncio.Future[None] | None = None
         #: Runtimes swapped out whose adapters are still to close, and the tasks closing them.
         self._retiring: list[Runtime] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -308,11 +311,17 @@ class Dispatcher:
 
     async def _start_providers(self) -> None:
         """Call every provider's ``start`` once per runtime (an SMPP provider binds); a
-        provider that raises is logged and never keeps the others from starting."""
+        provider that raises is logged and never keeps the others from starting.  A
+        caller cancelled meanwhile leaves the start running (the next call waits for it)."""
         rt = self._runtime
-        if self._providers_started is rt:
-            return
-        self._providers_started = rt
+        starting = self._providers_starting
+        if self._providers_started is not rt or starting is None:
+            self._providers_started = rt
+            starting = self._providers_starting = asyncio.ensure_future(self._start_all(rt))
+        if not starting.done():
+            await asyncio.shield(starting)
+
+    async def _start_all(self, rt: Runtime) -> None:
         providers = list(rt.providers.values())
         results = await asyncio.gather(
             *(p.start(self._sink) for p in providers), return_exceptions=True
@@ -348,6 +357,10 @@ class Dispatcher:
             self._state_ready = False
             await self._state.aclose()
         self._providers_started = None
+        starting, self._providers_starting = self._providers_starting, None
+        if starting is not None and not starting.done():  # closing before it ended
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
         for task in list(self._background):  # retiring runtimes close now
             task.cancel()
         if self._background:
@@ -494,10 +507,16 @@ class Dispatcher:
             is not PASSED
         ):  # refused, a provider at its budget cap, or counted in Redis
             if isinstance(checked, Lane):  # counted in Redis: the check waits for its batch
-                answer = await guards.ask(
+                asked = guards.ask(
                     cast(SharedGuardCounts, counts), checked, message, p.destination.e164,
                     rule, message_id, checked_at,
                 )  # fmt: skip
+                try:
+                    answer = await asked
+                except BaseException:  # cancelled as its answer came: the count goes back
+                    if _passed(asked):
+                        self._uncount(guards, counts, message, p, message_id, checked_at)
+                    raise
                 checked = guards.answered(counts, message, country, rule, answer, emit)
             if checked is not PASSED:
                 planned = self._guarded(guards, rt, p, message, message_id, emit, t0, checked)
@@ -1003,6 +1022,19 @@ class Dispatcher:
             )
         if self._hooks:
             self.emit(BreakerTransition(provider, country, before.value, after.value))
+
+
+def _passed(asked: Awaitable[GuardAnswer]) -> bool:
+    """Whether ``asked`` (a guards' check in Redis) was answered, and let the message
+    pass: counted there (a check still waiting was cancelled with its send: the batch
+    gives its count back)."""
+    return (
+        isinstance(asked, asyncio.Future)
+        and asked.done()
+        and not asked.cancelled()
+        and asked.exception() is None
+        and asked.result().refused is None
+    )
 
 
 async def _close_providers(rt: Runtime, keep: Iterable[Provider] = ()) -> None:

@@ -164,8 +164,19 @@ class RedisGuardCounts:
             return self.local.evaluate(query, True)
         future: asyncio.Future[GuardAnswer] = asyncio.get_running_loop().create_future()
         spec = self._query_spec(query)
-        self._enqueue(spec, self._line(spec, "", query.member), query.now, future, None)
-        return await future
+        text = self._line(spec, "", query.member)
+        self._enqueue(spec, text, query.now, future, None)
+        try:
+            return await future
+        except BaseException:  # cancelled as its answer came (a waiting check's cancel
+            if (  # is seen by the batch, which gives its count back)
+                future.done()
+                and not future.cancelled()
+                and future.exception() is None
+                and future.result().refused is None
+            ):
+                self._give_back_line(spec, text, query.now, None)
+            raise
 
     def give_back(self, lane: Lane, e164: str, member: str, now: float) -> None:
         """:meth:`GuardCounts.give_back`, with the next batch (in this process's counts
@@ -174,11 +185,15 @@ class RedisGuardCounts:
             self.local.give_back(lane, e164, member, now)
             return
         spec = self._spec_of(lane, now)
+        self._give_back_line(spec, self._line(spec, e164, member), now, e164)
+
+    def _give_back_line(self, spec: Spec, text: str, now: float, number: str | None) -> None:
+        """Take a counted message (its ``spec`` and line) out of the logs with the next batch."""
         back = self._back
         back.specs.append(spec)
-        back.texts.append(self._line(spec, e164, member))
+        back.texts.append(text)
         back.times.append(now)
-        back.numbers.append(e164)
+        back.numbers.append(number)
         self._start()
 
     def record(self, lane: Lane, e164: str, member: str, now: float, passed: bool) -> None:
