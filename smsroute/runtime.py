@@ -119,11 +119,16 @@ class Runtime:
         if self.transliterating:
             return self._prepare_transliterating(message)
         info = analyze(text)
+        if info.encoding != "GSM-7":  # (GSM-7 text is none of what this looks for)
+            _carriable(text, "message text")
         limit = config.defaults.max_segments
         if info.segments > limit:
             raise self._too_long(info, limit)
+        sender = message.sender
+        if sender is not None and not sender.isascii():
+            _carriable(sender, "sender")
         destination = self.normalize(message.to)
-        rule = self.index.find(destination, message.category, message.sender, message.tags)
+        rule = self.index.find(destination, message.category, sender, message.tags)
         if rule is None:  # a validated config always has a catch-all
             raise InvalidMessage(f"no rule matches this message in {config.source}")
         return Prepared(destination, info, rule, text)
@@ -144,6 +149,9 @@ class Runtime:
         if rule is None:  # a validated config always has a catch-all
             raise InvalidMessage(f"no rule matches this message in {config.source}")
         text = message.text
+        _carriable(text, "message text")
+        if message.sender is not None:
+            _carriable(message.sender, "sender")
         mode = rule.encoding or config.categories[message.category].encoding
         if mode == "transliterate" and message.category != "otp":
             text = transliterate(text)
@@ -160,3 +168,17 @@ class Runtime:
             return url
         # Providers that do not echo a reference get ours in the callback's query.
         return f"{url}{'&' if '?' in url else '?'}smsroute_id={message_id}"
+
+
+def _carriable(text: str, what: str) -> None:
+    """Raise :class:`InvalidMessage` when ``text`` holds a lone surrogate (a str may, when
+    it was decoded with ``surrogateescape`` or built from UTF-16 halves): no encoding,
+    and so no provider, can carry it.  Names the code point and where, not the text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidMessage(
+            f"{what} holds a lone surrogate (U+{ord(text[exc.start]):04X}, character "
+            f"{exc.start + 1}), which no provider can carry: decode the text with its real "
+            "encoding (or errors='replace')"
+        ) from None

@@ -47,6 +47,7 @@ from smsroute.outbox.store import (
     QueuedMessage,
     State,
     attempt_fields,
+    encode_json,
 )
 from smsroute.redact import redact
 from smsroute.status import RANK
@@ -381,13 +382,9 @@ def _text(value: float | int | str | None) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def _json(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 def _attempt_rows(attempts: Sequence[Attempt]) -> list[str]:
     """Attempts as JSON lists; the scripts put the try number in front."""
-    return [_json(list(attempt_fields(a))) for a in attempts]
+    return [encode_json(list(attempt_fields(a))) for a in attempts]
 
 
 def _json_list(raw: object) -> list[Any] | None:
@@ -493,8 +490,8 @@ class RedisOutbox:
                 m.text,
                 m.sender or "",
                 m.category,
-                _json(list(m.tags)) if m.tags else "",
-                _json(dict(m.metadata)) if m.metadata else "",
+                encode_json(list(m.tags)) if m.tags else "",
+                encode_json(dict(m.metadata)) if m.metadata else "",
             ]
         return [str(i) for i in await self._run(self._enqueue, args)] if items else []
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import os
@@ -53,6 +52,7 @@ from smsroute.outbox.store import (
     QueuedMessage,
     State,
     attempt_fields,
+    encode_json,
 )
 from smsroute.status import RANK
 
@@ -140,11 +140,6 @@ _ATTEMPT = (
     "INSERT INTO attempts (message_id, try, provider, outcome, latency, status_code,"
     " error_code, detail, provider_message_id, retry_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-
-
-def encode_json(value: object) -> str:
-    """Compact JSON, raising TypeError for what JSON cannot hold."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _row(item: NewMessage) -> tuple[Any, ...]:

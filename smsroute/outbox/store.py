@@ -49,6 +49,23 @@ PRIORITY_LEVELS = (0, 1, 2, 3)
 State = str  # "pending" | "leased" | "sent" | "dead"
 
 
+def encode_json(value: object) -> str:
+    """Compact JSON as the stores keep it, raising TypeError for what JSON cannot hold."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _storable(text: str, what: str) -> None:
+    """Raise :class:`InvalidMessage` when ``text`` cannot be stored as UTF-8 (it holds a
+    lone surrogate); the message names what and where, never the text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidMessage(
+            f"{what} holds a lone surrogate (U+{ord(text[exc.start]):04X}), which the "
+            "outbox cannot store: decode it with its real encoding (or errors='replace')"
+        ) from None
+
+
 def priority_of(category: str) -> int:
     """The lease priority of a category: otp 0, transactional 1, marketing 2, others 3."""
     return PRIORITIES.get(category, OTHER_PRIORITY)
@@ -99,7 +116,8 @@ def new_message(
     """A :class:`NewMessage` due at ``send_at`` (default: now), living ``ttl`` after that.
 
     Raises :class:`InvalidMessage` for what cannot be stored: a naive ``send_at``,
-    a ttl that is not positive, metadata JSON cannot hold.
+    a ttl that is not positive, metadata JSON cannot hold, a tag, metadata or
+    idempotency key that is not text a store can keep (a lone surrogate).
     """
     if send_at is None:
         due = now
@@ -122,16 +140,21 @@ def new_message(
             raise InvalidMessage(f"ttl must be positive, got {ttl!r}")
     if message.metadata:
         try:
-            json.dumps(dict(message.metadata))
-        except (TypeError, ValueError) as exc:
+            metadata = encode_json(dict(message.metadata))
+        except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidMessage(
                 f"message metadata cannot be queued: {exc} (use JSON types: str, "
                 "numbers, bools, lists, dicts)"
             ) from None
+        _storable(metadata, "message metadata")
+    if message.tags:
+        _storable(encode_json(list(message.tags)), "a message tag")
     if idempotency_key is not None and (
         not isinstance(idempotency_key, str) or not idempotency_key
     ):
         raise InvalidMessage("an idempotency key must be a non-empty string")
+    if idempotency_key is not None:
+        _storable(idempotency_key, "the idempotency key")
     return NewMessage(
         message_id=message_id,
         message=message,
