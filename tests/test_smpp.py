@@ -286,6 +286,48 @@ async def test_undelivered_receipt_carries_the_error(smsc: FakeSMSC) -> None:
     assert (state.status, state.error_code) == ("undelivered", "034")
 
 
+async def test_two_smscs_giving_the_same_id_each_move_only_their_own_message(
+    smsc: FakeSMSC,
+) -> None:
+    """SMSCs number their messages each on its own: two binds can answer the same
+    message_id (both fakes start at 5a000001).  A receipt on one bind moves only the
+    message sent through that bind: correlation is by provider and id, never by id."""
+    async with FakeSMSC() as other:
+        smsc.receipts("UNDELIV", err="034", delay=0.3)  # a's comes last
+        other.receipts("DELIVRD", delay=0.01)
+        blocks = []
+        for name, fake in (("a", smsc), ("b", other)):
+            options = {
+                "type": "smpp", "host": "127.0.0.1", "port": fake.port,
+                "system_id": fake.system_id, "password": fake.password, "from": "ACME",
+                "timeout": "1s", "enquire_link": "0.2s",
+            }  # fmt: skip
+            blocks.append(f"  {name}:\n" + "".join(f"    {k}: {v}\n" for k, v in options.items()))
+        config = parse_config(
+            "providers:\n" + "".join(blocks) + "rules:\n"
+            "  - name: otp\n    match: {category: otp}\n    providers: [a]\n"
+            "  - name: rest\n    providers: [b]\n"
+        )
+        async with Router(config, metrics=False) as router:
+            reports: list[DeliveryReport] = []
+            router.on_delivery_report(reports.append)
+            via_a = await router.send(message(category="otp"))
+            via_b = await router.send(message(category="transactional"))
+            assert (via_a.provider, via_b.provider) == ("a", "b")
+            assert via_a.provider_message_id == via_b.provider_message_id  # the same id
+            await until(lambda: len(reports) == 2)
+            state_a = await router.status(via_a.message_id)
+            state_b = await router.status(via_b.message_id)
+    assert state_a is not None
+    assert state_b is not None
+    assert (state_a.status, state_a.error_code) == ("undelivered", "034")
+    assert state_b.status == "delivered"
+    assert {(r.message_id, r.status) for r in reports} == {
+        (via_a.message_id, "undelivered"),
+        (via_b.message_id, "delivered"),
+    }
+
+
 # -- inbound ----------------------------------------------------------------------------------
 
 
