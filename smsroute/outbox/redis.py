@@ -25,9 +25,11 @@ Keys, under ``key_prefix`` + ``outbox:`` (``P``)::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -79,6 +81,31 @@ local function attempts(id, tries, first)
     redis.call('RPUSH', P .. 'a:' .. id, '[' .. tries .. ',' .. string.sub(ARGV[i], 2))
   end
 end
+-- A sorted set smsroute keeps (a queue, an index), or nil when another program left a key
+-- of another type there: the caller skips it, and the script returns its name (skipped)
+-- for the store to log.  Checked before the script writes anything: Redis does not undo
+-- what a script wrote before a command failed, so a failure must come first, or never.
+local skipped = {}
+local function zset(key)
+  local t = redis.call('TYPE', key).ok
+  if t == 'zset' or t == 'none' then return key end
+  skipped[#skipped + 1] = key
+  return nil
+end
+-- The error naming ``key`` when it is neither of type ``want`` nor missing; or nil.
+local function bad_key(key, want)
+  local t = redis.call('TYPE', key).ok
+  if t == want or t == 'none' then return nil end
+  return redis.error_reply('WRONGTYPE ' .. key .. ' is a ' .. t .. ', not a ' .. want)
+end
+-- The error naming the first queue that is not a sorted set; or nil.
+local function bad_queue()
+  for level = 0, 3 do
+    local bad = bad_key(P .. 'pending:' .. level, 'zset')
+    if bad then return bad end
+  end
+  return nil
+end
 -- The queue of a priority; a record another program garbled goes to the last one.
 local function queue_of(prio)
   if prio == '0' or prio == '1' or prio == '2' or prio == '3' then return P .. 'pending:' .. prio end
@@ -100,6 +127,9 @@ end
 ENQUEUE = (
     _COMMON
     + """
+-- every key the batch writes is checked first: a batch is stored whole, or not at all
+local bad = bad_queue() or bad_key(P .. 'idem', 'hash') or bad_key(P .. 'seq', 'string')
+if bad then return bad end
 local out = {}
 local i = 2
 for _ = 1, tonumber(ARGV[1]) do
@@ -137,12 +167,17 @@ LEASE = (
     _COMMON
     + """
 local owner, limit, now, untl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local bad = bad_queue()
+if bad then return bad end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'leased', '-inf', now)) do
   local key = P .. 'm:' .. id
-  local holder = '?'
-  if redis.call('TYPE', key).ok == 'hash' then holder = redis.call('HGET', key, 'owner') or '?' end
-  to_pending(key, id)
-  history(id, now, 'lease_expired', false, 'the lease of ' .. holder .. ' expired')
+  if redis.call('TYPE', key).ok == 'hash' then
+    local holder = redis.call('HGET', key, 'owner') or '?'
+    to_pending(key, id)
+    history(id, now, 'lease_expired', false, 'the lease of ' .. holder .. ' expired')
+  else
+    redis.call('ZREM', P .. 'leased', id)  -- nothing to send: no history of nothing either
+  end
 end
 local out = {}
 for level = 0, 3 do
@@ -193,6 +228,8 @@ return held
 RELEASE = (
     _COMMON
     + """
+local bad = bad_queue()
+if bad then return bad end
 local ids = {}
 if ARGV[2] == 'all' then
   ids = redis.call('ZRANGE', P .. 'leased', 0, -1)
@@ -215,26 +252,35 @@ return released
 """
 )
 
-#: ARGV: id, provider, provider message id, now, attempts (JSON each)...  Returns 1 if
-#: this ack made the message sent, 0 if it already was final (a duplicate send).
+#: ARGV: id, provider, provider message id, now, attempts (JSON each)...  Returns {1} if
+#: this ack made the message sent, {0} if it already was final (a duplicate send) or is
+#: gone, {-1, type} when its key is not a hash; then the keys skipped (not sorted sets).
 ACK = (
     _COMMON
     + """
 local id, now = ARGV[1], ARGV[4]
 local key = P .. 'm:' .. id
+local kind = redis.call('TYPE', key).ok
+if kind ~= 'hash' then  -- gone, or another program's: out of the leases, never sent again
+  local leased = zset(P .. 'leased')
+  if leased then redis.call('ZREM', leased, id) end
+  if kind == 'none' then return {0, unpack(skipped)} end
+  return {-1, kind, unpack(skipped)}
+end
 local state, status, prio, pm = unpack(redis.call('HMGET', key, 'state', 'status', 'priority', 'pm'))
-if not state then return 0 end
+if not state then return {0} end
 local applied, tries, detail = 0, 0, false
 if state == 'pending' or state == 'leased' then
-  if pm then redis.call('ZREM', queue_of(prio), pm) end
-  redis.call('ZREM', P .. 'leased', id)
+  local queue, leased, sent = zset(queue_of(prio)), zset(P .. 'leased'), zset(P .. 'sent')
+  if pm and queue then redis.call('ZREM', queue, pm) end
+  if leased then redis.call('ZREM', leased, id) end
   tries = redis.call('HINCRBY', key, 'tries', 1)
   if status == 'pending' or status == 'retrying' then status = 'accepted' end
   redis.call('HSET', key, 'state', 'sent', 'status', status, 'outcome', 'accepted', 'upd', now)
   redis.call('HDEL', key, 'reason', 'owner', 'until', 'provider', 'pmid')
   if ARGV[2] ~= '' then redis.call('HSET', key, 'provider', ARGV[2]) end
   if ARGV[3] ~= '' then redis.call('HSET', key, 'pmid', ARGV[3]) end
-  redis.call('ZADD', P .. 'sent', now, id)
+  if sent then redis.call('ZADD', sent, now, id) end
   applied = 1
 else
   tries = tonumber(redis.call('HGET', key, 'tries') or '0') + 1
@@ -242,22 +288,35 @@ else
 end
 history(id, now, 'accepted', ARGV[2], detail)
 attempts(id, tries, 5)
-return applied
+return {applied, unpack(skipped)}
 """
 )
 
 #: Retry or dead-letter.  ARGV: id, owner, "pending" or "dead", due (''), tried (0/1),
-#: reason, outcome (''), provider (''), now, attempts...  Returns 1 if the owner held it.
+#: reason, outcome (''), provider (''), now, attempts...  Returns {1} if the owner held
+#: it, {0} if not, {-1, type} when its key is not a hash; then the keys skipped.
 FINISH = (
     _COMMON
     + """
 local id, owner, target, due, tried = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local reason, outcome, provider, now = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local key = P .. 'm:' .. id
+local kind = redis.call('TYPE', key).ok
+if kind ~= 'hash' then
+  if kind == 'none' then return {0} end  -- gone: whoever removed it decided
+  local leased = zset(P .. 'leased')  -- another program's: out of the leases, never sent again
+  if leased then redis.call('ZREM', leased, id) end
+  return {-1, kind, unpack(skipped)}
+end
 local state, holder, prio, pm = unpack(redis.call('HMGET', key, 'state', 'owner', 'priority', 'pm'))
-if not state then return 0 end
+if not state then return {0} end
 local applied, tries = 0, 0
 if state == 'leased' and holder == owner then
+  -- a retry needs its queue (else the message would be in none): refused before any write
+  if target == 'pending' and not zset(queue_of(prio)) then
+    return redis.error_reply('WRONGTYPE ' .. queue_of(prio) .. ' is not a sorted set')
+  end
+  local leased, dead = zset(P .. 'leased'), zset(P .. 'dead')
   local status = 'dead'
   if target == 'pending' then status = 'retrying' end
   tries = redis.call('HINCRBY', key, 'tries', tried)
@@ -265,12 +324,12 @@ if state == 'leased' and holder == owner then
   if due ~= '' then redis.call('HSET', key, 'due', due) end
   if outcome ~= '' then redis.call('HSET', key, 'outcome', outcome) end
   redis.call('HDEL', key, 'owner', 'until')
-  redis.call('ZREM', P .. 'leased', id)
+  if leased then redis.call('ZREM', leased, id) end
   if target == 'pending' then
     redis.call('ZADD', queue_of(prio), tonumber(redis.call('HGET', key, 'due')) or 0,
       pm or (string.rep('0', 12) .. id))
-  else
-    redis.call('ZADD', P .. 'dead', now, id)
+  elseif dead then
+    redis.call('ZADD', dead, now, id)
   end
   history(id, now, status, provider, reason)
   applied = 1
@@ -279,39 +338,51 @@ else
   history(id, now, 'lease_lost', provider, reason)
 end
 attempts(id, tries, 10)
-return applied
+return {applied, unpack(skipped)}
 """
 )
 
-#: ARGV: id, now.  A dead letter back to pending, due now, tries and ttl reset.
+#: ARGV: id, now.  A dead letter back to pending, due now, tries and ttl reset.  Returns
+#: {1} when it was a dead letter, {0} if not, {-1, type} when its key is not a hash.
 REQUEUE = (
     _COMMON
     + """
 local id, now = ARGV[1], ARGV[2]
 local key = P .. 'm:' .. id
+local kind = redis.call('TYPE', key).ok
+if kind == 'none' then return {0} end
+if kind ~= 'hash' then return {-1, kind} end
 local state, ttl, prio, pm = unpack(redis.call('HMGET', key, 'state', 'ttl', 'priority', 'pm'))
-if state ~= 'dead' then return 0 end
+if state ~= 'dead' then return {0} end
+if not zset(queue_of(prio)) then  -- else it would be pending in no queue: refused, unchanged
+  return redis.error_reply('WRONGTYPE ' .. queue_of(prio) .. ' is not a sorted set')
+end
+local dead = redis.call('TYPE', P .. 'dead').ok == 'zset'
 redis.call('HSET', key, 'state', 'pending', 'status', 'pending', 'due', now, 'tries', 0, 'upd', now)
 redis.call('HDEL', key, 'reason')
 if tonumber(ttl) then
   redis.call('HSET', key, 'expires', string.format('%.6f', tonumber(now) + tonumber(ttl)))
 end
-redis.call('ZREM', P .. 'dead', id)
+if dead then redis.call('ZREM', P .. 'dead', id) end
 redis.call('ZADD', queue_of(prio), now, pm or (string.rep('0', 12) .. id))
 history(id, now, 'requeued', false, false)
-return 1
+return {1}
 """
 )
 
 #: ARGV: id, status, provider, provider message id, error code (''), now, at, then
-#: the rank table as status rank pairs.  Returns 1 when the message is known here.
+#: the rank table as status rank pairs.  Returns {1} when the message is known here, {0}
+#: if not, {-1, type} when its key is not a hash.
 RECEIPT = (
     _COMMON
     + """
 local id, status, now = ARGV[1], ARGV[2], ARGV[6]
 local key = P .. 'm:' .. id
+local kind = redis.call('TYPE', key).ok
+if kind == 'none' then return {0} end
+if kind ~= 'hash' then return {-1, kind} end
 local current = redis.call('HGET', key, 'status')
-if not current then return 0 end
+if not current then return {0} end
 local sender = redis.call('HGET', key, 'provider')
 local rank = {}
 for i = 8, #ARGV, 2 do rank[ARGV[i]] = tonumber(ARGV[i + 1]) end
@@ -321,22 +392,26 @@ if (not sender or sender == ARGV[3]) and (rank[status] or -1) > (rank[current] o
   if ARGV[5] ~= '' then redis.call('HSET', key, 'err', ARGV[5]) else redis.call('HDEL', key, 'err') end
 end
 history(id, ARGV[7], status, ARGV[3], ARGV[5])
-return 1
+return {1}
 """
 )
 
 #: ARGV: id, provider, provider message id, now.  A resend was accepted: the new attempt
-#: is current (status accepted), whatever the last one's state.  1 when known here.
+#: is current (status accepted), whatever the last one's state.  {1} when known here,
+#: {0} if not, {-1, type} when its key is not a hash.
 ACCEPTED = (
     _COMMON
     + """
 local id, now = ARGV[1], ARGV[4]
 local key = P .. 'm:' .. id
-if not redis.call('HGET', key, 'status') then return 0 end
+local kind = redis.call('TYPE', key).ok
+if kind == 'none' then return {0} end
+if kind ~= 'hash' then return {-1, kind} end
+if not redis.call('HGET', key, 'status') then return {0} end
 redis.call('HSET', key, 'status', 'accepted', 'provider', ARGV[2], 'pmid', ARGV[3], 'upd', now)
 redis.call('HDEL', key, 'err')
 history(id, now, 'accepted', ARGV[2], '')
-return 1
+return {1}
 """
 )
 
@@ -360,18 +435,20 @@ return #ids
 
 
 #: ARGV: id, reason, now.  A leased record that cannot be read: a dead letter, for a person.
+#: Returns {1} (or {0}: not a hash), then the keys skipped.
 DAMAGED = (
     _COMMON
     + """
 local id, reason, now = ARGV[1], ARGV[2], ARGV[3]
 local key = P .. 'm:' .. id
-redis.call('ZREM', P .. 'leased', id)
-if redis.call('TYPE', key).ok ~= 'hash' then return 0 end
+local leased, dead = zset(P .. 'leased'), zset(P .. 'dead')
+if leased then redis.call('ZREM', leased, id) end
+if redis.call('TYPE', key).ok ~= 'hash' then return {0, unpack(skipped)} end
 redis.call('HSET', key, 'state', 'dead', 'status', 'dead', 'reason', reason, 'upd', now)
 redis.call('HDEL', key, 'owner', 'until')
-redis.call('ZADD', P .. 'dead', now, id)
+if dead then redis.call('ZADD', dead, now, id) end
 history(id, now, 'dead', false, reason)
-return 1
+return {1, unpack(skipped)}
 """
 )
 
@@ -429,6 +506,8 @@ class RedisOutbox:
         self._purge = register(PURGE)
         self._damaged = register(DAMAGED)
         self._closed = False
+        #: Index keys found not to be sorted sets and logged at ERROR (then at DEBUG).
+        self._told: set[str] = set()
 
     def __repr__(self) -> str:
         return f"RedisOutbox({self.url!r}, key_prefix={self.prefix[: -len('outbox:')]!r})"
@@ -439,12 +518,24 @@ class RedisOutbox:
 
     @contextlib.contextmanager
     def _reaching(self) -> Iterator[None]:
-        """Redis not answering (refused, timed out, a wrong password) as one clear error."""
+        """Redis not answering (refused, timed out, a wrong password) as one clear error.
+
+        Also gives back a cancellation redis-py lost: on Python 3.11 its
+        ``asyncio.wait_for`` around a socket write returns instead of raising when the
+        cancellation arrives as the write completes (gh-86296, see :mod:`smsroute.aio`),
+        and the caller's ``task.cancel()`` or ``asyncio.timeout()`` would do nothing.
+        The call went through (a script is one transaction): it is raised after it.
+        """
         self._check()
+        task = asyncio.current_task()
+        cancelling = task.cancelling() if task is not None else 0
         try:
             yield
         except ResponseError as exc:  # Redis answered: the data under the prefix is not ours
             what = "a key of the wrong type" if "WRONGTYPE" in str(exc) else "a value"
+            named = re.search(re.escape(self.prefix) + r"\S+", str(exc))  # a script's own error
+            if named is not None:
+                what += f" ({named.group()})"
             raise OutboxUnavailable(
                 f"the outbox in Redis at {self.url} answered with an error about its data: "
                 f"{what} under '{self.prefix}' that smsroute did not write (another program, "
@@ -458,10 +549,72 @@ class RedisOutbox:
                 f"{exc}): start Redis there or fix state.url in the config; the next call "
                 "tries again"
             ) from None
+        if task is not None and task.cancelling() > cancelling:
+            raise asyncio.CancelledError
 
     async def _run(self, script: Any, args: Sequence[object]) -> Any:
         with self._reaching():
             return await script(keys=[self.prefix], args=list(args))
+
+    def _answer(self, reply: Any, message_id: str, what: str, then: str) -> bool:
+        """A script's ``{code, ...}``: True when it applied (1).  A record that is not a
+        hash (-1, its type) and the index keys the script skipped are logged at ERROR:
+        ``what`` happened to the message, and ``then`` what follows."""
+        code, *rest = reply
+        if code == -1:
+            kind, *rest = rest
+            key = f"{self.prefix}m:{message_id}"
+            log.error(
+                "outbox: message %s %s: its record %s in Redis at %s is a %s, not a hash "
+                "(another program, a manual write or another smsroute version wrote it); %s. "
+                "Look at the key (redis-cli TYPE '%s') and delete it.",
+                message_id,
+                what,
+                key,
+                self.url,
+                records.text(kind),
+                then,
+                key,
+            )
+        for key in dict.fromkeys(str(k) for k in rest):
+            self._skipped(key, message_id)
+        return bool(code == 1)
+
+    def _skipped(self, key: str, message_id: str) -> None:
+        """A script left ``key`` (an index or queue that is not a sorted set) alone: say so."""
+        name = key.removeprefix(self.prefix)
+        if name == "dead":  # each dead letter needs a person: every one is named
+            log.error(
+                "outbox: message %s is a dead letter, but %s in Redis at %s is not a sorted "
+                "set (another program, a manual write or another smsroute version wrote it): "
+                "router.dead_letters() cannot list it; requeue it by id "
+                "(router.requeue(%r)). Look at the key (redis-cli TYPE '%s') and delete it.",
+                message_id,
+                key,
+                self.url,
+                message_id,
+                key,
+            )
+            return
+        if key in self._told:
+            log.debug("outbox: %s in Redis at %s is still not a sorted set", key, self.url)
+            return
+        self._told.add(key)
+        then = (
+            "messages are marked sent without it, so the purge (outbox.retention) cannot "
+            "find them; those marked sent meanwhile stay until deleted by hand"
+            if name == "sent"
+            else "the outbox cannot use it (lease() says so) and went on without it"
+        )
+        log.error(
+            "outbox: %s in Redis at %s is not a sorted set (another program, a manual write or "
+            "another smsroute version wrote it): %s. Look at the key (redis-cli TYPE '%s') and "
+            "delete it.",
+            key,
+            self.url,
+            then,
+            key,
+        )
 
     async def close(self) -> None:
         if not self._closed:
@@ -516,7 +669,8 @@ class RedisOutbox:
             try:
                 leased.append(records.queued(*row))
             except RecordDamaged as exc:
-                await self._run(self._damaged, [row[0], exc.reason(), _text(now)])
+                reply = await self._run(self._damaged, [row[0], exc.reason(), _text(now)])
+                self._answer(reply, mid, "", "")
                 log.error(
                     "outbox: message %s in Redis at %s cannot be sent: %s. It is a dead letter "
                     "now: %s (router.requeue(%r)).",
@@ -546,7 +700,12 @@ class RedisOutbox:
         # A first provider's acceptance says all there is to say; keep attempts that failed.
         attempts = _attempt_rows(result.attempts) if len(result.attempts) > 1 else []
         args = [message_id, result.provider or "", result.provider_message_id or "", _text(now)]
-        return bool(await self._run(self._ack, [*args, *attempts]))
+        return self._answer(
+            await self._run(self._ack, [*args, *attempts]),
+            message_id,
+            "was accepted by a provider but cannot be marked sent",
+            "it left the leases, so it is not sent again",
+        )
 
     async def retry(
         self,
@@ -588,10 +747,21 @@ class RedisOutbox:
             _text(now),
             *(_attempt_rows(result.attempts) if result is not None else []),
         ]
-        return bool(await self._run(self._finish, args))
+        return self._answer(
+            await self._run(self._finish, args),
+            message_id,
+            "was not sent and the outcome cannot be recorded",
+            "it left the leases, and there is nothing to send; enqueue the message anew if "
+            "it is still needed",
+        )
 
     async def requeue(self, message_id: str, now: float) -> bool:
-        return bool(await self._run(self._requeue, [message_id, _text(now)]))
+        return self._answer(
+            await self._run(self._requeue, [message_id, _text(now)]),
+            message_id,
+            "cannot be requeued",
+            "nothing changed; enqueue the message anew if it is still needed",
+        )
 
     # -- receipts and status -----------------------------------------------------------
 
@@ -609,18 +779,35 @@ class RedisOutbox:
             _text(report.at.timestamp()),
             *ranks,
         ]
-        return bool(await self._run(self._receipt, args))
+        return self._answer(
+            await self._run(self._receipt, args),
+            report.message_id,
+            "has a delivery receipt that cannot be recorded",
+            "the receipt was not kept",
+        )
 
     async def record_accepted(
         self, message_id: str, provider: str, provider_message_id: str | None, now: float
     ) -> bool:
         args = [message_id, provider, provider_message_id or "", _text(now)]
-        return bool(await self._run(self._accepted, args))
+        return self._answer(
+            await self._run(self._accepted, args),
+            message_id,
+            "was resent, and the resend cannot be recorded",
+            "the resend was not kept",
+        )
 
     async def recipient(self, message_id: str) -> str | None:
+        key = f"{self.prefix}m:{message_id}"
         with self._reaching():
-            number = await self._client.hget(f"{self.prefix}m:{message_id}", "to")
-        return None if number is None else str(number)
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.type(key)
+                pipe.hget(key, "to")
+                kind, number = await pipe.execute(raise_on_error=False)
+        if isinstance(number, Exception):  # a key not smsroute's: not a record
+            self._answer([-1, kind], message_id, "has no recipient to read", "it is unknown")
+            return None
+        return records.text(number)
 
     async def status(self, message_id: str) -> MessageState | None:
         p = self.prefix

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from smsroute.clock import Clock
 from smsroute.config import Config, OutboxSettings, StateSettings
-from smsroute.errors import InvalidMessage, InvalidNumber
+from smsroute.errors import InvalidMessage, InvalidNumber, SmsrouteError
 from smsroute.message import DeliveryReport, Message, MessageState
 from smsroute.outbox.store import (
     TTL,
@@ -40,6 +40,16 @@ STORE_WAIT = 5.0
 
 #: Opens the store ``outbox`` settings describe (``smsroute.outbox.open_store``).
 StoreOpener = Callable[[OutboxSettings, StateSettings], OutboxStore]
+
+
+def _failed(doing: str, exc: Exception) -> None:
+    """A store call that must not raise failed: an expected, already worded error
+    (:class:`OutboxUnavailable`: the store names itself and what to do) as one line; anything
+    else, a bug, with its traceback."""
+    if isinstance(exc, SmsrouteError):
+        log.error("%s: %s", doing, exc)
+    else:
+        log.error(doing, exc_info=exc)
 
 
 class RunningWorker(Protocol):
@@ -225,8 +235,8 @@ class OutboxService:
             return None
         try:
             return await self.store().recipient(message_id)
-        except Exception:  # an opt-out not recorded is logged, never a failed webhook
-            log.exception("could not read a message's recipient from the outbox")
+        except Exception as exc:  # an opt-out not recorded is logged, never a failed webhook
+            _failed("could not read a message's recipient from the outbox", exc)
             return None
 
     async def record_receipt(self, report: DeliveryReport) -> bool:
@@ -239,8 +249,8 @@ class OutboxService:
             return False
         try:
             return await self.store().record_receipt(report, self.now())
-        except Exception:  # the receipt was applied in memory; losing its record is not fatal
-            log.exception("could not record a delivery receipt in the outbox")
+        except Exception as exc:  # applied in memory; losing its record is not fatal
+            _failed("could not record a delivery receipt in the outbox", exc)
             return False
 
     async def record_accepted(
@@ -254,8 +264,8 @@ class OutboxService:
             return await self.store().record_accepted(
                 message_id, provider, provider_message_id, self.now()
             )
-        except Exception:  # the resend was recorded in memory; losing its record is not fatal
-            log.exception("could not record a resend in the outbox")
+        except Exception as exc:  # recorded in memory; losing its record is not fatal
+            _failed("could not record a resend in the outbox", exc)
             return False
 
     async def aclose(self) -> None:

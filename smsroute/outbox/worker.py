@@ -543,8 +543,14 @@ class OutboxWorker:
             log.exception("outbox worker %s failed on message %s", self.owner, item.message_id)
             try:
                 await self._later(item, f"worker error: {type(exc).__name__}", None)
-            except Exception:
-                log.exception("and could not reschedule it: its lease will expire")
+            except Exception as again:  # the store's own error is worded already: one line
+                log.error(
+                    "outbox worker %s could not reschedule message %s%s: its lease will expire",
+                    self.owner,
+                    item.message_id,
+                    f" ({again})" if isinstance(again, SmsrouteError) else "",
+                    exc_info=None if isinstance(again, SmsrouteError) else again,
+                )
             return
         try:
             await self._settle(item, prepared, result)
