@@ -135,6 +135,8 @@ async def pending(path: Path, n: int, now: float = START) -> list[str]:
 def damage(data: bytearray, how: str, where: float, value: bytes) -> bytearray:
     """``data`` damaged: ``where`` in [0, 1) is the place in the file."""
     at = int(where * len(data))
+    if not data and how in ("flip", "header"):  # truncated to nothing already: nothing to flip
+        return data
     if how == "flip":
         data[at] ^= value[0] or 0x55
     elif how == "overwrite":
@@ -145,7 +147,7 @@ def damage(data: bytearray, how: str, where: float, value: bytes) -> bytearray:
         page = at // PAGE
         data[page * PAGE : (page + 1) * PAGE] = bytes(min(PAGE, len(data) - page * PAGE))
     elif how == "header":
-        data[at % 100] ^= value[0] or 0x55
+        data[at % min(100, len(data))] ^= value[0] or 0x55
     elif how == "append":
         data += value * 64
     return data

@@ -251,6 +251,13 @@ def _fatal(exc: Exception) -> bool:
     )
 
 
+def _undecodable(error: BaseException | None) -> bool:
+    """Whether ``error`` is sqlite3's on reading text that is not UTF-8."""
+    return isinstance(error, sqlite3.OperationalError) and str(error).startswith(
+        "Could not decode to UTF-8"
+    )
+
+
 def _settle(done: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
     for future, value, error in done:
         if future.done():  # the caller was cancelled; the operation ran all the same
@@ -315,7 +322,6 @@ class _Connection:
             conn = sqlite3.connect(
                 self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=True
             )
-            conn.text_factory = records.decode  # text not UTF-8: its record is named, not read
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
             conn.executescript(SCHEMA)
@@ -366,6 +372,27 @@ class _Connection:
 
     @staticmethod
     def _execute(
+        conn: sqlite3.Connection, batch: list[_Job], path: str, busy_timeout: float
+    ) -> list[tuple[_Job, Any, BaseException | None]]:
+        """Run ``batch`` in one transaction.  A job that met text that is not UTF-8
+        (another program's, or a damaged page) runs again, alone, reading text with
+        :func:`records.decode`, so that :mod:`~smsroute.outbox.records` names the field
+        instead of the read failing (and sqlite's error quoting the text); the C
+        decoder stays for every other read."""
+        done = _Connection._execute_batch(conn, batch, path, busy_timeout)
+        again = [job for job, _, error in done if _undecodable(error)]
+        if not again:
+            return done
+        conn.text_factory = records.decode
+        try:
+            redone = {id(job): (job, value, error) for job, value, error in
+                      _Connection._execute_batch(conn, again, path, busy_timeout)}  # fmt: skip
+        finally:
+            conn.text_factory = str
+        return [redone.get(id(job), (job, value, error)) for job, value, error in done]
+
+    @staticmethod
+    def _execute_batch(
         conn: sqlite3.Connection, batch: list[_Job], path: str, busy_timeout: float
     ) -> list[tuple[_Job, Any, BaseException | None]]:
         done: list[tuple[_Job, Any, BaseException | None]] = []
