@@ -268,6 +268,43 @@ def _settle(done: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -
             future.set_exception(error)
 
 
+def _run_batch(
+    conn: sqlite3.Connection, batch: list[_Job], path: str, busy_timeout: float
+) -> list[tuple[_Job, Any, BaseException | None]]:
+    """Run ``batch`` in one transaction, each job in a savepoint of its own when there
+    are several (a job that fails is undone alone); a failure of the file fails them all."""
+    done: list[tuple[_Job, Any, BaseException | None]] = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        if len(batch) == 1:
+            done.append((batch[0], batch[0].fn(conn), None))
+        else:
+            for job in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    value = job.fn(conn)
+                except Exception as exc:
+                    if _fatal(exc):  # the file, not this job: the whole batch fails
+                        raise
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    done.append((job, None, exc))
+                else:
+                    conn.execute("RELEASE job")
+                    done.append((job, value, None))
+        conn.execute("COMMIT")
+    except Exception as exc:  # nothing of the batch was written
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as again:
+                log.error("rollback failed in the outbox store %s: %s", path, again)
+        clear = unavailable(path, exc, busy_timeout) if isinstance(exc, sqlite3.Error) else None
+        error: BaseException = exc if clear is None else clear
+        return [(job, None, error) for job in batch]
+    return done
+
+
 class _Connection:
     """One sqlite3 connection on its own thread; jobs that queue up commit together.
 
@@ -379,52 +416,17 @@ class _Connection:
         :func:`records.decode`, so that :mod:`~smsroute.outbox.records` names the field
         instead of the read failing (and sqlite's error quoting the text); the C
         decoder stays for every other read."""
-        done = _Connection._execute_batch(conn, batch, path, busy_timeout)
+        done = _run_batch(conn, batch, path, busy_timeout)
         again = [job for job, _, error in done if _undecodable(error)]
         if not again:
             return done
         conn.text_factory = records.decode
         try:
             redone = {id(job): (job, value, error) for job, value, error in
-                      _Connection._execute_batch(conn, again, path, busy_timeout)}  # fmt: skip
+                      _run_batch(conn, again, path, busy_timeout)}  # fmt: skip
         finally:
             conn.text_factory = str
         return [redone.get(id(job), (job, value, error)) for job, value, error in done]
-
-    @staticmethod
-    def _execute_batch(
-        conn: sqlite3.Connection, batch: list[_Job], path: str, busy_timeout: float
-    ) -> list[tuple[_Job, Any, BaseException | None]]:
-        done: list[tuple[_Job, Any, BaseException | None]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            if len(batch) == 1:
-                done.append((batch[0], batch[0].fn(conn), None))
-            else:
-                for job in batch:
-                    conn.execute("SAVEPOINT job")
-                    try:
-                        value = job.fn(conn)
-                    except Exception as exc:
-                        if _fatal(exc):  # the file, not this job: the whole batch fails
-                            raise
-                        conn.execute("ROLLBACK TO job")
-                        conn.execute("RELEASE job")
-                        done.append((job, None, exc))
-                    else:
-                        conn.execute("RELEASE job")
-                        done.append((job, value, None))
-            conn.execute("COMMIT")
-        except Exception as exc:  # nothing of the batch was written
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error as again:
-                    log.error("rollback failed in the outbox store %s: %s", path, again)
-            clear = unavailable(path, exc, busy_timeout) if isinstance(exc, sqlite3.Error) else None
-            error: BaseException = exc if clear is None else clear
-            return [(job, None, error) for job in batch]
-        return done
 
     @staticmethod
     def _deliver(done: list[tuple[_Job, Any, BaseException | None]]) -> None:
