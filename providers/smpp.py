@@ -88,6 +88,7 @@ from aiosmpplib import PhoneNumber, SmppDataCoding, SubmitSm
 from aiosmpplib.state import NPI, TON
 
 from smsroute.config import ProviderConfig
+from smsroute.errors import SmsrouteError
 from smsroute.message import Outcome
 from smsroute.providers.base import (
     Inbound,
@@ -593,5 +594,7 @@ class SmppProvider(Provider):
                     await sink.accept_receipts(self.name, [item])
                 else:
                     await sink.accept_inbound(self.name, [item])
+            except SmsrouteError as exc:  # a store it needs cannot be used (worded already)
+                log.error("SMPP %s: a receipt or inbound message was lost: %s", self.name, exc)
             except Exception:
                 log.exception("SMPP %s: the receipt pipeline raised", self.name)

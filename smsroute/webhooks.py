@@ -29,6 +29,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from smsroute.clock import Clock
 from smsroute.config import Config
+from smsroute.errors import SmsrouteError
 from smsroute.instrument.events import DeliveryReceived, Event, WebhookRefused
 from smsroute.message import DeliveryReport, InboundMessage
 from smsroute.numbers import normalize
@@ -49,6 +50,7 @@ REFUSAL_REASONS = {
     404: "not_found",
     405: "method",
     413: "too_large",
+    503: "unavailable",
 }
 
 #: At most this many receipts, and as many inbound messages, are remembered in
@@ -107,6 +109,10 @@ class _Seen:
         while len(keys) > self.size:
             keys.popitem(last=False)
         return True
+
+    def forget(self, key: tuple[Any, ...]) -> None:
+        """``key`` was not processed after all: the next time it comes is its first."""
+        self._keys.pop(key, None)
 
 
 class Webhooks:
@@ -193,12 +199,18 @@ class Webhooks:
                 "%s webhook of %s could not be parsed: %s", kind, provider_name, type(exc).__name__
             )
             return self._refuse(provider_name, kind, 400, "malformed body")
-        if kind == "status":
-            for receipt in receipts:
-                await self._receipt(provider_name, request, receipt)
-        else:
-            for message in messages:
-                await self._inbound(provider_name, message)
+        try:
+            if kind == "status":
+                for receipt in receipts:
+                    await self._receipt(provider_name, request, receipt)
+            else:
+                for message in messages:
+                    await self._inbound(provider_name, message)
+        except SmsrouteError as exc:  # a store it needs cannot be used now (the outbox's)
+            log.error("%s webhook of %s could not be applied now: %s", kind, provider_name, exc)
+            return self._refuse(
+                provider_name, kind, 503, "cannot be applied now: retry later (see the log)"
+            )
         status, content_type, answer = provider.webhook_response(kind)
         return WebhookResponse(status, answer, content_type)
 
@@ -256,7 +268,6 @@ class Webhooks:
         trusted alone, so the endpoint of one provider (perhaps one that signs
         nothing) cannot move what another provider sent.
         """
-        store = self._status
         key = (
             provider,
             receipt.provider_message_id,
@@ -266,6 +277,21 @@ class Webhooks:
         )
         if not self._first_time(self._seen, key):
             return  # providers retry: process each receipt once
+        try:
+            await self._correlated(provider, request, receipt, key)
+        except BaseException:  # not applied (a store it needs failed): its retry must be
+            self._seen.forget(key)
+            raise
+
+    async def _correlated(
+        self,
+        provider: str,
+        request: WebhookRequest | None,
+        receipt: Receipt,
+        key: tuple[Any, ...],
+    ) -> None:
+        """:meth:`_receipt` for a receipt seen the first time (``key``: its dedupe key)."""
+        store = self._status
         claimed = receipt.message_id or (
             request.query.get("smsroute_id") if request is not None else None
         )

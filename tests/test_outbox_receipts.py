@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
 from conftest import Hooks, make_config, twilio_block
-from redis_support import prefix, redis_url, state_block  # noqa: F401
+from log_support import every_log_record
+from redis_support import PausableProxy, prefix, proxy, redis_url, state_block, until  # noqa: F401
 
 from smsroute import Message, Router
 from smsroute.testing import FakeTwilio
@@ -119,3 +121,46 @@ async def test_an_opt_out_receipt_for_a_worker_sent_message_opts_the_number_out(
         refused = await receiver.send(Message(to=number, text="Sale!", category="marketing"))
         assert (refused.ok, refused.reason, refused.attempts) == (False, "opted_out", ())
         assert len(twilio_a.messages) == 1
+
+
+async def test_a_receipt_the_outbox_cannot_take_now_is_a_503_and_its_retry_is_applied(
+    tmp_path: Path,
+    hooks: Hooks,
+    twilio_a: FakeTwilio,
+    redis_url: str,  # noqa: F811
+    prefix: str,  # noqa: F811
+    proxy: PausableProxy,  # noqa: F811
+) -> None:
+    """The webhook's router knows the message only from the outbox (a worker elsewhere
+    sent it), and the outbox's Redis does not answer: the receipt cannot be checked or
+    recorded.  Before: the error went up through the webhook handler (a 500 and a
+    traceback) and the receipt was remembered as seen, so the provider's retry was dropped
+    as a duplicate.  Now: 503 (providers retry a 5xx), one ERROR line saying why, and the
+    retry, once Redis answers, is applied."""
+    sender_text = worker_config("redis", tmp_path, hooks, twilio_a, redis_url, prefix)
+    receiver_text = worker_config("redis", tmp_path, hooks, twilio_a, proxy.url, prefix).replace(
+        f'key_prefix: "{prefix}"', f'key_prefix: "{prefix}"\n  timeout: 300ms'
+    )
+    async with (
+        Router(make_config(sender_text), metrics=False) as sender,
+        Router(make_config(receiver_text), metrics=False) as receiver,
+    ):
+        await hooks.serve(receiver)
+        message_id = await sender.enqueue(Message(to="+4915123456789", text="hi"))
+        async with sender.worker(concurrency=1):
+            await until(lambda: bool(twilio_a.messages), what="the worker's send")
+        state = await sender.status(message_id)
+        assert state is not None
+        assert state.status == "accepted"
+        record = twilio_a.messages[0]
+        proxy.pause()
+        with every_log_record() as records:
+            assert await twilio_a.send_receipt(record, "delivered") == 503
+        errors = [line for level, line in records.records if level >= logging.ERROR]
+        assert any("could not be applied now" in line for line in errors), errors
+        assert not any("Traceback" in line for _, line in records.records)
+        proxy.resume()
+        assert await twilio_a.send_receipt(record, "delivered") == 200  # the retry
+        state = await receiver.status(message_id)
+        assert state is not None
+        assert state.status == "delivered"

@@ -17,14 +17,13 @@ from __future__ import annotations
 import asyncio
 import math
 import sys
-import urllib.parse
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import make_config, twilio_block
-from redis_support import prefix, redis_url, state_block, until  # noqa: F401
+from redis_support import PausableProxy, prefix, proxy, redis_url, state_block, until  # noqa: F401
 
 from smsroute import Message, Router
 from smsroute.outbox.redis import RedisOutbox
@@ -56,76 +55,6 @@ class LosesCancellations(RedisOutbox):
             return await asyncio.shield(inner)
         except asyncio.CancelledError:
             return await inner  # the cancellation is lost
-
-
-class PausableProxy:
-    """A TCP proxy on 127.0.0.1 in front of Redis; :meth:`pause` makes that Redis hang.
-
-    While paused, connections stay open and requests are read but not passed
-    on: every call waits for an answer that does not come.
-    """
-
-    def __init__(self, target_url: str) -> None:
-        parts = urllib.parse.urlsplit(target_url)
-        self.target = (parts.hostname or "127.0.0.1", parts.port or 6379)
-        self.flowing = asyncio.Event()
-        self.flowing.set()
-        self.url = ""
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        self.url = f"redis://127.0.0.1:{port}/0"
-
-    def pause(self) -> None:
-        self.flowing.clear()
-
-    def resume(self) -> None:
-        self.flowing.set()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-            self._writers += [writer, up_writer]
-            await asyncio.gather(
-                self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
-            )
-        finally:
-            writer.close()
-            self._tasks.discard(task)
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                await self.flowing.wait()
-                writer.write(data)
-                await writer.drain()
-        finally:
-            writer.close()
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for writer in self._writers:
-            writer.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-@pytest.fixture
-async def proxy(redis_url: str) -> AsyncIterator[PausableProxy]:  # noqa: F811
-    p = PausableProxy(redis_url)
-    await p.start()
-    yield p
-    p.resume()
-    await p.close()
 
 
 def redis_config(fake: FakeTwilio, redis_url: str, prefix: str, *extra: str) -> str:  # noqa: F811
@@ -182,7 +111,7 @@ async def test_200_start_stop_cycles_on_the_redis_outbox_each_stop_within_its_bo
 async def test_stop_and_aclose_return_within_their_bound_while_redis_hangs(
     twilio_a: FakeTwilio,
     tmp_path: Path,
-    proxy: PausableProxy,
+    proxy: PausableProxy,  # noqa: F811
     prefix: str,  # noqa: F811
 ) -> None:
     loop = asyncio.get_running_loop()
@@ -267,7 +196,7 @@ async def test_send_cancelled_while_waiting_for_its_token_gives_token_and_lease_
 async def test_smsroute_worker_exits_0_on_sigterm_in_bounded_time_while_redis_hangs(
     twilio_a: FakeTwilio,
     tmp_path: Path,
-    proxy: PausableProxy,
+    proxy: PausableProxy,  # noqa: F811
     prefix: str,  # noqa: F811
 ) -> None:
     config = tmp_path / "routing.yaml"
