@@ -8,6 +8,8 @@ sees it and returns what to answer:
     wrong method                         405
     forged, stale or unsigned            403   (when a secret is configured)
     malformed                            400
+    the outbox cannot take it now        503   (the provider retries; the retry is not
+                                                dropped as a duplicate)
     accepted                             2xx   (also for a receipt of a message we do
                                                 not know, so the provider stops retrying)
 
