@@ -1,0 +1,121 @@
+"""The router's own instructions per ``Router.send``, the HTTP client left out, under callgrind.
+
+    python bench/callgrind_router_only.py [--messages 2000] [--base 1000] [--repeat 3]
+                                          [--config bench/realistic.yaml]
+
+``callgrind_send.py`` counts a whole send, aiohttp's request and the fake's answer
+included, with 64 sends interleaved: its per-message figure moves by up to +-5k
+instructions between runs (the garbage collector's collections fall at different
+points).  This one isolates the router: every provider's ``send`` is replaced by a
+coroutine that answers "accepted" at once (no socket, no aiohttp), the sends run one
+after the other with the garbage collector off, and each message goes to a number not
+used before.  What is left is parsing and checking the number, matching the rule,
+ordering the providers, the breaker, the bucket, the concurrency slot, the guards when
+configured, the status record and the metrics: the work a change to ``Dispatcher.send``
+adds to or takes from.  Runs spread by about +-0.5k, so a change of 1k shows.
+
+Each run counts ``--base`` sends and ``--base + --messages`` sends in two processes; the
+difference over ``--messages`` is the cost of one send, start-up cancelled out.  Not a
+target's measure (those are in callgrind_send.py and RESULTS.md): a tool to say what a
+hot-path change costs, as a commit that adds instructions must.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+#: The benchmark config's placeholders: nothing listens there (no request is made).
+ENVIRON = {
+    "BENCH_URL": "http://127.0.0.1:9",
+    "BENCH_ACCOUNT_SID": "AC" + "0" * 32,
+    "BENCH_AUTH_TOKEN": "t" * 32,
+}
+#: Sends before the counted ones: caches, lanes and label children made.
+WARM = 200
+
+
+async def sends(config_path: str, count: int) -> None:
+    """``count`` sends through a router whose providers answer at once."""
+    from smsroute import Message, Router
+    from smsroute.configload import load_config
+    from smsroute.message import Outcome
+    from smsroute.providers.base import OutboundSMS, Reply
+
+    config = load_config(config_path, environ=ENVIRON)
+    async with Router(config) as router:
+
+        async def accepted(sms: OutboundSMS, session: object) -> Reply:
+            return Reply(Outcome.ACCEPTED, provider_message_id="SM" + sms.message_id)
+
+        for provider in router.dispatcher.runtime.providers.values():
+            provider.send = accepted  # type: ignore[method-assign]
+        numbers = (f"+49151{10_000_000 + i:08d}" for i in range(WARM + count))
+        messages = [Message(to=n, text="Your code is 123456", category="otp") for n in numbers]
+        for message in messages[:WARM]:
+            await router.send(message)
+        gc.collect()
+        gc.disable()
+        for message in messages[WARM:]:
+            await router.send(message)
+
+
+def callgrind(config_path: str, count: int) -> int:
+    """Instructions of one process making ``count`` counted sends."""
+    out = subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            __file__,
+            "--config",
+            config_path,
+            "--count",
+            str(count),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found = re.search(r"Collected : (\d+)", out.stderr)
+    if found is None:
+        raise RuntimeError(f"no instruction count from callgrind:\n{out.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--base", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--config", default=str(HERE / "realistic.yaml"))
+    parser.add_argument("--count", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.count is not None:  # one measured process, run by valgrind
+        asyncio.run(sends(args.config, args.count))
+        return
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind is needed: apt-get install valgrind")
+    runs = []
+    for _ in range(args.repeat):
+        small = callgrind(args.config, args.base)
+        large = callgrind(args.config, args.base + args.messages)
+        runs.append((large - small) / args.messages)
+    shown = ", ".join(f"{r / 1000:.1f}" for r in runs)
+    print(
+        f"Router.send, router only ({Path(args.config).name}): "
+        f"{statistics.median(runs) / 1000:.1f} k instructions/msg (runs {shown})"
+    )
+
+
+if __name__ == "__main__":
+    main()
