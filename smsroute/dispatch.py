@@ -146,8 +146,13 @@ class Dispatcher:
         #: Starting the providers of ``_providers_started`` (shielded: a send cancelled
         #: while it waits for it leaves it running, for the next send to wait on).
         self._providers_starting: asyncio.Future[None] | None = None
-        #: Runtimes swapped out whose adapters are still to close, and the tasks closing them.
+        #: Every provider start not ended yet (one a runtime swapped out may have left).
+        self._starts: set[asyncio.Future[None]] = set()
+        #: Runtimes swapped out whose retirement is still to begin, and the tasks closing them.
         self._retiring: list[Runtime] = []
+        #: Runtimes swapped out whose adapters are not closed yet (in their grace): an adapter
+        #: carried over from one to the next closes when the last of them is done with it.
+        self._graced: list[Runtime] = []
         self._background: set[asyncio.Task[None]] = set()
         self._wall = wall_clock(clock)
 
@@ -173,6 +178,7 @@ class Dispatcher:
         if self._providers_started is not None:
             self._state_ready = False  # the next send starts the new runtime's providers
             self._retiring.append(old)
+            self._graced.append(old)
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
@@ -270,7 +276,11 @@ class Dispatcher:
         if started is None or (started.done() and (started.cancelled() or started.exception())):
             started = self._state_started = asyncio.ensure_future(self._state.start())
         await asyncio.shield(started)
-        await self._start_providers()
+        while True:  # a swap while the providers started: the new runtime's start too
+            rt = self._runtime
+            await self._start_providers()
+            if self._runtime is rt:
+                break
         self._state_ready = True
         while self._retiring:
             self._spawn(self._retire(self._retiring.pop()))
@@ -295,8 +305,14 @@ class Dispatcher:
         grace = max([config.defaults.deadline, *(r.deadline or 0.0 for r in config.rules)])
         try:
             await self._sleep(grace)
-        finally:  # not those carried over into the runtime in force (it closes them)
-            await _close_providers(rt, keep=self._runtime.providers.values())
+        finally:  # not those carried over into the runtime in force (it closes them), nor
+            # into one swapped out later whose sends may still use them (its own retirement)
+            if rt in self._graced:
+                self._graced.remove(rt)
+            keep = [*self._runtime.providers.values()]
+            for other in self._graced:
+                keep += other.providers.values()
+            await _close_providers(rt, keep=keep)
 
     def links(self) -> dict[str, LinkState]:
         """The connections of the providers in force that keep some (``type: smpp``: binds
@@ -318,6 +334,8 @@ class Dispatcher:
         if self._providers_started is not rt or starting is None:
             self._providers_started = rt
             starting = self._providers_starting = asyncio.ensure_future(self._start_all(rt))
+            self._starts.add(starting)
+            starting.add_done_callback(self._starts.discard)
         if not starting.done():
             await asyncio.shield(starting)
 
@@ -357,17 +375,31 @@ class Dispatcher:
             self._state_ready = False
             await self._state.aclose()
         self._providers_started = None
-        starting, self._providers_starting = self._providers_starting, None
-        if starting is not None and not starting.done():  # closing before it ended
+        self._providers_starting = None
+        starts = list(self._starts)  # closing before they ended (the runtime in force's,
+        for starting in starts:  # and one a runtime swapped out meanwhile left running)
             starting.cancel()
-            await asyncio.gather(starting, return_exceptions=True)
+        if starts:
+            await asyncio.gather(*starts, return_exceptions=True)
         for task in list(self._background):  # retiring runtimes close now
             task.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        # Runtimes swapped out whose retirement never began (or that kept an adapter for
+        # another), then the one in force: each adapter closes once.
         self._retiring.clear()
-        for provider in self._runtime.providers.values():
-            await provider.aclose()
+        left = [provider for rt in self._graced for provider in rt.providers.values()]
+        self._graced.clear()
+        closing: dict[int, Provider] = {}
+        for provider in (*left, *self._runtime.providers.values()):
+            closing.setdefault(id(provider), provider)
+        for provider in closing.values():  # one that raises does not keep the others open
+            try:
+                await provider.aclose()
+            except Exception:
+                log.exception(
+                    "provider %s could not close (an adapter bug: report it)", provider.name
+                )
         if self._session is not None and self._own_session:
             await self._session.close()
         self._session = None
