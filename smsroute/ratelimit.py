@@ -17,7 +17,7 @@ class TokenBucket:
     0.1
     """
 
-    __slots__ = ("_last", "_tokens", "burst", "clock", "paused_until", "rate")
+    __slots__ = ("_last", "_tokens", "burst", "clock", "configured", "paused_until", "rate")
 
     def __init__(self, rate: float | None, burst: int | None, clock: Clock) -> None:
         self.rate = rate
@@ -26,6 +26,16 @@ class TokenBucket:
         self._tokens = self.burst
         self._last = clock.now()
         self.paused_until: float | None = None
+        #: The provider config the limits were taken from (a state backend's: a reload
+        #: makes new ones, see :meth:`set_limits`).
+        self.configured: object = None
+
+    def set_limits(self, rate: float | None, burst: int | None) -> None:
+        """Take a reloaded provider's rate and burst; the tokens at hand are kept (at most
+        the new burst)."""
+        self.rate = rate
+        self.burst = float(burst if burst is not None else max(1, int(rate or 1)))
+        self._tokens = min(self._tokens, self.burst)
 
     def try_acquire(self) -> float:
         """Take a token and return 0.0, or take nothing and return the seconds to wait."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -108,3 +109,33 @@ def test_grants_in_any_second_never_exceed_rate_plus_burst(
     configured = burst if burst is not None else max(1, int(rate))  # the documented default
     bound = math.floor(rate * 1.0 + configured + 1e-9)
     assert grants_in_busiest_second(grants) <= bound
+
+
+async def test_a_reload_that_changes_only_burst_takes_it(tmp_path: Path) -> None:
+    """Before, a reload changed a bucket's rate but never its burst."""
+    from conftest import make_config, twilio_block
+
+    from smsroute import Router
+    from smsroute.testing import FakeTwilio
+
+    async with FakeTwilio() as fake:
+        path = tmp_path / "routing.yaml"
+
+        def write(burst: int) -> None:
+            path.write_text(
+                "providers:\n"
+                + twilio_block("a", fake, rate_limit=1, burst=burst)
+                + "\nrules:\n  - name: d\n    providers: [a]\n"
+            )
+
+        write(1)
+        clock = ManualClock()
+        async with Router(make_config(path.read_text()), clock=clock) as router:
+            assert router.state.bucket(router.config.providers["a"]).burst == 1.0
+            write(5)
+            router.reload(path)
+            bucket = router.state.bucket(router.config.providers["a"])
+            assert bucket.burst == 5.0
+            clock.advance(10)
+            assert [bucket.reserve(0.0) for _ in range(5)] == [0.0] * 5
+            assert bucket.reserve(0.0) is None

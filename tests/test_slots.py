@@ -112,3 +112,29 @@ rules:
         assert all(r.ok for r in results), [r.reason for r in results]
         assert slot.in_use == 0
         assert not slot.locked()
+
+
+async def test_after_a_reload_changed_the_cap_each_config_keeps_its_own_slots() -> None:
+    """Sends still on the old config (a failover, a wait) and sends on the new one ask in
+    turn: each must find its own slots with what it holds, not a new, empty one every
+    time the other asked (then neither cap held)."""
+    from smsroute.config import ProviderConfig
+    from smsroute.state.slots import ConcurrencySlots
+
+    slots = ConcurrencySlots()
+    old = ProviderConfig(name="a", type="twilio", max_concurrency=2)
+    new = ProviderConfig(name="a", type="twilio", max_concurrency=3)
+    held = slots.get(old)
+    assert held is not None
+    assert held.try_acquire()
+    assert held.try_acquire()
+    fresh = slots.get(new)
+    assert fresh is not None
+    assert fresh is not held
+    assert fresh.try_acquire()
+    again = slots.get(old)
+    assert again is held  # before: a new slot of 2, none in use: two more requests at once
+    assert again.in_use == 2
+    assert not again.try_acquire()
+    assert slots.get(new) is fresh
+    assert fresh.in_use == 1

@@ -66,9 +66,11 @@ class MemoryState:
         bucket = self._buckets.get(provider.name)
         if bucket is None:
             bucket = TokenBucket(provider.rate_limit, provider.burst, self.clock)
+            bucket.configured = provider
             self._buckets[provider.name] = bucket
-        elif bucket.rate != provider.rate_limit:
-            bucket.rate = provider.rate_limit
+        elif bucket.configured is not provider:  # a reload: its rate or burst may differ
+            bucket.set_limits(provider.rate_limit, provider.burst)
+            bucket.configured = provider
         return bucket
 
     def slots(self, provider: ProviderConfig) -> ConcurrencySlot | None:

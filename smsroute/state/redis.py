@@ -186,8 +186,10 @@ class RedisState:
         bucket = self._buckets.get(provider.name)
         if bucket is None:
             bucket = self._buckets[provider.name] = SharedBucket(provider, self)
-        elif bucket.rate != provider.rate_limit:
+            bucket.configured = provider
+        elif bucket.configured is not provider:  # a reload: its rate or burst may differ
             bucket.configure(provider)
+            bucket.configured = provider
         return bucket
 
     def slots(self, provider: ProviderConfig) -> ConcurrencySlot | None:

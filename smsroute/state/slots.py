@@ -111,6 +111,10 @@ class ConcurrencySlots:
 
     def __init__(self) -> None:
         self._by_provider: dict[str, ConcurrencySlot] = {}
+        #: Every slot made, by provider and cap: after a reload that changed a cap, the
+        #: sends still on the old config and those on the new one each keep theirs (not a
+        #: new one, empty, every time the other asks: the caps would not hold).
+        self._made: dict[tuple[str, int], ConcurrencySlot] = {}
 
     def get(self, provider: ProviderConfig) -> ConcurrencySlot | None:
         """The slots of ``provider``, or None when it has no cap."""
@@ -119,5 +123,8 @@ class ConcurrencySlots:
             return None
         slot = self._by_provider.get(provider.name)
         if slot is None or slot.capacity != cap:
-            slot = self._by_provider[provider.name] = ConcurrencySlot(cap)
+            slot = self._made.get((provider.name, cap))
+            if slot is None:
+                slot = self._made[(provider.name, cap)] = ConcurrencySlot(cap)
+            self._by_provider[provider.name] = slot
         return slot
