@@ -50,6 +50,14 @@ from smsroute.guardwindows import Slots, VelocityWindow, trim
 SWEEP_EVERY = 4096
 #: Seconds a spend is kept after its period ends.
 SPEND_KEPT = 3600.0
+#: A budget is at its cap once its spend reaches this fraction of its limit.  Spend is a
+#: sum of prices in doubles here, in long doubles in Redis (``INCRBYFLOAT``, read back
+#: to 17 decimals), and either lands a few units in the last place off the limit the
+#: prices add up to (0.08 x 5 + 0.1 x 2 is 0.5999999999999999 in doubles, 0.6 in
+#: Redis): compared with the limit itself, a spend of "0.6 of 0.6" could pass in memory
+#: and refuse in Redis.  A billionth of the limit is far more than any sum's error and
+#: far less than any price.
+AT_CAP = 1.0 - 1e-9
 
 
 class AnomalyQuery:
@@ -96,7 +104,8 @@ class GuardQuery:
         self.now = now
         #: Unique per message (its id): a sliding log's member in Redis.
         self.member = member
-        #: (spend key, limit): budgets whose cap refuses the message outright.
+        #: (spend key, the spend at its cap: see :data:`AT_CAP`): budgets whose cap
+        #: refuses the message outright.
         self.caps = caps
         #: Spend keys only read (provider budgets: the plan decides).
         self.spends = spends
@@ -203,7 +212,8 @@ class SpendKey:
 
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
-        self.limit = budget.limit
+        #: The spend at which the budget is at its cap (see :data:`AT_CAP`).
+        self.limit = budget.limit * AT_CAP
         self.key = ""
         self.start = self.end = 0.0
         #: The percent of the limit last told this period (a BudgetSpent event), and

@@ -35,6 +35,7 @@ import attrs
 from smsroute.config import Config, Rule
 from smsroute.guardconfig import Budget, GuardSet, Velocity, duration_text
 from smsroute.guardcounts import (
+    AT_CAP,
     SPEND_KEPT,
     AnomalyQuery,
     GuardAnswer,
@@ -262,7 +263,7 @@ class Guards:
         return GuardQuery(
             now,
             member,
-            [(self._key(b, now)[0], b.limit) for b in caps],
+            [(self._key(b, now)[0], b.limit * AT_CAP) for b in caps],
             [self._key(b, now)[0] for b in providers],
             anomaly,
             velocity,
@@ -449,7 +450,7 @@ class Guards:
             over = answer.over = frozenset(
                 b.name
                 for b, spent in zip(plan.providers, answer.spends, strict=True)
-                if spent >= b.limit
+                if spent >= b.limit * AT_CAP
             )
         return over
 
@@ -663,7 +664,7 @@ class Guards:
         answer = counts.peek(query)
         refused = why is None
         for b, spent in zip([*caps, *providers], answer.spends, strict=True):
-            refuses = refused and b.scope != "provider" and spent >= b.limit
+            refuses = refused and b.scope != "provider" and spent >= b.limit * AT_CAP
             refused = refused and not refuses
             out.append(GuardStatus("budget", self._spent_text(b, spent), spent, refuses))
         if anomaly_set is not None and anomaly_set[1].anomaly is not None:

@@ -128,7 +128,7 @@ class Mirror(MemoryGuardCounts):
             spec, e164 = specs[q], numbers[q]
             for item in details[k + 1].split(" "):
                 v_text, until_text, *over = item.split(":")
-                v, until = int(v_text), int(until_text) / 1e6
+                v, until = int(v_text), float(until_text)
                 if spec.query is not None:
                     key, ident, length, most = spec.query.velocity[v]
                     country = ""

@@ -33,10 +33,11 @@ from smsroute.state.redis_scripts import KEYED
 #: In 'record' mode (``state.guard_checks: local``) the replica has decided already: a
 #: query's member starts with ``p`` (passed: counted everywhere) or ``r`` (refused: a
 #: request of the anomaly guard only) and nothing is refused.  Per lane: {cap spends,
-#: spends read, recent, base, since ('' without an anomaly guard), anomaly slot (-1
-#: without)}; per query whose velocity logs are at their limit after it: {query
-#: number, '<limit index>:<when the log falls below its max, us>[:over] ...'} (``over``:
-#: this message took the log past its max).
+#: spends read, recent, base (as its last record in the batch left them), since (''
+#: without an anomaly guard), the anomaly slot of that record (-1 without)}; per query
+#: whose velocity logs are at their limit after it: {query number, '<limit index>:<when
+#: the log falls below its max>[:over] ...'} (``over``: this message took the log past
+#: its max).
 GUARDS = (
     KEYED
     + """
@@ -116,8 +117,10 @@ end
 local function aslot(a, slot, now)
   if a.since == nil then
     if counting then
-      call('SET', a.since_key, string.format('%.6f', now), 'NX')
-      call('PEXPIRE', a.since_key, math.ceil(4 * (a.window + a.baseline) * 1000))
+      -- to 17 digits: the time itself (to the µs it could be later, and the guard
+      -- armed a baseline after it later than in memory); kept with no expiry, as in
+      -- memory: a category idle for a while is no new deployment, the guard stays armed
+      call('SET', a.since_key, string.format('%.17g', now), 'NX')
     end
     a.since = num(call('GET', a.since_key), a.since_key) or now
   end
@@ -193,7 +196,8 @@ while at <= #text do
       aslot(a, math.floor(now / a.slot), now)
       a.r = a.r + 1
       if flag == 'p' then a.p = a.p + 1 end
-      lane.recent, lane.base = a.recent + a.r, a.base
+      -- and the slot they are of (the key's may move on with a later record in the batch)
+      lane.recent, lane.base, lane.slot = a.recent + a.r, a.base, a.cur
     end
     if flag == 'p' then
       local full = {}
@@ -212,7 +216,9 @@ while at <= #text do
           else
             t = c.adds[2 * (k - z) + 1]
           end
-          local item = (v - 1) .. ':' .. string.format('%d', math.floor((t + lim[2]) * 1000000))
+          -- when it leaves, to 17 digits: the time itself (to the µs it could be later
+          -- than memory's log lets the next message in, and hold the log full too long)
+          local item = (v - 1) .. ':' .. string.format('%.17g', t + lim[2])
           if c.n > lim[3] then item = item .. ':over' end  -- this message passed the limit
           full[#full + 1] = item
         end
@@ -249,7 +255,8 @@ while at <= #text do
         if commit then
           n = vlog(keys[v], lim[2], lim[3], now).n
         else
-          n = call('ZCOUNT', keys[v], '(' .. (now - lim[2]), '+inf')
+          -- the bound as text of its own: '..' would write the number to 14 digits only
+          n = call('ZCOUNT', keys[v], string.format('(%.17g', now - lim[2]), '+inf')
         end
         if n >= lim[3] then
           refused = 'velocity'; index = v - 1; count = tostring(n); counts[#counts + 1] = n
@@ -303,8 +310,8 @@ for l = 1, nl do
   if record then
     local a = lane.a
     lanes_out[l] = {lane.capvals, lane.spends, lane.recent, lane.base,
-                    a and a.since and string.format('%.6f', a.since) or '',
-                    a and a.cur or -1}
+                    a and a.since and string.format('%.17g', a.since) or '',
+                    lane.slot or -1}
   else
     lanes_out[l] = {lane.spends, lane.tripped, lane.recent, lane.base}
   end

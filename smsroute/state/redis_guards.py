@@ -9,7 +9,7 @@ accepted meanwhile), so a busy router makes one round trip per batch, not per me
 
     P guard:v|<scope>|<per>|<window>|<hash>   zset   send times (score) of the last max messages
     P guard:a|<scope>|<window>|<baseline>|CC  hash   r<slot>: requests, p<slot>: passed messages
-    P guard:a|<scope>|since                   str    when the category was first counted
+    P guard:a|<scope>|since                   str    when the category was first counted (kept)
     P guard:b|<scope:name>|<per>|<period>     str    spend of the period (expires after it)
 
 Numbers and prefixes appear in keys only hashed (BLAKE2b).  Times are the replicas'
