@@ -27,7 +27,7 @@ from smsroute.outbox.store import PRIORITY_LEVELS, QueuedMessage
 UNKNOWN_TIME = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 #: What a damaged record's dead letter says and its log line asks for.
-TODO = "fix the record (or enqueue the message anew) and requeue it"
+REMEDY = "fix the record (or enqueue the message anew) and requeue it"
 
 
 class RecordDamaged(ValueError):

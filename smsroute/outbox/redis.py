@@ -677,7 +677,7 @@ class RedisOutbox:
                     mid,
                     self.url,
                     exc,
-                    records.TODO,
+                    records.REMEDY,
                     mid,
                 )
         return leased

@@ -572,7 +572,7 @@ class SQLiteOutbox:
                 mid,
                 self.path,
                 reason.removeprefix("the outbox record is damaged: "),
-                records.TODO,
+                records.REMEDY,
                 mid,
             )
         return leased
