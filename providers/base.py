@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from smsroute.config import ProviderConfig
 
 __all__ = [
+    "CannotCarry",
     "HttpProvider",
     "HttpRequest",
     "Inbound",
@@ -233,6 +234,19 @@ def new_reply(
     self.opted_out = opted_out
     self.__class__ = Reply
     return self  # type: ignore[return-value]  # it is a Reply now
+
+
+class CannotCarry(ValueError):
+    """Raised by :meth:`HttpProvider.build_request` (or an adapter's own ``send``) when
+    this provider cannot carry one of the message's values as written (its sender in
+    an HTTP header, say), though another provider might: the adapter answers
+    :data:`Outcome.UNROUTABLE` without a request (the router tries the next provider
+    and the provider's breaker and health are not blamed).  The text names the field
+    and the limit, never the value.  A value that no provider could carry is refused
+    before any adapter sees it (``Runtime.prepare``)."""
+
+    def __init__(self, field: str, limit: str) -> None:
+        super().__init__(f"cannot carry the {field}: {limit}")
 
 
 class WebhookError(Exception):
@@ -623,7 +637,10 @@ class HttpProvider(Provider):
         """Classify the provider's answer.  Must not raise on garbage: return TRANSIENT."""
 
     async def send(self, sms: OutboundSMS, session: aiohttp.ClientSession) -> Reply:
-        req = self.build_request(sms)
+        try:
+            req = self.build_request(sms)
+        except CannotCarry as exc:  # no request: the next provider may carry it
+            return new_reply(Outcome.UNROUTABLE, detail=str(exc))
         # Encode the body here rather than through aiohttp's FormData/JsonPayload:
         # same bytes on the wire, a fraction of the CPU on the hot path.
         headers = dict(req.headers)

@@ -34,7 +34,10 @@ Templates
     objects.  A value that is exactly one placeholder keeps the field's type in
     a JSON body (``"{segments}"`` sends a number) and is left out of a body,
     query or headers when the field has no value (``sender``,
-    ``status_callback``).  Values placed in the URL are percent-encoded.
+    ``status_callback``).  Values placed in the URL are percent-encoded.  A header
+    carries printable ASCII without a space at either end: a message whose value a
+    header template cannot carry so (a CR, a non-ASCII sender) is answered UNROUTABLE
+    without a request, and the next provider is tried.
 
 auth
     ``{kind: basic, username, password}``, ``{kind: bearer, token}``,
@@ -99,6 +102,7 @@ from smsroute.config import ProviderConfig
 from smsroute.message import DELIVERY_STATUSES, DeliveryStatus, Outcome
 from smsroute.numbers import scrub
 from smsroute.providers.base import (
+    CannotCarry,
     HttpProvider,
     HttpRequest,
     Inbound,
@@ -158,6 +162,16 @@ def _did_you_mean(word: str, choices: Any) -> str:
 
 
 # -- templates ----------------------------------------------------------------------------
+
+
+#: What an HTTP header value can carry intact: visible ASCII, with spaces and tabs inside.
+_HEADER_VALUE = re.compile(r"(?:[!-~](?:[ \t!-~]*[!-~])?)?")
+
+
+def _field_of(template: Template) -> str:
+    """The message's fields a template places (named in a refusal), e.g. ``sender``."""
+    fields = [f for _, f in template.parts if f is not None]
+    return " and ".join(dict.fromkeys(fields)) or "value"
 
 
 @attrs.frozen(slots=True)
@@ -1330,7 +1344,16 @@ class HttpApiProvider(HttpProvider):
         for name, template in spec.headers:
             value = template.value(values)
             if value is not None:
-                headers[name] = str(value)
+                value = str(value)
+                # A header carries printable ASCII, spaces inside: a CR or LF would end it
+                # (aiohttp raises), a space at either end is stripped by the server, and
+                # other bytes have no charset a gateway agrees on (RFC 9110, 5.5).
+                if not _HEADER_VALUE.fullmatch(value):
+                    raise CannotCarry(
+                        f"{_field_of(template)} in header {name}",
+                        "a header value is printable ASCII, without a space at either end",
+                    )
+                headers[name] = value
         headers.update(spec.auth_headers)  # a header template never overrides the credentials
         if spec.form is not None:
             form = {k: str(v) for k, t in spec.form if (v := t.value(values)) is not None}

@@ -91,6 +91,7 @@ from smsroute.config import ProviderConfig
 from smsroute.errors import SmsrouteError
 from smsroute.message import Outcome
 from smsroute.providers.base import (
+    CannotCarry,
     Inbound,
     LinkState,
     OutboundSMS,
@@ -427,10 +428,7 @@ class SmppProvider(Provider):
         return ton, npi, address
 
     def _template(self, sender: str | None) -> SubmitTemplate:
-        """The start of this sender's submit_sm bodies, made once per sender.
-
-        ValueError or UnicodeEncodeError for a sender SMPP cannot carry.
-        """
+        """This sender's submit_sm start, made once (:class:`CannotCarry` if SMPP cannot)."""
         template = self._templates.get(sender)
         if template is not None:
             return template
@@ -500,6 +498,8 @@ class SmppProvider(Provider):
             self._start_binds()
         try:
             submits = self._submits(sms)
+        except CannotCarry as exc:  # no request: the next provider may carry it
+            return new_reply(Outcome.UNROUTABLE, detail=str(exc))
         except (ValueError, UnicodeError) as exc:
             return new_reply(
                 Outcome.REJECTED, detail=f"cannot encode the message: {type(exc).__name__}"

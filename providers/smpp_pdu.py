@@ -25,8 +25,11 @@ import struct
 
 from aiosmpplib.state import tag_data_type
 
+from smsroute.providers.base import CannotCarry
+
 __all__ = [
     "MAX_ADDRESS",
+    "MAX_SENDER_ID",
     "SAR_TLVS",
     "SubmitTemplate",
     "readable_deliver_sm",
@@ -39,6 +42,8 @@ _TLV = struct.Struct("!HH")
 _SAR = struct.Struct("!HHHHHBHHB")
 #: The longest source or destination address (aiosmpplib's PhoneNumber: 20 characters).
 MAX_ADDRESS = 20
+#: The longest alphanumeric sender (GSM 03.40 TP-OA: 11 characters).
+MAX_SENDER_ID = 11
 #: sar_msg_ref_num, sar_total_segments, sar_segment_seqnum.
 SAR_TLVS = (0x020C, 0x020E, 0x020F)
 _MESSAGE_PAYLOAD = 0x0424
@@ -49,15 +54,25 @@ class SubmitTemplate:
     """What a sender's submit_sm bodies start with: service_type, the source address
     (``ton``, ``npi``, ``address``) and the destination's TON/NPI.
 
-    ValueError when the address is longer than :data:`MAX_ADDRESS`,
-    UnicodeEncodeError when it is not ASCII (as aiosmpplib refuses them).
+    :class:`CannotCarry` (a ValueError) when SMPP cannot carry the address: source_addr
+    is a C-Octet String of at most 21 octets (SMPP 3.4, 5.2.8), so printable ASCII (a
+    NUL would end it and shift every field after it) of at most :data:`MAX_ADDRESS`
+    characters, and a sender ID (an address not all digits) reaches the handset as
+    GSM 03.40's alphanumeric TP-OA, at most :data:`MAX_SENDER_ID` characters.  The
+    adapter then answers UNROUTABLE without a submit_sm: another provider may carry it.
     """
 
     __slots__ = ("address", "head", "npi", "ton")
 
     def __init__(self, ton: int, npi: int, address: str, dest_ton: int, dest_npi: int) -> None:
+        if not (address.isascii() and address.isprintable()):
+            raise CannotCarry("sender", "an SMPP source_addr is printable ASCII")
         if len(address) > MAX_ADDRESS:
-            raise ValueError(f"source address longer than {MAX_ADDRESS} characters")
+            raise CannotCarry("sender", f"an SMPP source_addr is at most {MAX_ADDRESS} characters")
+        if len(address) > MAX_SENDER_ID and not address.isdigit():
+            raise CannotCarry(
+                "sender", f"an alphanumeric source_addr is at most {MAX_SENDER_ID} characters"
+            )
         self.ton, self.npi, self.address = ton, npi, address
         self.head = b"\x00" + bytes((ton, npi)) + address.encode("ascii") + b"\x00"
         self.head += bytes((dest_ton, dest_npi))

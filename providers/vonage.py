@@ -426,9 +426,11 @@ class VonageProvider(HttpProvider):
             "type": "unicode" if sms.encoding == "UCS-2" else "text",
         }
         if sms.sender:
-            sender = sms.sender.replace(" ", "")
-            # A numeric sender is written without '+' or '00' (SDK SmsMessage.from_).
-            form["from"] = sender[1:] if sender[:1] == "+" and sender[1:].isdigit() else sender
+            # A numeric sender is written without '+', '00' or spaces (SDK SmsMessage.from_);
+            # a sender ID as written (its spaces are part of it: "Vonage APIs").
+            digits = sms.sender.replace(" ", "")
+            digits = digits[1:] if digits[:1] == "+" else digits
+            form["from"] = digits if digits.isdigit() else sms.sender
         if sms.status_callback:
             form["callback"] = sms.status_callback
         if len(sms.message_id) <= 40:  # the spec's limit for client-ref

@@ -566,7 +566,8 @@ class Dispatcher:
             names = sorted(names, key=lambda n: n != reserved)
         picked: dict[str, str | None] | None = None  # None: message.sender or pcfg.sender
         refused: list[str] | None = None
-        if rt.senders.active or message.sender is not None:  # `from` maps, a caller's sender
+        # `from` maps, a caller's sender (an empty one is none: the configured sender goes)
+        if rt.senders.active or message.sender:
             picked, names, refused = rt.senders.for_send(
                 rule, names, config.providers, p.destination, message.sender
             )

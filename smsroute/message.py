@@ -73,6 +73,7 @@ class Message:
     without ``+country`` uses the config's ``default_region``.  ``category`` is
     ``otp``, ``transactional``, ``marketing`` or one the config declares.
     ``tags`` can be matched by rules; ``metadata`` is carried through untouched.
+    ``sender`` None or empty: the provider's configured sender (or the account's).
     """
 
     to: str

@@ -125,8 +125,8 @@ class Runtime:
         if info.segments > limit:
             raise self._too_long(info, limit)
         sender = message.sender
-        if sender is not None and not sender.isascii():
-            _carriable(sender, "sender")
+        if sender is not None and not sender.isprintable():  # (a str method: cheap)
+            _sender_carriable(sender)
         destination = self.normalize(message.to)
         rule = self.index.find(destination, message.category, sender, message.tags)
         if rule is None:  # a validated config always has a catch-all
@@ -150,8 +150,8 @@ class Runtime:
             raise InvalidMessage(f"no rule matches this message in {config.source}")
         text = message.text
         _carriable(text, "message text")
-        if message.sender is not None:
-            _carriable(message.sender, "sender")
+        if message.sender is not None and not message.sender.isprintable():
+            _sender_carriable(message.sender)
         mode = rule.encoding or config.categories[message.category].encoding
         if mode == "transliterate" and message.category != "otp":
             text = transliterate(text)
@@ -172,8 +172,10 @@ class Runtime:
 
 def _carriable(text: str, what: str) -> None:
     """Raise :class:`InvalidMessage` when ``text`` holds a lone surrogate (a str may, when
-    it was decoded with ``surrogateescape`` or built from UTF-16 halves): no encoding,
-    and so no provider, can carry it.  Names the code point and where, not the text."""
+    it was decoded with ``surrogateescape`` or built from UTF-16 halves) or a NUL: no
+    encoding carries the one, and the other ends a C string (an SMPP field, a gateway
+    written in C) wherever it stands, so no provider can carry either.  Names the code
+    point and where, not the text.  (GSM-7 text holds neither: only other text is looked at.)"""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -182,3 +184,25 @@ def _carriable(text: str, what: str) -> None:
             f"{exc.start + 1}), which no provider can carry: decode the text with its real "
             "encoding (or errors='replace')"
         ) from None
+    nul = text.find("\x00")
+    if nul >= 0:
+        raise InvalidMessage(
+            f"{what} holds a NUL (U+0000, character {nul + 1}), which no provider can carry "
+            "(it ends a C string): remove it"
+        )
+
+
+def _sender_carriable(sender: str) -> None:
+    """Raise :class:`InvalidMessage` for a sender with a character that is not printable
+    (``str.isprintable``: a control character such as CR, LF or NUL, a format or
+    invisible character, a lone surrogate): a sender ID is GSM-7 letters, digits and
+    spaces, a number is digits, and no network or provider carries such a character in
+    one (in an HTTP header or an SMPP address it would end or split the field).  Only
+    called for a sender that is not printable."""
+    _carriable(sender, "sender")
+    at = next(i for i, c in enumerate(sender) if not c.isprintable())
+    raise InvalidMessage(
+        f"sender holds U+{ord(sender[at]):04X} (character {at + 1}), a control or invisible "
+        "character no provider can carry in a sender: give a phone number, short code or "
+        "sender ID of printable characters"
+    )

@@ -145,7 +145,7 @@ class Senders:
         without taking a pool's turn (for explain)."""
         country = destination.country
         configured, why, checked = self._configured(rule, pcfg, destination, peek)
-        if wanted is not None:
+        if wanted:  # an empty sender (a blank CSV column) is none: the configured one goes
             bad = problem(wanted, country)
             if bad is None:
                 return SenderPick(wanted, "the message's own sender", note=note(wanted, country))
