@@ -296,6 +296,12 @@ def explain(
     if plan.culprits:
         out.print(f"ucs-2    because of {'; '.join(map(str, plan.culprits))}", markup=False)
     out.print(f"rule     {plan.rule}  (strategy: {plan.strategy})")
+    if plan.opted_out:
+        out.print(f"opt-out  the number opted out of {category} messages: send refuses it")
+    for g in plan.guards:  # each guard's limit and count now (every replica's, with Redis)
+        verdict = "  <- refuses: send calls no provider" if g.refuses else ""
+        now = f", {g.count:g} now" if g.count is not None and g.guard != "budget" else ""
+        out.print(f"guard    {g.guard}: {g.limit}{now}{verdict}", markup=False)
     if plan.quiet_until is not None or plan.quiet_never:
         when = "never" if plan.quiet_never else plan.quiet_until.isoformat()  # type: ignore[union-attr]
         out.print(f"quiet    inside {category}'s quiet hours now: it could go from {when}")

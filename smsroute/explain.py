@@ -8,6 +8,7 @@ every price and health figure filled in, and sends nothing.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Sequence
 
 import attrs
 
@@ -54,6 +55,9 @@ class RoutePlan:
     #: The guard that would refuse the message (``geo``, ``velocity``, ``anomaly``,
     #: ``budget``), or None.
     refused_by: str | None = None
+    #: The number opted out and the category is one of ``opt_out_categories``: send
+    #: refuses it (``reason="opted_out"``) before anything else is checked.
+    opted_out: bool = False
 
     @property
     def providers(self) -> tuple[str, ...]:
@@ -69,6 +73,12 @@ def explain(dispatcher: Dispatcher, message: Message) -> RoutePlan:
     """
     rt = dispatcher.runtime
     p = rt.prepare(message)
+    optouts = dispatcher.optouts
+    opted_out = bool(
+        optouts
+        and message.category in rt.config.defaults.opt_out_categories
+        and p.destination.e164 in optouts
+    )
     ordered, skipped, last_resort = dispatcher.plan(rt, p, full=True)
     opens = dispatcher.quiet_opens(rt, message, p)
     quiet_never = opens == float("inf")
@@ -77,39 +87,50 @@ def explain(dispatcher: Dispatcher, message: Message) -> RoutePlan:
         if opens is None or quiet_never
         else datetime.datetime.fromtimestamp(opens, datetime.UTC)
     )
+    planned: Sequence[str] = [o.provider for o in ordered]
     guards: tuple[GuardStatus, ...] = ()
     if rt.guards:
-        guards = rt.guards.explain(
+        guards, planned = rt.guards.explain_plan(
             dispatcher.state.guard_counts(),
             message,
             p.destination.e164,
             p.destination.country,
             p.rule,
             wall_clock(dispatcher.clock).now(),
+            planned,
         )
+    position = {name: i for i, name in enumerate(planned)}
     everyone = [*ordered, *skipped]
     best_price, best_latency = bests(everyone)
     now = dispatcher.clock.now()
-    max_wait = rt.config.defaults.max_rate_wait
+    # What the first attempt may wait for a token (send: max_rate_wait, cut to the deadline).
+    max_wait = min(rt.config.defaults.max_rate_wait, p.rule.deadline or rt.config.defaults.deadline)
     candidates: list[Candidate] = []
+    # Why each provider is not tried, in the order send finds it: the plan (breakers), the
+    # budgets (guards), the senders (before any provider is called), then at its turn the
+    # provider's bucket (a Retry-After pause of any length, or no token within max_wait).
     for o in everyone:
         why: str | None = None
+        pick = rt.senders.choose(
+            p.rule, rt.config.providers[o.provider], p.destination, message.sender, peek=True
+        )
         if o in skipped:
             if o.breaker == BreakerState.OPEN.value and o.reopen_at is not None:
                 why = f"breaker open, half-opens in {max(0.0, o.reopen_at - now):.1f}s"
             else:
                 why = "breaker half-open with all probes in flight"
-        else:
-            pause = dispatcher.state.bucket(rt.config.providers[o.provider]).paused_for()
-            if pause > max_wait:
-                why = f"throttled by the provider, paused for {pause:.1f}s more"
-        if last_resort and o is ordered[0]:
-            why = None
-        pick = rt.senders.choose(
-            p.rule, rt.config.providers[o.provider], p.destination, message.sender, peek=True
-        )
-        if pick.refused is not None and why is None:
+        elif o.provider not in position:
+            why = "at its budget cap: dropped from the plan (guards)"
+        elif pick.refused is not None:
             why = f"no usable sender: {pick.refused}"
+        else:
+            bucket = dispatcher.state.bucket(rt.config.providers[o.provider])
+            pause = bucket.paused_for()
+            wait = bucket.wait_time()
+            if pause > 0.0:
+                why = f"throttled by the provider, paused for {pause:.1f}s more"
+            elif wait > max_wait:
+                why = f"throttled by its rate limit: no token for {wait:.1f}s (max wait {max_wait:g}s)"
         links = rt.providers[o.provider].links()
         candidates.append(
             Candidate(
@@ -126,10 +147,12 @@ def explain(dispatcher: Dispatcher, message: Message) -> RoutePlan:
                 links=links.summary() if links is not None else None,
             )
         )
+    last = len(position)
+    candidates.sort(key=lambda c: (c.skipped is not None, position.get(c.provider, last)))
     return RoutePlan(
         rule=p.rule.name,
         strategy=p.rule.strategy,
-        candidates=tuple(sorted(candidates, key=lambda c: c.skipped is not None)),
+        candidates=tuple(candidates),
         country=p.destination.country,
         number_type=p.destination.number_type,
         encoding=p.info.encoding,
@@ -142,4 +165,5 @@ def explain(dispatcher: Dispatcher, message: Message) -> RoutePlan:
         quiet_never=quiet_never,
         guards=guards,
         refused_by=next((g.guard for g in guards if g.refuses), None),
+        opted_out=opted_out,
     )

@@ -644,7 +644,24 @@ class Guards:
     def explain(
         self, counts: GuardCounts, message: Message, e164: str, country: str, rule: Rule, now: float
     ) -> tuple[GuardStatus, ...]:
-        """Each guard of this message with its count now, and which would refuse it."""
+        """Each guard of this message with its count now, and which would refuse it
+        (a provider's budget never: see :meth:`explain_plan`)."""
+        return self.explain_plan(counts, message, e164, country, rule, now, ())[0]
+
+    def explain_plan(
+        self,
+        counts: GuardCounts,
+        message: Message,
+        e164: str,
+        country: str,
+        rule: Rule,
+        now: float,
+        names: Sequence[str],
+    ) -> tuple[tuple[GuardStatus, ...], Sequence[str]]:
+        """:meth:`explain`, and ``names`` (the providers in the order the strategy gives)
+        as the send leaves them: without the providers at their budget cap, by the rule's
+        ``on_budget`` (:meth:`within_budget`; when that refuses, the budget of the provider
+        it names refuses, and ``names`` come back as given)."""
         category = message.category
         sets = self.sets(category, rule)
         out: list[GuardStatus] = []
@@ -663,9 +680,12 @@ class Guards:
         limits, anomaly_set = plan.limits, plan.anomaly_set
         answer = counts.peek(query)
         refused = why is None
+        over: dict[str, int] = {}  # provider at its cap -> the index of its budget's status
         for b, spent in zip([*caps, *providers], answer.spends, strict=True):
             refuses = refused and b.scope != "provider" and spent >= b.limit * AT_CAP
             refused = refused and not refuses
+            if b.scope == "provider" and spent >= b.limit * AT_CAP:
+                over[b.name] = len(out)
             out.append(GuardStatus("budget", self._spent_text(b, spent), spent, refuses))
         if anomaly_set is not None and anomaly_set[1].anomaly is not None:
             a = anomaly_set[1].anomaly
@@ -684,8 +704,15 @@ class Guards:
         for i, v in enumerate(limits):
             count = answer.counts[i] - (0 if answer.refused == "velocity" and i == answer.index else 1) if i < len(answer.counts) else None  # fmt: skip
             refuses = refused and answer.refused == "velocity" and i == answer.index
+            refused = refused and not refuses
             out.append(GuardStatus("velocity", v.describe(), count, refuses))
-        return tuple(out)
+        if refused and over and names:  # passed every other guard: the plan meets the budgets
+            kept = self.within_budget(names, frozenset(over), rule, country)
+            if not isinstance(kept, Refusal):
+                return tuple(out), kept
+            capped = names[0] if names and names[0] in over else sorted(over)[0]
+            out[over[capped]] = attrs.evolve(out[over[capped]], refuses=True)
+        return tuple(out), names
 
 
 __all__ = ["ANOMALY_OVERRIDE", "OVERRIDE_KEY", "GuardStatus", "Guards", "Refusal"]

@@ -386,3 +386,22 @@ async def test_demo_on_a_port_in_use_is_one_line_and_exit_1() -> None:
         f"error: cannot listen on 127.0.0.1:{port}: the address is already in use (another "
         "process, or another smsroute, listens there): stop it or choose another --metrics-port"
     ]
+
+
+def test_explain_shows_each_guard_its_count_and_the_one_that_refuses(tmp_path: Path) -> None:
+    config = tmp_path / "guards.yaml"
+    config.write_text(
+        "providers:\n"
+        '  a: {type: twilio, account_sid: AC1, auth_token: t, from: "+15005550006"}\n'
+        "rules:\n  - name: d\n    providers: [a]\n"
+        "guards:\n  otp:\n    countries: {allow: [DE]}\n"
+        "    velocity:\n      - {per: number, max: 5, window: 1h}\n"
+    )
+    code, out, _ = run("explain", str(config), "+4915123456789", "--category", "otp")
+    assert code == 0
+    assert "guard    geo: allow DE\n" in out
+    assert "guard    velocity: at most 5 per number per 1h, 0 now\n" in out
+    assert "refuses" not in out
+    code, out, _ = run("explain", str(config), "+33612345678", "--category", "otp")
+    assert code == 0
+    assert "guard    geo: allow DE  <- refuses: send calls no provider" in out
