@@ -30,6 +30,7 @@ import smsroute
 from smsroute import (
     AnomalyTransition,
     AttemptFinished,
+    BreakerState,
     BreakerTransition,
     BudgetSpent,
     ConcurrencySkip,
@@ -669,3 +670,29 @@ def test_prometheus_hook_ignores_events_it_does_not_know(registry: CollectorRegi
         value(registry, "smsroute_attempts_total", provider="p", country="DE", outcome="accepted")
         == 1
     )
+
+
+async def test_routers_on_one_registry_show_the_worst_of_their_breakers(
+    twilio_a: FakeTwilio, twilio_b: FakeTwilio, registry: CollectorRegistry
+) -> None:
+    """Two routers on one registry (the global one, by default) with a provider of the
+    same name: the gauge is the worst of their breakers.  Before, each router's breaker
+    events wrote one shared table: the second router's breaker mending hid the first's,
+    still open."""
+    config = make_config(two_providers(twilio_a, twilio_b))
+    one_clock, two_clock = ManualClock(), ManualClock()
+    labels = {"provider": "primary", "scope": "provider"}
+    async with (
+        Router(config, registry=registry, clock=one_clock, sleep=one_clock.sleep) as one,
+        Router(config, registry=registry, clock=two_clock, sleep=two_clock.sleep) as two,
+    ):
+        twilio_a.fail(503)
+        for router in (one, two, one, two):
+            await router.send(OTP_DE)
+        assert value(registry, "smsroute_circuit_state", **labels) == 2
+        twilio_a.heal()
+        two_clock.advance(31)  # only the second router's breaker half-opens (and mends)
+        assert (await two.send(OTP_DE)).provider == "primary"
+        assert two.breaker_states()[("primary", None)] is not BreakerState.OPEN
+        assert one.breaker_states()[("primary", None)] is BreakerState.OPEN
+        assert value(registry, "smsroute_circuit_state", **labels) == 2

@@ -309,8 +309,24 @@ class _Metrics:
         self.info.labels(__version__).set(1)
         for result in ("success", "error"):
             self.config_reloads.labels(result)
-        #: (provider, scope) -> country (None for a provider-wide breaker) -> state value.
-        self.breakers: dict[tuple[str, str], dict[str | None, int]] = {}
+        #: The hooks of every router on this registry: ``smsroute_circuit_state`` is the
+        #: worst breaker of a provider (by name) among them all, so that one router's
+        #: closed breaker does not hide another's open one.
+        self.breaker_hooks: weakref.WeakSet[PrometheusHook] = weakref.WeakSet()
+
+    def show_circuit(self, labels: tuple[str, str]) -> None:
+        """Set ``smsroute_circuit_state`` of (provider, scope) to the worst state any
+        router's breakers of it are in; remove the series when no router has it."""
+        values = [
+            value
+            for hook in list(self.breaker_hooks)
+            if (states := hook.breakers.get(labels)) is not None
+            for value in (*states.values(), 0)
+        ]
+        if values:
+            self.circuit_state.labels(*labels).set(max(values))
+        else:
+            _remove(self.circuit_state, labels)
 
     def _link_reader(self, figure: str) -> Callable[[], Iterator[tuple[tuple[str], float]]]:
         def read() -> Iterator[tuple[tuple[str], float]]:
@@ -403,6 +419,9 @@ class PrometheusHook:
         self._providers: frozenset[str] | None = None
         self._rule_labels: set[tuple[str, str]] = set()
         self._circuit_labels: set[tuple[str, BreakerScope]] = set()
+        #: (provider, scope) -> country (None for a provider-wide breaker) -> state value,
+        #: of this hook's router (see ``_Metrics.show_circuit``).
+        self.breakers: dict[tuple[str, str], dict[str | None, int]] = {}
         # Label children cached by the event fields they come from: the hot path
         # does one dict lookup per event, then increments.
         self._attempt_children: dict[tuple[str, str, Any], tuple[Any, Any]] = {}
@@ -459,12 +478,13 @@ class PrometheusHook:
         self._rule_labels = rules
 
         circuits = {(name, p.breaker_scope) for name, p in config.providers.items()}
+        m.breaker_hooks.add(self)
         for labels in self._circuit_labels - circuits:
-            _remove(m.circuit_state, labels)
-            m.breakers.pop(labels, None)
+            self.breakers.pop(labels, None)
+            m.show_circuit(labels)
         for labels in circuits:
-            states = m.breakers.setdefault(labels, {})
-            m.circuit_state.labels(*labels).set(max(states.values(), default=0))
+            self.breakers.setdefault(labels, {})
+            m.show_circuit(labels)
         self._circuit_labels = circuits
         for name, p in config.providers.items():
             self.inflight(name)
@@ -606,9 +626,9 @@ class PrometheusHook:
     def _breaker(self, e: BreakerTransition) -> None:
         m = self._m
         labels = (e.provider, e.scope)
-        states = m.breakers.setdefault(labels, {})
-        states[e.country] = CIRCUIT_VALUES.get(e.to_state, 0)
-        m.circuit_state.labels(*labels).set(max(states.values()))
+        self.breakers.setdefault(labels, {})[e.country] = CIRCUIT_VALUES.get(e.to_state, 0)
+        m.breaker_hooks.add(self)
+        m.show_circuit(labels)
         m.circuit_transitions.labels(e.provider, e.scope, e.to_state).inc()
 
     def _ratelimit(self, e: RateLimitWait) -> None:
