@@ -381,10 +381,12 @@ async def test_the_worker_command_on_a_damaged_file_exits_with_one_line(
     assert proc.stderr is not None
     async with asyncio.timeout(30):
         line = await proc.stdout.readline()
-        if line:  # it works: the damaged records are dead letters; stop it
-            await asyncio.sleep(0.5)
+        err = ""
+        if line:  # it works: stop it once it has said the damaged records are dead letters
+            while "cannot be sent" not in err and (more := await proc.stderr.readline()):
+                err += more.decode()
             proc.terminate()
-        err = (await proc.stderr.read()).decode()
+        err += (await proc.stderr.read()).decode()
         code = await proc.wait()
     assert "Traceback" not in err, err
     assert "15123456" not in err, err
