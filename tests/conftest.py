@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import socket
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
+from log_support import NumberWatch
 
 from smsroute import Config, DeliveryReport, Router, parse_config
 from smsroute.testing import FakeTwilio
@@ -120,3 +122,20 @@ async def reaches(router: Router, message_id: str, status: str) -> None:
     router.on_delivery_report(check)
     if await state_of(router, message_id) != status:
         await seen.wait()
+
+
+@pytest.fixture(autouse=True)
+def no_whole_number_in_any_log() -> Iterator[None]:
+    """The standard "no phone number in logs", checked in every test: whatever a test
+    does, no message smsroute's loggers write holds a whole number.  At the level the
+    loggers have (WARNING and up, unless a test lowers it): a DEBUG level for every test
+    would change what they time (tests/log_support.py's ``every_log_record`` looks at
+    DEBUG where a test asks)."""
+    watch = NumberWatch()
+    ours = logging.getLogger("smsroute")
+    ours.addHandler(watch)
+    try:
+        yield
+    finally:
+        ours.removeHandler(watch)
+    assert not watch.leaks, "a whole phone number in smsroute's logs:\n" + "\n".join(watch.leaks)

@@ -156,3 +156,21 @@ def test_number_type_agrees_with_phonenumbers_on_random_numbers_of_every_code() 
             assert region == phonenumbers.region_code_for_number(number), number
             valid += 1
     assert valid > 1000  # the sample holds plenty of valid numbers, not only garbage
+
+
+def test_the_log_check_every_test_ends_with_finds_a_whole_number() -> None:
+    """What tests/conftest.py's ``no_whole_number_in_any_log`` looks for: a whole number
+    is found, a masked one is not (so the check can fail)."""
+    import logging
+
+    from log_support import NumberWatch, whole_numbers
+
+    from smsroute import mask
+
+    assert whole_numbers("sent to +4915123456789 via twilio") == ["+4915123456789"]
+    assert whole_numbers(f"sent to {mask('+4915123456789')}") == []
+    assert whole_numbers("id SM0123456789abcdef, 1.5e+15") == []
+    watch = NumberWatch()
+    record = logging.LogRecord("smsroute", logging.INFO, "x", 1, "to %s", ("+14155550100",), None)
+    watch.emit(record)
+    assert watch.leaks == ["smsroute INFO: to +14155550100"]
