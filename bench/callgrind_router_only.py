@@ -25,10 +25,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -68,28 +66,11 @@ async def sends(config_path: str, count: int) -> None:
             await router.send(message)
 
 
-def callgrind(config_path: str, count: int) -> int:
+def count_sends(config_path: str, count: int) -> int:
     """Instructions of one process making ``count`` counted sends."""
-    out = subprocess.run(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
-            sys.executable,
-            __file__,
-            "--config",
-            config_path,
-            "--count",
-            str(count),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    found = re.search(r"Collected : (\d+)", out.stderr)
-    if found is None:
-        raise RuntimeError(f"no instruction count from callgrind:\n{out.stderr[-2000:]}")
-    return int(found.group(1))
+    from callgrind_send import callgrind  # the same valgrind run and count reading
+
+    return callgrind(__file__, ["--config", config_path, "--count", str(count)])
 
 
 def main() -> None:
@@ -107,8 +88,8 @@ def main() -> None:
         sys.exit("valgrind is needed: apt-get install valgrind")
     runs = []
     for _ in range(args.repeat):
-        small = callgrind(args.config, args.base)
-        large = callgrind(args.config, args.base + args.messages)
+        small = count_sends(args.config, args.base)
+        large = count_sends(args.config, args.base + args.messages)
         runs.append((large - small) / args.messages)
     shown = ", ".join(f"{r / 1000:.1f}" for r in runs)
     print(
