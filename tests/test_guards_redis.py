@@ -34,7 +34,7 @@ from redis_support import (  # noqa: F401
 )
 
 from smsroute import ManualClock, Message, Router, parse_config
-from smsroute.instrument.events import AnomalyTransition
+from smsroute.instrument.events import AnomalyTransition, StateBackendError
 from smsroute.state.guards_mirror import Mirror
 from smsroute.state.guards_script import GUARDS
 from smsroute.state.guards_spec import hashed, packed_times
@@ -46,13 +46,15 @@ START = float(calendar.timegm((2026, 3, 31, 23, 0, 0)))
 DE = "+4915123456{:03d}"
 
 
-def config_text(fake: FakeTwilio, url: str, key_prefix: str, guards: str) -> str:
+def config_text(
+    fake: FakeTwilio, url: str, key_prefix: str, guards: str, timeout: str = "300ms"
+) -> str:
     return (
         "providers:\n"
         + twilio_block("a", fake, prices="{DE: 0.08, default: 0.05}")
         + "\nrules:\n  - name: default\n    providers: [a]\n"
         + textwrap.dedent(guards)
-        + state_block(url, key_prefix, sync_interval="100ms", timeout="300ms")
+        + state_block(url, key_prefix, sync_interval="100ms", timeout=timeout)
         + "\n"
     )
 
@@ -426,7 +428,9 @@ async def traffic(
     ``guard_checks: local``): the statuses, and the anomaly trips and releases."""
     async with FakeTwilio() as fake:
         key_prefix = f"smsroute-test:{uuid.uuid4().hex[:12]}:"
-        text = config_text(fake, redis_url, key_prefix, guards)
+        # a generous timeout: a call slower than it under a loaded machine would put the
+        # link down and the checks in this process's counts (another test's subject)
+        text = config_text(fake, redis_url, key_prefix, guards, timeout="20s")
         if backend == "memory":
             text = text[: text.index("state:")]
         elif backend == "redis-local":
@@ -435,15 +439,20 @@ async def traffic(
         out: list[str] = []
         events: list[str] = []
 
+        failed: list[str] = []
+
         def hook(event: Any) -> None:
             if isinstance(event, AnomalyTransition):
                 events.append(f"{event.to_state} {event.recent} {event.baseline}")
+            elif isinstance(event, StateBackendError):
+                failed.append(event.operation)
 
         async with Router(parse_config(text), clock=clock, metrics=False, hooks=[hook]) as router:
             for later, numbers in groups:
                 clock.advance(later)
                 sends = [router.send(otp(DE.format(n))) for n in numbers]
                 out += [r.status for r in await asyncio.gather(*sends)]
+        assert not failed, f"Redis failed during {failed}: the run did not count in Redis"
     if backend != "memory":
         client = redis.Redis.from_url(redis_url)
         keys = client.keys(f"{key_prefix}*")
