@@ -155,6 +155,13 @@ class Dispatcher:
         self._graced: list[Runtime] = []
         self._background: set[asyncio.Task[None]] = set()
         self._wall = wall_clock(clock)
+        #: The guards' counts, once the send path has asked the state for them.
+        self._counts: GuardCounts | None = None
+
+    def _guard_counts(self) -> GuardCounts:
+        """The state's guard counts (made on the first guarded send), kept for the next."""
+        counts = self._counts = self._state.guard_counts()
+        return counts
 
     # -- what the other parts read ------------------------------------------------------
 
@@ -526,7 +533,7 @@ class Dispatcher:
             guards
             and (  # fraud and spend guards (smsroute.guards): one check when none
                 checked := guards.check_now(
-                    (counts := self._state.guard_counts()),
+                    (counts := self._counts or self._guard_counts()),
                     message,
                     p.destination.e164,
                     country,

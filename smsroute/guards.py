@@ -604,6 +604,8 @@ class Guards:
         if isinstance(counts, MemoryGuardCounts):  # inline (MemoryGuardCounts.spend)
             spent = counts.spent
             recorder = counts.recorder
+            # entry: [spend, expiry, spend not yet recorded in Redis (guard_checks: local)]
+            unrecorded = 0.0 if recorder is None else cost
             for sk in keys:
                 if not sk.start <= now < sk.end:  # a new period: the spends of past ones go
                     sk.at(now)
@@ -611,11 +613,10 @@ class Guards:
                 entry = spent.get(sk.key)
                 if entry is None:
                     entry = spent[sk.key] = [0.0, sk.end + SPEND_KEPT, 0.0]
-                entry[0] += cost
-                if recorder is not None:  # guard_checks: local, recorded in Redis too
-                    entry[2] += cost
-                if emit is not None and not sk.lo <= entry[0] < sk.hi:
-                    self._tell(sk, entry[0], provider, emit)
+                total = entry[0] = entry[0] + cost
+                entry[2] += unrecorded
+                if not sk.lo <= total < sk.hi and emit is not None:
+                    self._tell(sk, total, provider, emit)
             if recorder is not None and recorder.asleep:
                 recorder.wake(now)
             return
