@@ -60,13 +60,13 @@ def _credentials(fake: FakeProvider) -> dict[str, str]:
 
 
 async def _serve(kind: str, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before the line that says it is up: a
+        loop.add_signal_handler(sig, stop.set)  # Ctrl-C right after it is a clean stop
     fake = FAKES[kind](host=host, port=port)
     await fake.start()
     print(json.dumps(_credentials(fake)), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await fake.stop()
 
