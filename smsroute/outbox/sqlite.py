@@ -14,13 +14,14 @@ so they serialise on SQLite's lock (waiting up to ``busy_timeout``).  With
 process being killed; ``synchronous: full`` also survives a power cut, at
 the price of an fsync per commit.
 
-Schema (version 1)::
+Schema (version 2: version 1 without ``seal``, added when such a file is opened)::
 
     messages   one row per message: its state machine (state, due, expires,
                tries, lease_owner, lease_until), what status() shows (status,
                provider, provider_message_id, error_code, reason, outcome) and
                the message itself (to_number, body, sender, category, tags,
-               metadata).  Partial indexes: pending by (priority, due), leased
+               metadata) and its seal (:func:`records.seal`: a CRC-32 of the id and
+               the message, checked at each lease; NULL in rows of schema 1).  Partial indexes: pending by (priority, due), leased
                by lease_until, dead and sent by updated_at; idempotency_key unique.
     history    (message_id, at, status, provider, detail): every change after
                enqueue, receipts included, in the order recorded
@@ -36,6 +37,7 @@ import logging
 import math
 import os
 import queue
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -94,7 +96,8 @@ CREATE TABLE IF NOT EXISTS messages (
     sender TEXT,
     category TEXT NOT NULL,
     tags TEXT,
-    metadata TEXT
+    metadata TEXT,
+    seal INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency
     ON messages (idempotency_key) WHERE idempotency_key IS NOT NULL;
@@ -123,17 +126,17 @@ CREATE TABLE IF NOT EXISTS attempts (
     retry_after REAL
 );
 CREATE INDEX IF NOT EXISTS attempts_message ON attempts (message_id);
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 """
 
 _INSERT = (
     "INSERT OR IGNORE INTO messages (id, idempotency_key, state, priority, due, expires, ttl,"
-    " enqueued_at, updated_at, status, to_number, body, sender, category, tags, metadata)"
-    " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)"
+    " enqueued_at, updated_at, status, to_number, body, sender, category, tags, metadata,"
+    " seal) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)"
 )
 _QUEUED = (
     "SELECT seq, id, priority, due, expires, tries, enqueued_at,"
-    " to_number, body, sender, category, tags, metadata FROM messages"
+    " to_number, body, sender, category, tags, metadata, seal FROM messages"
 )
 _HISTORY = "INSERT INTO history (message_id, at, status, provider, detail) VALUES (?, ?, ?, ?, ?)"
 _ATTEMPT = (
@@ -144,6 +147,8 @@ _ATTEMPT = (
 
 def _row(item: NewMessage) -> tuple[Any, ...]:
     m = item.message
+    tags = encode_json(list(m.tags)) if m.tags else None
+    meta = encode_json(dict(m.metadata)) if m.metadata else None
     return (
         item.message_id,
         item.idempotency_key,
@@ -157,14 +162,18 @@ def _row(item: NewMessage) -> tuple[Any, ...]:
         m.text,
         m.sender,
         m.category,
-        encode_json(list(m.tags)) if m.tags else None,
-        encode_json(dict(m.metadata)) if m.metadata else None,
+        tags,
+        meta,
+        records.seal(item.message_id, m.to, m.text, m.sender, m.category, tags, meta),
     )
 
 
 def _queued(row: Sequence[Any]) -> QueuedMessage:
-    """A leased row (``_QUEUED``'s columns), checked: raises :class:`RecordDamaged`."""
-    return records.queued(row[1], *row[2:7], *row[7:13])
+    """A leased row (``_QUEUED``'s columns), checked (every field, then the seal): raises
+    :class:`RecordDamaged`."""
+    queued = records.queued(row[1], *row[2:7], *row[7:13])
+    records.sealed(row[13], row[1], *row[7:13])
+    return queued
 
 
 #: SQLite's primary result codes met here (``sqlite3.Error.sqlite_errorcode & 0xFF``).
@@ -179,6 +188,23 @@ _CANTOPEN = 14
 _NOTADB = 26
 
 
+def damaged_file(path: str, what: str) -> OutboxUnavailable:
+    """The clear error for a file SQLite cannot read as a database: ``what`` is wrong."""
+    return OutboxUnavailable(
+        f"the outbox database {path} {what}: move it aside (mv {path} {path}.broken, and "
+        "its -wal and -shm files if any): a new one is created at the next start (sqlite3 "
+        f"{path}.broken .recover may save the messages it held)"
+    )
+
+
+def _schema_damaged(exc: BaseException) -> bool:
+    """Whether ``exc`` is sqlite3 failing to decode its own error about a damaged schema
+    (the damaged bytes are not UTF-8: a UnicodeDecodeError instead of DatabaseError)."""
+    return isinstance(exc, UnicodeDecodeError) and exc.object.startswith(
+        b"malformed database schema"
+    )
+
+
 def unavailable(path: str, exc: sqlite3.Error, busy_timeout: float) -> OutboxUnavailable | None:
     """The clear error for ``exc`` when the file itself is the problem, else None (a bug).
 
@@ -187,17 +213,13 @@ def unavailable(path: str, exc: sqlite3.Error, busy_timeout: float) -> OutboxUna
     code = getattr(exc, "sqlite_errorcode", None)
     primary = code & 0xFF if isinstance(code, int) else None
     if primary in (_CORRUPT, _NOTADB):
-        what = (
+        return damaged_file(
+            path,
             "is not an SQLite database"
             if primary == _NOTADB
-            else "is damaged (the database disk image is malformed)"
+            else "is damaged (the database disk image is malformed)",
         )
-        todo = (
-            f"move it aside (mv {path} {path}.broken, and its -wal and -shm files if any): "
-            f"a new one is created at the next start (sqlite3 {path}.broken .recover may "
-            "save the messages it held)"
-        )
-    elif primary in (_BUSY, _LOCKED):
+    if primary in (_BUSY, _LOCKED):
         what = f"is locked by another process (waited busy_timeout={busy_timeout:g} s)"
         todo = (
             "find the process holding a write transaction on it (a sqlite3 shell, a backup) "
@@ -248,7 +270,7 @@ def _fatal(exc: Exception) -> bool:
         isinstance(exc, sqlite3.Error)
         and isinstance(code, int)
         and (code & 0xFF in (_BUSY, _LOCKED, _CORRUPT, _NOTADB, _FULL, _IOERR, _READONLY))
-    )
+    ) or _schema_damaged(exc)
 
 
 def _undecodable(error: BaseException | None) -> bool:
@@ -299,10 +321,69 @@ def _run_batch(
                 conn.execute("ROLLBACK")
             except sqlite3.Error as again:
                 log.error("rollback failed in the outbox store %s: %s", path, again)
-        clear = unavailable(path, exc, busy_timeout) if isinstance(exc, sqlite3.Error) else None
+        clear = (
+            unavailable(path, exc, busy_timeout)
+            if isinstance(exc, sqlite3.Error)
+            else damaged_file(path, "is damaged (its schema cannot be read)")
+            if _schema_damaged(exc)
+            else None
+        )
         error: BaseException = exc if clear is None else clear
         return [(job, None, error) for job in batch]
     return done
+
+
+#: Each table's columns, as SCHEMA makes them.
+COLUMNS = {
+    table: tuple(line.split()[0] for line in body.strip().splitlines())
+    for table, body in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\n\);", SCHEMA, re.S)
+}
+
+
+def _names(conn: sqlite3.Connection, sql: str) -> list[str]:
+    """The first column of ``sql``'s rows, read as bytes: a name damaged into text that
+    is not UTF-8 does not match (instead of failing the read with the text in its error)."""
+    conn.text_factory = bytes
+    try:
+        return [
+            row[0].decode("utf-8", "replace") if isinstance(row[0], bytes) else str(row[0])
+            for row in conn.execute(sql)
+        ]
+    finally:
+        conn.text_factory = str
+
+
+def _missing_table(conn: sqlite3.Connection) -> str | None:
+    """What is wrong with the tables of a file that has some (before SCHEMA makes them):
+    a table renamed by a damaged byte of the schema's text would be made anew, empty,
+    beside the messages it held."""
+    found = set(_names(conn, "SELECT name FROM sqlite_master WHERE type = 'table'"))
+    missing = sorted(set(COLUMNS) - found)
+    return f"lacks its table {missing[0]}" if found and missing else None
+
+
+def _missing_column(conn: sqlite3.Connection) -> str | None:
+    """A column SCHEMA makes that a table lacks (a damaged byte of the schema's text,
+    another program): every query naming it would fail."""
+    for table, columns in COLUMNS.items():
+        found = set(_names(conn, f"SELECT name FROM pragma_table_info('{table}')"))
+        for column in columns:
+            if column not in found and column != "seal":  # seal: added by _add_seal
+                return f"lacks the column {column} of its table {table}"
+    return None
+
+
+def _add_seal(conn: sqlite3.Connection) -> None:
+    """Give a file made by an earlier version (schema 1) its ``seal`` column: its rows
+    keep none (NULL: not checked), new rows have one.  Two processes opening it at once
+    both try; the second finds the column there."""
+    if "seal" in _names(conn, "SELECT name FROM pragma_table_info('messages')"):
+        return
+    try:
+        conn.execute("ALTER TABLE messages ADD COLUMN seal INTEGER")
+    except sqlite3.OperationalError as exc:
+        if "duplicate column" not in str(exc):
+            raise
 
 
 class _Connection:
@@ -361,15 +442,32 @@ class _Connection:
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
-            conn.executescript(SCHEMA)
+            problem = _missing_table(conn)
+            if problem is None:
+                conn.executescript(SCHEMA)
+                problem = _missing_column(conn)
+            if problem is not None:
+                conn.close()
+                raise damaged_file(
+                    self.path,
+                    f"{problem} (its schema was damaged, or another program wrote the file)",
+                )
+            _add_seal(conn)
+        except UnicodeDecodeError:  # sqlite3's own error about a damaged schema, undecodable
+            if conn is not None:
+                conn.close()
+            raise damaged_file(self.path, "is damaged (its schema cannot be read)") from None
         except sqlite3.Error as exc:
             if conn is not None:
                 conn.close()
             clear = unavailable(self.path, exc, self.busy_timeout)
+            if clear is None and _undecodable(exc):  # the schema's text (its error quotes it)
+                clear = damaged_file(self.path, "is damaged (its schema is not UTF-8 text)")
             if clear is None:
                 folder = os.path.dirname(os.path.abspath(self.path))
+                said = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
                 clear = OutboxUnavailable(
-                    f"the outbox database {self.path} cannot be opened ({exc}): check that the "
+                    f"the outbox database {self.path} cannot be opened ({said}): check that the "
                     f"folder {folder} exists and is writable"
                 )
             raise clear from None
@@ -512,7 +610,7 @@ class SQLiteOutbox:
     async def lease(self, owner: str, limit: int, now: float, until: float) -> list[QueuedMessage]:
         sweep = now >= self._next_sweep
 
-        def run(conn: sqlite3.Connection) -> tuple[list[QueuedMessage], list[tuple[str, str]]]:
+        def run(conn: sqlite3.Connection) -> tuple[list[QueuedMessage], list[tuple[str, str, str]]]:
             expired = conn.execute(
                 "UPDATE messages SET state = 'pending', lease_owner = NULL, lease_until = NULL"
                 " WHERE state = 'leased' AND lease_until <= ? RETURNING id, lease_owner",
@@ -538,7 +636,7 @@ class SQLiteOutbox:
                     try:
                         leased.append(_queued(row))
                     except RecordDamaged as exc:
-                        damaged.append((row[0], row[1], exc.reason()))
+                        damaged.append((row[0], row[1], exc.reason(), exc.remedy))
                     else:
                         seqs.append(row[0])
                 if len(leased) >= limit:
@@ -549,7 +647,7 @@ class SQLiteOutbox:
                     f" WHERE seq IN ({_marks(len(chunk))})",
                     (owner, until, *chunk),
                 )
-            for seq, _, reason in damaged:  # out of the queue, for a person to look at
+            for seq, _, reason, _ in damaged:  # out of the queue, for a person to look at
                 conn.execute(
                     "UPDATE messages SET state = 'dead', status = 'dead', reason = ?,"
                     " lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE seq = ?",
@@ -560,28 +658,30 @@ class SQLiteOutbox:
                     " SELECT id, ?, 'dead', NULL, ? FROM messages WHERE seq = ?",
                     (now, reason, seq),
                 )
-            return leased, [(records.text(mid) or "?", reason) for _, mid, reason in damaged]
+            return leased, [
+                (records.text(mid) or "?", reason, remedy) for _, mid, reason, remedy in damaged
+            ]
 
         leased, damaged = await self._db.call(run)
         if sweep:
             self._next_sweep = now + SWEEP_EVERY
-        for mid, reason in damaged:
+        for mid, reason, remedy in damaged:
             log.error(
                 "outbox: message %s in %s cannot be sent: %s. It is a dead letter now: "
                 "%s (router.requeue(%r)).",
                 mid,
                 self.path,
                 reason.removeprefix("the outbox record is damaged: "),
-                records.REMEDY,
+                remedy,
                 mid,
             )
         return leased
 
     @staticmethod
-    def _sweep(conn: sqlite3.Connection) -> list[tuple[int, Any, str]]:
+    def _sweep(conn: sqlite3.Connection) -> list[tuple[int, Any, str, str]]:
         """Unsent rows no lease would ever take (a state, priority or time smsroute does
-        not write): (seq, id, the dead letter's reason) of each."""
-        found: list[tuple[int, Any, str]] = []
+        not write): (seq, id, the dead letter's reason, its remedy) of each."""
+        found: list[tuple[int, Any, str, str]] = []
         for seq, mid, state, prio_ok, due_ok in conn.execute(
             "SELECT seq, id, state, priority IN (0, 1, 2, 3), typeof(due) IN ('integer', 'real')"
             " FROM messages WHERE state NOT IN ('sent', 'dead') AND NOT ("
@@ -597,7 +697,7 @@ class SQLiteOutbox:
                 damage = RecordDamaged("due", "is not a number")
             else:
                 damage = RecordDamaged("lease_until", "is not a number")
-            found.append((seq, mid, damage.reason()))
+            found.append((seq, mid, damage.reason(), damage.remedy))
         return found
 
     async def renew(self, owner: str, message_ids: Collection[str], until: float) -> int:
@@ -793,13 +893,30 @@ class SQLiteOutbox:
         return await self._db.call(run)
 
     async def recipient(self, message_id: str) -> str | None:
-        def run(conn: sqlite3.Connection) -> str | None:
+        def run(conn: sqlite3.Connection) -> tuple[str | None, str | None]:
             row = conn.execute(
-                "SELECT to_number FROM messages WHERE id = ?", (message_id,)
+                "SELECT id, to_number, body, sender, category, tags, metadata, seal"
+                " FROM messages WHERE id = ?",
+                (message_id,),
             ).fetchone()
-            return None if row is None else records.text(row[0])
+            if row is None:
+                return None, None
+            try:  # a damaged number would opt out someone else
+                records.sealed(row[7], *row[:7])
+            except RecordDamaged as exc:
+                return None, exc.reason()
+            return records.text(row[1]), None
 
-        return await self._db.call(run)
+        number, damage = await self._db.call(run)
+        if damage is not None:
+            log.error(
+                "outbox: the number of message %s in %s cannot be read: %s. The opt-out its "
+                "receipt reports is not recorded; record it by hand if it is needed.",
+                message_id,
+                self.path,
+                damage.removeprefix("the outbox record is damaged: "),
+            )
+        return number
 
     async def status(self, message_id: str) -> MessageState | None:
         def run(conn: sqlite3.Connection) -> MessageState | None:
