@@ -297,6 +297,7 @@ async def use(path: Path, ids: list[str]) -> list[tuple[str, str]]:
 @example(damages=[("overwrite", 0.05, b"\x01\x80")], stale=None, junk=b"")  # schema: not UTF-8
 @example(damages=[("flip", 0.04296875, b"\x00")], stale=None, junk=b"")  # a column renamed
 @example(damages=[("flip", 0.0625, b"\x00")], stale=None, junk=b"")
+@example(damages=[("flip", 0.8722623141728708, b"\x80")], stale=None, junk=b"")  # a leased id
 def test_a_damaged_file_works_or_is_named_and_nothing_leaks(
     tmp_path_factory: pytest.TempPathFactory,
     damages: list[tuple[str, float, bytes]],
@@ -525,6 +526,37 @@ async def test_a_damaged_id_does_not_break_dead_letters(tmp_path: Path) -> None:
         assert any("field id" in d.reason for d in letters)
     finally:
         await store.close()
+
+
+async def test_a_leased_record_whose_id_is_damaged_goes_back_when_its_lease_expires(
+    tmp_path: Path,
+) -> None:
+    """Before: the expired lease's id, read back as Python text with surrogates, was sent
+    to SQLite for its history line: UnicodeEncodeError from every lease() after it.  And
+    the line said "the lease of None expired" (RETURNING gave the holder after it was
+    cleared)."""
+    path = tmp_path / "outbox.db"
+    ids = await pending(path, 2)
+    store = SQLiteOutbox(path)
+    try:
+        assert len(await store.lease("w-1", 10, START, START + 40)) == 2
+    finally:
+        await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("UPDATE messages SET id = CAST(x'3031ff' AS TEXT) WHERE id = ?", (ids[0],))
+        conn.commit()
+    store = SQLiteOutbox(path)
+    try:
+        again = await store.lease("w-2", 10, START + 50, START + 90)
+        assert [q.message_id for q in again] == [ids[1]]
+        assert any("field id" in d.reason for d in await store.dead_letters())
+    finally:
+        await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        details = conn.execute(
+            "SELECT detail FROM history WHERE status = 'lease_expired'"
+        ).fetchall()
+    assert details == [("the lease of w-1 expired",)] * 2
 
 
 @pytest.mark.parametrize("how", ["garbage", "header", "bad_row"])

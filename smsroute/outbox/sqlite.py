@@ -611,19 +611,19 @@ class SQLiteOutbox:
         sweep = now >= self._next_sweep
 
         def run(conn: sqlite3.Connection) -> tuple[list[QueuedMessage], list[tuple[str, str, str]]]:
-            expired = conn.execute(
+            # in SQL, before the leases go: the id as stored (it may not be UTF-8, which
+            # Python could not send back) and the holder (RETURNING would give it NULL)
+            conn.execute(
+                "INSERT INTO history (message_id, at, status, provider, detail)"
+                " SELECT id, ?, 'lease_expired', NULL, 'the lease of ' || lease_owner || ' expired'"
+                " FROM messages WHERE state = 'leased' AND lease_until <= ?",
+                (now, now),
+            )
+            conn.execute(
                 "UPDATE messages SET state = 'pending', lease_owner = NULL, lease_until = NULL"
-                " WHERE state = 'leased' AND lease_until <= ? RETURNING id, lease_owner",
+                " WHERE state = 'leased' AND lease_until <= ?",
                 (now,),
-            ).fetchall()
-            if expired:
-                conn.executemany(
-                    _HISTORY,
-                    [
-                        (mid, now, "lease_expired", None, f"the lease of {holder} expired")
-                        for mid, holder in expired
-                    ],
-                )
+            )
             damaged = self._sweep(conn) if sweep else []
             leased: list[QueuedMessage] = []
             seqs: list[int] = []
