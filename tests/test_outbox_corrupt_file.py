@@ -442,6 +442,7 @@ async def test_a_file_of_the_earlier_schema_gets_seals_for_new_rows(tmp_path: Pa
         ("ALTER TABLE messages RENAME TO messagez", "lacks its table messages"),
         ("ALTER TABLE messages RENAME COLUMN expires TO expirez", "lacks the column expires"),
         ("ALTER TABLE attempts RENAME COLUMN detail TO detaix", "lacks the column detail"),
+        ("ALTER TABLE messages RENAME COLUMN seal TO seaz", "lacks the column seal"),
     ],
 )
 async def test_a_renamed_table_or_column_is_named_and_nothing_is_made_anew(
