@@ -19,12 +19,13 @@ installed; this check runs everywhere).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import re
 import textwrap
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -349,13 +350,23 @@ def check(
 # -- the traffic ----------------------------------------------------------------------------
 
 
-async def run(t: Traffic, extra_hook: bool) -> None:
+@contextlib.asynccontextmanager
+async def scripted_fakes(t: Traffic) -> AsyncIterator[list[FakeTwilio]]:
+    """A fake Twilio per provider of ``t``, each scripted as its spec says, stopped after."""
     fakes = [FakeTwilio() for _ in t.providers]
     for fake in fakes:
         await fake.start()
     try:
         for fake, spec in zip(fakes, t.providers, strict=True):
             script(fake, spec)
+        yield fakes
+    finally:
+        for fake in fakes:
+            await fake.stop()
+
+
+async def run(t: Traffic, extra_hook: bool) -> None:
+    async with scripted_fakes(t) as fakes:
         registry = CollectorRegistry()
         events: list[Event] = []
         hooks = [events.append] if extra_hook else []
@@ -393,9 +404,6 @@ async def run(t: Traffic, extra_hook: bool) -> None:
                 assert len(called) == sum(
                     n for n in expected_from(results).series["smsroute_attempts_total"].values()
                 )
-    finally:
-        for fake in fakes:
-            await fake.stop()
 
 
 @settings(
@@ -480,12 +488,7 @@ def trafficked() -> CollectorRegistry:
     registries: list[CollectorRegistry] = []
 
     async def go() -> None:
-        fakes = [FakeTwilio() for _ in t.providers]
-        for fake in fakes:
-            await fake.start()
-        try:
-            for fake, spec in zip(fakes, t.providers, strict=True):
-                script(fake, spec)
+        async with scripted_fakes(t) as fakes:
             registry = CollectorRegistry()
             async with Router(parse_config(config_text(t, fakes)), registry=registry) as router:
                 for batch in t.batches:
@@ -496,9 +499,6 @@ def trafficked() -> CollectorRegistry:
                         )
                     )
             registries.append(registry)
-        finally:
-            for fake in fakes:
-                await fake.stop()
 
     with asyncio.Runner() as runner:
         runner.run(go())
