@@ -68,7 +68,7 @@ import yaml
 from aiohttp import web
 from conftest import ROOT
 from prometheus_client import CollectorRegistry
-from test_readme import Shell, expect, free_port, stop
+from test_readme import Shell, expect, free_port, run_worker
 
 import smsroute
 from smsroute import Router, SyncRouter, parse_config
@@ -536,13 +536,7 @@ def fake_provider(console: Console, command: str) -> None:
 
 
 def worker(console: Console, command: str) -> None:
-    proc = console.shell.start(command.replace("smsroute ", f"{BIN}/smsroute ", 1))
-    assert proc.stdout is not None
-    try:
-        assert '"worker"' in proc.stdout.readline()
-    finally:
-        code, err = stop(proc)
-    assert code == 0, err
+    run_worker(console.shell, command.replace("smsroute ", f"{BIN}/smsroute ", 1))
 
 
 COMMANDS: list[tuple[re.Pattern[str], Callable[[Console, str], None]]] = [

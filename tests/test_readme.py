@@ -188,7 +188,8 @@ def serve(shell: Shell, command: str) -> None:
     assert code == 0, err
 
 
-def worker(shell: Shell, command: str) -> None:
+def run_worker(shell: Shell, command: str) -> None:
+    """A worker command: its first line names the worker, and SIGTERM stops it (exit 0)."""
     proc = shell.start(command)
     assert proc.stdout is not None
     try:
@@ -196,6 +197,10 @@ def worker(shell: Shell, command: str) -> None:
     finally:
         code, err = stop(proc)
     assert code == 0, err
+
+
+def worker(shell: Shell, command: str) -> None:
+    run_worker(shell, command)
     # The outbox it made is where the README says, and git leaves it out.
     assert (shell.cwd / "smsroute-outbox.db").exists()
     files = ["smsroute-outbox.db", "smsroute-outbox.db-wal", "smsroute-outbox.db-shm"]
