@@ -211,19 +211,7 @@ class RedisGuardCounts:
             queued.specs.append(spec)
             queued.times.append(now)
             queued.numbers.append(e164)
-            line = spec.head  # _line(), inline: once a message
-            for end in spec.free:
-                if end:
-                    part = e164[1:end]
-                    digest = self._prefixes.get(part) or self._prefix_hash(part)
-                else:
-                    h = self._hash.copy()
-                    h.update(e164.encode())
-                    digest = h.hexdigest()
-                line += digest + " "
-            if "\n" in member:
-                member = hashed(member)
-            queued.texts.append(f"{line}{'p' if passed else 'r'}{member}")
+            queued.texts.append(self._line(spec, e164, member, "p" if passed else "r"))
             if self.asleep:  # neither a batch under way nor its timer
                 self._later()
 
