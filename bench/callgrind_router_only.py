@@ -2,6 +2,7 @@
 
     python bench/callgrind_router_only.py [--messages 2000] [--base 1000] [--repeat 3]
                                           [--config bench/realistic.yaml]
+                                          [--state memory|redis|redis-local]
 
 ``callgrind_send.py`` counts a whole send, aiohttp's request and the fake's answer
 included, with 64 sends interleaved: its per-message figure moves by up to +-5k
@@ -18,6 +19,10 @@ Each run counts ``--base`` sends and ``--base + --messages`` sends in two proces
 difference over ``--messages`` is the cost of one send, start-up cancelled out.  Not a
 target's measure (those are in callgrind_send.py and RESULTS.md): a tool to say what a
 hot-path change costs, as a commit that adds instructions must.
+
+``--state redis`` puts the state in the Redis on 127.0.0.1:6379 (``callgrind_send.py``'s
+``REDIS_STATE``, a fresh key prefix per process: a prefix reused across runs fills the
+per-number logs); ``redis-local`` adds ``guard_checks: local`` (issue 19's Redis arm).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import gc
 import shutil
 import statistics
 import sys
+import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -41,14 +47,24 @@ ENVIRON = {
 WARM = 200
 
 
-async def sends(config_path: str, count: int) -> None:
-    """``count`` sends through a router whose providers answer at once."""
+def state_section(state: str) -> str:
+    """The YAML ``state:`` section of ``--state`` (empty for memory)."""
+    if state == "memory":
+        return ""
+    from callgrind_send import REDIS_STATE
+
+    section = REDIS_STATE.format(uuid.uuid4().hex[:8])
+    return section + ("  guard_checks: local\n" if state == "redis-local" else "")
+
+
+async def sends(text: str, count: int) -> None:
+    """``count`` sends through a router (config ``text``) whose providers answer at once."""
     from smsroute import Message, Router
-    from smsroute.configload import load_config
+    from smsroute.configload import parse_config
     from smsroute.message import Outcome
     from smsroute.providers.base import OutboundSMS, Reply
 
-    config = load_config(config_path, environ=ENVIRON)
+    config = parse_config(text, environ=ENVIRON)
     async with Router(config) as router:
 
         async def accepted(sms: OutboundSMS, session: object) -> Reply:
@@ -73,11 +89,12 @@ async def sends(config_path: str, count: int) -> None:
             raise SystemExit(f"{refused} of {count} sends not accepted: the count is not a send's")
 
 
-def count_sends(config_path: str, count: int) -> int:
+def count_sends(config_path: str, count: int, state: str) -> int:
     """Instructions of one process making ``count`` counted sends."""
     from callgrind_send import callgrind  # the same valgrind run and count reading
 
-    return callgrind(__file__, ["--config", config_path, "--count", str(count)])
+    args = ["--config", config_path, "--state", state, "--count", str(count)]
+    return callgrind(__file__, args)
 
 
 def main() -> None:
@@ -86,21 +103,23 @@ def main() -> None:
     parser.add_argument("--base", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--config", default=str(HERE / "realistic.yaml"))
+    parser.add_argument("--state", choices=("memory", "redis", "redis-local"), default="memory")
     parser.add_argument("--count", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.count is not None:  # one measured process, run by valgrind
-        asyncio.run(sends(args.config, args.count))
+        text = Path(args.config).read_text() + state_section(args.state)
+        asyncio.run(sends(text, args.count))
         return
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is needed: apt-get install valgrind")
     runs = []
     for _ in range(args.repeat):
-        small = count_sends(args.config, args.base)
-        large = count_sends(args.config, args.base + args.messages)
+        small = count_sends(args.config, args.base, args.state)
+        large = count_sends(args.config, args.base + args.messages, args.state)
         runs.append((large - small) / args.messages)
     shown = ", ".join(f"{r / 1000:.1f}" for r in runs)
     print(
-        f"Router.send, router only ({Path(args.config).name}): "
+        f"Router.send, router only ({Path(args.config).name}, {args.state}): "
         f"{statistics.median(runs) / 1000:.1f} k instructions/msg (runs {shown})"
     )
 
