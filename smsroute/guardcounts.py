@@ -253,8 +253,8 @@ class Lane:
     number and the time change from one message to the next."""
 
     __slots__ = (
-        "anomaly", "budgets", "country", "counts", "geo", "kept", "ncaps", "overridable",
-        "shared", "velocity", "windows",
+        "anomaly", "budgets", "country", "counts", "geo", "kept", "keys", "ncaps",
+        "overridable", "shared", "start", "until", "velocity", "windows",
     )  # fmt: skip
 
     def __init__(
@@ -273,6 +273,10 @@ class Lane:
         #: the category and the country), the rest are provider budgets (only read).
         self.budgets = budgets
         self.ncaps = ncaps
+        #: The spend keys of ``budgets`` in the periods the clock was last in, and the
+        #: span [start, until) in which they are all current (see :meth:`roll`).
+        self.keys: tuple[str, ...] = ()
+        self.start = self.until = 0.0
         self.anomaly = anomaly
         #: (limit key, 0 number / 1 prefix / 2 country, prefix end, window, max).
         self.velocity = tuple(velocity)
@@ -287,6 +291,18 @@ class Lane:
         #: Whether the caller may override its anomaly guard (then a message with the
         #: override is not the lane's: its anomaly query does not block).
         self.overridable = False
+
+    def roll(self, now: float) -> None:
+        """Work out :attr:`keys` for the periods ``now`` falls in (the lane's own copy:
+        a budget's :class:`SpendKey` may be moved to another period meanwhile by a
+        message of another lane, at another time)."""
+        self.keys = tuple([sk.at(now) for sk in self.budgets])
+        if self.budgets:
+            self.start = max(sk.start for sk in self.budgets)
+            self.until = min(sk.end for sk in self.budgets)
+        else:
+            self.start, self.until = float("-inf"), float("inf")
+        self.shared = None  # packed with the keys of the periods before
 
 
 def _take_back(lane: Lane, upto: tuple[VelocityWindow, int, int, int], e164: str) -> None:
@@ -311,6 +327,10 @@ class MemoryGuardCounts:
         #: spend key -> [amount, when it may be forgotten, what :attr:`recorder` has not
         #: taken of this process's spend yet].
         self.spent: dict[str, list[float]] = {}
+        #: The spend keys whose spend has reached their budget's cap (:data:`AT_CAP` of
+        #: its limit): whatever adds to a spend adds its key here when it gets there, so
+        #: that :meth:`fast` needs one look for all of a lane's budgets.
+        self.capped: set[str] = set()
         self._sweep_in = SWEEP_EVERY
         #: Where what these counts decide is recorded for other replicas (None: nowhere).
         self.recorder: Recorder | None = None
@@ -343,14 +363,11 @@ class MemoryGuardCounts:
             )
             lane.kept = None
             lane.counts = self
-        spent = self.spent
-        for sk in lane.budgets:
-            if not sk.start <= now < sk.end:  # a new period: the spends of past ones go
-                sk.at(now)
-                self.sweep(now)
-            entry = spent.get(sk.key)
-            if entry is not None and entry[0] >= sk.limit:
-                return False
+        if not lane.start <= now < lane.until:  # a new period: the spends of past ones go
+            lane.roll(now)
+            self.sweep(now)
+        if self.capped and not self.capped.isdisjoint(lane.keys):
+            return False
         a = lane.anomaly
         slot: list[int] | None = None  # [requests, passed] of the anomaly's current slot
         if a is not None:
@@ -490,6 +507,8 @@ class MemoryGuardCounts:
             entry[0] += amount
             if recorder is not None:
                 entry[2] += amount
+            if entry[0] >= sk.limit:
+                self.capped.add(sk.key)
             out.append(entry[0])
         if recorder is not None and recorder.asleep:
             recorder.wake(now)
@@ -513,13 +532,16 @@ class MemoryGuardCounts:
         if held.get(ident, until) <= until:
             held[ident] = until
 
-    def merge_spend(self, key: str, total: float, expires: float) -> None:
-        """Take every replica's spend on ``key`` (``total``, this one's included)."""
+    def merge_spend(self, key: str, total: float, expires: float, cap: float) -> None:
+        """Take every replica's spend on ``key`` (``total``, this one's included; ``cap``:
+        the spend at which its budget is at its cap)."""
         entry = self.spent.get(key)
         if entry is None:
             self.spent[key] = [total, expires, 0.0]
         elif total > entry[0]:
             entry[0] = total
+        if total >= cap:
+            self.capped.add(key)
 
     def merge_anomaly(
         self, a: AnomalyQuery, slot: int, recent: int, base: int, since: float
@@ -547,13 +569,16 @@ class MemoryGuardCounts:
         kept.before = max(kept.before, recent - kept.cur[0])
         kept.base = max(kept.base, base)
 
-    def add_spend(self, key: str, amount: float, expires: float) -> None:
-        """Add to a spend without reading it back (the Redis fallback's replay)."""
+    def add_spend(self, key: str, amount: float, expires: float, cap: float) -> None:
+        """Add to a spend without reading it back (the Redis fallback's replay; ``cap``:
+        the spend at which its budget is at its cap)."""
         entry = self.spent.get(key)
         if entry is None:
-            self.spent[key] = [amount, expires, 0.0]
+            entry = self.spent[key] = [amount, expires, 0.0]
         else:
             entry[0] += amount
+        if entry[0] >= cap:
+            self.capped.add(key)
 
     def take_unrecorded(self, now: float) -> list[tuple[str, float, float]]:
         """This process's spend :attr:`recorder` has not taken yet, as (key, amount,
@@ -582,3 +607,4 @@ class MemoryGuardCounts:
         for key, (_, expires, _) in list(self.spent.items()):
             if expires <= now:
                 del self.spent[key]
+                self.capped.discard(key)

@@ -615,8 +615,8 @@ class Guards:
                     entry = spent[sk.key] = [0.0, sk.end + SPEND_KEPT, 0.0]
                 total = entry[0] = entry[0] + cost
                 entry[2] += unrecorded
-                if not sk.lo <= total < sk.hi and emit is not None:
-                    self._tell(sk, total, provider, emit)
+                if not sk.lo <= total < sk.hi:  # another percent of the limit, or its cap
+                    self._crossed(sk, total, provider, emit, counts.capped)
             if recorder is not None and recorder.asleep:
                 recorder.wake(now)
             return
@@ -624,18 +624,29 @@ class Guards:
             if not sk.start <= now < sk.end:
                 sk.at(now)
         totals = counts.spend(keys, cost, now)
-        if emit is not None:
-            for sk, total in zip(keys, totals, strict=True):
-                if not sk.lo <= total < sk.hi:
-                    self._tell(sk, total, provider, emit)
+        for sk, total in zip(keys, totals, strict=True):
+            if not sk.lo <= total < sk.hi:
+                self._crossed(sk, total, provider, emit, None)
 
-    def _tell(self, sk: SpendKey, total: float, provider: str, emit: Emit) -> None:
-        """A BudgetSpent event when ``total`` is another percent of the limit than the
-        last one told this period (the band of that percent is kept on ``sk``)."""
+    def _crossed(
+        self, sk: SpendKey, total: float, provider: str, emit: Emit | None, capped: set[str] | None
+    ) -> None:
+        """A spend of ``total`` on ``sk`` left the band [lo, hi) kept on ``sk``: at the
+        cap, its key goes into ``capped`` (the memory counts' set, see
+        :attr:`MemoryGuardCounts.capped`); a BudgetSpent event when it is another percent
+        of the limit than the last one told this period.
+
+        The band never reaches the cap (a spend in it is under the cap, whichever counts
+        it is from), and is empty once the cap is reached: every later spend comes here."""
         b = sk.budget
         percent = int(total * 100 / b.limit)
-        sk.lo, sk.hi = percent * b.limit / 100, (percent + 1) * b.limit / 100
-        if percent != sk.told:
+        if total >= sk.limit:
+            if capped is not None:
+                capped.add(sk.key)
+            sk.lo = sk.hi = 0.0
+        else:
+            sk.lo, sk.hi = percent * b.limit / 100, min((percent + 1) * b.limit / 100, sk.limit)
+        if percent != sk.told and emit is not None:
             sk.told = percent
             currency = self._currencies[provider] if b.scope == "provider" else self.currency
             emit(BudgetSpent(b.label, total, b.limit, currency))

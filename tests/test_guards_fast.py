@@ -14,11 +14,12 @@ import asyncio
 import calendar
 import textwrap
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smsroute import ANOMALY_OVERRIDE, AnomalyTransition, Event, Message, parse_config
-from smsroute.guardcounts import MemoryGuardCounts
+from smsroute.guardcounts import MemoryGuardCounts, SpendKey
 from smsroute.guards import Guards, Refusal
 from smsroute.guardwindows import VelocityWindow, trim
 from smsroute.runtime import Prepared, Runtime
@@ -88,11 +89,11 @@ class Side:
 
 
 def answer(
-    side: Side, fast: bool, message: Message, runtime: Runtime, now: float
+    side: Side, fast: bool, message: Message, runtime: Runtime, now: float, events: bool = True
 ) -> tuple[Refusal | None, tuple[str, ...], str | None, Prepared]:
     p = runtime.prepare(message)
     d = p.destination
-    emit = side.events.append
+    emit = side.events.append if events else None
     if fast:
         checked = side.guards.check_now(
             side.counts, message, d.e164, d.country, p.rule, "m", now, emit
@@ -109,10 +110,12 @@ def answer(
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(steps=st.lists(step, min_size=1, max_size=80))
+@given(steps=st.lists(step, min_size=1, max_size=80), events=st.booleans())
 def test_the_fast_path_answers_as_the_general_path(
-    steps: list[tuple[int, str, float, bool, bool, str, bool]],
+    steps: list[tuple[int, str, float, bool, bool, str, bool]], events: bool
 ) -> None:
+    """With and without events (a router without metrics or hooks spends with no one
+    to tell: a cap must be seen all the same)."""
     runtime = Runtime(parse_config(CONFIG))
     fast, general = Side(runtime), Side(runtime)
     now = START
@@ -125,8 +128,8 @@ def test_the_fast_path_answers_as_the_general_path(
             tags=("t1",) if tagged else (),
             metadata={"smsroute.override": ANOMALY_OVERRIDE} if override else {},
         )
-        one = answer(fast, True, message, runtime, now)
-        two = answer(general, False, message, runtime, now)
+        one = answer(fast, True, message, runtime, now, events)
+        two = answer(general, False, message, runtime, now, events)
         assert one[:3] == two[:3]
         refusal, _, provider, p = one
         if refusal is None and provider is not None and accepted:
@@ -139,7 +142,7 @@ def test_the_fast_path_answers_as_the_general_path(
                     provider,
                     cost,
                     now,
-                    side.events.append,
+                    side.events.append if events else None,
                 )
         assert fast.events == general.events
         explained = [
@@ -149,6 +152,47 @@ def test_the_fast_path_answers_as_the_general_path(
             for side in (fast, general)
         ]
         assert explained[0] == explained[1]
+
+
+@pytest.mark.parametrize("events", [True, False])
+@pytest.mark.parametrize("how", ["spent", "last-percent", "merged", "replayed"])
+def test_a_provider_at_its_cap_takes_the_general_path_however_its_spend_got_there(
+    how: str, events: bool
+) -> None:
+    """Provider a's budget is 0.6 an hour.  Spent here (five DE messages at 0.08 and two
+    AT at 0.1, added in an order that makes 0.5999999999999999 in doubles: within
+    AT_CAP of the limit, so at its cap), taken from another replica's total (``merge_spend``, guard_checks: local) or
+    replayed after Redis was down (``add_spend``): the fast path must give way so that
+    the next message is planned without a, with or without anyone told of the spend."""
+    runtime = Runtime(parse_config(CONFIG))
+    side = Side(runtime)
+    emit = side.events.append if events else None
+    otp = Message(to=NUMBERS["DE"].format(1), text="Your code is 123456", category="otp")
+    plain = Message(to=NUMBERS["DE"].format(2), text="Your parcel", category="transactional")
+    assert answer(side, True, otp, runtime, START, events)[:2] == (None, ())  # lanes made
+    guards = runtime.config.guards
+    assert guards is not None
+    a = SpendKey(next(b for b in guards.budgets if b.name == "a"))
+    key = a.at(START)
+    if how == "spent":
+        for country in ["DE", "DE", "DE", "AT", "AT", "DE", "DE"]:
+            cost = 0.08 if country == "DE" else 0.1
+            side.guards.spent(side.counts, plain, country, "a", cost, START, emit)
+        assert side.counts.spent[key][0] == 0.5999999999999999
+    elif how == "last-percent":
+        for cost in (0.595, 0.0049999996):
+            side.guards.spent(side.counts, plain, "DE", "a", cost, START, emit)
+        assert a.limit <= side.counts.spent[key][0] < 0.6
+    elif how == "merged":
+        side.counts.merge_spend(key, 0.61, a.end + 3600, a.limit)
+    else:
+        side.counts.add_spend(key, 0.3, a.end + 3600, a.limit)
+        side.counts.add_spend(key, 0.3, a.end + 3600, a.limit)
+    for message in (otp, plain):  # two lanes, both with provider a's budget
+        refusal, over, provider, _ = answer(side, True, message, runtime, START + 1, events)
+        assert (refusal, over, provider) == (None, ("a",), "b")
+    # the next hour a's spend starts again from nothing
+    assert answer(side, True, plain, runtime, START + 3600, events)[:3] == (None, (), "a")
 
 
 def test_idle_velocity_logs_are_forgotten_after_two_windows() -> None:

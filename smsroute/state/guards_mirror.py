@@ -120,7 +120,7 @@ class Mirror(MemoryGuardCounts):
             for sk, key, value in zip(lane.budgets, spec.keys, [*capvals, *reads], strict=True):
                 if sk.key == key:  # still the current period
                     total = float(value) + self.remote.unwritten(key) + self.unrecorded(key)
-                    self.merge_spend(key, total, sk.end + SPEND_KEPT)
+                    self.merge_spend(key, total, sk.end + SPEND_KEPT, sk.limit)
             if lane.anomaly is not None and since:
                 self.merge_anomaly(lane.anomaly, int(slot), int(recent), int(base), float(since))
         for k in range(0, len(details), 2):

@@ -132,8 +132,11 @@ def lane_spec(
     owner: object, prefix: str, ident: int, lane: Lane, now: float, base: hashlib.blake2b = HASH
 ) -> Spec:
     """``lane``'s spec (id ``ident``) for the budget periods ``now`` falls in, kept on the
-    lane (its fixed idents hashed from ``base``)."""
-    keys = [sk.at(now) for sk in lane.budgets]
+    lane (its fixed idents hashed from ``base``) until the lane rolls into other periods
+    (:meth:`Lane.roll` forgets it)."""
+    if not lane.start <= now < lane.until:
+        lane.roll(now)
+    keys = lane.keys
     n = lane.ncaps
     spec = Spec(
         owner,
@@ -152,9 +155,7 @@ def lane_spec(
         tuple(0 if kind == 0 else end for _, kind, end, _, _ in lane.velocity if kind != 2),
         base,
     )
-    if lane.budgets:
-        spec.start = max(sk.start for sk in lane.budgets)
-        spec.until = min(sk.end for sk in lane.budgets)
+    spec.start, spec.until = lane.start, lane.until
     spec.lane = lane
     lane.shared = spec
     return spec

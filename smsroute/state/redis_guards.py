@@ -204,8 +204,10 @@ class RedisGuardCounts:
         this process counts."""
         if self._link.up:
             self._now = now
-            spec: Spec | None = lane.shared  # _spec_of(), inline: once a message
-            if spec is None or spec.owner is not self or not spec.start <= now < spec.until:
+            # _spec_of(), inline: once a message.  The lane's periods hold ``now`` (the
+            # counts' fast() has just checked it): a spec kept on it is current.
+            spec: Spec | None = lane.shared
+            if spec is None or spec.owner is not self:
                 spec = self._lane_spec(lane, now)
             queued = self._queued
             queued.specs.append(spec)
@@ -308,7 +310,7 @@ class RedisGuardCounts:
         self.queue_spend(keys, amount, now)
         if not self._link.up:
             for sk in keys:
-                self.local.add_spend(sk.key, amount, sk.end + SPEND_KEPT)
+                self.local.add_spend(sk.key, amount, sk.end + SPEND_KEPT, sk.limit)
         return out
 
     def queue_spend(self, keys: Sequence[SpendKey], amount: float, now: float) -> None:
