@@ -324,8 +324,10 @@ class MemoryGuardCounts:
         #: anomaly key -> its slots; and when each category was first counted.
         self._slots: dict[str, Slots] = {}
         self._since: dict[str, float] = {}
-        #: spend key -> [amount, when it may be forgotten, what :attr:`recorder` has not
-        #: taken of this process's spend yet].
+        #: spend key -> [amount, when it may be forgotten, the part of the amount
+        #: recorded (taken by :attr:`recorder`) or learnt from other replicas]: the
+        #: amount less that part is this process's spend not recorded yet.  (A spend
+        #: only adds to the amount, whoever records it.)
         self.spent: dict[str, list[float]] = {}
         #: The spend keys whose spend has reached their budget's cap (:data:`AT_CAP` of
         #: its limit): whatever adds to a spend adds its key here when it gets there, so
@@ -505,8 +507,6 @@ class MemoryGuardCounts:
             if entry is None:
                 entry = spent[sk.key] = [0.0, sk.end + SPEND_KEPT, 0.0]
             entry[0] += amount
-            if recorder is not None:
-                entry[2] += amount
             if entry[0] >= sk.limit:
                 self.capped.add(sk.key)
             out.append(entry[0])
@@ -537,9 +537,10 @@ class MemoryGuardCounts:
         the spend at which its budget is at its cap)."""
         entry = self.spent.get(key)
         if entry is None:
-            self.spent[key] = [total, expires, 0.0]
-        elif total > entry[0]:
-            entry[0] = total
+            self.spent[key] = [total, expires, total]
+        elif total > entry[0]:  # what this process has not recorded stays so
+            unrecorded = entry[0] - entry[2]
+            entry[0], entry[2] = total, total - unrecorded
         if total >= cap:
             self.capped.add(key)
 
@@ -574,9 +575,10 @@ class MemoryGuardCounts:
         the spend at which its budget is at its cap)."""
         entry = self.spent.get(key)
         if entry is None:
-            entry = self.spent[key] = [amount, expires, 0.0]
+            entry = self.spent[key] = [amount, expires, amount]
         else:
             entry[0] += amount
+            entry[2] += amount
         if entry[0] >= cap:
             self.capped.add(key)
 
@@ -585,19 +587,20 @@ class MemoryGuardCounts:
         seconds to keep it), taken."""
         out = []
         for key, entry in self.spent.items():
-            if entry[2]:
-                out.append((key, entry[2], entry[1] - now))
-                entry[2] = 0.0
+            amount = entry[0] - entry[2]
+            if amount:
+                out.append((key, amount, entry[1] - now))
+                entry[2] = entry[0]
         return out
 
     def has_unrecorded(self) -> bool:
         """Whether :meth:`take_unrecorded` has anything to give."""
-        return any(entry[2] for entry in self.spent.values())
+        return any(entry[0] != entry[2] for entry in self.spent.values())
 
     def unrecorded(self, key: str) -> float:
         """This process's spend on ``key`` :attr:`recorder` has not taken yet."""
         entry = self.spent.get(key)
-        return 0.0 if entry is None else entry[2]
+        return 0.0 if entry is None else entry[0] - entry[2]
 
     def sweep(self, now: float) -> None:
         """Forget the anomaly slots and spends no window or period counts any more (a

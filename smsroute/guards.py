@@ -603,9 +603,7 @@ class Guards:
             return
         if isinstance(counts, MemoryGuardCounts):  # inline (MemoryGuardCounts.spend)
             spent = counts.spent
-            recorder = counts.recorder
-            # entry: [spend, expiry, spend not yet recorded in Redis (guard_checks: local)]
-            unrecorded = 0.0 if recorder is None else cost
+            # entry: [spend, expiry, its part recorded in Redis or learnt from it]
             for sk in keys:
                 if not sk.start <= now < sk.end:  # a new period: the spends of past ones go
                     sk.at(now)
@@ -614,9 +612,9 @@ class Guards:
                 if entry is None:
                     entry = spent[sk.key] = [0.0, sk.end + SPEND_KEPT, 0.0]
                 total = entry[0] = entry[0] + cost
-                entry[2] += unrecorded
                 if not sk.lo <= total < sk.hi:  # another percent of the limit, or its cap
                     self._crossed(sk, total, provider, emit, counts.capped)
+            recorder = counts.recorder
             if recorder is not None and recorder.asleep:
                 recorder.wake(now)
             return

@@ -63,7 +63,7 @@ class Spec:
 
     __slots__ = (
         "answer", "count", "fields", "free", "head", "ident", "keys", "lane", "limits", "mark",
-        "names", "owner", "packed", "query", "start", "until",
+        "names", "owner", "packed", "pair", "query", "start", "until",
     )  # fmt: skip
 
     def __init__(
@@ -117,6 +117,9 @@ class Spec:
         self.keys = tuple([key for key, _ in caps] + [key for key, _, _ in reads])
         self.limits = tuple(limit for _, _, limit in reads)
         self.free = free
+        #: ``n`` when ``free`` is the number then the prefix ``e164[1:n]`` (the usual
+        #: velocity limits, whose line is made in one step), else 0.
+        self.pair = free[1] if len(free) == 2 and free[0] == 0 and free[1] else 0
         #: The clock's span in which the budget keys packed here are current.
         self.start, self.until = float("-inf"), float("inf")
         #: The batch that carries it (it goes once in each).

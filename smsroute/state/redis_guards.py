@@ -276,6 +276,13 @@ class RedisGuardCounts:
         :meth:`give_back` (a recorded message's line puts its ``flag`` before it)."""
         if "\n" in member:  # a line of the queries: only its uniqueness matters
             member = hashed(member)
+        end = spec.pair
+        if end:  # the number and a prefix: the loop below in one step
+            h = self._hash.copy()  # hashed(e164, self._hash), inline: once a message
+            h.update(e164.encode())
+            part = e164[1:end]
+            known = self._prefixes.get(part)
+            return f"{spec.head}{h.hexdigest()} {known or self._prefix_hash(part)} {flag}{member}"
         line = spec.head
         for end in spec.free:
             if end:
