@@ -32,7 +32,7 @@ from smsroute.clock import Clock, wall_clock
 from smsroute.config import Config, ProviderConfig, Rule
 from smsroute.configload import load_config
 from smsroute.errors import ConfigError
-from smsroute.guardcounts import GuardAnswer, GuardCounts, Lane, SharedGuardCounts
+from smsroute.guardquery import GuardAnswer, GuardCounts, Lane, SharedGuardCounts
 from smsroute.guards import PASSED, Guards, Refusal
 from smsroute.instrument.events import (
     AttemptFinished,

@@ -34,7 +34,8 @@ import attrs
 
 from smsroute.config import Config, Rule
 from smsroute.guardconfig import Budget, GuardSet, Velocity, duration_text
-from smsroute.guardcounts import (
+from smsroute.guardcounts import MemoryGuardCounts
+from smsroute.guardquery import (
     AT_CAP,
     SPEND_KEPT,
     AnomalyQuery,
@@ -42,7 +43,6 @@ from smsroute.guardcounts import (
     GuardCounts,
     GuardQuery,
     Lane,
-    MemoryGuardCounts,
     SharedGuardCounts,
     SpendKey,
 )

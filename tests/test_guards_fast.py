@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smsroute import ANOMALY_OVERRIDE, AnomalyTransition, Event, Message, parse_config
-from smsroute.guardcounts import MemoryGuardCounts, SpendKey
+from smsroute.guardcounts import MemoryGuardCounts
+from smsroute.guardquery import SpendKey
 from smsroute.guards import Guards, Refusal
 from smsroute.guardwindows import VelocityWindow, trim
 from smsroute.runtime import Prepared, Runtime

@@ -26,7 +26,8 @@ from test_guards_fast import CONFIG, NUMBERS, START, step
 
 from smsroute import ANOMALY_OVERRIDE, AnomalyTransition, ManualClock, Message, parse_config
 from smsroute.config import GuardChecks, StateSettings
-from smsroute.guardcounts import GuardCounts, Lane, MemoryGuardCounts
+from smsroute.guardcounts import MemoryGuardCounts
+from smsroute.guardquery import GuardCounts, Lane
 from smsroute.guards import Guards, GuardStatus, Refusal
 from smsroute.instrument.events import Event
 from smsroute.runtime import Prepared, Runtime

@@ -44,7 +44,7 @@ from test_guards_redis import (
 )
 
 from smsroute import ConfigError, GuardOverrun, ManualClock, Router, parse_config
-from smsroute.guardcounts import SPEND_KEPT, Lane
+from smsroute.guardquery import SPEND_KEPT, Lane
 from smsroute.guards import Guards
 from smsroute.instrument.events import Event
 from smsroute.runtime import Runtime

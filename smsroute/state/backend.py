@@ -19,7 +19,7 @@ from smsroute.breaker import CircuitBreaker, TransitionHook
 from smsroute.clock import Clock
 from smsroute.config import ProviderConfig, StateSettings
 from smsroute.errors import StateBackendUnavailable
-from smsroute.guardcounts import GuardCounts
+from smsroute.guardquery import GuardCounts
 from smsroute.health import Health
 from smsroute.instrument.events import Event
 from smsroute.optout import OptOutStore

@@ -27,13 +27,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from smsroute.guardcounts import (
-    SPEND_KEPT,
-    GuardAnswer,
-    GuardQuery,
-    Lane,
-    MemoryGuardCounts,
-)
+from smsroute.guardcounts import MemoryGuardCounts
+from smsroute.guardquery import SPEND_KEPT, GuardAnswer, GuardQuery, Lane
 from smsroute.instrument.events import Event, GuardOverrun
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from array import array
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from smsroute.guardcounts import AnomalyQuery, GuardAnswer, GuardQuery, Lane
+from smsroute.guardquery import AnomalyQuery, GuardAnswer, GuardQuery, Lane
 from smsroute.state.redis_link import resp
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ Numbers and prefixes appear in keys only hashed (BLAKE2b).  Times are the replic
 wall clocks (UTC epoch seconds), which must agree (NTP) to well within a window.
 
 What a message costs here is kept small, because every message of a guarded category
-makes one (issue 19: "the Redis state keeps its ratio"): a :class:`~smsroute.guardcounts.Lane`
+makes one (issue 19: "the Redis state keeps its ratio"): a :class:`~smsroute.guardquery.Lane`
 (the messages of one category, rule and country) is packed into the script's arguments
 once per budget period (:class:`Spec`), and a message is one line of one argument,
 ``<lane> <hashed number and prefixes> <member>``, and its time one double of another
@@ -46,14 +46,8 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from smsroute.guardcounts import (
-    SPEND_KEPT,
-    GuardAnswer,
-    GuardQuery,
-    Lane,
-    MemoryGuardCounts,
-    SpendKey,
-)
+from smsroute.guardcounts import MemoryGuardCounts
+from smsroute.guardquery import SPEND_KEPT, GuardAnswer, GuardQuery, Lane, SpendKey
 from smsroute.state.guards_script import GUARDS
 from smsroute.state.guards_spec import (
     Queued,
@@ -107,7 +101,7 @@ class Learner(Protocol):
 
 
 class RedisGuardCounts:
-    """:class:`~smsroute.guardcounts.SharedGuardCounts` in Redis, checks batched."""
+    """:class:`~smsroute.guardquery.SharedGuardCounts` in Redis, checks batched."""
 
     def __init__(self, backend: SharedBackend) -> None:
         self._backend = backend
