@@ -27,6 +27,7 @@ memory, or Redis for every replica.  A refusal is a failed :class:`SendResult` w
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
@@ -637,6 +638,11 @@ class Guards:
         The band never reaches the cap (a spend in it is under the cap, whichever counts
         it is from), and is empty once the cap is reached: every later spend comes here."""
         b = sk.budget
+        if not math.isfinite(total):  # a spend read from data smsroute did not write
+            if total > 0 and capped is not None:  # +inf: at its cap, as evaluate() says
+                capped.add(sk.key)
+            sk.lo = sk.hi = 0.0  # no percent to tell, no band
+            return
         percent = int(total * 100 / b.limit)
         if total >= sk.limit:
             if capped is not None:

@@ -18,7 +18,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smsroute import ANOMALY_OVERRIDE, AnomalyTransition, Event, Message, parse_config
+from smsroute import (
+    ANOMALY_OVERRIDE,
+    AnomalyTransition,
+    BudgetSpent,
+    Event,
+    Message,
+    parse_config,
+)
 from smsroute.guardcounts import MemoryGuardCounts
 from smsroute.guardquery import SpendKey
 from smsroute.guards import Guards, Refusal
@@ -194,6 +201,28 @@ def test_a_provider_at_its_cap_takes_the_general_path_however_its_spend_got_ther
         assert (refusal, over, provider) == (None, ("a",), "b")
     # the next hour a's spend starts again from nothing
     assert answer(side, True, plain, runtime, START + 3600, events)[:3] == (None, (), "a")
+
+
+@pytest.mark.parametrize("events", [True, False])
+@pytest.mark.parametrize("junk", [float("inf"), float("nan")])
+def test_a_spend_that_is_not_a_number_neither_raises_nor_is_told(junk: float, events: bool) -> None:
+    """A total read from data smsroute did not write (Redis's '1E400' is inf, or NaN)
+    must not make the spend of an accepted message raise (the send would end failed
+    after the provider took it) nor be told as a percent of the limit; inf is at the
+    cap, on the fast path as on the general one."""
+    runtime = Runtime(parse_config(CONFIG))
+    side = Side(runtime)
+    emit = side.events.append if events else None
+    plain = Message(to=NUMBERS["DE"].format(2), text="Your parcel", category="transactional")
+    assert answer(side, True, plain, runtime, START, events)[:2] == (None, ())
+    guards = runtime.config.guards
+    assert guards is not None
+    a = SpendKey(next(b for b in guards.budgets if b.name == "a"))
+    side.counts.merge_spend(a.at(START), junk, a.end + 3600, a.limit)
+    side.guards.spent(side.counts, plain, "DE", "a", 0.08, START, emit)  # no exception
+    assert not [e for e in side.events if isinstance(e, BudgetSpent) and e.scope == "provider:a"]
+    _, over, provider, _ = answer(side, True, plain, runtime, START + 1, events)
+    assert (over, provider) == ((("a",), "b") if junk > 0 else ((), "a"))
 
 
 def test_idle_velocity_logs_are_forgotten_after_two_windows() -> None:
